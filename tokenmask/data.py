@@ -1,0 +1,289 @@
+"""Corpora: local ``.txt``/``.jsonl`` files or ``datasets`` hub names, tokenized into document splits.
+
+``tokenmask prepare-data`` reads texts, tokenizes them with the reconstructor's tokenizer, cuts each
+text into documents of at most ``max_length`` tokens (dropping pieces shorter than ``min_length``),
+splits the *texts* train/validation/test by a seed (so no text leaks across splits), and saves a
+``DatasetDict`` with ``save_to_disk`` plus ``stats.json``.
+
+Every saved document has the columns ``input_ids`` (list of int), ``text`` (its decoded text),
+``source`` and ``num_tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tokenmask.config import add_config_arguments, config_from_args
+from tokenmask.io import atomic_write_json, replace_dir, temporary_dir_beside
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+STATS_FILE = "stats.json"
+SAMPLE_CORPUS = "sample"  # data_path value naming the corpus shipped inside the package
+
+
+class DataError(ValueError):
+    """Raised for unusable input data; the message names the problem and the fix."""
+
+
+def sample_corpus_path() -> Path:
+    """Path of the small corpus shipped inside the package (120 documents of the Python docs, JSONL)."""
+    return Path(str(importlib.resources.files("tokenmask") / "sample_data" / "pydocs_sample.jsonl"))
+
+
+@dataclass
+class PrepareDataConfig:
+    """Options of ``tokenmask prepare-data`` (any key can be set in a JSON config or on the CLI)."""
+
+    data_path: str | None = field(default=None, metadata={"help": "local .txt/.jsonl file or folder, or 'sample' for the shipped corpus"})
+    dataset_name: str | None = field(default=None, metadata={"help": "datasets hub name, e.g. wikitext"})
+    dataset_config: str | None = field(default=None, metadata={"help": "hub dataset config, e.g. wikitext-103-raw-v1"})
+    dataset_split: str = field(default="train", metadata={"help": "hub split to read"})
+    text_column: str = field(default="text", metadata={"help": "column (JSONL key) holding the text"})
+    model_name: str = field(default="default", metadata={"help": "reconstructor whose tokenizer is used"})
+    max_length: int = field(default=512, metadata={"help": "tokens per document at most"})
+    min_length: int = field(default=64, metadata={"help": "documents shorter than this are dropped"})
+    max_sequences: int | None = field(default=None, metadata={"help": "cap on the number of documents"})
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata={"help": "train,val,test"})
+    seed: int = field(default=0, metadata={"help": "seed of the split"})
+    output_dir: str = field(default="data_out/pydocs", metadata={"help": "where the splits are saved"})
+
+    def __post_init__(self) -> None:
+        if (self.data_path is None) == (self.dataset_name is None):
+            raise DataError("Give exactly one of data_path (local files) or dataset_name (a datasets hub name).")
+        if self.max_length < 1 or self.min_length < 1:
+            raise DataError(f"max_length and min_length must be >= 1, got {self.max_length} and {self.min_length}.")
+        if self.min_length > self.max_length:
+            raise DataError(f"min_length ({self.min_length}) is larger than max_length ({self.max_length}). Fix: lower it.")
+        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions):
+            raise DataError(f"split_fractions must be three non-negative numbers (train, validation, test), got {self.split_fractions}.")
+        if not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6):
+            raise DataError(
+                f"split_fractions {self.split_fractions} sum to {sum(self.split_fractions):g}, not 1. "
+                "Fix: e.g. --split_fractions 0.8,0.1,0.1."
+            )
+        if self.max_sequences is not None and self.max_sequences < 1:
+            raise DataError(f"max_sequences must be >= 1 when set, got {self.max_sequences}.")
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}). Fix: convert it, e.g. iconv -t UTF-8."
+        ) from exc
+
+
+def _files_of(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist. Fix: pass an existing .txt/.jsonl file or folder.")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".json") and p.is_file())
+        if not files:
+            raise DataError(f"Folder {path} holds no .txt or .jsonl file. Fix: point data_path at your text files.")
+        return files
+    if path.suffix not in (".txt", ".jsonl", ".json"):
+        raise DataError(f"{path} is neither .txt nor .jsonl. Fix: use one text per .txt file, or one JSON object per .jsonl line.")
+    return [path]
+
+
+def load_texts(path: str | Path, text_column: str = "text") -> list[dict[str, str]]:
+    """Read texts from a ``.txt`` file (one text), a ``.jsonl`` file (one object a line) or a folder of them.
+
+    :param path: file or folder, or ``"sample"`` for the corpus shipped in the package.
+    :param text_column: JSONL key holding the text.
+    :return: records ``{"text": ..., "source": ...}``, empty texts dropped.
+    :raises DataError: missing path, non-UTF-8 bytes, bad JSON, no text column, or no text at all.
+    """
+    if str(path) == SAMPLE_CORPUS:
+        path = sample_corpus_path()
+    records: list[dict[str, str]] = []
+    for file in _files_of(Path(path)):
+        content = _read_utf8(file)
+        if file.suffix == ".txt":
+            records.append({"text": content, "source": str(file)})
+            continue
+        for number, line in enumerate(content.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{file}:{number} is not valid JSON ({exc.msg}). Fix: one JSON object per line.") from exc
+            if not isinstance(obj, dict) or text_column not in obj:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                raise DataError(
+                    f"{file}:{number} has no {text_column!r} field (it has {keys}). Fix: pass --text_column NAME."
+                )
+            records.append({"text": str(obj[text_column]), "source": str(obj.get("source", f"{file}:{number}"))})
+    records = [r for r in records if r["text"].strip()]
+    if not records:
+        raise DataError(f"{path} holds no text (empty files or empty text fields). Fix: give it some text.")
+    return records
+
+
+def load_hub_texts(name: str, config: str | None, split: str, text_column: str) -> list[dict[str, str]]:
+    """Read texts from a ``datasets`` hub dataset (needs the network or a warm cache).
+
+    :raises DataError: if the dataset cannot be loaded or has no ``text_column``.
+    """
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the hub raises many types (connection, missing config, ...)
+        raise DataError(
+            f"Could not load dataset {name!r} (config {config!r}, split {split!r}): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}. Fix: check the name and network, or use --data_path."
+        ) from exc
+    if text_column not in dataset.column_names:
+        raise DataError(
+            f"Dataset {name!r} has no column {text_column!r} (columns: {dataset.column_names}). Fix: --text_column NAME."
+        )
+    records = [{"text": t, "source": f"{name}:{i}"} for i, t in enumerate(dataset[text_column]) if t and t.strip()]
+    if not records:
+        raise DataError(f"Dataset {name!r} has no non-empty text in column {text_column!r}.")
+    return records
+
+
+def chunk_ids(ids: Sequence[int], max_length: int, min_length: int) -> list[list[int]]:
+    """Cut token ids into consecutive pieces of ``max_length``; a last piece under ``min_length`` is dropped."""
+    pieces = [list(ids[i : i + max_length]) for i in range(0, len(ids), max_length)]
+    return [p for p in pieces if len(p) >= min_length]
+
+
+def split_indices(count: int, fractions: Sequence[float], seed: int) -> dict[str, list[int]]:
+    """Shuffle ``range(count)`` with ``seed`` and cut it by ``fractions`` into the three splits."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_train = int(round(fractions[0] * count))
+    n_val = int(round(fractions[1] * count))
+    return {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
+
+
+def prepare_data(config: PrepareDataConfig, progress: bool = True) -> dict[str, Any]:
+    """Build and save the tokenized splits; return the statistics written to ``stats.json``.
+
+    :param config: see :class:`PrepareDataConfig`.
+    :param progress: show a progress bar while tokenizing.
+    :raises DataError: for any unusable input (see :func:`load_texts`), or when no document reaches ``min_length``.
+    """
+    import datasets
+
+    from tokenmask.reconstructors import load_tokenizer
+
+    if config.data_path is not None:
+        records = load_texts(config.data_path, config.text_column)
+    else:
+        assert config.dataset_name is not None
+        records = load_hub_texts(config.dataset_name, config.dataset_config, config.dataset_split, config.text_column)
+    tokenizer = load_tokenizer(config.model_name)
+    assignment = split_indices(len(records), config.split_fractions, config.seed)
+    columns: dict[str, dict[str, list[Any]]] = {s: {"input_ids": [], "text": [], "source": [], "num_tokens": []} for s in SPLITS}
+    dropped = 0
+    total = 0
+    bar = tqdm(total=len(records), desc="tokenizing", unit="text", disable=not progress)
+    for split in SPLITS:
+        for index in assignment[split]:
+            record = records[index]
+            ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+            pieces = chunk_ids(ids, config.max_length, config.min_length)
+            dropped += int(len(ids) > 0 and not pieces)
+            for piece in pieces:
+                if config.max_sequences is not None and total >= config.max_sequences:
+                    break
+                col = columns[split]
+                col["input_ids"].append(piece)
+                col["text"].append(tokenizer.decode(piece))
+                col["source"].append(record["source"])
+                col["num_tokens"].append(len(piece))
+                total += 1
+            bar.update(1)
+    bar.close()
+    if total == 0:
+        raise DataError(
+            f"No document reaches min_length={config.min_length} tokens (all {len(records)} texts are shorter). "
+            "Fix: lower --min_length or give longer texts."
+        )
+    dataset = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s]) for s in SPLITS})
+    output = Path(config.output_dir)
+    tmp = temporary_dir_beside(output)
+    dataset.save_to_disk(str(tmp / "dataset"))
+    stats = {
+        "model_name": config.model_name,
+        "source": config.data_path or f"{config.dataset_name}:{config.dataset_config}",
+        "texts": len(records),
+        "texts_dropped_too_short": dropped,
+        "max_length": config.max_length,
+        "min_length": config.min_length,
+        "seed": config.seed,
+        "splits": {
+            s: {
+                "documents": len(columns[s]["num_tokens"]),
+                "tokens": int(sum(columns[s]["num_tokens"])),
+                "mean_tokens": (sum(columns[s]["num_tokens"]) / len(columns[s]["num_tokens"])) if columns[s]["num_tokens"] else 0.0,
+            }
+            for s in SPLITS
+        },
+    }
+    atomic_write_json(tmp / STATS_FILE, stats)
+    replace_dir(tmp, output)
+    return stats
+
+
+def load_prepared_split(path: str | Path, split: str = "train") -> Any:
+    """Load one split saved by :func:`prepare_data` as a ``datasets.Dataset``.
+
+    :param path: the ``output_dir`` of ``prepare-data``.
+    :param split: ``train``, ``validation`` or ``test``.
+    :raises DataError: if the folder is not a prepared corpus or lacks the split.
+    """
+    import datasets
+
+    folder = Path(path) / "dataset"
+    if not folder.is_dir():
+        raise DataError(f"{path} is not a prepared corpus (no dataset/ folder). Fix: run tokenmask prepare-data first.")
+    if split not in SPLITS:
+        raise DataError(f"Unknown split {split!r}. Fix: use one of {SPLITS}.")
+    return datasets.load_from_disk(str(folder))[split]
+
+
+def iter_texts(source: str | Path, split: str = "test", text_column: str = "text") -> Iterable[str]:
+    """Texts of a corpus given as a prepared folder (its ``split``) or a ``.txt``/``.jsonl`` file or folder."""
+    if (Path(source) / "dataset").is_dir():
+        return list(load_prepared_split(source, split)["text"])
+    return [r["text"] for r in load_texts(source, text_column)]
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tokenmask prepare-data``."""
+    parser = subparsers.add_parser(
+        "prepare-data",
+        help="tokenize a corpus into train/validation/test documents",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser, PrepareDataConfig)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(PrepareDataConfig, args)
+    stats = prepare_data(config)
+    print(json.dumps(stats["splits"], indent=2))
+    print(f"saved to {config.output_dir}")
+    return 0

