@@ -196,23 +196,26 @@ def prepare_data(config: PrepareDataConfig, progress: bool = True) -> dict[str, 
     columns: dict[str, dict[str, list[Any]]] = {s: {"input_ids": [], "text": [], "source": [], "num_tokens": []} for s in SPLITS}
     dropped = 0
     total = 0
+    split_of = {index: split for split in SPLITS for index in assignment[split]}
+    # Texts are visited in a seeded random order, so a max_sequences cap keeps the split proportions.
+    visit = list(range(len(records)))
+    random.Random(config.seed + 1).shuffle(visit)
     bar = tqdm(total=len(records), desc="tokenizing", unit="text", disable=not progress)
-    for split in SPLITS:
-        for index in assignment[split]:
-            record = records[index]
-            ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
-            pieces = chunk_ids(ids, config.max_length, config.min_length)
-            dropped += int(len(ids) > 0 and not pieces)
-            for piece in pieces:
-                if config.max_sequences is not None and total >= config.max_sequences:
-                    break
-                col = columns[split]
-                col["input_ids"].append(piece)
-                col["text"].append(tokenizer.decode(piece))
-                col["source"].append(record["source"])
-                col["num_tokens"].append(len(piece))
-                total += 1
-            bar.update(1)
+    for index in visit:
+        if config.max_sequences is not None and total >= config.max_sequences:
+            break
+        record = records[index]
+        ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        pieces = chunk_ids(ids, config.max_length, config.min_length)
+        dropped += int(len(ids) > 0 and not pieces)
+        col = columns[split_of[index]]
+        for piece in pieces[: None if config.max_sequences is None else config.max_sequences - total]:
+            col["input_ids"].append(piece)
+            col["text"].append(tokenizer.decode(piece))
+            col["source"].append(record["source"])
+            col["num_tokens"].append(len(piece))
+            total += 1
+        bar.update(1)
     bar.close()
     if total == 0:
         raise DataError(

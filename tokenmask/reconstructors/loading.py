@@ -137,7 +137,8 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(_not_found_message(name, exc)) from exc
-    return model.to(torch_device).eval()
+    model.to(torch_device)  # type: ignore[arg-type]
+    return model.eval()
 
 
 def _not_found_message(name: str, exc: Exception) -> str:

@@ -361,8 +361,9 @@ class Reconstructor:
         if mode == "placeholder":
             if any(flags) and self.mask_token_id is None:
                 raise ValueError("placeholder mode needs a mask token. Fix: load the reconstructor with add_mask_token=True.")
-            body = [self.mask_token_id if f else t for t, f in zip(ids, flags)]
-            return head + body, [len(head) - 1 + i for i in range(len(ids))]  # type: ignore[list-item]
+            mask_id = int(self.mask_token_id) if self.mask_token_id is not None else -1
+            body = [mask_id if f else t for t, f in zip(ids, flags)]
+            return head + body, [len(head) - 1 + i for i in range(len(ids))]
         inputs = list(head)
         predicting: list[int] = []
         for token, masked in zip(ids, flags):
@@ -435,12 +436,13 @@ def _ensure_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     if tokenizer.mask_token_id is not None:
         return int(tokenizer.mask_token_id)
     tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
-    mask_id = int(tokenizer.mask_token_id)
-    if mask_id >= model.get_input_embeddings().weight.shape[0]:
+    mask_id = int(tokenizer.convert_tokens_to_ids(MASK_TOKEN))  # type: ignore[arg-type]
+    embeddings: Any = model.get_input_embeddings()
+    if mask_id >= embeddings.weight.shape[0]:
         # mean_resizing starts new rows at the mean embedding, which keeps the LM's outputs sane.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     else:
         with torch.no_grad():
-            emb = model.get_input_embeddings().weight
+            emb = embeddings.weight
             emb[mask_id] = emb[: len(tokenizer) - 1].float().mean(0).to(emb.dtype)
     return mask_id

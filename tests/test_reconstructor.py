@@ -1,0 +1,174 @@
+"""The reconstructor API: shapes, padding invariance, mask handling, save/load, fine-tuning, loading errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tokenmask.reconstructors import (
+    CorruptCheckpointError,
+    ModelNotFoundError,
+    Reconstructor,
+    ReconstructorFinetuner,
+    load_reconstructor,
+)
+from tokenmask.testing import tiny_reconstructor
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A module can contain executable statements as well as function definitions.",
+    "Hi",
+]
+
+
+def _ids(recon: Reconstructor) -> list[list[int]]:
+    return [recon.encode(t) for t in TEXTS]
+
+
+def test_token_bits_shapes_and_range(tiny_recon: Reconstructor) -> None:
+    ids = _ids(tiny_recon)
+    bits = tiny_recon.token_bits(ids)
+    assert [len(b) for b in bits] == [len(x) for x in ids]
+    for b in bits:
+        assert np.all(np.isfinite(b)) and np.all(b > 0)
+        # a random model is close to uniform over ~49k tokens: about log2(49152) = 15.6 bits
+        assert np.all(np.abs(b - math.log2(49152)) < 3)
+
+
+def test_padding_invariance(tiny_recon: Reconstructor) -> None:
+    """A document's bits do not depend on the other documents of its batch (nor their padding)."""
+    ids = _ids(tiny_recon)
+    masks = [[i % 3 == 1 for i in range(len(x))] for x in ids]
+    for mode in ("delete", "placeholder"):
+        together = tiny_recon.token_bits(ids, masks, mode=mode)
+        for k in range(len(ids)):
+            alone = tiny_recon.token_bits([ids[k]], [masks[k]], mode=mode)[0]
+            np.testing.assert_allclose(alone, together[k], atol=1e-4)
+
+
+def test_masked_positions_use_the_mask_token(tiny_recon: Reconstructor) -> None:
+    ids = _ids(tiny_recon)[1]
+    mask = [False] * len(ids)
+    mask[3] = True
+    inputs, positions = tiny_recon.masked_inputs(ids, mask, mode="placeholder")
+    assert inputs[0] == tiny_recon.bos_token_id
+    assert inputs[1 + 3] == tiny_recon.mask_token_id
+    assert [t for i, t in enumerate(inputs[1:]) if i != 3] == [t for i, t in enumerate(ids) if i != 3]
+    assert positions == list(range(len(ids)))
+    # Direct check through the model: scoring token 4 after a mask equals scoring it with the mask id typed in.
+    manual = ids.copy()
+    manual[3] = tiny_recon.mask_token_id  # type: ignore[call-overload]
+    direct = tiny_recon.gather_log_probs([[tiny_recon.bos_token_id, *manual]], [[4]], [[ids[4]]])[0]
+    bits = tiny_recon.token_bits([ids], [mask], mode="placeholder")[0]
+    assert bits[4] == pytest.approx(-float(direct[0]) / math.log(2), abs=1e-5)
+    # ...and differs from the unmasked score, so the mask really changed the input.
+    assert abs(bits[4] - tiny_recon.token_bits([ids])[0][4]) > 1e-6
+
+
+def test_delete_mode_removes_masked_tokens(tiny_recon: Reconstructor) -> None:
+    ids = _ids(tiny_recon)[1]
+    mask = [i in (2, 3, 6) for i in range(len(ids))]
+    inputs, positions = tiny_recon.masked_inputs(ids, mask, mode="delete")
+    assert inputs == [tiny_recon.bos_token_id] + [t for t, m in zip(ids, mask) if not m]
+    # tokens 2 and 3 are both predicted right after token 1 (input position 2), token 4 too.
+    assert positions[2] == positions[3] == positions[4] == 2
+    bits = tiny_recon.token_bits([ids], [mask], mode="delete")[0]
+    assert bits.shape == (len(ids),)
+
+
+def test_mask_token_never_predicted(tiny_recon: Reconstructor) -> None:
+    seq = [tiny_recon.bos_token_id, *tiny_recon.encode("hello world")]
+    logp = tiny_recon.gather_log_probs([seq], [[0]], [[tiny_recon.mask_token_id]])[0]
+    assert float(logp[0]) == float("-inf")
+
+
+def test_bad_inputs(tiny_recon: Reconstructor) -> None:
+    ids = _ids(tiny_recon)[0]
+    with pytest.raises(ValueError, match="mask has"):
+        tiny_recon.token_bits([ids], [[True]])
+    with pytest.raises(ValueError, match="Unknown mask mode"):
+        tiny_recon.token_bits([ids], None, mode="erase")  # type: ignore[arg-type]
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_reconstructor("/nonexistent/model.gguf")
+
+
+def test_unknown_model_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="Could not load model"):
+        load_reconstructor("no-such-org/no-such-model-xyz", device="cpu")
+
+
+def test_save_load_round_trip_and_corrupt_checkpoint(tmp_path) -> None:
+    recon = tiny_reconstructor(seed=3)
+    ids = _ids(recon)
+    masks = [[i % 2 == 0 for i in range(len(x))] for x in ids]
+    folder = recon.save_pretrained(tmp_path / "recon")
+    meta = json.loads((folder / "tokenmask_reconstructor.json").read_text())
+    assert meta["mask_token_id"] == recon.mask_token_id
+    back = Reconstructor.from_pretrained(folder, device="cpu")
+    assert back.mask_token_id == recon.mask_token_id
+    for a, b in zip(recon.token_bits(ids, masks), back.token_bits(ids, masks)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # load() of a saved folder goes through from_pretrained too
+    assert load_reconstructor(str(folder), device="cpu").mask_token_id == recon.mask_token_id
+    # saving again replaces the folder atomically and leaves no temporary folder behind
+    recon.save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recon"]
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(CorruptCheckpointError, match="corrupt"):
+        Reconstructor.from_pretrained(folder, device="cpu")
+    with pytest.raises(CorruptCheckpointError, match="not a saved reconstructor"):
+        Reconstructor.from_pretrained(tmp_path, device="cpu")
+
+
+def test_finetuning_lowers_masked_loss_with_accumulation() -> None:
+    recon = tiny_reconstructor(seed=1)
+    ids = [recon.encode(t) for t in TEXTS[:2]]
+    masks = [[i % 2 == 1 for i in range(len(x))] for x in ids]
+    before = float(recon.masked_loss(ids, masks).detach())
+    tuner = ReconstructorFinetuner(recon, learning_rate=3e-3, grad_accum_steps=2)
+    params_before = [p.detach().clone() for p in recon.model.parameters()]
+    tuner.step(ids, masks)
+    assert tuner.optimizer_steps == 0  # the first micro-batch only accumulates
+    assert all(torch.equal(a, b) for a, b in zip(params_before, recon.model.parameters()))
+    for _ in range(15):
+        tuner.step(ids, masks)
+    tuner.flush()
+    assert tuner.optimizer_steps == 8
+    after = float(recon.masked_loss(ids, masks).detach())
+    assert after < before - 0.5
+    assert not recon.model.training
+
+
+def test_finetuner_rejects_bad_settings(tiny_recon: Reconstructor) -> None:
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        ReconstructorFinetuner(tiny_recon, grad_accum_steps=0)
+
+
+@pytest.mark.integration
+def test_embedded_model_bits_on_pydocs(smollm: Reconstructor, pydocs_path) -> None:
+    """The real SmolLM2 prices real prose at a sane number of bits per token (1 to 8)."""
+    from tokenmask.data import load_texts
+
+    texts = [r["text"] for r in load_texts(pydocs_path)[:4]]
+    ids = [smollm.encode(t)[:200] for t in texts]
+    bits = smollm.token_bits(ids)
+    per_token = float(np.concatenate(bits).mean())
+    assert 1.0 < per_token < 8.0
+    assert 2 ** per_token < 150  # perplexity of real text stays far below a uniform guess (49k)
+    assert smollm.mask_token_id is not None and smollm.tokenizer.mask_token == "<mask>"
+
+
+@pytest.mark.integration
+def test_embedded_model_masked_bits_cost_more(smollm: Reconstructor) -> None:
+    """Deleting context makes the real model's guesses worse: masked tokens cost more than unmasked ones."""
+    ids = smollm.encode("import os\nimport sys\n\nThe os module provides a portable way of using operating system dependent functionality.")
+    mask = [5 <= i < 15 for i in range(len(ids))]
+    plain = smollm.token_bits([ids])[0]
+    deleted = smollm.token_bits([ids], [mask], mode="delete")[0]
+    assert deleted[15:].sum() > plain[15:].sum()
