@@ -32,8 +32,12 @@ type:
 
 commit-checks: format type lint
 
+# The main job on the embedded model and the shipped corpus: train the debug agent, then judge it beside the baselines.
 demo: install
-	tokenmask prepare-data --config configs/dev/sample_data.json --output_dir $(DEMO_DIR)/data
+	tokenmask train --config configs/dev/debug.json --run_dir $(DEMO_DIR)/agent
+	tokenmask evaluate --corpus sample --methods agent:$(DEMO_DIR)/agent,truncation,random,self_information \
+		--rates 0.5 --num_documents 8 --recoverability_documents 8 --output_dir $(DEMO_DIR)/eval
+	cat $(DEMO_DIR)/eval/results.md
 
 clean:
 	rm -rf build dist *.egg-info runs data_out .mypy_cache .ruff_cache .pytest_cache

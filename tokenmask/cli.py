@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "tokenmask.data",
+    "tokenmask.evaluate.runner",
+    "tokenmask.activation_compression.cli",
+    "tokenmask.train.cli",
 )
 
 

@@ -1,1 +1,36 @@
-"""tokenmask.evaluate."""
+"""Evaluation: the compressor interfaces, baselines, the metrics of EVALUATION.md and the reports.
+
+* :mod:`.compressor` — :class:`Compressor`, :class:`MaskingCompressor`, :class:`InModelCompressor`
+  and the method registry (:func:`register_method`, :func:`build_method`).
+* :mod:`.baselines` — random, frequency, length, truncation, self-information (+ LLMLingua).
+* :mod:`.metrics` — the one implementation of rate, recoverability, retention, ...
+* :mod:`.runner` — ``tokenmask evaluate`` / ``tokenmask baselines`` and the reports.
+
+Only the light interface module is imported here; the rest loads on use.
+"""
+
+from tokenmask.evaluate.compressor import (
+    CompressedContext,
+    Compressor,
+    InModelCompressor,
+    InModelResult,
+    InModelScore,
+    MaskingCompressor,
+    MethodContext,
+    build_method,
+    register_method,
+    registered_methods,
+)
+
+__all__ = [
+    "CompressedContext",
+    "Compressor",
+    "InModelCompressor",
+    "InModelResult",
+    "InModelScore",
+    "MaskingCompressor",
+    "MethodContext",
+    "build_method",
+    "register_method",
+    "registered_methods",
+]

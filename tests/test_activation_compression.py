@@ -1,0 +1,231 @@
+"""Activation compression: causality, exactness without merges, shapes and positions, clustering arithmetic.
+
+Tiny random Llama and GPT-2 models (4 layers, the real SmolLM2 tokenizer); one integration test on SmolLM2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config
+
+from tokenmask.activation_compression import CompressedCausalLM, CompressionConfig
+from tokenmask.activation_compression.clustering import (
+    budget_starts,
+    cap_runs,
+    cluster_index,
+    contrastive_loss,
+    merge_units,
+    running_quantile,
+)
+from tokenmask.activation_compression.config import ActivationConfigError
+from tokenmask.reconstructors import Reconstructor, load_tokenizer
+from tokenmask.testing import tiny_llama_config
+
+
+def tiny_gpt2_config() -> GPT2Config:
+    return GPT2Config(
+        vocab_size=49152, n_embd=32, n_layer=4, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=2
+    )
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def recon(request: pytest.FixtureRequest) -> Reconstructor:
+    config = tiny_llama_config(num_layers=4) if request.param == "llama" else tiny_gpt2_config()
+    return Reconstructor.from_config(config, load_tokenizer("default"), seed=0)
+
+
+def random_ids(recon: Reconstructor, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 40000, (batch, length), generator=g)
+    ids[:, 0] = recon.bos_token_id
+    return ids
+
+
+def logits(model: CompressedCausalLM, ids: torch.Tensor, **kwargs: object) -> tuple[torch.Tensor, float]:
+    with torch.no_grad():
+        out = model(ids, **kwargs)  # type: ignore[arg-type]
+        return model.backbone.logits(out.hidden), out.ratio
+
+
+def test_no_merge_is_the_base_model(recon: Reconstructor) -> None:
+    """A threshold above 1 merges nothing: the wrapper reproduces the base LM, padding included."""
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 2], similarity_threshold=1.01, adaptive_threshold=False))
+    ids = random_ids(recon, 2, 30)
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    out, ratio = logits(model, ids, attention_mask=mask)
+    with torch.no_grad():
+        reference = recon.model(input_ids=ids, attention_mask=mask).logits.float()
+    assert ratio == 1.0
+    assert torch.allclose(out[0], reference[0], atol=1e-4)
+    assert torch.allclose(out[1, :20], reference[1, :20], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CompressionConfig(compression_layers=[2], similarity_threshold=0.5),
+        CompressionConfig(compression_layers=[1, 3], similarity_threshold=0.4),
+        CompressionConfig(compression_layers=[1], similarity_threshold=0.0, adaptive_threshold=False),
+    ],
+    ids=["adaptive", "recursive", "fixed"],
+)
+def test_changing_a_later_token_leaves_earlier_logits_unchanged(recon: Reconstructor, config: CompressionConfig) -> None:
+    model = CompressedCausalLM(recon, config)
+    with torch.no_grad():  # a trained-looking model: non-zero learned parts everywhere
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = random_ids(recon, 2, 48)
+    changed = ids.clone()
+    changed[:, 30] = 7
+    before, ratio = logits(model, ids)
+    after, _ = logits(model, changed)
+    assert ratio > 1.3  # the test is about merged sequences
+    assert torch.allclose(before[:, :30], after[:, :30], atol=1e-5)
+    assert not torch.allclose(before[:, 30:], after[:, 30:], atol=1e-3)
+
+
+def test_prefill_mode_gives_the_same_continuation_on_the_short_sequence(recon: Reconstructor) -> None:
+    """Pre-fill (clusters alone in the compressed layers) predicts the continuation exactly as the full pass."""
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 2], similarity_threshold=0.5))
+    ids = random_ids(recon, 2, 40)
+    prefix = torch.tensor([30, 26])
+    with torch.no_grad():
+        full = model(ids, compress_lengths=prefix, mode="full")
+        short = model(ids, compress_lengths=prefix, mode="prefill")
+    assert short.hidden.shape[1] == 14 < full.hidden.shape[1] == 40  # only positions after the prefix
+    assert torch.equal(full.positions_kept, short.positions_kept)
+    for row in range(2):
+        for col, origin in enumerate(short.origin[row].tolist()):
+            if origin >= 0:
+                assert torch.allclose(short.hidden[row, col], full.hidden[row, origin], atol=1e-5)
+
+
+def test_padding_does_not_change_a_sequence(recon: Reconstructor) -> None:
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 3], similarity_threshold=0.5))
+    ids = random_ids(recon, 2, 36)
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    batched, _ = logits(model, ids, attention_mask=mask)
+    alone, _ = logits(model, ids[1:, :25])
+    assert torch.allclose(batched[1, :25], alone[0], atol=1e-5)
+
+
+def test_shapes_counts_and_ratio(recon: Reconstructor) -> None:
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 3], similarity_threshold=0.5))
+    ids = random_ids(recon, 3, 32)
+    with torch.no_grad():
+        out = model(ids)
+    assert out.hidden.shape == (3, 32, recon.model.config.hidden_size)
+    assert torch.equal(out.origin, torch.arange(32).expand(3, 32))
+    level1, level2 = out.clusters
+    assert bool((level2 <= level1).all()) and bool((level1 < 32).all())
+    # layers 1-2 hold level-1 clusters, layer 3 level-2 clusters, out of 3 layers x 32 positions
+    assert torch.equal(out.positions_kept, 2 * level1 + level2)
+    assert torch.equal(out.positions_total, torch.full((3,), 96))
+    assert out.ratio == pytest.approx(96 * 3 / float(out.positions_kept.sum()))
+
+
+def test_budget_mode_hits_the_requested_rate(recon: Reconstructor) -> None:
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 3]))
+    ids = random_ids(recon, 2, 101)
+    with torch.no_grad():
+        out = model(ids, mode="prefill", target_rate=0.5)
+    assert out.rate == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ValueError, match="prefill"):
+        model(ids, target_rate=0.5)
+
+
+def test_merged_positions_lie_inside_their_clusters() -> None:
+    starts = torch.tensor([[True, False, False, True, False, True, True, False]])
+    member = torch.ones_like(starts)
+    member[0, 7] = False
+    cid, count = cluster_index(starts, member)
+    assert cid.tolist() == [[0, 0, 0, 1, 1, 2, 3, -1]]
+    assert count.tolist() == [4]
+    positions = torch.arange(8).float()[None]
+    weights = torch.tensor([[1.0, 5.0, 1.0, 2.0, 2.0, 1.0, 1.0, 9.0]])
+    merged, norm_w = merge_units(positions, weights, cid, 4)
+    assert merged.tolist() == [[pytest.approx((0 + 5 + 2) / 7), 3.5, 5.0, 6.0]]
+    assert norm_w[0, 7] == 0
+
+
+def test_cap_and_budget_respect_the_cluster_size() -> None:
+    capped = cap_runs(torch.tensor([[True] + [False] * 9]), 4)
+    assert capped.nonzero()[:, 1].tolist() == [0, 4, 8]
+    sim = torch.rand(2, 40, generator=torch.Generator().manual_seed(1))
+    eligible = torch.ones(2, 40, dtype=torch.bool)
+    eligible[:, 0] = False
+    starts = budget_starts(sim, eligible, torch.tensor([20, 5]), max_cluster_size=3)
+    cid, count = cluster_index(starts, torch.ones_like(eligible))
+    assert count.tolist() == [20, 35]
+    for row in range(2):
+        assert int(torch.bincount(cid[row]).max()) <= 3
+
+
+def test_running_quantile_is_causal_and_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(1, 30, generator=g)
+    eligible = torch.ones(1, 30, dtype=torch.bool)
+    eligible[0, :3] = False
+    thresholds = running_quantile(sim, eligible, 0.5, chunk=7)
+    assert torch.isnan(thresholds[0, :3]).all()
+    for b in range(3, 30):
+        assert thresholds[0, b].item() == pytest.approx(float(np.quantile(sim[0, 3 : b + 1].numpy(), 0.5)), abs=1e-6)
+    later = sim.clone()
+    later[0, 20:] = 0.0
+    torch.testing.assert_close(running_quantile(later, eligible, 0.5)[0, :20], thresholds[0, :20], rtol=0, atol=0, equal_nan=True)
+
+
+def test_contrastive_loss_is_zero_for_identical_clusters_and_positive_otherwise() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b, c = torch.randn(3, 16, generator=g)
+    features = torch.stack([a, a, a, b, b, c])[None]
+    cid = torch.tensor([[0, 0, 0, 1, 1, 2]])
+    sim = torch.nn.functional.cosine_similarity(features[0, 1:], features[0, :-1], dim=-1)
+    threshold = torch.cat([torch.tensor([float("nan")]), torch.full((5,), float(sim.max()) + 0.01)])[None]
+    natural = torch.tensor([[False, False, False, True, False, True]])
+    assert contrastive_loss(features, cid, 3, natural, threshold).item() == pytest.approx(0.0, abs=1e-6)
+    noisy = features + 0.3 * torch.randn(features.shape, generator=g)
+    assert contrastive_loss(noisy, cid, 3, natural, threshold).item() > 1e-3
+    low = torch.full_like(threshold, -1.0)  # clusters that should have merged are pushed apart
+    assert contrastive_loss(features, cid, 3, natural, low).item() > 1e-3
+
+
+def test_bad_settings_name_the_fix(recon: Reconstructor) -> None:
+    with pytest.raises(ActivationConfigError, match="outside"):
+        CompressedCausalLM(recon, CompressionConfig(compression_layers=[4]))
+    with pytest.raises(ActivationConfigError, match="increasing"):
+        CompressionConfig(compression_layers=[3, 1])
+    with pytest.raises(ActivationConfigError, match="quantile"):
+        CompressionConfig(similarity_threshold=1.5)
+
+
+@pytest.mark.integration
+def test_smollm2_compresses_causally_and_exactly(smollm: Reconstructor, pydocs_path: object) -> None:
+    """On the embedded SmolLM2: no merges = the judge's NLL; about 2x at q=0.5; earlier logits untouched by later tokens."""
+    from tokenmask.data import load_texts
+
+    text = next(r["text"] for r in load_texts(str(pydocs_path)) if len(smollm.encode(r["text"])) >= 96)
+    ids = torch.tensor([[smollm.bos_token_id, *smollm.encode(text)[:95]]])
+    mask = torch.ones_like(ids)
+    score = mask.bool().clone()
+    score[:, 0] = False
+    exact = CompressedCausalLM(smollm, CompressionConfig(compression_layers=[20], similarity_threshold=1.01, adaptive_threshold=False))
+    model = CompressedCausalLM(smollm, CompressionConfig(compression_layers=[20, 26], similarity_threshold=0.5))
+    with torch.no_grad():
+        base = float(exact.uncompressed_nlls(ids, mask).sum())
+        same = float(exact.token_nlls(exact(ids), ids, score).sum())
+        out = model(ids)
+        compressed = float(model.token_nlls(out, ids, score).sum())
+        changed = ids.clone()
+        changed[0, 60] = smollm.encode(" the")[0]
+        a, b = model.backbone.logits(out.hidden), model.backbone.logits(model(changed).hidden)
+    assert same == pytest.approx(base, rel=1e-4)
+    assert 1.5 < out.ratio < 3.5
+    assert math.isfinite(compressed) and compressed > 0.9 * base
+    assert torch.allclose(a[0, :60], b[0, :60], atol=1e-4)

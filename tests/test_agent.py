@@ -1,0 +1,102 @@
+"""The agent as a compressor: exact rates, the ``agent:RUN_DIR`` method, ``tokenmask compress``."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+
+from tokenmask.cli import main
+from tokenmask.config import load_config
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.testing import tiny_reconstructor
+from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor, drop_highest
+from tokenmask.train.config import TrainConfig
+from tokenmask.train.run_folder import RunFolder
+from tokenmask.train.text_samples import STROKE, strike_through
+
+QUICK = Path(__file__).resolve().parents[1] / "configs" / "dev" / "quick_test.json"
+TEXTS = [
+    "The tokenizer splits text into tokens; the model predicts each token from the ones before it. " * 3,
+    "Lists are mutable sequences, typically used to store collections of homogeneous items.",
+    "x = 1",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run folder holding an untrained agent (tiny random reconstructor): enough for the compressor's mechanics."""
+    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+    from tokenmask.policies import TokenMaskPolicy
+
+    path = tmp_path_factory.mktemp("agent") / "run"
+    config = load_config(TrainConfig, QUICK, {"run_dir": str(path), "joint_period": 0})
+    recon = tiny_reconstructor(seed=config.seed)
+    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **config.env_options())
+    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
+    run = RunFolder(path)
+    run.save_config(config)
+    run.save_agent(model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def agent(run_dir) -> AgentCompressor:
+    return AgentCompressor.load(str(run_dir), device="cpu")
+
+
+def test_drop_highest_drops_exactly_count_and_breaks_ties_early():
+    keep = drop_highest(np.array([0.2, 0.9, 0.9, 0.1]), 2)
+    assert keep.tolist() == [True, False, False, True]
+    assert drop_highest(np.array([0.5, 0.5, 0.5]), 1).tolist() == [False, True, True]
+    assert drop_highest(np.zeros(3), 5).sum() == 0
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])
+def test_agent_hits_the_requested_rate_within_one_percent(agent, rate):
+    contexts = [agent.reconstructor.encode(t) for t in TEXTS[:2]]
+    outputs = agent.compress(contexts, rate)
+    kept = [len(agent.tokenizer(o.text, add_special_tokens=False)["input_ids"]) for o in outputs]
+    achieved = 1 - sum(kept) / sum(len(c) for c in contexts)
+    assert abs(achieved - rate) <= 0.01
+    for output, ids in zip(outputs, contexts):
+        assert output.keep is not None and output.keep.shape == (len(ids),)
+
+
+def test_scores_are_probabilities_and_deterministic(agent):
+    contexts = [agent.reconstructor.encode(t) for t in TEXTS]
+    first = agent.mask_scores(contexts, 0.5)
+    second = agent.mask_scores(contexts, 0.5)
+    for a, b, ids in zip(first, second, contexts):
+        assert a.shape == (len(ids),) and np.all((a >= 0) & (a <= 1))
+        np.testing.assert_allclose(a, b)
+    assert agent.keep_masks([[]], 0.5)[0].shape == (0,)
+
+
+def test_agent_method_is_registered_for_evaluate(run_dir, tiny_recon):
+    method = build_method(f"agent:{run_dir}", MethodContext(judge=tiny_recon, device="cpu"))
+    assert isinstance(method, AgentCompressor) and method.name == f"agent:{run_dir}"
+    assert set(method.env_options) == set(ENV_OPTION_KEYS)
+    with pytest.raises(ValueError, match="not a tokenmask run folder"):
+        build_method("agent:/nonexistent/run", MethodContext(judge=tiny_recon, device="cpu"))
+
+
+def test_compress_command_reads_stdin(run_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO(TEXTS[0]))
+    assert main(["compress", "--agent", str(run_dir), "--rate", "0.5", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert 0 < len(captured.out.strip()) < len(TEXTS[0])
+    assert "rate 0.5" in captured.err
+    monkeypatch.setattr("sys.stdin", io.StringIO("   "))
+    assert main(["compress", "--agent", str(run_dir)]) == 2
+
+
+def test_strike_through_marks_removed_tokens_only(tiny_recon):
+    ids = tiny_recon.encode("keep this drop that")
+    keep = np.array([True, True, False, False][: len(ids)] + [True] * max(0, len(ids) - 4))
+    text = strike_through(tiny_recon, ids, keep)
+    assert text.replace(STROKE, "") == tiny_recon.decode(ids)
+    assert STROKE in text and text.startswith(tiny_recon.decode(ids[:2]))

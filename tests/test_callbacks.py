@@ -1,0 +1,89 @@
+"""Joint reconstructor fine-tuning and the episode outcomes it learns from (tiny random LMs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+
+from tokenmask.envs.episodes import EpisodeRecord
+from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+from tokenmask.envs.scoring import weights_fingerprint
+from tokenmask.policies import TokenMaskPolicy
+from tokenmask.testing import tiny_reconstructor
+from tokenmask.train.callbacks import JointReconstructorCallback, TimeLimitCallback
+from tokenmask.train.outcomes import GAIN_KEY, RECORD_KEY, EpisodeOutcomes
+
+ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
+SMALL_POLICY = {
+    "features_extractor_kwargs": {"d_model": 32, "num_layers": 1, "num_buckets": 256, "embed_dim": 16}
+}
+
+
+def test_outcomes_put_records_in_terminal_infos_and_add_the_bonus(tiny_recon):
+    judge = tiny_reconstructor(seed=1)
+    plain = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV), tiny_recon)
+    bonus = EpisodeOutcomes(
+        TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV),
+        tiny_recon,
+        judge=judge,
+        recoverability_weight=0.5,
+    )
+    for venv in (plain, bonus):
+        venv.seed(0)
+        venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # two windows of 16 = one 32-token document
+        actions = (rng.random((2, 16)) < 0.5).astype(np.int8)
+        _, plain_rewards, dones, plain_infos = plain.step(actions)
+        _, bonus_rewards, _, bonus_infos = bonus.step(actions)
+    assert dones.all()
+    for row in range(2):
+        record = bonus_infos[row][RECORD_KEY]
+        assert isinstance(record, EpisodeRecord) and record.mask.shape == record.ids.shape
+        assert GAIN_KEY not in plain_infos[row]
+        gain = bonus_infos[row][GAIN_KEY]
+        assert -1.0 <= gain <= 2.0
+        assert bonus_rewards[row] == pytest.approx(plain_rewards[row] + 0.5 * gain, abs=1e-5)
+    # keeping everything reads the document itself: the bonus is then +1 (or -1 when, for this random
+    # judge, the document does not help predict itself at all)
+    record = bonus_infos[0][RECORD_KEY]
+    everything = EpisodeRecord(
+        record.document, "", record.ids, np.zeros(len(record.ids), dtype=bool), 0.5, 0.0, 0.0, 0.0
+    )
+    assert bonus.recoverabilities([everything])[0] in (pytest.approx(1.0, abs=1e-4), -1.0)
+    with pytest.raises(ValueError, match="needs a judge"):
+        EpisodeOutcomes(plain.venv, tiny_recon, judge=None, recoverability_weight=1.0)
+
+
+def test_joint_callback_fine_tunes_the_env_reconstructor_on_agent_masks():
+    recon = tiny_reconstructor(seed=0)  # a private copy: this test trains it
+    venv = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **ENV), recon)
+    callback = JointReconstructorCallback(
+        recon, period=1, learning_rate=1e-2, batch_documents=2, micro_batches=2, probe_documents=1, seed=0
+    )
+    model = PPO(
+        TokenMaskPolicy,
+        venv,
+        n_steps=8,
+        batch_size=16,
+        n_epochs=1,
+        policy_kwargs=SMALL_POLICY,
+        seed=0,
+        device="cpu",
+    )
+    before = weights_fingerprint(recon.model)
+    model.learn(32, callback=callback)
+    assert len(callback.buffer) >= 4
+    assert callback.finetuner.optimizer_steps >= 2
+    assert weights_fingerprint(recon.model) != before
+    assert callback.history and all(np.isfinite(b) and np.isfinite(a) for b, a in callback.history)
+    # the env prices with the same object, so its scorer sees the new weights
+    assert venv.venv.vector_env.reconstructor is recon
+
+
+def test_callbacks_reject_bad_arguments(tiny_recon):
+    with pytest.raises(ValueError, match="period"):
+        JointReconstructorCallback(tiny_recon, period=0)
+    with pytest.raises(ValueError, match="minutes"):
+        TimeLimitCallback(0)

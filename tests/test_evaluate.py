@@ -1,0 +1,181 @@
+"""The method registry, the in-model interface and ``tokenmask evaluate`` end to end (tiny random judge)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenmask.cli import main
+from tokenmask.evaluate import compressor as registry
+from tokenmask.evaluate.compressor import (
+    InModelCompressor,
+    InModelResult,
+    InModelScore,
+    MethodContext,
+    build_method,
+    parse_method_names,
+    register_method,
+)
+from tokenmask.evaluate.evaluator import Evaluator
+from tokenmask.evaluate.metrics import continuation_nlls, recovery_nlls, select_documents
+from tokenmask.evaluate.reports import (
+    RECOVERABILITY_PLOT,
+    RESULTS_FILE,
+    RETENTION_PLOT,
+    TABLE_FILE,
+    load_results,
+)
+from tokenmask.evaluate.runner import EvaluateConfig
+
+
+class KeepLastPositions:
+    """An in-model compressor that keeps the last positions of BOS + context (StreamingLLM without sinks).
+
+    Keeping positions of a causal LM's cache without merging them equals reading the kept tokens,
+    so the judge scores it with the same passes as a text compressor.
+    """
+
+    name = "keep_last_positions"
+
+    def score(self, judge, contexts, continuations, sep, rate, seed=0):  # type: ignore[no-untyped-def]
+        kept = [list(c)[len(c) - int(round(len(c) * (1 - rate))) :] for c in contexts]
+        r = recovery_nlls(judge, kept, contexts, sep)
+        f = continuation_nlls(judge, kept, continuations)
+        scores = [InModelScore(float(a), float(b), len(k), len(c)) for a, b, k, c in zip(r, f, kept, contexts)]
+        return InModelResult(scores=scores)
+
+
+@pytest.fixture(scope="module")
+def tiny_judge_dir(tiny_recon, tmp_path_factory):  # type: ignore[no-untyped-def]
+    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
+
+
+def test_unknown_method_names_the_known_ones(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="Unknown method 'nonsense'.*truncation"):
+        build_method("nonsense", MethodContext(judge=tiny_recon))
+
+
+@pytest.fixture()
+def scratch_registry(monkeypatch):  # type: ignore[no-untyped-def]
+    """Registrations made by a test are undone after it."""
+    registry.registered_methods()  # built-ins first, so they stay registered
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_register_method_passes_the_argument(tiny_recon, scratch_registry) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+
+    def factory(argument: str, context: MethodContext) -> InModelCompressor:
+        seen.append(argument)
+        return KeepLastPositions()
+
+    register_method("keep_last_test", factory, overwrite=True)
+    method = build_method("keep_last_test:some/path", MethodContext(judge=tiny_recon))
+    assert isinstance(method, InModelCompressor) and seen == ["some/path"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("keep_last_test", lambda a, c: KeepLastPositions())
+    with pytest.raises(ValueError, match="must be non-empty"):
+        register_method("bad prefix", factory)
+
+
+def test_plugins_register_themselves_when_first_named(tiny_recon, tmp_path, monkeypatch, scratch_registry) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "tm_plugin_for_test.py").write_text(
+        textwrap.dedent(
+            """
+            from tokenmask.evaluate.baselines import Truncation
+            from tokenmask.evaluate.compressor import register_method
+            register_method("plugtest", lambda arg, ctx: Truncation(ctx.judge.tokenizer, keep=arg or "last"))
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.PLUGIN_MODULES, "plugtest", ("tm_plugin_missing", "tm_plugin_for_test"))
+    assert "tm_plugin_for_test" not in sys.modules
+    method = build_method("plugtest:first", MethodContext(judge=tiny_recon))
+    assert method.name == "truncation_first"
+
+
+def test_parse_method_names() -> None:
+    assert parse_method_names(" random, agent:runs/x ,random,") == ["random", "agent:runs/x"]
+    with pytest.raises(ValueError, match="No method named"):
+        parse_method_names(" , ")
+
+
+def test_in_model_compressor_is_scored_like_its_text_equivalent(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 2
+    docs = select_documents(texts, tiny_recon, 24, 8)
+    evaluator = Evaluator(tiny_recon, docs)
+    in_model = evaluator.evaluate(KeepLastPositions(), 0.5)
+    text = evaluator.evaluate(build_method("truncation", MethodContext(judge=tiny_recon)), 0.5)
+    assert in_model.rate == pytest.approx(0.5)
+    assert in_model.recoverability == pytest.approx(text.recoverability, abs=1e-5)
+    assert in_model.retention == pytest.approx(text.retention, abs=1e-5)
+    identity = evaluator.evaluate(KeepLastPositions(), 0.0)
+    assert identity.rate == 0.0 and identity.recoverability == pytest.approx(1.0, abs=1e-5)
+
+
+def test_config_rejects_bad_rates_and_counts() -> None:
+    with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
+        EvaluateConfig(rates=[0.5, 1.0])
+    with pytest.raises(ValueError, match="num_documents"):
+        EvaluateConfig(num_documents=0)
+
+
+def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "evaluate", "--judge", str(tiny_judge_dir), "--corpus", "sample", "--methods", "truncation,random,frequency",
+            "--rates", "0.3,0.5", "--num_documents", "3", "--recoverability_documents", "2", "--context_tokens", "32",
+            "--continuation_tokens", "8", "--device", "cpu", "--output_dir", str(out), "--no_progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for name in (RESULTS_FILE, TABLE_FILE, RECOVERABILITY_PLOT, RETENTION_PLOT):
+        assert (out / name).stat().st_size > 0
+    assert (out / RECOVERABILITY_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert runs == ["frequency", "random", "truncation"]
+    assert all(any(f.name.startswith("events.out.tfevents") for f in (out / "tensorboard" / r).iterdir()) for r in runs)
+    rows = load_results(out)
+    assert [(r["method"], r["requested_rate"]) for r in rows] == [
+        (m, r) for m in ("truncation", "random", "frequency") for r in (0.3, 0.5)
+    ]
+    for row in rows:
+        assert row["documents"] == 3 and row["recoverability_documents"] == 2
+        assert abs(row["rate"] - row["requested_rate"]) < 0.05
+        assert np.isfinite(row["recoverability"]) and np.isfinite(row["recon_bits_per_masked"])
+    table = (out / TABLE_FILE).read_text()
+    assert "| truncation | 0.30 |" in table
+    assert json.loads((out / RESULTS_FILE).read_text())["setting"]["context_tokens"] == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "truncation,nonsense"], "Unknown method 'nonsense'"),
+        (["--rates", "0.5,1.2"], "outside [0, 1)"),
+        (["--context_tokens", "5000"], "No document of the corpus has C+T"),
+    ],
+)
+def test_evaluate_command_bad_input_is_one_clear_line(
+    args: Sequence[str], message: str, tiny_judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["evaluate", "--judge", str(tiny_judge_dir), "--corpus", "sample", "--num_documents", "2",
+            "--context_tokens", "32", "--continuation_tokens", "8", "--device", "cpu", "--no_progress",
+            "--output_dir", str(tmp_path / "x")]  # fmt: skip
+    assert main([*base, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().splitlines()[-1].startswith("tokenmask evaluate: error:")
+    assert not (tmp_path / "x").exists()
+
+
+def test_baselines_command_refuses_other_methods(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["baselines", "--methods", "truncation,agent:runs/x", "--no_progress"]) == 2
+    assert "runs baselines only" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""``tokenmask activation train`` and ``tokenmask activation evaluate``.
+
+train:    fit compression layers on a corpus (LM loss + contrastive loss, quality parachute);
+          writes <output_dir>/model (load with CompressedCausalLM.from_pretrained),
+          <output_dir>/train_summary.json and <output_dir>/tensorboard.
+evaluate: perplexity with and without compression, ratio, memory, bytes saved and pre-fill time
+          over a threshold sweep; writes report.json, report.md and ratio_vs_perplexity.png.
+
+Every option can come from --config FILE.json and be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tokenmask.activation_compression.config import ActivationEvaluateConfig, ActivationTrainConfig
+from tokenmask.config import add_config_arguments, config_from_args
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tokenmask activation {train,evaluate}``."""
+    parser = subparsers.add_parser(
+        "activation",
+        help="activation compression: cluster hidden states inside the LM (train / evaluate)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="activation_command", metavar="SUBCOMMAND")
+    train_parser = commands.add_parser("train", help="train compression layers", description=ActivationTrainConfig.__doc__)
+    add_config_arguments(train_parser, ActivationTrainConfig)
+    train_parser.set_defaults(func=_train)
+    eval_parser = commands.add_parser(
+        "evaluate", help="measure perplexity, ratio, memory and time over thresholds", description=ActivationEvaluateConfig.__doc__
+    )
+    add_config_arguments(eval_parser, ActivationEvaluateConfig)
+    eval_parser.set_defaults(func=_evaluate)
+    parser.set_defaults(func=lambda args: _missing(parser))
+
+
+def _missing(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tokenmask.activation_compression.training import train
+
+    summary = train(config_from_args(ActivationTrainConfig, args))
+    print(json.dumps({"steps": summary["steps"], "validation": summary["validation"], "model_dir": summary["model_dir"]}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tokenmask.activation_compression.evaluation import evaluate
+    from tokenmask.activation_compression.report import markdown_table
+
+    report = evaluate(config_from_args(ActivationEvaluateConfig, args))
+    for name, rows in report["sweeps"].items():
+        print(markdown_table(rows, name))
+    print(f"reports: {report['files']}")
+    return 0

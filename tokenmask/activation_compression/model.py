@@ -1,0 +1,662 @@
+"""Compression layers inside a causal LM: cluster similar adjacent hidden states, run on fewer positions.
+
+:class:`CompressedCausalLM` wraps a :class:`~tokenmask.reconstructors.Reconstructor`'s causal LM
+(Llama family incl. SmolLM2, or GPT-2) and, at each layer of ``compression_layers``:
+
+1. scores each unit's importance with the attention that layer pays it (attention-weighted; the
+   BOS attention sink is never merged);
+2. clusters runs of adjacent units whose cosine similarity exceeds the threshold (fixed, or a
+   causal per-sequence quantile when ``adaptive_threshold`` is on);
+3. merges each cluster into one state, importance-weighted (norm-preserving, plus a learned
+   correction of merged states);
+4. runs the remaining layers on the clusters: a later compression layer clusters these clusters.
+
+Causality: a position reads only *closed* clusters (all of whose units lie before it) plus the raw
+states of its own open cluster, and a cluster token reads only clusters; see
+:mod:`tokenmask.activation_compression.layout`. Each original position keeps its own query stream
+through the compressed layers and is restored before the LM head with a learned gated residual of
+its own state at the first compression layer (``use_residuals``).
+
+Two modes:
+
+* ``full``: every position gets its prediction (training, perplexity). The compressed layers hold
+  the clusters plus one query stream per position.
+* ``prefill``: only the positions after the compressible prefix are computed (the continuation
+  of ``tokenmask evaluate``); the compressed layers run on the clusters alone, which is what a
+  serving system would keep. Both modes give the same predictions for those positions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tokenmask.activation_compression.backbone import Backbone, backbone_for
+from tokenmask.activation_compression.clustering import (
+    NO_TIME,
+    adjacent_similarity,
+    budget_starts,
+    cluster_index,
+    cluster_last_unit,
+    cluster_starts,
+    contrastive_loss,
+    merge_eligible,
+    merge_units,
+    received_attention,
+    running_quantile,
+)
+from tokenmask.activation_compression.config import ActivationConfigError, CompressionConfig
+from tokenmask.activation_compression.layout import TokenLayout
+from tokenmask.io import atomic_write_json, replace_dir, temporary_dir_beside
+from tokenmask.reconstructors import CorruptCheckpointError, Reconstructor
+
+Mode = Literal["full", "prefill"]
+META_FILE = "activation_compression.json"
+WEIGHTS_FILE = "compression_layers.safetensors"
+BASE_DIR = "base"
+CHECKPOINT_FORMAT = 1
+MAX_FIXED_THRESHOLD = 1.01  # a fixed cosine threshold above 1 merges nothing
+
+
+class CompressionLayer(nn.Module):
+    """The learned parts of one compression layer (all start as the identity / parameter-free merge).
+
+    :param hidden_size: width of the hidden states.
+    :param similarity_rank: rank of the learned correction of the similarity features.
+    :param adapter_rank: rank of the learned correction of merged states.
+    """
+
+    def __init__(self, hidden_size: int, similarity_rank: int = 64, adapter_rank: int = 64) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.similarity_down = nn.Linear(hidden_size, similarity_rank, bias=False)
+        self.similarity_up = nn.Linear(similarity_rank, hidden_size, bias=False)
+        self.importance_scale = nn.Parameter(torch.ones(()))
+        self.importance_bias = nn.Linear(hidden_size, 1)
+        self.adapter_down = nn.Linear(hidden_size + 1, adapter_rank)
+        self.adapter_up = nn.Linear(adapter_rank, hidden_size)
+        for zero in (self.similarity_up.weight, self.importance_bias.weight, self.importance_bias.bias,
+                     self.adapter_up.weight, self.adapter_up.bias):
+            nn.init.zeros_(zero)
+
+    def _normed(self, states: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(states.float(), (self.hidden_size,)).to(self.similarity_down.weight.dtype)
+
+    def similarity_features(self, states: torch.Tensor) -> torch.Tensor:
+        """Features whose cosine similarity decides merges: the centred, normalized state plus a learned low-rank term."""
+        x = self._normed(states)
+        return x + self.similarity_up(self.similarity_down(x))
+
+    def merge_weights(self, states: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """Positive merge weights: ``received_attention ** scale * exp(learned bias)``, per unit ``(B, U)``."""
+        log_w = self.importance_scale * torch.log(received.float().clamp(min=1e-6))
+        log_w = log_w + self.importance_bias(self._normed(states))[..., 0].float()
+        return torch.exp(log_w.clamp(-30.0, 30.0))
+
+    def adapt(self, merged: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Learned correction of merged states (clusters of one unit are left exactly as they are).
+
+        :param merged: ``(B, M, d)`` merged states.
+        :param sizes: ``(B, M)`` units per cluster.
+        """
+        x = torch.cat([self._normed(merged), torch.log(sizes.clamp(min=1).to(self.adapter_down.weight.dtype))[..., None]], -1)
+        delta = self.adapter_up(F.gelu(self.adapter_down(x)))
+        rms = merged.float().pow(2).mean(-1, keepdim=True).sqrt().to(delta.dtype)
+        return merged + (delta * rms * (sizes > 1)[..., None].to(delta.dtype)).to(merged.dtype)
+
+
+class RestoreGate(nn.Module):
+    """Learned gated residual restoring each position's own state before the LM head.
+
+    ``out = y + sigmoid(gate([norm(y), norm(own)])) * up(down(own))``; ``up`` starts at zero, and
+    the low rank keeps it a correction rather than a second LM head.
+
+    :param hidden_size: width of the hidden states.
+    :param rank: rank of the residual's projection.
+    """
+
+    def __init__(self, hidden_size: int, rank: int = 64) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.gate = nn.Linear(2 * hidden_size, 1)
+        self.down = nn.Linear(hidden_size, rank, bias=False)
+        self.up = nn.Linear(rank, hidden_size, bias=False)
+        for zero in (self.gate.weight, self.gate.bias, self.up.weight):
+            nn.init.zeros_(zero)
+
+    def forward(self, final: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """Restore ``final`` ``(B, P, d)`` with the positions' ``own`` states ``(B, P, d)``."""
+        dtype = self.gate.weight.dtype
+        normed = torch.cat([F.layer_norm(final.float(), (self.hidden_size,)), F.layer_norm(own.float(), (self.hidden_size,))], -1)
+        gate = torch.sigmoid(self.gate(normed.to(dtype)))
+        return final + (gate * self.up(self.down(own.to(dtype)))).to(final.dtype)
+
+
+@dataclass
+class CompressionOutput:
+    """What :meth:`CompressedCausalLM.forward` returns.
+
+    :param hidden: ``(B, P, d)`` final-normed states of the computed positions (read them with ``origin``).
+    :param origin: ``(B, P)`` original position of each row of ``hidden`` (``-1`` = padding).
+    :param positions_kept: ``(B,)`` positions held in the compressed layers, summed over those layers
+        (clusters of the compressible prefix).
+    :param positions_total: ``(B,)`` positions those layers would hold uncompressed.
+    :param clusters: per compression layer, ``(B,)`` clusters formed.
+    :param contrastive: contrastive clustering loss (mean over compression layers), float32 scalar.
+    :param thresholds: per compression layer, the mean threshold in force (NaN for budget mode).
+    """
+
+    hidden: torch.Tensor
+    origin: torch.Tensor
+    positions_kept: torch.Tensor
+    positions_total: torch.Tensor
+    clusters: list[torch.Tensor] = field(default_factory=list)
+    contrastive: torch.Tensor | None = None
+    thresholds: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Corpus compression ratio: Σ positions uncompressed / Σ positions kept, in the compressed layers."""
+        kept = float(self.positions_kept.sum())
+        return float(self.positions_total.sum()) / kept if kept else 1.0
+
+    @property
+    def rate(self) -> float:
+        """``1 - Σ kept / Σ total`` (EVALUATION.md's rate for in-model compressors)."""
+        total = float(self.positions_total.sum())
+        return 1.0 - float(self.positions_kept.sum()) / total if total else 0.0
+
+
+class CompressedCausalLM(nn.Module):
+    """A causal LM with compression layers (see the module docstring).
+
+    The base LM is not a sub-module: ``state_dict()`` and ``parameters()`` hold only the
+    compression layers; :attr:`base_parameters` lists the base LM's.
+
+    :param reconstructor: the base LM (``Reconstructor.load(...)`` or ``from_config``).
+    :param config: the compression settings.
+    """
+
+    threshold_offset: torch.Tensor
+
+    def __init__(self, reconstructor: Reconstructor, config: CompressionConfig | None = None) -> None:
+        super().__init__()
+        self.reconstructor = reconstructor
+        self.backbone: Backbone = backbone_for(reconstructor.model)
+        self.config = (config or CompressionConfig()).resolved(self.backbone.num_layers)
+        d = self.backbone.hidden_size
+        self.layers = nn.ModuleDict(
+            {str(i): CompressionLayer(d, self.config.similarity_rank, self.config.adapter_rank) for i in self.layer_indices}
+        )
+        self.restore = RestoreGate(d, self.config.adapter_rank) if self.config.use_residuals else None
+        # raised by the quality parachute: fewer merges while quality suffers
+        self.register_buffer("threshold_offset", torch.zeros((), dtype=torch.float32))
+        self.to(device=reconstructor.device, dtype=self.backbone.dtype)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def layer_indices(self) -> list[int]:
+        """The decoder layers whose input is compressed."""
+        return self.config.layers
+
+    @property
+    def base_model(self) -> Any:
+        """The wrapped Hugging Face causal LM."""
+        return self.reconstructor.model
+
+    @property
+    def base_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the base LM."""
+        return list(self.base_model.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the base LM."""
+        return self.reconstructor.device
+
+    def effective_threshold(self, similarity_threshold: float | None = None) -> float:
+        """The threshold in force: ``similarity_threshold`` if given, else the configured one plus the
+        quality parachute's offset (clamped to the valid range)."""
+        if similarity_threshold is None:
+            value = self.config.similarity_threshold + float(self.threshold_offset)
+        else:
+            value = float(similarity_threshold)
+        return min(max(value, 0.0), 1.0) if self.config.adaptive_threshold else min(value, MAX_FIXED_THRESHOLD)
+
+    def level_merge_fraction(self, target_rate: float) -> float:
+        """Fraction of units each compression layer removes so the overall rate is ``target_rate``.
+
+        With compression layers ``l_1 < ... < l_K`` of an ``L``-layer model, every layer keeps the
+        same fraction ``1 - f`` of its units, so ``rate = 1 - Σ_k (l_{k+1} - l_k) (1 - f)^k / (L - l_1)``.
+        """
+        if not 0.0 <= float(target_rate) < 1.0:
+            raise ValueError(f"target_rate {target_rate!r} is outside [0, 1). Fix: e.g. 0.5.")
+        bounds = [*self.layer_indices, self.backbone.num_layers]
+        spans = [bounds[k + 1] - bounds[k] for k in range(len(bounds) - 1)]
+
+        def rate_of(f: float) -> float:
+            return 1.0 - sum(span * (1.0 - f) ** (k + 1) for k, span in enumerate(spans)) / sum(spans)
+
+        low, high = 0.0, 1.0
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if rate_of(mid) < target_rate else (low, mid)
+        return (low + high) / 2
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        compress_lengths: torch.Tensor | None = None,
+        mode: Mode = "full",
+        similarity_threshold: float | None = None,
+        target_rate: float | None = None,
+        compress: bool = True,
+        lower_hidden: torch.Tensor | None = None,
+    ) -> CompressionOutput:
+        """Run the LM with compression.
+
+        :param input_ids: ``(B, N)`` token ids (start each row with BOS; right padding).
+        :param attention_mask: ``(B, N)`` 1 for real tokens (default: all).
+        :param compress_lengths: ``(B,)`` leading positions that may be merged (default: all real
+            tokens). The rest are never merged (the continuation to score).
+        :param mode: ``full`` (every position computed) or ``prefill`` (only positions after the
+            compressible prefix; the compressed layers run on the clusters alone).
+        :param similarity_threshold: override of the configured threshold (sweeps).
+        :param target_rate: ``prefill`` only: merge each sequence's most similar pairs until this
+            fraction of its compressible positions is removed (per compression layer; not causal
+            inside the prefix, which is never scored in this mode).
+        :param compress: ``False`` runs the unmodified layers (same code path, no merges).
+        :param lower_hidden: ``(B, N, d)`` states entering the first compression layer, from
+            :meth:`lower_states` of the same inputs; the layers before it are then skipped (they
+            do not depend on compression, so a frozen base's states can be cached).
+        """
+        if mode not in ("full", "prefill"):
+            raise ValueError(f"mode must be 'full' or 'prefill', got {mode!r}.")
+        if target_rate is not None and mode != "prefill":
+            raise ValueError("target_rate reads the whole prefix, so it is only allowed in 'prefill' mode.")
+        device = self.device
+        input_ids = input_ids.to(device)
+        b, n = input_ids.shape
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+        lengths = valid.sum(1)
+        if compress_lengths is None:
+            compress_lengths = lengths
+        compress_lengths = torch.minimum(compress_lengths.to(device).long(), lengths)
+        layout = TokenLayout.positions(valid, compress_lengths, self.config.protected_tokens)
+        blocks: list[tuple[int, int]] = [(0, n)]  # (start, width) of each level's columns
+        position_ids = torch.arange(n, device=device).expand(b, n)
+        base_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.base_parameters)
+        first = self.layer_indices[0]
+        if lower_hidden is not None:
+            if tuple(lower_hidden.shape[:2]) != (b, n):
+                raise ValueError(f"lower_hidden has shape {tuple(lower_hidden.shape)}, expected ({b}, {n}, d).")
+            hidden = lower_hidden.to(device)
+        else:
+            with torch.set_grad_enabled(base_grad):
+                hidden = self.backbone.embed(input_ids, position_ids)
+        bias, positions = self._attention_inputs(layout, hidden)
+        levels = [i for i in self.layer_indices if compress]
+        clusters: list[torch.Tensor] = []
+        thresholds: list[float] = []
+        losses: list[torch.Tensor] = []
+        own: torch.Tensor | None = None
+        for index in range(first if lower_hidden is not None else 0, self.backbone.num_layers):
+            if index in levels:
+                level = levels.index(index) + 1
+                hidden, layout, blocks, count, threshold, loss = self._compress(
+                    index, level, hidden, layout, blocks, compress_lengths, mode, similarity_threshold, target_rate
+                )
+                clusters.append(count)
+                thresholds.append(threshold)
+                losses.append(loss)
+                if own is None:
+                    own = hidden[:, : blocks[0][1]]
+                bias, positions = self._attention_inputs(layout, hidden)
+            grad = torch.is_grad_enabled() and (base_grad or own is not None)
+            with torch.set_grad_enabled(grad):
+                hidden = self.backbone.run_layer(index, hidden, bias, positions)
+        width = blocks[0][1]
+        final = hidden[:, :width]
+        if own is not None and self.restore is not None:
+            final = self.restore(final, own)
+        final = self.backbone.final_norm(final)
+        origin = layout.origin[:, :width]
+        kept, total = self._kept_positions(clusters, compress_lengths, levels)
+        contrastive = torch.stack(losses).mean() if losses else None
+        return CompressionOutput(final, origin, kept, total, clusters, contrastive, thresholds)
+
+    def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """States entering the first compression layer, ``(B, N, d)``, computed without autograd.
+
+        Pass them back as ``forward(..., lower_hidden=...)`` to skip the uncompressed layers.
+        """
+        device = self.device
+        input_ids = input_ids.to(device)
+        b, n = input_ids.shape
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+        layout = TokenLayout.positions(valid, valid.sum(1), self.config.protected_tokens)
+        with torch.no_grad():
+            hidden = self.backbone.embed(input_ids, torch.arange(n, device=device).expand(b, n))
+            bias, positions = self._attention_inputs(layout, hidden)
+            for index in range(self.layer_indices[0]):
+                hidden = self.backbone.run_layer(index, hidden, bias, positions)
+        return hidden
+
+    def _attention_inputs(self, layout: TokenLayout, hidden: torch.Tensor) -> tuple[torch.Tensor, object]:
+        bias = self.backbone.attention_bias(layout.visibility())
+        return bias, self.backbone.position_context(hidden, layout.position)
+
+    def _kept_positions(
+        self, clusters: list[torch.Tensor], compress_lengths: torch.Tensor, levels: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        num_layers = self.backbone.num_layers
+        if not levels:
+            zero = torch.zeros_like(compress_lengths)
+            return zero, zero
+        kept = torch.zeros_like(compress_lengths)
+        bounds = [*levels, num_layers]
+        for k, count in enumerate(clusters):
+            kept = kept + count * (bounds[k + 1] - bounds[k])
+        total = compress_lengths * (num_layers - levels[0])
+        return kept, total
+
+    def _compress(
+        self,
+        index: int,
+        level: int,
+        hidden: torch.Tensor,
+        layout: TokenLayout,
+        blocks: list[tuple[int, int]],
+        compress_lengths: torch.Tensor,
+        mode: Mode,
+        similarity_threshold: float | None,
+        target_rate: float | None,
+    ) -> tuple[torch.Tensor, TokenLayout, list[tuple[int, int]], torch.Tensor, float, torch.Tensor]:
+        """Cluster the units of the previous level before decoder layer ``index``; append the clusters."""
+        layer = self.layers[str(index)]
+        assert isinstance(layer, CompressionLayer)
+        start, width = blocks[level - 1]
+        units = hidden[:, start : start + width]
+        meta = layout.columns(start, start + width)
+        member = meta.member & meta.valid
+        # importance: the attention this layer pays each unit on the short (pre-fill) sequence
+        with torch.no_grad():
+            causal = (meta.avail[:, None, :] <= meta.avail[:, :, None]) & meta.valid[:, None, :] & meta.valid[:, :, None]
+            causal |= torch.eye(width, dtype=torch.bool, device=causal.device)[None]
+            local = self.backbone.local_attention(
+                index, units.detach(), causal, self.backbone.position_context(units, meta.position), self.config.max_cluster_size
+            )
+            visible_keys = causal.sum(-1)
+        features = layer.similarity_features(units)
+        similarity = adjacent_similarity(features)
+        sim = similarity.detach()
+        eligible = merge_eligible(member, meta.protected)
+        if target_rate is not None:
+            fraction = self.level_merge_fraction(target_rate)
+            merges = torch.floor(fraction * member.sum(1).float() + 0.5).long()
+            starts = budget_starts(sim, eligible, merges, self.config.max_cluster_size)
+            threshold = torch.full_like(sim, float("nan"))
+        elif self.config.adaptive_threshold:
+            threshold = running_quantile(sim, eligible, self.effective_threshold(similarity_threshold))
+            starts = cluster_starts(sim, threshold, eligible, self.config.max_cluster_size)
+        else:
+            threshold = torch.full_like(sim, self.effective_threshold(similarity_threshold))
+            starts = cluster_starts(sim, threshold, eligible, self.config.max_cluster_size)
+        cid, count = cluster_index(starts, member)
+        m = max(int(count.max()), 1)
+        received = received_attention(local, visible_keys, cid, m)
+        weights = layer.merge_weights(units, received)
+        merged, _ = merge_units(units, weights, cid, m)
+        merged_position, _ = merge_units(meta.position, weights.to(meta.position.dtype), cid, m)
+        b = units.shape[0]
+        slot = torch.where(cid >= 0, cid, torch.full_like(cid, m))
+        sizes = torch.zeros(b, m + 1, device=units.device).scatter_add(1, slot, member.float())[:, :m]
+        # norm-preserving merge: a mean of similar vectors is shorter than they are
+        unit_norm = units.float().norm(dim=-1)
+        mean_norm, _ = merge_units(unit_norm, weights.float(), cid, m)
+        merged = merged * (mean_norm / merged.float().norm(dim=-1).clamp(min=1e-6)).to(merged.dtype)[..., None]
+        merged = layer.adapt(merged, sizes)
+        natural = eligible & ~(sim > threshold)
+        loss = contrastive_loss(features, cid, m, natural, threshold)
+        # layout of the clusters
+        last = cluster_last_unit(cid, m)
+        end_time = compress_lengths if level == 1 else torch.where(member, meta.avail, torch.zeros_like(meta.avail)).amax(1)
+        next_member = torch.cat([member[:, 1:], torch.zeros_like(member[:, :1])], 1)
+        next_avail = torch.cat([meta.avail[:, 1:], torch.zeros_like(meta.avail[:, :1])], 1)
+        avail_next = torch.where(next_member, next_avail, end_time[:, None].expand_as(next_avail))
+        cluster_valid = torch.arange(m, device=units.device)[None] < count[:, None]
+        cluster_avail = torch.gather(avail_next, 1, last.clamp(min=0))
+        cluster_avail = torch.where(cluster_valid, cluster_avail, torch.full_like(cluster_avail, NO_TIME))
+        protected = torch.zeros(b, m + 1, dtype=torch.long, device=units.device)
+        protected = protected.scatter_reduce(1, slot, meta.protected.long(), reduce="amax")[:, :m].bool()
+        clusters_layout = TokenLayout(
+            level=torch.full_like(cluster_avail, level),
+            valid=cluster_valid,
+            avail=cluster_avail,
+            parent_avail=torch.full_like(cluster_avail, NO_TIME),
+            position=torch.where(cluster_valid, merged_position, torch.zeros_like(merged_position)),
+            protected=protected & cluster_valid,
+            origin=torch.full_like(cluster_avail, -1),
+            member=cluster_valid,
+        )
+        parent_avail = torch.where(member, torch.gather(cluster_avail, 1, cid.clamp(min=0)), torch.full_like(cid, NO_TIME))
+        layout.parent_avail[:, start : start + width] = parent_avail
+        merged = torch.where(cluster_valid[..., None], merged, torch.zeros_like(merged))
+        parts_hidden = [hidden]
+        parts_layout = [layout]
+        if mode == "prefill":
+            parts_hidden, parts_layout, blocks = self._drop_for_prefill(hidden, layout, blocks, level)
+        offset = sum(p.shape[1] for p in parts_hidden)
+        hidden = torch.cat([*parts_hidden, merged], dim=1)
+        layout = TokenLayout.concat([*parts_layout, clusters_layout])
+        blocks = [*blocks, (offset, m)]
+        mean_threshold = float(torch.nanmean(threshold[eligible]).item()) if bool(eligible.any()) else float("nan")
+        return hidden, layout, blocks, count, mean_threshold, loss
+
+    @staticmethod
+    def _drop_for_prefill(
+        hidden: torch.Tensor, layout: TokenLayout, blocks: list[tuple[int, int]], level: int
+    ) -> tuple[list[torch.Tensor], list[TokenLayout], list[tuple[int, int]]]:
+        """Keep only what later queries can read: positions outside the prefix, and the newest clusters."""
+        if level == 1:
+            start, width = blocks[0]
+            keep = layout.valid[:, :width] & ~layout.member[:, :width]
+            count = int(keep.sum(1).max()) if keep.numel() else 0
+            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :count]
+            kept = torch.gather(keep, 1, order)
+            part_layout = layout.columns(0, width).take(order, kept)
+            part_hidden = torch.gather(hidden[:, :width], 1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+            return [part_hidden], [part_layout], [(0, count)]
+        positions_width = blocks[0][1]
+        parts_hidden = [hidden[:, :positions_width]]
+        parts_layout = [layout.columns(0, positions_width)]
+        # every level below the new one is superseded for every query that is still computed
+        new_blocks = [blocks[0]] + [(positions_width, 0)] * (level - 1)
+        return parts_hidden, parts_layout, new_blocks
+
+    # ------------------------------------------------------------------ scoring
+    def token_nlls(
+        self,
+        output: CompressionOutput,
+        input_ids: torch.Tensor,
+        score_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """NLL in nats of every scored token given the compressed past, ``(B, N)`` float32 (0 where not scored).
+
+        ``score_mask[b, j]`` marks token ``j`` (``j >= 1``) as scored: it is predicted from the
+        output at position ``j - 1``, which must have been computed.
+
+        :param output: the forward output.
+        :param input_ids: ``(B, N)`` the ids given to :meth:`forward`.
+        :param score_mask: ``(B, N)`` bool.
+        """
+        input_ids = input_ids.to(self.device)
+        score_mask = score_mask.to(self.device).bool()
+        b, n = input_ids.shape
+        origin = output.origin
+        rows, cols = torch.nonzero(origin >= 0, as_tuple=True)
+        source = origin[rows, cols]
+        target_pos = source + 1
+        inside = target_pos < n
+        rows, cols, target_pos = rows[inside], cols[inside], target_pos[inside]
+        wanted = score_mask[rows, target_pos]
+        rows, cols, target_pos = rows[wanted], cols[wanted], target_pos[wanted]
+        nll = torch.zeros(b, n, dtype=torch.float32, device=self.device)
+        if rows.numel() == 0:
+            return nll
+        logits = self.reconstructor._postprocess_logits(self.backbone.logits(output.hidden[rows, cols]))
+        targets = input_ids[rows, target_pos]
+        values = F.cross_entropy(logits, targets, reduction="none")
+        nll = nll.index_put((rows, target_pos), values)
+        expected = int(score_mask[:, 1:].sum())
+        if values.numel() != expected:
+            raise ValueError(
+                f"{expected - values.numel()} scored tokens have no computed predicting position. "
+                "Fix: in 'prefill' mode score only tokens after the compressible prefix (and its last token)."
+            )
+        return nll
+
+    def uncompressed_nlls(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lower_hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """NLL in nats of every token ``j >= 1`` under the unmodified base LM, ``(B, N)`` (0 at padding and j = 0).
+
+        :param lower_hidden: cached :meth:`lower_states` of the inputs (then only the later layers run,
+            through the same code with ``compress=False``); ``None`` runs the base LM itself.
+        """
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if lower_hidden is not None:
+            score = attention_mask.bool().clone()
+            score[:, 0] = False
+            output = self(input_ids, attention_mask, compress=False, lower_hidden=lower_hidden)
+            return self.token_nlls(output, input_ids, score)
+        hidden = self.reconstructor._last_hidden(input_ids, attention_mask)
+        logits = self.reconstructor._postprocess_logits(self.backbone.logits(hidden[:, :-1]).flatten(0, 1))
+        values = F.cross_entropy(logits, input_ids[:, 1:].flatten(), reduction="none").view(input_ids.shape[0], -1)
+        values = values * attention_mask[:, 1:].float()
+        return torch.cat([torch.zeros_like(values[:, :1]), values], dim=1)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, path: str | os.PathLike[str], include_base: bool | None = None) -> Path:
+        """Save the compression layers (and the base LM when it was trained) to a folder, atomically.
+
+        The folder holds ``activation_compression.json`` (settings, base model name, parachute
+        offset), ``compression_layers.safetensors`` and, with ``include_base``, ``base/`` (a saved
+        reconstructor). Load it back with :meth:`from_pretrained`.
+
+        :param path: destination folder (replaced if it exists).
+        :param include_base: save the base LM too; default: when its weights are trainable or it
+            cannot be loaded back by name (a randomly initialised test model).
+        """
+        if include_base is None:
+            name = self.reconstructor.name
+            include_base = any(p.requires_grad for p in self.base_parameters) or name.startswith("random:")
+        target = Path(path)
+        tmp = temporary_dir_beside(target)
+        try:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            meta = {
+                "format": CHECKPOINT_FORMAT,
+                "base_model": None if include_base else self.reconstructor.name,
+                "base_included": bool(include_base),
+                "model_type": str(self.base_model.config.model_type),
+                "num_layers": self.backbone.num_layers,
+                "hidden_size": self.backbone.hidden_size,
+                "compression": self.config.to_dict(),
+                "threshold_offset": float(self.threshold_offset),
+            }
+            atomic_write_json(tmp / META_FILE, meta)
+            if include_base:
+                self.reconstructor.save_pretrained(tmp / BASE_DIR)
+            replace_dir(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        reconstructor: Reconstructor | None = None,
+    ) -> CompressedCausalLM:
+        """Load a folder written by :meth:`save_pretrained`.
+
+        :param path: the folder.
+        :param device: device of the base LM (``auto``: cuda > mps > cpu).
+        :param dtype: dtype of the base LM.
+        :param reconstructor: the base LM to wrap instead of loading it (it must have the same
+            architecture); ignored when the folder holds its own trained base.
+        :raises CorruptCheckpointError: if the folder is not a saved activation model or is damaged.
+        """
+        folder = Path(path)
+        meta_file = folder / META_FILE
+        if not meta_file.is_file():
+            raise CorruptCheckpointError(
+                f"{folder} is not a saved activation-compression model (no {META_FILE}). "
+                "Fix: pass a folder written by `tokenmask activation train`, or a base model name."
+            )
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            config = CompressionConfig(**meta["compression"])
+            state = load_file(str(folder / WEIGHTS_FILE))
+        except Exception as exc:  # any read failure means the folder is damaged
+            raise CorruptCheckpointError(
+                f"The activation model folder {folder} is corrupt or incomplete ({type(exc).__name__}: {exc}). Fix: re-save it."
+            ) from exc
+        if meta.get("base_included"):
+            reconstructor = Reconstructor.from_pretrained(folder / BASE_DIR, device=device, dtype=dtype)
+        elif reconstructor is None:
+            reconstructor = Reconstructor.load(str(meta["base_model"]), device=device, dtype=dtype)
+        model = cls(reconstructor, config)
+        if model.backbone.num_layers != meta["num_layers"] or model.backbone.hidden_size != meta["hidden_size"]:
+            raise CorruptCheckpointError(
+                f"{folder} was trained on a {meta['num_layers']}-layer, {meta['hidden_size']}-wide model, not on "
+                f"{reconstructor.name!r} ({model.backbone.num_layers} layers, {model.backbone.hidden_size} wide). "
+                "Fix: load it with its own base model."
+            )
+        try:
+            model.load_state_dict({k: v.to(model.threshold_offset.device) for k, v in state.items()})
+        except RuntimeError as exc:
+            raise CorruptCheckpointError(f"The weights in {folder} do not fit its settings: {exc}") from exc
+        model.to(dtype=model.backbone.dtype)
+        return model
+
+    # ------------------------------------------------------------------ misc
+    def num_trainable_parameters(self) -> int:
+        """Parameters of the compression layers."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return f"compression_layers={self.layer_indices}, threshold={self.config.similarity_threshold}, adaptive={self.config.adaptive_threshold}"
+
+
+def kv_bytes(model: CompressedCausalLM, positions: float) -> float:
+    """Bytes of keys and values one layer keeps for ``positions`` positions (the model's dtype)."""
+    return float(positions) * model.backbone.kv_values_per_position * torch.finfo(model.backbone.dtype).bits / 8
+
+
+def check_same_tokenizer(model: CompressedCausalLM, vocab_size: int) -> None:
+    """Raise if a judge's vocabulary differs from the compressed model's (their ids would not match)."""
+    own = int(model.base_model.get_input_embeddings().weight.shape[0])
+    if own != vocab_size:
+        raise ActivationConfigError(
+            f"The activation model's vocabulary ({own}) differs from the judge's ({vocab_size}). "
+            "Fix: train the compression layers on the judge's model."
+        )
+
+

@@ -1,0 +1,82 @@
+"""Reports of ``tokenmask activation evaluate``: JSON, a Markdown table and a ratio-vs-perplexity PNG."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenmask.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+MB = 1024.0 * 1024.0
+
+
+def markdown_table(rows: Sequence[dict[str, float]], title: str) -> str:
+    """One Markdown table of a threshold sweep (see :func:`tokenmask.activation_compression.evaluation.sweep_thresholds`)."""
+    lines = [
+        f"### {title}",
+        "",
+        "| threshold | ratio (fewer positions) | perplexity | increase | KV saved (MiB) | hidden saved (MiB) "
+        "| peak memory MiB (compressed / full) | pre-fill ms (compressed / full) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        timed = "forward_ms_compressed" in row
+        memory = (
+            f"{row['peak_memory_compressed'] / MB:.1f} / {row['peak_memory_uncompressed'] / MB:.1f}" if timed else "-"
+        )
+        times = f"{row['forward_ms_compressed']:.0f} / {row['forward_ms_uncompressed']:.0f}" if timed else "-"
+        saved = f"{row['kv_bytes_saved'] / MB:.2f} | {row['hidden_bytes_saved'] / MB:.2f}" if timed else "- | -"
+        lines.append(
+            f"| {row['threshold']:.2f} | {row['ratio']:.2f}x | {row['compressed_perplexity']:.2f} "
+            f"(base {row['uncompressed_perplexity']:.2f}) | {100 * row['perplexity_increase']:+.1f}% "
+            f"| {saved} | {memory} | {times} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def ratio_plot_png(sweeps: dict[str, Sequence[dict[str, float]]], title: str) -> bytes:
+    """PNG bytes: compression ratio (x) against perplexity increase in % (y), one line per sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in sweeps.items():
+        ordered = sorted(rows, key=lambda r: r["ratio"])
+        ax.plot([r["ratio"] for r in ordered], [100 * r["perplexity_increase"] for r in ordered], marker="o", label=name)
+        for r in ordered:
+            ax.annotate(f"{r['threshold']:.2f}", (r["ratio"], 100 * r["perplexity_increase"]), fontsize=7)
+    ax.axhline(3.0, color="grey", linestyle="--", linewidth=0.8, label="3% goal")
+    ax.set_xlabel("compression ratio (positions / positions kept, compressed layers)")
+    ax.set_ylabel("perplexity increase (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(output_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``ratio_vs_perplexity.png`` atomically; return their paths."""
+    folder = Path(output_dir)
+    sweeps: dict[str, Sequence[dict[str, float]]] = report["sweeps"]
+    header = (
+        f"## Activation compression: {report['model']}\n\n"
+        f"Compression layers {report['compression']['compression_layers']} of {report['num_layers']}, "
+        f"adaptive threshold {report['compression']['adaptive_threshold']}; {report['sequences']} held-out sequences "
+        f"of up to {report['max_length']} tokens from {report['data_path']}; device: {report['device']}.\n"
+        "Ratio and bytes count the compressed layers only; perplexity over every token after BOS.\n\n"
+    )
+    body = "\n".join(markdown_table(rows, name) for name, rows in sweeps.items())
+    paths = {
+        "json": atomic_write_json(folder / "report.json", report),
+        "markdown": atomic_write_text(folder / "report.md", header + body),
+        "plot": atomic_write_bytes(folder / "ratio_vs_perplexity.png", ratio_plot_png(sweeps, f"{report['model']} on {report['data_path']}")),
+    }
+    return paths

@@ -1,0 +1,73 @@
+"""Options of TokenMask-v0: one dataclass shared by the single env, the vector env and configs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tokenmask.envs.rewards import REWARD_TYPES
+from tokenmask.reconstructors import MASK_MODES
+
+
+@dataclass
+class TokenMaskConfig:
+    """Every scalar option of ``TokenMask-v0`` (``gym.make("TokenMask-v0", **options)``).
+
+    Objects (a corpus in memory, a loaded reconstructor, a reward instance) are passed to the
+    environment separately (``documents=``, ``reconstructor=``, ``reward=``).
+    """
+
+    data_path: str = field(default="sample", metadata={"help": "prepared corpus folder, .txt/.jsonl file or folder, or 'sample' (shipped corpus)"})
+    split: str = field(default="train", metadata={"help": "split of a prepared corpus"})
+    text_column: str = field(default="text", metadata={"help": "JSONL key / dataset column holding the text"})
+    max_tokens: int | None = field(default=512, metadata={"help": "texts are cut into documents of at most this many tokens (None: whole texts)"})
+    min_tokens: int | None = field(default=None, metadata={"help": "documents shorter than this are dropped (default: one window)"})
+    model_name: str = field(default="default", metadata={"help": "reconstructor to load when none is passed"})
+    device: str = field(default="auto", metadata={"help": "device of a loaded reconstructor"})
+    dtype: str = field(default="auto", metadata={"help": "dtype of a loaded reconstructor"})
+    window: int = field(default=16, metadata={"help": "tokens decided per step"})
+    context_size: int = field(default=8, metadata={"help": "tokens shown before and after the window"})
+    target_rate: float = field(default=0.5, metadata={"help": "fraction of tokens to mask, in [0, 1)"})
+    target_rate_range: list[float] | None = field(default=None, metadata={"help": "lo,hi: draw the target rate per episode, uniformly"})
+    reward_type: str = field(default="information", metadata={"help": f"one of {sorted(REWARD_TYPES)}"})
+    bits_weight: float = field(default=0.1, metadata={"help": "tokens of compression one bit of reconstruction costs"})
+    rate_penalty: float = field(default=4.0, metadata={"help": "weight of the end-of-episode |rate - target| penalty"})
+    mask_mode: str = field(default="delete", metadata={"help": "delete (masked tokens removed) or placeholder (mask token kept)"})
+    shuffle: bool = field(default=True, metadata={"help": "draw documents in a seeded random order (else in corpus order)"})
+    cache_features: bool = field(default=True, metadata={"help": "keep per-document features across episodes (recomputed when the weights change)"})
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1 token, got {self.window}. Fix: e.g. window=16.")
+        if self.context_size < 0:
+            raise ValueError(f"context_size must be >= 0, got {self.context_size}.")
+        _check_rate("target_rate", self.target_rate)
+        if self.target_rate_range is not None:
+            bounds = list(self.target_rate_range)
+            if len(bounds) != 2:
+                raise ValueError(f"target_rate_range must be two numbers (lo, hi), got {self.target_rate_range}.")
+            _check_rate("target_rate_range[0]", bounds[0])
+            _check_rate("target_rate_range[1]", bounds[1])
+            if bounds[0] > bounds[1]:
+                raise ValueError(f"target_rate_range {bounds} has lo > hi. Fix: give (lo, hi) with lo <= hi.")
+            self.target_rate_range = [float(bounds[0]), float(bounds[1])]
+        if self.reward_type not in REWARD_TYPES:
+            raise ValueError(f"Unknown reward_type {self.reward_type!r}. Fix: use one of {sorted(REWARD_TYPES)}.")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"Unknown mask_mode {self.mask_mode!r}. Fix: use one of {list(MASK_MODES)}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}.")
+        if self.min_tokens is not None and self.min_tokens < 1:
+            raise ValueError(f"min_tokens must be >= 1 or None, got {self.min_tokens}.")
+        if self.max_tokens is not None and self.min_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens}).")
+
+    @property
+    def effective_min_tokens(self) -> int:
+        """Shortest document kept: ``min_tokens``, or one window by default."""
+        return self.min_tokens if self.min_tokens is not None else self.window
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of tokens masked), got {value!r}.")

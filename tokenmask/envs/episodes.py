@@ -1,0 +1,382 @@
+"""The batched episode engine behind TokenMask-v0: N episodes stepped together, numpy-vectorised.
+
+:class:`TokenMaskEnv` is this engine with one row, :class:`TokenMaskVectorEnv` with ``num_envs``
+rows, so both compute rewards the same way. Per step the engine does a few numpy operations on
+``(rows, window)`` arrays and, for rewards that need it, ONE batched reconstructor forward pass
+(:class:`~tokenmask.envs.scoring.IncrementalScorer`) over one window per row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from tokenmask.envs.corpus import DocumentCorpus
+from tokenmask.envs.env_config import TokenMaskConfig, _check_rate
+from tokenmask.envs.rewards import MaskingReward
+from tokenmask.envs.scoring import TOKEN_FEATURES, IncrementalScorer, weights_fingerprint
+from tokenmask.reconstructors import Reconstructor
+
+GLOBAL_FEATURES: tuple[str, ...] = (
+    "progress",
+    "target_rate",
+    "rate_so_far",
+    "required_rate",
+    "window_fill",
+    "mean_masked_bits",
+)
+"""Names of the ``global_features`` entries, in order (see :meth:`EpisodeBatch.observe`)."""
+
+RESET_OPTIONS: tuple[str, ...] = ("document", "target_rate")
+"""Keys ``reset(options=...)`` accepts: a document index to play, a target rate for this episode."""
+
+
+@dataclass
+class EpisodeRecord:
+    """A finished episode: what the agent masked in which document (e.g. for joint fine-tuning).
+
+    :param document: index of the document in the corpus.
+    :param source: where the document came from.
+    :param ids: its token ids.
+    :param mask: ``True`` where the agent masked.
+    :param target_rate: the rate asked for.
+    :param rate: the rate reached (masked tokens / tokens).
+    :param bits: total cost in bits of the masked tokens (as priced by the reward).
+    :param episode_return: sum of the episode's rewards.
+    """
+
+    document: int
+    source: str
+    ids: np.ndarray
+    mask: np.ndarray
+    target_rate: float
+    rate: float
+    bits: float
+    episode_return: float
+
+
+def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Validate a MultiBinary action batch and return it as a bool array.
+
+    :raises ValueError: wrong shape, or entries other than 0/1.
+    """
+    array = np.asarray(actions)
+    if array.shape != shape:
+        raise ValueError(
+            f"The action has shape {array.shape}, expected {shape}: one 0/1 per token of the window "
+            "(1 = mask). Fix: sample it from env.action_space."
+        )
+    if array.dtype != np.bool_:
+        if not np.all((array == 0) | (array == 1)):
+            raise ValueError("Action entries must be 0 or 1 (1 = mask the token). Fix: sample from env.action_space.")
+        array = array != 0
+    return array
+
+
+class EpisodeBatch:
+    """State of ``num_rows`` episodes and the vectorised reset / step / observation logic.
+
+    :param config: the environment's options.
+    :param corpus: the documents episodes are drawn from.
+    :param reconstructor: computes the features and (for the ``information`` reward) the bits.
+    :param reward: prices each step.
+    :param num_rows: episodes stepped together.
+    :param keep_episodes: finished episodes kept in :attr:`completed` (oldest dropped first).
+    """
+
+    def __init__(
+        self,
+        config: TokenMaskConfig,
+        corpus: DocumentCorpus,
+        reconstructor: Reconstructor,
+        reward: MaskingReward,
+        num_rows: int,
+        keep_episodes: int = 1024,
+    ) -> None:
+        if num_rows < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_rows}.")
+        self.config = config
+        self.corpus = corpus
+        self.reconstructor = reconstructor
+        self.reward = reward
+        self.num_rows = num_rows
+        self.window = window = config.window
+        self.context_size = config.context_size
+        self.max_steps = math.ceil(corpus.max_length / window)
+        self.length = self.max_steps * window
+        self.vocab_size = len(reconstructor.tokenizer)
+        self.pad_id = self.vocab_size
+        self.mask_id = reconstructor.mask_token_id if reconstructor.mask_token_id is not None else self.pad_id
+        c, n = self.context_size, num_rows
+        # one extra window of padding serves the observation after the last step
+        self.ids = np.full((n, self.length + window), self.pad_id, dtype=np.int64)
+        self.valid = np.zeros((n, self.length + window), dtype=bool)
+        self.masked = np.zeros((n, self.length + window), dtype=bool)
+        self.features = np.zeros((n, self.length + window, len(TOKEN_FEATURES)), dtype=np.float32)
+        self.shown = np.full((n, c + self.length + window + c), self.pad_id, dtype=np.int64)
+        self.doc_index = np.zeros(n, dtype=np.int64)
+        self.doc_tokens = np.ones(n, dtype=np.int64)
+        self.steps = np.zeros(n, dtype=np.int64)
+        self.num_steps = np.ones(n, dtype=np.int64)
+        self.target_rate = np.zeros(n, dtype=np.float64)
+        self.masked_count = np.zeros(n, dtype=np.int64)
+        self.bits = np.zeros(n, dtype=np.float64)
+        self.returns = np.zeros(n, dtype=np.float64)
+        self.active = np.zeros(n, dtype=bool)
+        self.rngs: list[np.random.Generator | None] = [None] * n
+        self._orders: list[np.ndarray | None] = [None] * n
+        self._cursor = np.zeros(n, dtype=np.int64)
+        self.completed: deque[EpisodeRecord] = deque(maxlen=keep_episodes)
+        self.scorer = (
+            IncrementalScorer(reconstructor, n, self.length, config.mask_mode) if reward.needs_masked_bits else None
+        )
+        self._fingerprint: tuple[int, int, int] | None = None
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self) -> spaces.Dict:
+        """The observation space of one episode (see :class:`~tokenmask.envs.TokenMaskEnv`)."""
+        w, c = self.window, self.context_size
+        return spaces.Dict(
+            {
+                "token_ids": spaces.Box(0, self.vocab_size, (w,), np.int64),
+                "context_ids": spaces.Box(0, self.vocab_size, (2 * c,), np.int64),
+                "token_features": spaces.Box(-np.inf, np.inf, (w, len(TOKEN_FEATURES)), np.float32),
+                "valid": spaces.MultiBinary(w),
+                "global_features": spaces.Box(-np.inf, np.inf, (len(GLOBAL_FEATURES),), np.float32),
+            }
+        )
+
+    def action_space(self) -> spaces.MultiBinary:
+        """The action space of one episode: ``MultiBinary(window)``, 1 = mask."""
+        return spaces.MultiBinary(self.window)
+
+    # ------------------------------------------------------------------ documents
+    def seed_row(self, row: int, rng: np.random.Generator) -> None:
+        """Give row ``row`` its random generator; its document order restarts from it."""
+        self.rngs[row] = rng
+        self._orders[row] = None
+        self._cursor[row] = 0
+
+    def _rng(self, row: int) -> np.random.Generator:
+        rng = self.rngs[row]
+        if rng is None:
+            rng = np.random.default_rng()
+            self.seed_row(row, rng)
+        return rng
+
+    def _next_document(self, row: int) -> int:
+        """Shuffled: a seeded permutation per pass over the corpus. Else rows stride through the corpus."""
+        count = len(self.corpus)
+        if not self.config.shuffle:
+            doc = (row + int(self._cursor[row]) * self.num_rows) % count
+            self._cursor[row] += 1
+            return doc
+        order = self._orders[row]
+        if order is None or self._cursor[row] >= count:
+            order = self._orders[row] = self._rng(row).permutation(count)
+            self._cursor[row] = 0
+        doc = int(order[self._cursor[row]])
+        self._cursor[row] += 1
+        return doc
+
+    def _draw_rate(self, row: int) -> float:
+        bounds = self.config.target_rate_range
+        if bounds is None:
+            return float(self.config.target_rate)
+        return float(self._rng(row).uniform(bounds[0], bounds[1]))
+
+    # ------------------------------------------------------------------ reset
+    def reset_rows(self, rows: np.ndarray, options: Sequence[dict[str, Any] | None]) -> dict[str, np.ndarray]:
+        """Start a new episode in each of ``rows``; return their reset infos as arrays.
+
+        :param options: per row, ``None`` or a dict with optional ``document`` (corpus index) and
+            ``target_rate`` (overrides the drawn rate for this episode).
+        :raises ValueError: unknown option keys or values out of range.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        self._sync_weights()
+        docs: list[int] = []
+        for row, opts in zip(rows, options):
+            opts = opts or {}
+            unknown = sorted(set(opts) - set(RESET_OPTIONS))
+            if unknown:
+                raise ValueError(f"Unknown reset option(s) {unknown}. Fix: use only {list(RESET_OPTIONS)}.")
+            if "document" in opts and opts["document"] is not None:
+                doc = int(opts["document"])
+                if not 0 <= doc < len(self.corpus):
+                    raise ValueError(f"reset option document={doc} is outside the corpus (0 .. {len(self.corpus) - 1}).")
+            else:
+                doc = self._next_document(int(row))
+            rate = opts.get("target_rate")
+            if rate is None:
+                rate = self._draw_rate(int(row))
+            _check_rate("reset option target_rate", rate)
+            docs.append(doc)
+            self.target_rate[row] = float(rate)
+        feats = self.corpus.features(docs, self.reconstructor, cache=self.config.cache_features)
+        c = self.context_size
+        for row, doc, f in zip(rows, docs, feats):
+            ids = self.corpus.documents[doc]
+            n = len(ids)
+            self.ids[row] = self.pad_id
+            self.ids[row, :n] = ids
+            self.valid[row] = False
+            self.valid[row, :n] = True
+            self.masked[row] = False
+            self.features[row] = 0.0
+            self.features[row, :n] = f
+            self.shown[row] = self.pad_id
+            self.shown[row, c : c + n] = ids
+            self.doc_index[row] = doc
+            self.doc_tokens[row] = n
+            self.num_steps[row] = math.ceil(n / self.window)
+        self.steps[rows] = 0
+        self.masked_count[rows] = 0
+        self.bits[rows] = 0.0
+        self.returns[rows] = 0.0
+        self.active[rows] = True
+        if self.scorer is not None:
+            self.scorer.start(rows)
+        return {
+            "document": self.doc_index[rows].copy(),
+            "doc_tokens": self.doc_tokens[rows].copy(),
+            "target_rate": self.target_rate[rows].copy(),
+        }
+
+    def _sync_weights(self) -> None:
+        """After the reconstructor's weights changed (fine-tuning), refresh features and KV caches.
+
+        Running episodes get the new weights' features and a cache re-read from their masked
+        prefix, so every later step is priced by the current reconstructor.
+        """
+        fingerprint = weights_fingerprint(self.reconstructor.model)
+        if self._fingerprint is not None and fingerprint != self._fingerprint and self.active.any():
+            rows = np.nonzero(self.active)[0]
+            feats = self.corpus.features(self.doc_index[rows].tolist(), self.reconstructor, cache=self.config.cache_features)
+            for row, f in zip(rows, feats):
+                self.features[row, : len(f)] = f
+            if self.scorer is not None:
+                decided = np.where(self.active, self.steps * self.window, 0)
+                self.scorer.rebuild(self.ids, self.valid, self.masked, decided)
+        self._fingerprint = fingerprint
+
+    # ------------------------------------------------------------------ step
+    def _window_index(self, rows: np.ndarray) -> np.ndarray:
+        return (self.steps[rows] * self.window)[:, None] + np.arange(self.window)[None, :]
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Decide the current window of every row.
+
+        :param actions: ``(rows, window)`` bool, True = mask (see :func:`check_actions`).
+        :return: ``(rewards, terminated, infos)``; ``infos`` maps each key to a ``(rows,)`` array.
+        """
+        if not self.active.all():
+            raise RuntimeError("Every episode must be reset before it is stepped, and reset again once it ended.")
+        self._sync_weights()
+        rows = np.arange(self.num_rows)
+        index = self._window_index(rows)
+        r = rows[:, None]
+        tokens = self.ids[r, index]
+        valid = self.valid[r, index]
+        masked = actions & valid
+        self.masked[r, index] = masked
+        shown = index + self.context_size
+        self.shown[r, shown] = np.where(masked, self.mask_id, self.shown[r, shown])
+        masked_bits = self.scorer.score(tokens, valid, masked) if self.scorer is not None else None
+        cost = np.where(masked, self.reward.token_cost(masked_bits, self.features[r, index, 0]), 0.0)
+        rewards = self.reward.step_reward(masked, cost, self.doc_tokens)
+        step_bits = cost.sum(axis=1)
+        self.masked_count += masked.sum(axis=1)
+        self.bits += step_bits
+        self.steps += 1
+        terminated = self.steps >= self.num_steps
+        final_rate = self.masked_count / self.doc_tokens
+        rewards = rewards + np.where(terminated, self.reward.final_reward(final_rate, self.target_rate), 0.0)
+        self.returns += rewards
+        decided = np.minimum(self.steps * self.window, self.doc_tokens)
+        rate = self.masked_count / decided
+        infos = {
+            "rate": rate,
+            "target_rate": self.target_rate.copy(),
+            "rate_error": np.abs(rate - self.target_rate),
+            "masked_tokens": self.masked_count.copy(),
+            "decided_tokens": decided,
+            "doc_tokens": self.doc_tokens.copy(),
+            "step_bits": step_bits,
+            "bits": self.bits.copy(),
+            "document": self.doc_index.copy(),
+        }
+        for row in np.nonzero(terminated)[0]:
+            n = int(self.doc_tokens[row])
+            doc = int(self.doc_index[row])
+            self.completed.append(
+                EpisodeRecord(
+                    document=doc,
+                    source=self.corpus.sources[doc],
+                    ids=self.corpus.documents[doc],
+                    mask=self.masked[row, :n].copy(),
+                    target_rate=float(self.target_rate[row]),
+                    rate=float(final_rate[row]),
+                    bits=float(self.bits[row]),
+                    episode_return=float(self.returns[row]),
+                )
+            )
+        self.active[terminated] = False
+        return rewards, terminated, infos
+
+    # ------------------------------------------------------------------ observation
+    def observe(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Observations of ``rows`` (all by default), each key with a leading rows axis.
+
+        ``global_features`` (see :data:`GLOBAL_FEATURES`): ``progress`` = decided tokens / n;
+        ``target_rate``; ``rate_so_far`` = masked / decided (0 before the first step);
+        ``required_rate`` = (target * n - masked) / (n - decided), the rate the rest of the
+        document needs (0 once all is decided); ``window_fill`` = real tokens in the window /
+        window; ``mean_masked_bits`` = cost bits per masked token so far.
+        """
+        rows = np.arange(self.num_rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        r = rows[:, None]
+        index = self._window_index(rows)
+        start = self.steps[rows] * self.window
+        c, w = self.context_size, self.window
+        before = self.shown[r, start[:, None] + np.arange(c)[None, :]]
+        after = self.shown[r, (start + c + w)[:, None] + np.arange(c)[None, :]]
+        valid = self.valid[r, index]
+        n = self.doc_tokens[rows]
+        decided = np.minimum(start, n)
+        masked = self.masked_count[rows]
+        remaining = n - decided
+        target = self.target_rate[rows]
+        glob = np.stack(
+            [
+                decided / n,
+                target,
+                np.where(decided > 0, masked / np.maximum(decided, 1), 0.0),
+                np.where(remaining > 0, (target * n - masked) / np.maximum(remaining, 1), 0.0),
+                valid.sum(axis=1) / w,
+                self.bits[rows] / np.maximum(masked, 1),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        return {
+            "token_ids": self.ids[r, index],
+            "context_ids": np.concatenate([before, after], axis=1),
+            "token_features": self.features[r, index],
+            "valid": valid.astype(np.int8),
+            "global_features": glob,
+        }
+
+    def masked_text(self, row: int) -> str:
+        """The row's document so far, masked tokens shown as the mask token (for rendering and logs)."""
+        n = int(self.doc_tokens[row])
+        decided = min(int(self.steps[row]) * self.window, n)
+        ids = np.where(self.masked[row, :decided], self.mask_id, self.ids[row, :decided])
+        if self.mask_id >= self.vocab_size:
+            ids = self.ids[row, :decided][~self.masked[row, :decided]]
+        return self.reconstructor.decode(ids.tolist())

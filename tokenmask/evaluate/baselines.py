@@ -1,0 +1,214 @@
+"""Baseline compressors: each drops exactly ``round(rate * C)`` of the C context tokens.
+
+All of them mask judge tokens (:class:`~tokenmask.evaluate.compressor.MaskingCompressor`); the
+kept tokens are decoded in their original order. Method names for ``tokenmask evaluate``:
+
+==================== ==========================================================================
+``random``           drop tokens uniformly at random (seeded per call and document)
+``frequency``        drop the tokens most frequent in the training corpus
+``length``           drop the shortest tokens (characters of the token's text, spaces excluded)
+``truncation``       keep the last tokens (``truncation_first``: keep the first ones)
+``self_information`` drop the tokens of lowest surprisal under an LM (the judge, or
+                     ``self_information:MODEL``), one batched pass
+``llmlingua``        LLMLingua through the ``llmlingua`` package (see :mod:`.llmlingua_peer`)
+==================== ==========================================================================
+
+Ties are broken towards dropping earlier tokens, so every method is deterministic given its seed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tokenmask.evaluate.compressor import (
+    Compressor,
+    MaskingCompressor,
+    MethodContext,
+    TokenIds,
+    check_rate,
+    register_method,
+    tokens_to_drop,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tokenmask.reconstructors import Reconstructor
+
+
+def drop_lowest(scores: np.ndarray, rate: float) -> np.ndarray:
+    """Keep mask dropping the ``round(rate * n)`` lowest-scoring positions (ties: earlier dropped first).
+
+    :param scores: one score per token; lower = dropped first.
+    :param rate: fraction of tokens to drop, in ``[0, 1)``.
+    :return: bool array, ``True`` = kept.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(len(scores)), scores))  # by score, then by position
+    keep = np.ones(len(scores), dtype=bool)
+    keep[order[: tokens_to_drop(len(scores), rate)]] = False
+    return keep
+
+
+class RandomDrop(MaskingCompressor):
+    """Drop ``round(rate * C)`` tokens chosen uniformly at random (document ``b`` uses seed ``(seed, b)``)."""
+
+    default_name = "random"
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        masks = []
+        for b, ids in enumerate(contexts):
+            rng = np.random.default_rng([seed, b])
+            masks.append(drop_lowest(rng.random(len(ids)), rate))
+        return masks
+
+
+class Truncation(MaskingCompressor):
+    """Keep the last tokens (``keep="last"``, the default) or the first ones (``keep="first"``).
+
+    :param keep: ``last`` or ``first``.
+    """
+
+    default_name = "truncation"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, keep: str = "last", name: str | None = None) -> None:
+        if keep not in ("last", "first"):
+            raise ValueError(f"Truncation keeps 'last' or 'first' tokens, not {keep!r}.")
+        super().__init__(tokenizer, name or ("truncation" if keep == "last" else "truncation_first"))
+        self.keep = keep
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        masks = []
+        for ids in contexts:
+            position = np.arange(len(ids), dtype=np.float64)
+            masks.append(drop_lowest(position if self.keep == "last" else -position, rate))
+        return masks
+
+
+class FrequencyDrop(MaskingCompressor):
+    """Drop the tokens most frequent in a training corpus (unseen tokens count 0, so they stay).
+
+    :param counts: occurrences of each token id in the training corpus.
+    """
+
+    default_name = "frequency"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, counts: Counter[int], name: str | None = None) -> None:
+        super().__init__(tokenizer, name)
+        if not counts:
+            raise ValueError("The frequency baseline needs token counts from a non-empty training corpus.")
+        self.counts = counts
+
+    @classmethod
+    def from_texts(cls, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> FrequencyDrop:
+        """Count the judge tokens of ``texts`` (the training corpus)."""
+        counts: Counter[int] = Counter()
+        for text in texts:
+            counts.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return cls(tokenizer, counts)
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        return [drop_lowest(-np.array([self.counts.get(int(t), 0) for t in ids], dtype=np.float64), rate) for ids in contexts]
+
+
+class LengthDrop(MaskingCompressor):
+    """Drop the shortest tokens: fewest characters in the token's text, surrounding whitespace excluded."""
+
+    default_name = "length"
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        masks = []
+        for ids in contexts:
+            # decode each id: byte-level BPE pieces spell spaces with a marker character
+            lengths = [len(str(self.tokenizer.decode([int(t)])).strip()) for t in ids]
+            masks.append(drop_lowest(np.array(lengths, dtype=np.float64), rate))
+        return masks
+
+
+class SelfInformationDrop(MaskingCompressor):
+    """Drop the tokens of lowest surprisal ``-log2 p(x_i | BOS, x_<i)`` under an LM (one batched pass).
+
+    :param lm: the reconstructor that prices tokens (the judge by default).
+    """
+
+    default_name = "self_information"
+
+    def __init__(self, lm: Reconstructor, name: str | None = None) -> None:
+        super().__init__(lm.tokenizer, name)
+        self.lm = lm
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        check_rate(rate)
+        bits = self.lm.token_bits([list(c) for c in contexts])
+        return [drop_lowest(b, rate) for b in bits]
+
+
+# ---------------------------------------------------------------------------------------- registration
+def _self_information(argument: str, context: MethodContext) -> SelfInformationDrop:
+    if not argument:
+        return SelfInformationDrop(context.judge)
+    from tokenmask.reconstructors import Reconstructor
+
+    lm = Reconstructor.load(argument, device=context.device, add_mask_token=False)
+    if lm.tokenizer.get_vocab() != context.judge.tokenizer.get_vocab():
+        raise ValueError(f"self_information:{argument} has another tokenizer than the judge; it must mask judge tokens.")
+    return SelfInformationDrop(lm, name=f"self_information:{argument}")
+
+
+def _frequency(argument: str, context: MethodContext) -> FrequencyDrop:
+    texts: Sequence[str] = context.train_texts
+    if argument:
+        from tokenmask.data import iter_texts
+
+        texts = list(iter_texts(argument, split="train"))
+    if not texts:
+        raise ValueError("The frequency baseline has no training corpus. Fix: name one, e.g. frequency:data_out/pydocs.")
+    return FrequencyDrop.from_texts(context.judge.tokenizer, texts)
+
+
+def _llmlingua(argument: str, context: MethodContext) -> Compressor:
+    from tokenmask.evaluate.llmlingua_peer import LLMLinguaCompressor
+
+    if argument and not argument.isdigit():
+        raise ValueError(f"llmlingua takes an optional iterative size in tokens (llmlingua:200), not {argument!r}.")
+    return LLMLinguaCompressor(context.judge, iterative_size=int(argument) if argument else 200)
+
+
+def _no_argument(prefix: str, argument: str) -> None:
+    if argument:
+        raise ValueError(f"Method {prefix!r} takes no argument, got {prefix}:{argument}.")
+
+
+def _register_builtins() -> None:
+    def simple(prefix: str, build):  # type: ignore[no-untyped-def]
+        def factory(argument: str, context: MethodContext):  # type: ignore[no-untyped-def]
+            _no_argument(prefix, argument)
+            return build(context)
+
+        register_method(prefix, factory, overwrite=True)
+
+    simple("random", lambda ctx: RandomDrop(ctx.judge.tokenizer))
+    simple("length", lambda ctx: LengthDrop(ctx.judge.tokenizer))
+    simple("truncation", lambda ctx: Truncation(ctx.judge.tokenizer, keep="last"))
+    simple("truncation_first", lambda ctx: Truncation(ctx.judge.tokenizer, keep="first"))
+    register_method("frequency", _frequency, overwrite=True)
+    register_method("self_information", _self_information, overwrite=True)
+    register_method("llmlingua", _llmlingua, overwrite=True)
+
+
+_register_builtins()
+
+#: The baselines ``tokenmask baselines`` runs by default (LLMLingua only when installed).
+BASELINE_METHODS: tuple[str, ...] = (
+    "truncation",
+    "truncation_first",
+    "random",
+    "frequency",
+    "length",
+    "self_information",
+    "llmlingua",
+)

@@ -1,0 +1,142 @@
+""":class:`Evaluator`: runs any method at any rate on a fixed set of documents and returns its :class:`Scores`.
+
+The judge's reference NLLs (``R(empty)``, ``R(context)``, ``F(empty)``, ``F(context)``) are
+computed once per document set; each method x rate then costs one compression and two batched
+judge passes (plus one reconstructor pass for masking methods). ``tokenmask evaluate`` and the
+training callbacks both use it, so the figures are always computed the same way.
+
+Example::
+
+    judge = Reconstructor.load("default", add_mask_token=False)
+    docs = select_documents(texts, judge, 256, 64, max_documents=30)
+    evaluator = Evaluator(judge, docs)
+    scores = evaluator.evaluate(RandomDrop(judge.tokenizer), rate=0.5)
+    print(scores.recoverability, scores.retention)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tokenmask.evaluate.compressor import (
+    CompressedContext,
+    Compressor,
+    InModelCompressor,
+    Method,
+    check_rate,
+)
+from tokenmask.evaluate.metrics import (
+    EvalDocument,
+    ReferenceNLLs,
+    Scores,
+    reconstruction_quality,
+    score_compressed_texts,
+    score_in_model,
+    separator_ids,
+)
+from tokenmask.reconstructors import Reconstructor
+
+
+class Evaluator:
+    """Scores methods on one document set with one judge.
+
+    :param judge: the frozen judge (load it with ``add_mask_token=False``, or keep the mask token
+        excluded from predictions, its default).
+    :param docs: documents from :func:`~tokenmask.evaluate.metrics.select_documents`.
+    :param recon_metrics: also compute ``recon_bits_per_masked`` / ``recon_top1`` for masking methods
+        (with the method's reconstructor, or the judge in delete mode when it has none).
+    :param warmup: compress one document before timing, so the timing is warm.
+    :param recover_documents: compute recoverability on the first N documents only (``None``: all);
+        rate, retention and the ``recon_*`` figures use every document.
+    """
+
+    def __init__(
+        self,
+        judge: Reconstructor,
+        docs: Sequence[EvalDocument],
+        recon_metrics: bool = True,
+        warmup: bool = True,
+        recover_documents: int | None = None,
+    ) -> None:
+        if not docs:
+            raise ValueError("The evaluator needs at least one document.")
+        if judge.mask_token_id is not None and not judge.exclude_mask_from_predictions:
+            raise ValueError(
+                "The judge predicts its added mask token. Fix: load it with add_mask_token=False "
+                "or keep exclude_mask_from_predictions=True."
+            )
+        self.judge = judge
+        self.docs = list(docs)
+        self.sep = separator_ids(judge)
+        self.reference = ReferenceNLLs.compute(judge, self.docs, self.sep, recover_documents)
+        self.recon_metrics = recon_metrics
+        self.warmup = warmup
+        #: the compressed outputs of the last :meth:`evaluate` call of a text compressor
+        self.last_outputs: list[CompressedContext] = []
+
+    @property
+    def context_tokens(self) -> int:
+        """Σ C over the documents."""
+        return sum(len(d.context) for d in self.docs)
+
+    def evaluate(self, method: Method, rate: float, seed: int = 0) -> Scores:
+        """Compress every document at ``rate`` with ``method`` and score it.
+
+        :param method: a :class:`Compressor` or an :class:`InModelCompressor`.
+        :param rate: requested fraction removed, in ``[0, 1)``.
+        :param seed: seed passed to the method.
+        """
+        check_rate(rate)
+        if isinstance(method, Compressor):
+            return self._evaluate_text(method, rate, seed)
+        if isinstance(method, InModelCompressor):
+            return self._evaluate_in_model(method, rate, seed)
+        raise TypeError(f"{type(method).__name__} is neither a Compressor nor an InModelCompressor.")
+
+    def _evaluate_text(self, method: Compressor, rate: float, seed: int) -> Scores:
+        contexts = [d.context for d in self.docs]
+        texts = [d.text for d in self.docs]
+        if self.warmup:
+            method.compress(contexts[:1], rate, texts=texts[:1], seed=seed)
+        start = time.perf_counter()
+        outputs = method.compress(contexts, rate, texts=texts, seed=seed)
+        elapsed = time.perf_counter() - start
+        if len(outputs) != len(contexts):
+            raise ValueError(f"{method.name} returned {len(outputs)} outputs for {len(contexts)} contexts.")
+        self.last_outputs = outputs
+        scores = score_compressed_texts(self.judge, self.docs, [o.text for o in outputs], rate, self.reference, self.sep)
+        scores.compress_ms_per_1k_tokens = elapsed * 1e6 / self.context_tokens
+        masks = [o.keep for o in outputs]
+        if self.recon_metrics and all(m is not None for m in masks):
+            recon = method.reconstructor or self.judge
+            mode = method.mask_mode if method.reconstructor is not None else "delete"
+            bits, top1 = reconstruction_quality(recon, contexts, [np.asarray(m) for m in masks], mode)
+            scores.recon_bits_per_masked, scores.recon_top1 = bits, top1
+        return scores
+
+    def _evaluate_in_model(self, method: InModelCompressor, rate: float, seed: int) -> Scores:
+        contexts = [d.context for d in self.docs]
+        continuations = [d.continuation for d in self.docs]
+        if self.warmup:
+            method.score(self.judge, contexts[:1], continuations[:1], self.sep, rate, seed=seed)
+        start = time.perf_counter()
+        result = method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
+        elapsed = time.perf_counter() - start
+        if len(result.scores) != len(contexts):
+            raise ValueError(f"{method.name} returned {len(result.scores)} scores for {len(contexts)} documents.")
+        self.last_outputs = []
+        scores = score_in_model(
+            [s.context_nll for s in result.scores],
+            [s.continuation_nll for s in result.scores],
+            [s.positions_kept for s in result.scores],
+            [s.positions_total for s in result.scores],
+            rate,
+            self.reference,
+            self.context_tokens,
+        )
+        seconds = result.compress_seconds if result.compress_seconds is not None else elapsed
+        scores.compress_ms_per_1k_tokens = seconds * 1e6 / self.context_tokens
+        return scores

@@ -1,0 +1,406 @@
+"""The metrics of EVALUATION.md: the one implementation, used by ``tokenmask evaluate``, the training
+callbacks and the benchmarks.
+
+Setting: a frozen judge (a :class:`~tokenmask.reconstructors.Reconstructor`, loaded without a mask
+token or with it excluded from predictions). For each document of at least ``C + T`` judge tokens,
+``context`` = its first C tokens and ``continuation`` = the next T (:func:`select_documents`).
+``sep`` = the tokens of ``"\\n\\n"``. NLLs are in nats (float32 log-softmax), summed over tokens:
+
+* ``R(p) = NLL(context | BOS + p + sep)`` and ``F(p) = NLL(continuation | BOS + p)``;
+* ``rate = 1 - Σ len(compressed ids) / Σ C``, ``rate_error = |rate - r|``;
+* ``recoverability = Σ(R(empty) - R(compressed)) / Σ(R(empty) - R(context))``;
+* ``retention = Σ(F(empty) - F(compressed)) / Σ(F(empty) - F(context))``;
+* ``recon_bits_per_masked``: mean ``-log2 p`` of the original token at masked positions;
+  ``recon_top1``: fraction of masked tokens the reconstructor's argmax gets right.
+
+Every corpus figure is a ratio of sums over documents, never a mean of per-document ratios.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tokenmask.reconstructors import MaskMode, Reconstructor
+
+TokenIds = Sequence[int]
+#: per-document values (a list or a 1-D array)
+Values = Sequence[float] | np.ndarray
+
+SEP_TEXT = "\n\n"
+
+
+@dataclass
+class EvalDocument:
+    """One evaluation document: the first C judge tokens (``context``) and the next T (``continuation``).
+
+    :param context: context ids (no BOS).
+    :param continuation: continuation ids.
+    :param text: the decoded context, what text compressors receive.
+    :param source: where the document came from.
+    """
+
+    context: list[int]
+    continuation: list[int]
+    text: str
+    source: str = ""
+
+
+def select_documents(
+    texts: Sequence[str],
+    judge: Reconstructor,
+    context_tokens: int = 256,
+    continuation_tokens: int = 64,
+    max_documents: int | None = 30,
+    sources: Sequence[str] | None = None,
+) -> list[EvalDocument]:
+    """The first ``max_documents`` texts with at least ``C + T`` judge tokens, cut into context and continuation.
+
+    :param texts: the corpus, in order.
+    :param judge: whose tokenizer defines tokens.
+    :param context_tokens: C.
+    :param continuation_tokens: T.
+    :param max_documents: how many documents to keep (``None``: all long enough).
+    :param sources: optional source name per text.
+    :raises ValueError: if C or T is not positive, or no text is long enough.
+    """
+    if context_tokens < 1 or continuation_tokens < 1:
+        raise ValueError(f"C and T must be >= 1, got C={context_tokens}, T={continuation_tokens}.")
+    if max_documents is not None and max_documents < 1:
+        raise ValueError(f"max_documents must be >= 1, got {max_documents}.")
+    need = context_tokens + continuation_tokens
+    docs: list[EvalDocument] = []
+    for i, text in enumerate(texts):
+        ids = judge.encode(text)
+        if len(ids) < need:
+            continue
+        context = ids[:context_tokens]
+        docs.append(
+            EvalDocument(
+                context=context,
+                continuation=ids[context_tokens:need],
+                text=judge.decode(context),
+                source=str(sources[i]) if sources is not None else str(i),
+            )
+        )
+        if max_documents is not None and len(docs) >= max_documents:
+            break
+    if not docs:
+        raise ValueError(
+            f"No document of the corpus has C+T = {need} judge tokens ({len(texts)} texts read). "
+            "Fix: lower --context_tokens/--continuation_tokens or use a corpus of longer documents."
+        )
+    return docs
+
+
+def separator_ids(judge: Reconstructor) -> list[int]:
+    """``sep``: the judge tokens of ``"\\n\\n"``."""
+    return judge.encode(SEP_TEXT)
+
+
+def _sorted_gather(
+    judge: Reconstructor, inputs: list[list[int]], positions: list[list[int]], targets: list[list[int]]
+) -> list[torch.Tensor]:
+    """``judge.gather_log_probs`` with sequences batched by length (less padding), results in input order."""
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    out = judge.gather_log_probs([inputs[i] for i in order], [positions[i] for i in order], [targets[i] for i in order])
+    result: list[torch.Tensor] = [torch.zeros(0)] * len(inputs)
+    for rank, i in enumerate(order):
+        result[i] = out[rank]
+    return result
+
+
+def recovery_nlls(
+    judge: Reconstructor, prefixes: Sequence[TokenIds], contexts: Sequence[TokenIds], sep: TokenIds
+) -> np.ndarray:
+    """``R(p) = NLL(context | BOS + p + sep)`` per document, nats summed over the context tokens.
+
+    :param prefixes: per document, the ids ``p`` the judge reads first (compressed context; ``[]`` = empty).
+    :param contexts: per document, the context ids to recover.
+    :param sep: separator ids read between ``p`` and the context.
+    """
+    inputs, positions, targets = [], [], []
+    for prefix, context in zip(prefixes, contexts, strict=True):
+        head = [judge.bos_token_id, *prefix, *sep]
+        context = list(context)
+        inputs.append(head + context[:-1])  # the last context token is only predicted, never read
+        positions.append(list(range(len(head) - 1, len(head) - 1 + len(context))))
+        targets.append(context)
+    return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
+
+
+def continuation_nlls(
+    judge: Reconstructor, prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]
+) -> np.ndarray:
+    """``F(p) = NLL(continuation | BOS + p)`` per document, nats summed over the continuation tokens.
+
+    :param prefixes: per document, the ids ``p`` read before the continuation (``[]`` = empty).
+    :param continuations: per document, the continuation ids.
+    """
+    inputs, positions, targets = [], [], []
+    for prefix, continuation in zip(prefixes, continuations, strict=True):
+        head = [judge.bos_token_id, *prefix]
+        continuation = list(continuation)
+        inputs.append(head + continuation[:-1])
+        positions.append(list(range(len(head) - 1, len(head) - 1 + len(continuation))))
+        targets.append(continuation)
+    return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
+
+
+def information_ratio(empty: Values, compressed: Values, full: Values) -> float:
+    """``Σ(empty - compressed) / Σ(empty - full)``: recoverability (R values) or retention (F values).
+
+    1 = the compressed prefix helps as much as the full context, 0 = as little as nothing.
+    Returns ``nan`` when the full context does not help at all (zero denominator).
+    """
+    empty_a, comp_a, full_a = (np.asarray(x, dtype=np.float64) for x in (empty, compressed, full))
+    if not (empty_a.shape == comp_a.shape == full_a.shape):
+        raise ValueError(f"Shapes differ: empty {empty_a.shape}, compressed {comp_a.shape}, full {full_a.shape}.")
+    denominator = float(np.sum(empty_a - full_a))
+    if denominator == 0.0:
+        return math.nan
+    return float(np.sum(empty_a - comp_a)) / denominator
+
+
+def compression_rate(compressed_lengths: Sequence[int], context_lengths: Sequence[int]) -> float:
+    """``1 - Σ compressed / Σ context``: the fraction of context tokens (or positions) removed."""
+    total = int(np.sum(context_lengths))
+    if total <= 0:
+        raise ValueError("The contexts hold no token; a rate needs at least one.")
+    return 1.0 - float(np.sum(compressed_lengths)) / total
+
+
+@dataclass
+class ReferenceNLLs:
+    """Per-document judge NLLs that do not depend on the method: ``R(empty)``, ``R(context)``, ``F(empty)``, ``F(context)``.
+
+    The ``recover_*`` arrays may cover only the first documents (EVALUATION.md's figures use the
+    first 30 documents for recoverability and the first 60 for retention); every method's
+    recoverability is then computed on those same first documents.
+    """
+
+    recover_empty: np.ndarray
+    recover_full: np.ndarray
+    continue_empty: np.ndarray
+    continue_full: np.ndarray
+
+    @property
+    def recover_documents(self) -> int:
+        """How many (first) documents recoverability is computed on."""
+        return len(self.recover_empty)
+
+    @classmethod
+    def compute(
+        cls,
+        judge: Reconstructor,
+        docs: Sequence[EvalDocument],
+        sep: TokenIds | None = None,
+        recover_documents: int | None = None,
+    ) -> ReferenceNLLs:
+        """One batched judge pass per quantity.
+
+        :param judge: the judge.
+        :param docs: the documents.
+        :param sep: separator ids (default ``"\\n\\n"``).
+        :param recover_documents: compute the recoverability references on the first N documents
+            only (``None``: all).
+        """
+        sep = separator_ids(judge) if sep is None else sep
+        n_recover = len(docs) if recover_documents is None else min(len(docs), recover_documents)
+        if n_recover < 1:
+            raise ValueError(f"recover_documents must be >= 1, got {recover_documents}.")
+        contexts = [d.context for d in docs]
+        continuations = [d.continuation for d in docs]
+        empty: list[list[int]] = [[] for _ in docs]
+        return cls(
+            recover_empty=recovery_nlls(judge, empty[:n_recover], contexts[:n_recover], sep),
+            recover_full=recovery_nlls(judge, contexts[:n_recover], contexts[:n_recover], sep),
+            continue_empty=continuation_nlls(judge, empty, continuations),
+            continue_full=continuation_nlls(judge, contexts, continuations),
+        )
+
+
+@dataclass
+class Scores:
+    """The EVALUATION.md figures of one method at one requested rate (corpus ratios of sums).
+
+    NaN marks a figure that does not apply (e.g. ``recon_*`` for a method without a keep mask).
+    """
+
+    requested_rate: float
+    rate: float
+    rate_error: float
+    recoverability: float
+    retention: float
+    recon_bits_per_masked: float = math.nan
+    recon_top1: float = math.nan
+    compress_ms_per_1k_tokens: float = math.nan
+    documents: int = 0
+    recoverability_documents: int = 0
+    context_tokens: int = 0
+    kept_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def score_compressed_texts(
+    judge: Reconstructor,
+    docs: Sequence[EvalDocument],
+    compressed_texts: Sequence[str],
+    requested_rate: float,
+    reference: ReferenceNLLs,
+    sep: TokenIds | None = None,
+) -> Scores:
+    """Re-tokenize compressed texts with the judge and compute rate, recoverability and retention.
+
+    :param judge: the judge.
+    :param docs: the documents (contexts and continuations).
+    :param compressed_texts: per document, the compressor's output text.
+    :param requested_rate: the rate the compressor was asked for.
+    :param reference: :meth:`ReferenceNLLs.compute` of the same documents and judge.
+    :param sep: separator ids (default ``"\\n\\n"``).
+    """
+    if len(compressed_texts) != len(docs):
+        raise ValueError(f"{len(compressed_texts)} compressed texts for {len(docs)} documents.")
+    sep = separator_ids(judge) if sep is None else sep
+    compressed = [judge.encode(t) if t else [] for t in compressed_texts]
+    return score_compressed_ids(judge, docs, compressed, requested_rate, reference, sep)
+
+
+def score_compressed_ids(
+    judge: Reconstructor,
+    docs: Sequence[EvalDocument],
+    compressed: Sequence[TokenIds],
+    requested_rate: float,
+    reference: ReferenceNLLs,
+    sep: TokenIds | None = None,
+) -> Scores:
+    """As :func:`score_compressed_texts`, for already re-tokenized compressed ids."""
+    sep = separator_ids(judge) if sep is None else sep
+    lengths = [len(c) for c in compressed]
+    context_lengths = [len(d.context) for d in docs]
+    rate = compression_rate(lengths, context_lengths)
+    if len(docs) != len(reference.continue_empty):
+        raise ValueError(f"{len(docs)} documents, but the reference NLLs cover {len(reference.continue_empty)}.")
+    n_recover = reference.recover_documents
+    recover = recovery_nlls(judge, compressed[:n_recover], [d.context for d in docs[:n_recover]], sep)
+    cont = continuation_nlls(judge, compressed, [d.continuation for d in docs])
+    return Scores(
+        requested_rate=float(requested_rate),
+        rate=rate,
+        rate_error=abs(rate - float(requested_rate)),
+        recoverability=information_ratio(reference.recover_empty, recover, reference.recover_full),
+        retention=information_ratio(reference.continue_empty, cont, reference.continue_full),
+        documents=len(docs),
+        recoverability_documents=n_recover,
+        context_tokens=int(sum(context_lengths)),
+        kept_tokens=int(sum(lengths)),
+    )
+
+
+def score_in_model(
+    context_nlls: Values,
+    continuation_nlls_: Values,
+    positions_kept: Sequence[int],
+    positions_total: Sequence[int],
+    requested_rate: float,
+    reference: ReferenceNLLs,
+    context_tokens: int,
+) -> Scores:
+    """Scores of an in-model compressor from its per-document NLLs and kept positions.
+
+    :param context_nlls: per document, ``R(compressed)`` (only the first ``reference.recover_documents`` are used).
+    :param continuation_nlls_: per document, ``F(compressed)``.
+    :param positions_kept: per document, positions kept over the compressed layers.
+    :param positions_total: per document, positions those layers hold uncompressed.
+    :param requested_rate: the rate asked for.
+    :param reference: the judge's reference NLLs of the same documents.
+    :param context_tokens: Σ C over the documents (reported beside the figures).
+    """
+    rate = compression_rate(positions_kept, positions_total)
+    return Scores(
+        requested_rate=float(requested_rate),
+        rate=rate,
+        rate_error=abs(rate - float(requested_rate)),
+        recoverability=information_ratio(
+            reference.recover_empty, np.asarray(context_nlls)[: reference.recover_documents], reference.recover_full
+        ),
+        retention=information_ratio(reference.continue_empty, continuation_nlls_, reference.continue_full),
+        documents=len(context_nlls),
+        recoverability_documents=reference.recover_documents,
+        context_tokens=context_tokens,
+        kept_tokens=int(sum(positions_kept)),
+    )
+
+
+def reconstruction_quality(
+    reconstructor: Reconstructor,
+    contexts: Sequence[TokenIds],
+    keep_masks: Sequence[np.ndarray],
+    mode: MaskMode = "delete",
+) -> tuple[float, float]:
+    """``(recon_bits_per_masked, recon_top1)`` over all masked tokens of all contexts.
+
+    ``recon_bits_per_masked`` = Σ ``-log2 p(x_i | masked prefix)`` over masked tokens / their
+    number (the bits of :meth:`Reconstructor.token_bits`); ``recon_top1`` = the fraction of masked
+    tokens equal to the reconstructor's most probable token at their position. One forward pass
+    per batch gives both. Both are ``nan`` when nothing is masked.
+
+    :param reconstructor: the method's reconstructor (or the judge).
+    :param contexts: per document, context ids.
+    :param keep_masks: per document, ``True`` = kept.
+    :param mode: ``delete`` or ``placeholder`` (how the reconstructor reads masked tokens).
+    """
+    masked = [~np.asarray(k, dtype=bool) for k in keep_masks]
+    count = int(sum(int(m.sum()) for m in masked))
+    if count == 0:
+        return math.nan, math.nan
+    inputs, positions, targets = [], [], []
+    for ids, mask in zip(contexts, masked, strict=True):
+        inp, pos = reconstructor.masked_inputs(list(ids), mask.tolist(), mode)
+        chosen = np.flatnonzero(mask)
+        inputs.append(inp)
+        positions.append([pos[i] for i in chosen])
+        targets.append([int(ids[int(i)]) for i in chosen])
+    nats, correct = masked_predictions(reconstructor, inputs, positions, targets)
+    return nats / math.log(2.0) / count, correct / count
+
+
+def masked_predictions(
+    reconstructor: Reconstructor,
+    inputs: Sequence[TokenIds],
+    positions: Sequence[Sequence[int]],
+    targets: Sequence[TokenIds],
+) -> tuple[float, int]:
+    """``(Σ -log p(target), number of targets that are the argmax)`` at the scored positions.
+
+    Reads the inputs as :meth:`Reconstructor.gather_log_probs` does (right-padded batches of
+    ``batch_size``, the mask token excluded, only the scored positions through the LM head), and
+    also takes the argmax of the same distributions, in the same forward pass.
+    """
+    nats, correct = 0.0, 0
+    step = reconstructor.batch_size
+    with torch.inference_mode():
+        for start in range(0, len(inputs), step):
+            batch, pos, tgt = inputs[start : start + step], positions[start : start + step], targets[start : start + step]
+            width = max(len(x) for x in batch)
+            ids = torch.full((len(batch), width), reconstructor.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+                attention[row, : len(seq)] = 1
+            rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(pos)])
+            if rows.numel() == 0:
+                continue
+            cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in pos])
+            wanted = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in tgt]).to(reconstructor.device)
+            hidden = reconstructor._last_hidden(ids.to(reconstructor.device), attention.to(reconstructor.device))
+            selected = hidden[rows.to(reconstructor.device), cols.to(reconstructor.device)]
+            logits = reconstructor._postprocess_logits(reconstructor.model.get_output_embeddings()(selected).float())
+            log_probs = torch.log_softmax(logits, dim=-1)
+            nats -= float(log_probs.gather(1, wanted[:, None]).double().sum())
+            correct += int((logits.argmax(-1) == wanted).sum())
+    return nats, correct

@@ -1,0 +1,195 @@
+"""``tokenmask evaluate`` and ``tokenmask baselines``: methods x rates on a corpus, with reports.
+
+``tokenmask evaluate --corpus ../shared/data/pydocs.jsonl --methods truncation,random,agent:runs/x
+--rates 0.3,0.5,0.7`` selects the first ``num_documents`` documents with at least C+T judge
+tokens, scores every method at every rate with the metrics of EVALUATION.md, and writes into
+``output_dir``: ``results.json``, ``results.md``, ``rate_vs_recoverability.png``,
+``rate_vs_retention.png`` and ``tensorboard/<method>/`` (one run per method; step = rate in %).
+``tokenmask baselines`` is the same command with the baselines as default methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tokenmask.config import add_config_arguments, config_from_args
+from tokenmask.evaluate.baselines import BASELINE_METHODS
+from tokenmask.evaluate.compressor import (
+    Method,
+    MethodContext,
+    build_method,
+    check_rate,
+    method_factory,
+    parse_method_names,
+    split_method_name,
+)
+from tokenmask.evaluate.evaluator import Evaluator
+from tokenmask.evaluate.metrics import select_documents
+from tokenmask.evaluate.reports import (
+    EvaluationReport,
+    MethodResult,
+    device_description,
+    markdown_table,
+    write_report,
+)
+from tokenmask.io import replace_dir, temporary_dir_beside
+
+#: methods run when none is named: every baseline (LLMLingua skipped when its package is missing)
+DEFAULT_METHODS: list[str] = list(BASELINE_METHODS)
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of ``tokenmask evaluate`` (any key can be set in a JSON config or on the CLI)."""
+
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata={"help": "comma-separated method names: baselines, agent:RUN_DIR, activation:CONFIG, ..."},
+    )
+    rates: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7], metadata={"help": "requested rates in [0, 1)"})
+    corpus: str = field(default="sample", metadata={"help": "prepared folder, .jsonl/.txt file or folder, or 'sample'"})
+    split: str = field(default="test", metadata={"help": "split of a prepared corpus folder"})
+    text_column: str = field(default="text", metadata={"help": "JSONL key holding the text"})
+    frequency_corpus: str | None = field(
+        default=None,
+        metadata={"help": "texts the frequency baseline counts (default: the prepared corpus' train split, or the corpus file)"},
+    )
+    judge: str = field(default="default", metadata={"help": "judge model name (default: embedded SmolLM2-135M-Instruct)"})
+    context_tokens: int = field(default=256, metadata={"help": "C: context tokens per document"})
+    continuation_tokens: int = field(default=64, metadata={"help": "T: continuation tokens per document"})
+    num_documents: int = field(
+        default=60, metadata={"help": "first N long-enough documents (rate, retention, recon_*)"}
+    )
+    recoverability_documents: int | None = field(
+        default=30, metadata={"help": "recoverability on the first N of them (EVALUATION.md: 30; None = all)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed passed to every method"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+    dtype: str = field(default="float32", metadata={"help": "judge dtype (EVALUATION.md scores in float32)"})
+    batch_size: int | None = field(default=None, metadata={"help": "judge sequences per forward pass"})
+    recon_metrics: bool = field(default=True, metadata={"help": "compute recon_bits_per_masked / recon_top1"})
+    skip_unavailable: bool = field(
+        default=True, metadata={"help": "skip a method whose optional package is missing (e.g. llmlingua) instead of failing"}
+    )
+    tensorboard: bool = field(default=True, metadata={"help": "write one TensorBoard run per method"})
+    output_dir: str = field(default="runs/evaluate", metadata={"help": "where results are written (replaced atomically)"})
+
+    def __post_init__(self) -> None:
+        self.methods = parse_method_names(self.methods)
+        if not self.rates:
+            raise ValueError("No rate given. Fix: e.g. --rates 0.3,0.5,0.7.")
+        self.rates = [check_rate(r) for r in self.rates]
+        if self.num_documents < 1:
+            raise ValueError(f"num_documents must be >= 1, got {self.num_documents}.")
+        if self.recoverability_documents is not None and self.recoverability_documents < 1:
+            raise ValueError(f"recoverability_documents must be >= 1 (or None), got {self.recoverability_documents}.")
+        if self.context_tokens < 1 or self.continuation_tokens < 1:
+            raise ValueError(f"context_tokens and continuation_tokens must be >= 1, got {self.context_tokens}, {self.continuation_tokens}.")
+
+
+def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
+    """(evaluation texts, frequency-baseline texts) of the configured corpus."""
+    from tokenmask.data import iter_texts
+
+    texts = list(iter_texts(config.corpus, split=config.split, text_column=config.text_column))
+    if config.frequency_corpus is not None:
+        train = list(iter_texts(config.frequency_corpus, split="train", text_column=config.text_column))
+    elif (Path(config.corpus) / "dataset").is_dir():
+        train = list(iter_texts(config.corpus, split="train"))
+    else:
+        train = texts
+    return texts, train
+
+
+def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationReport:
+    """Score every method at every rate; nothing is written (see :func:`evaluate_and_write`).
+
+    :raises ValueError: unknown method, bad rate, corpus without a long-enough document.
+    """
+    from tokenmask.reconstructors import Reconstructor
+
+    for name in config.methods:  # fail on a misspelt method before loading anything
+        method_factory(name)
+    texts, train_texts = _corpus_texts(config)
+    judge = Reconstructor.load(
+        config.judge, device=config.device, dtype=config.dtype, add_mask_token=False, batch_size=config.batch_size
+    )
+    docs = select_documents(texts, judge, config.context_tokens, config.continuation_tokens, config.num_documents)
+    context = MethodContext(judge=judge, seed=config.seed, device=config.device, train_texts=train_texts)
+    methods: dict[str, Method] = {}
+    skipped: dict[str, str] = {}
+    for name in config.methods:
+        try:
+            methods[name] = build_method(name, context)
+        except ImportError as exc:
+            if not config.skip_unavailable:
+                raise
+            skipped[name] = str(exc)
+    if not methods:
+        raise ValueError(f"No method could be built (skipped: {skipped}).")
+    evaluator = Evaluator(
+        judge, docs, recon_metrics=config.recon_metrics, recover_documents=config.recoverability_documents
+    )
+    results: list[MethodResult] = []
+    jobs = [(name, rate) for name in methods for rate in config.rates]
+    bar = tqdm(jobs, desc="evaluate", unit="run", disable=not progress)
+    for name, rate in bar:
+        bar.set_postfix_str(f"{name} @ {rate:.2f}")
+        scores = evaluator.evaluate(methods[name], rate, seed=config.seed)
+        sample = evaluator.last_outputs[0].text if evaluator.last_outputs else ""
+        results.append(MethodResult(method=name, scores=scores, sample=sample))
+    setting = {
+        "judge": config.judge,
+        "corpus": config.corpus,
+        "split": config.split if (Path(config.corpus) / "dataset").is_dir() else None,
+        "documents": len(docs),
+        "recoverability_documents": evaluator.reference.recover_documents,
+        "context_tokens": config.context_tokens,
+        "continuation_tokens": config.continuation_tokens,
+        "seed": config.seed,
+        "device": device_description(judge.device),
+        "sources": [d.source for d in docs],
+        "config": asdict(config),
+    }
+    return EvaluationReport(results=results, setting=setting, skipped=skipped)
+
+
+def evaluate_and_write(config: EvaluateConfig, progress: bool = True) -> EvaluationReport:
+    """:func:`run_evaluation`, then write every report into ``config.output_dir`` (replaced atomically)."""
+    report = run_evaluation(config, progress=progress)
+    target = Path(config.output_dir)
+    tmp = temporary_dir_beside(target)
+    write_report(report, tmp, tensorboard=config.tensorboard)
+    replace_dir(tmp, target)
+    return report
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tokenmask evaluate`` and ``tokenmask baselines``."""
+    for command, help_text in (
+        ("evaluate", "score compressors (baselines, agent:RUN, activation:CFG) with the metrics of EVALUATION.md"),
+        ("baselines", "tokenmask evaluate with the baselines as the default methods"),
+    ):
+        parser = subparsers.add_parser(
+            command, help=help_text, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        add_config_arguments(parser, EvaluateConfig)
+        parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+        parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(EvaluateConfig, args)
+    if args.command == "baselines":
+        others = [n for n in config.methods if split_method_name(n)[0] not in BASELINE_METHODS]
+        if others:
+            raise ValueError(f"tokenmask baselines runs baselines only, not {others}. Fix: use tokenmask evaluate.")
+    report = evaluate_and_write(config, progress=not args.no_progress)
+    print(markdown_table(report))
+    print(f"results written to {config.output_dir}")
+    return 0

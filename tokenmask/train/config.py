@@ -1,0 +1,208 @@
+"""``TrainConfig``: every option of ``tokenmask train`` (JSON file + ``--key value`` overrides)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ALGORITHMS: tuple[str, ...] = ("ppo", "a2c")
+TINY_RECONSTRUCTOR = "tiny-random"
+"""Reconstructor name of a tiny randomly initialised Llama (unit tests only: fast, learns nothing useful)."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``tokenmask train``; the resolved config is saved as ``config.json`` in the run folder."""
+
+    # ---- run
+    run_dir: str = field(
+        default="runs/debug", metadata={"help": "run folder: config, agent zip, reconstructor, TensorBoard"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the policy, the env and the evaluation"})
+    device: str = field(
+        default="auto", metadata={"help": "device of the policy and the LMs (auto: cuda > mps > cpu)"}
+    )
+    total_timesteps: int = field(default=2048, metadata={"help": "env steps (windows decided) to train for"})
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={"help": "stop (and save) after this many minutes of training (None: no limit)"},
+    )
+    # ---- algorithm
+    algo: str = field(default="ppo", metadata={"help": f"one of {list(ALGORITHMS)}"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "policy learning rate"})
+    n_steps: int = field(default=32, metadata={"help": "steps per env per rollout"})
+    batch_size: int = field(default=256, metadata={"help": "PPO minibatch size"})
+    n_epochs: int = field(default=4, metadata={"help": "PPO epochs per rollout"})
+    gamma: float = field(default=0.99, metadata={"help": "discount factor"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    clip_range: float = field(default=0.2, metadata={"help": "PPO clip range"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus coefficient"})
+    vf_coef: float = field(default=0.5, metadata={"help": "value loss coefficient"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "policy gradient clipping"})
+    target_kl: float | None = field(default=None, metadata={"help": "PPO early stop on KL (None: off)"})
+    policy_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": 'TokenMaskPolicy kwargs, e.g. {"features_extractor_kwargs": {"d_model": 128}}'},
+    )
+    # ---- environment (TokenMask-v0 options)
+    data_path: str = field(
+        default="sample", metadata={"help": "training corpus: prepared folder, .txt/.jsonl, or 'sample'"}
+    )
+    split: str = field(default="train", metadata={"help": "split of a prepared training corpus"})
+    n_envs: int = field(
+        default=8, metadata={"help": "episodes stepped together (one batched LM pass per step)"}
+    )
+    window: int = field(default=16, metadata={"help": "tokens decided per step"})
+    context_size: int = field(default=8, metadata={"help": "tokens shown before and after the window"})
+    max_tokens: int = field(default=256, metadata={"help": "documents are cut to at most this many tokens"})
+    target_rate: float = field(
+        default=0.5, metadata={"help": "rate asked for when target_rate_range is None"}
+    )
+    target_rate_range: list[float] | None = field(
+        default=None, metadata={"help": "lo,hi: target rate drawn per episode"}
+    )
+    reward_type: str = field(default="information", metadata={"help": "env reward: information or simple"})
+    bits_weight: float = field(
+        default=0.1, metadata={"help": "env reward: tokens of compression one bit costs"}
+    )
+    rate_penalty: float = field(
+        default=4.0, metadata={"help": "env reward: weight of |rate - target| at the end"}
+    )
+    mask_mode: str = field(default="delete", metadata={"help": "delete or placeholder"})
+    recoverability_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of the judge's recoverability bonus at each episode's end (0: off; keep it below rate_penalty)"
+        },
+    )
+    # ---- reconstructor and judge
+    reconstructor: str = field(
+        default="default", metadata={"help": "reconstructor: default, .gguf, folder, hub id, tiny-random"}
+    )
+    reconstructor_dtype: str = field(
+        default="auto", metadata={"help": "reconstructor dtype (auto: bf16 on cuda)"}
+    )
+    reconstructor_batch_size: int | None = field(
+        default=None, metadata={"help": "sequences per LM forward pass"}
+    )
+    judge: str = field(
+        default="default", metadata={"help": "frozen judge of the evaluation and the recoverability bonus"}
+    )
+    judge_dtype: str = field(default="auto", metadata={"help": "judge dtype"})
+    # ---- joint training of the reconstructor
+    joint_period: int = field(
+        default=0, metadata={"help": "fine-tune the reconstructor every K rollouts (0: never)"}
+    )
+    recon_learning_rate: float = field(default=1e-5, metadata={"help": "reconstructor learning rate"})
+    recon_grad_accum_steps: int = field(default=1, metadata={"help": "reconstructor gradient accumulation"})
+    recon_batch_docs: int = field(default=4, metadata={"help": "documents per reconstructor micro-batch"})
+    recon_micro_batches: int = field(default=4, metadata={"help": "micro-batches per fine-tuning round"})
+    recon_buffer: int = field(default=256, metadata={"help": "recent episodes the fine-tuning samples from"})
+    # ---- evaluation against the baselines
+    eval_freq: int = field(
+        default=0, metadata={"help": "evaluate every N env steps (0: at the start and the end only)"}
+    )
+    eval_data_path: str | None = field(default=None, metadata={"help": "validation corpus (None: data_path)"})
+    eval_split: str = field(default="validation", metadata={"help": "split of a prepared validation corpus"})
+    eval_documents: int = field(default=8, metadata={"help": "validation documents per evaluation"})
+    eval_rate: float = field(default=0.5, metadata={"help": "rate asked of every method in the evaluation"})
+    eval_methods: list[str] = field(
+        default_factory=lambda: ["random", "frequency", "length", "self_information", "truncation"],
+        metadata={"help": "baselines logged beside the agent"},
+    )
+    context_tokens: int = field(default=256, metadata={"help": "C of EVALUATION.md"})
+    continuation_tokens: int = field(default=64, metadata={"help": "T of EVALUATION.md"})
+    text_samples: int = field(default=2, metadata={"help": "masked-text samples logged per evaluation"})
+    # ---- output
+    checkpoint_freq: int = field(
+        default=0, metadata={"help": "save the run folder every N env steps (0: at the end)"}
+    )
+    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
+    tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs under run_dir/tb"})
+    verbose: int = field(default=0, metadata={"help": "SB3 verbosity (0, 1, 2)"})
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"Unknown algo {self.algo!r}. Fix: use one of {list(ALGORITHMS)}.")
+        positive = {
+            "total_timesteps": self.total_timesteps,
+            "n_steps": self.n_steps,
+            "batch_size": self.batch_size,
+            "n_epochs": self.n_epochs,
+            "n_envs": self.n_envs,
+            "window": self.window,
+            "max_tokens": self.max_tokens,
+            "recon_grad_accum_steps": self.recon_grad_accum_steps,
+            "recon_batch_docs": self.recon_batch_docs,
+            "recon_micro_batches": self.recon_micro_batches,
+            "recon_buffer": self.recon_buffer,
+            "eval_documents": self.eval_documents,
+            "context_tokens": self.context_tokens,
+            "continuation_tokens": self.continuation_tokens,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        non_negative = {
+            "context_size": self.context_size,
+            "joint_period": self.joint_period,
+            "eval_freq": self.eval_freq,
+            "checkpoint_freq": self.checkpoint_freq,
+            "text_samples": self.text_samples,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
+        for name, rate in (
+            ("learning_rate", self.learning_rate),
+            ("recon_learning_rate", self.recon_learning_rate),
+        ):
+            if not math.isfinite(rate) or rate <= 0:
+                raise ValueError(f"{name} must be a positive number, got {rate}.")
+        if self.max_train_minutes is not None and not self.max_train_minutes > 0:
+            raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}.")
+        if not 0.0 <= self.eval_rate < 1.0:
+            raise ValueError(f"eval_rate must be in [0, 1), got {self.eval_rate}.")
+        if not math.isfinite(self.recoverability_weight) or self.recoverability_weight < 0:
+            raise ValueError(f"recoverability_weight must be >= 0, got {self.recoverability_weight}.")
+        if self.recoverability_weight >= self.rate_penalty > 0 or (
+            self.recoverability_weight > 0 and self.rate_penalty == 0
+        ):
+            raise ValueError(
+                f"recoverability_weight ({self.recoverability_weight}) must stay below rate_penalty ({self.rate_penalty}): "
+                "otherwise keeping tokens pays more than hitting the rate, and the agent learns to mask too little. "
+                "Fix: lower recoverability_weight or raise rate_penalty."
+            )
+        if self.algo == "ppo" and self.n_steps * self.n_envs < 2:
+            raise ValueError("PPO needs n_steps * n_envs >= 2 (a rollout of at least two samples).")
+
+    @property
+    def rollout_size(self) -> int:
+        """Env steps per rollout (``n_steps * n_envs``)."""
+        return self.n_steps * self.n_envs
+
+    @property
+    def joint_training(self) -> bool:
+        """True when the reconstructor is fine-tuned during training."""
+        return self.joint_period > 0
+
+    def env_options(self) -> dict[str, Any]:
+        """The TokenMask-v0 options of this config (checked by the env's own config)."""
+        return {
+            "data_path": self.data_path,
+            "split": self.split,
+            "window": self.window,
+            "context_size": self.context_size,
+            "max_tokens": self.max_tokens,
+            "target_rate": self.target_rate,
+            "target_rate_range": self.target_rate_range,
+            "reward_type": self.reward_type,
+            "bits_weight": self.bits_weight,
+            "rate_penalty": self.rate_penalty,
+            "mask_mode": self.mask_mode,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return asdict(self)

@@ -1,0 +1,68 @@
+"""The env's own reward of any keep mask: replay the mask through TokenMask-v0, window by window.
+
+This puts the agent and the baselines on the training objective's scale: each method's masks are
+played as actions in the same environment (same reward, same reconstructor) and the episode
+returns are compared (``eval/env_return`` in TensorBoard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tokenmask.reconstructors import Reconstructor
+
+
+def replay_returns(
+    contexts: Sequence[Sequence[int]],
+    keep_masks: Sequence[np.ndarray],
+    rate: float,
+    reconstructor: Reconstructor,
+    env_options: dict[str, Any],
+    seed: int = 0,
+) -> np.ndarray:
+    """Return of one TokenMask-v0 episode per context when its tokens are masked as ``~keep``.
+
+    :param contexts: per document, token ids of the reconstructor's vocabulary (non-empty).
+    :param keep_masks: per document, ``True`` = kept (masked = ``~keep``).
+    :param rate: the target rate of the episodes (the end-of-episode penalty uses it).
+    :param reconstructor: prices the masked tokens.
+    :param env_options: TokenMask-v0 options (``window``, ``context_size``, ``reward_type``, ...).
+    :param seed: seed of the env reset.
+    :return: ``(documents,)`` episode returns.
+    """
+    from tokenmask.envs.vector_env import TokenMaskVectorEnv
+
+    if len(contexts) != len(keep_masks):
+        raise ValueError(f"{len(keep_masks)} masks for {len(contexts)} contexts; they must match.")
+    if any(len(c) == 0 for c in contexts):
+        raise ValueError("Every replayed context needs at least one token.")
+    env = TokenMaskVectorEnv(
+        num_envs=len(contexts),
+        documents=[list(c) for c in contexts],
+        reconstructor=reconstructor,
+        shuffle=False,
+        max_tokens=None,
+        min_tokens=1,
+        target_rate=rate,
+        **env_options,
+    )
+    window = env.config.window
+    masked = [~np.asarray(k, dtype=bool) for k in keep_masks]
+    returns = np.zeros(len(contexts), dtype=np.float64)
+    finished = np.zeros(len(contexts), dtype=bool)
+    env.reset(seed=seed)
+    step = 0
+    while not finished.all():
+        actions = np.zeros((len(contexts), window), dtype=bool)
+        for row, m in enumerate(masked):
+            chunk = m[step * window : (step + 1) * window]
+            actions[row, : len(chunk)] = chunk
+        _, rewards, terminated, _, _ = env.step(actions)
+        returns[~finished] += rewards[~finished]
+        finished |= terminated
+        step += 1
+    env.close()
+    return returns
