@@ -10,6 +10,8 @@ base frozen, sweeps again, saves the trained layers, and prints one Markdown tab
     python benchmarks/activation_quality.py export --data_path data_out/pydocs --out runs/act_sequences.json
     # measure (any machine; a GPU makes the training part fast):
     python benchmarks/activation_quality.py run --sequences runs/act_sequences.json --settings "24;18" --steps 300
+    # pre-fill time and memory of a trained model, compressed vs not:
+    python benchmarks/activation_quality.py timing --model runs/activation_smollm2_l24/model --lengths 256,1024
 
 Perplexity counts every token after BOS, predicted from the compressed past; ratio and bytes count
 the compressed layers only (EVALUATION.md's rate for in-model compressors is ``1 - 1/ratio``).
@@ -169,6 +171,46 @@ def goal_table(summary: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def timing(args: argparse.Namespace) -> None:
+    """Pre-fill time, peak memory and KV bytes, compressed vs not, for a model at a few thresholds and lengths."""
+    from tokenmask.activation_compression import CompressedCausalLM, CompressionConfig
+    from tokenmask.activation_compression.config import ActivationEvaluateConfig
+    from tokenmask.activation_compression.evaluation import (
+        load_for_evaluation,
+        machine_description,
+        measure_prefill,
+    )
+    from tokenmask.activation_compression.training import load_sequences
+
+    config = ActivationEvaluateConfig(model_name=args.model, device=args.device, dtype=args.dtype)
+    model, trained = load_for_evaluation(config)
+    if not trained and args.layers:
+        model = CompressedCausalLM(model.reconstructor, CompressionConfig(compression_layers=[int(x) for x in args.layers.split(",")]))
+    held_out = load_sequences(model.reconstructor, args.data_path, "test", 512)
+    lines = [
+        f"Machine: {machine_description(model.device)}; model {args.model} (layers {model.layer_indices} of "
+        f"{model.backbone.num_layers}); batch {args.batch}; median of {args.repeats} interleaved runs.",
+        "",
+        "| tokens | threshold | ratio | pre-fill ms (compressed / full) | pre-fill CPU ms (compressed / full) "
+        "| peak memory MiB (compressed / full) "
+        "| KV MiB kept (compressed / full, compressed layers) | KV saved, whole model |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for length in [int(x) for x in args.lengths.split(",")]:
+        batch = long_sequences(held_out, length, args.batch, model.reconstructor.bos_token_id)
+        for threshold in [float(x) for x in args.thresholds.split(",")]:
+            r = measure_prefill(model, batch, args.batch, threshold, args.repeats)
+            lines.append(
+                f"| {length} | {threshold:.2f} | {r['prefill_ratio']:.2f}x | {r['forward_ms_compressed']:.0f} / {r['forward_ms_uncompressed']:.0f} "
+                f"| {r['forward_cpu_ms_compressed']:.0f} / {r['forward_cpu_ms_uncompressed']:.0f} "
+                f"| {r['peak_memory_compressed'] / MB:.1f} / {r['peak_memory_uncompressed'] / MB:.1f} "
+                f"| {r['kv_bytes_compressed'] / MB:.2f} / {r['kv_bytes_uncompressed'] / MB:.2f} "
+                f"| {100 * r['kv_saved_fraction_of_model']:.0f}% |"
+            )
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     rn.add_argument("--out", default="runs/act_bench")
     rn.add_argument("--tar", default=None, help="also pack the output folder into this .tar.gz")
     rn.set_defaults(func=run)
+    tm = sub.add_parser("timing", help="pre-fill time and memory, compressed vs not")
+    tm.add_argument("--model", default="default", help="trained activation folder, or a base model name")
+    tm.add_argument("--layers", default="24", help="compression layers of fresh layers on a base model")
+    tm.add_argument("--data_path", default="data_out/pydocs")
+    tm.add_argument("--thresholds", default="0.67,0.5,0.33")
+    tm.add_argument("--lengths", default="256,1024")
+    tm.add_argument("--batch", type=int, default=4)
+    tm.add_argument("--repeats", type=int, default=5)
+    tm.add_argument("--device", default="auto")
+    tm.add_argument("--dtype", default="float32")
+    tm.set_defaults(func=timing)
     args = parser.parse_args(argv)
     args.func(args)
     return 0

@@ -178,3 +178,11 @@ def test_debug_config_runs_offline_on_cpu(tmp_path):
     for baseline in ("random", "truncation", "self_information"):
         assert "eval/recoverability" in scalar_tags(run.tensorboard_dir / f"baseline_{baseline}")
     assert "eval/recoverability" in agent_tags
+
+
+def test_run_folder_without_or_with_a_corrupt_config_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RunFolderError, match="is not a tokenmask run folder.*Fix: pass a folder written by `tokenmask train`"):
+        RunFolder(tmp_path).read_config()
+    (tmp_path / "config.json").write_text('{"algo": "ppo", ')
+    with pytest.raises(RunFolderError, match="corrupt"):
+        RunFolder(tmp_path).read_config()

@@ -10,12 +10,15 @@ uncompressed reference running the same code with ``compress=False``:
   statistics on a GPU; on the CPU, allocations traced by the torch profiler);
 * ``kv_bytes_*`` / ``hidden_bytes_*``: bytes of keys+values and of hidden states held in the
   compressed layers (exact counts times the dtype's size);
-* ``forward_ms_*``: wall time of the pre-fill, warm, mean over ``repeats``.
+* ``forward_ms_*``: wall time of the pre-fill, warm, median over ``repeats`` (compressed and
+  uncompressed runs interleaved); ``forward_cpu_ms_*``: the process's CPU time for it (steadier
+  than the wall clock on a shared machine).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,16 +129,26 @@ def _peak_bytes(model: CompressedCausalLM, fn: Any) -> float:
     return _peak_cpu_bytes(fn)
 
 
-def _time_ms(model: CompressedCausalLM, fn: Any, repeats: int) -> float:
-    fn()  # warm-up
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
-    start = time.perf_counter()
+def _median_ms(model: CompressedCausalLM, runs: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median wall time and process CPU time (ms) of each run, warm, the runs interleaved so load changes hit them alike.
+
+    Keys ``<name>`` (wall) and ``<name>_cpu`` (CPU time of this process, all threads: on a shared
+    machine it tracks the work done better than the wall clock).
+    """
+    for fn in runs.values():
+        fn()  # warm-up
+    samples: dict[str, list[float]] = {key: [] for name in runs for key in (name, f"{name}_cpu")}
     for _ in range(repeats):
-        fn()
-    if model.device.type == "cuda":
-        torch.cuda.synchronize(model.device)
-    return (time.perf_counter() - start) * 1000.0 / repeats
+        for name, fn in runs.items():
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+            samples[f"{name}_cpu"].append((time.process_time() - cpu_start) * 1000.0)
+    return {key: float(statistics.median(values)) for key, values in samples.items()}
 
 
 def measure_prefill(
@@ -151,7 +164,7 @@ def measure_prefill(
     ``forward_ms_uncompressed``, ``peak_memory_compressed`` / ``_uncompressed`` (bytes),
     ``kv_bytes_compressed`` / ``_uncompressed`` and ``hidden_bytes_compressed`` /
     ``_uncompressed`` (bytes held in the compressed layers), ``kv_bytes_saved``,
-    ``hidden_bytes_saved`` and ``ratio``.
+    ``hidden_bytes_saved`` and ``prefill_ratio`` (the ratio of this batch).
     """
     ids, mask = pad_batch(list(sequences[:batch_size]), model.reconstructor.pad_token_id)
 
@@ -160,9 +173,12 @@ def measure_prefill(
 
     with torch.no_grad():
         output = run(True)()
+        times = _median_ms(model, {"compressed": run(True), "uncompressed": run(False)}, repeats)
         result = {
-            "forward_ms_compressed": _time_ms(model, run(True), repeats),
-            "forward_ms_uncompressed": _time_ms(model, run(False), repeats),
+            "forward_ms_compressed": times["compressed"],
+            "forward_ms_uncompressed": times["uncompressed"],
+            "forward_cpu_ms_compressed": times["compressed_cpu"],
+            "forward_cpu_ms_uncompressed": times["uncompressed_cpu"],
             "peak_memory_compressed": _peak_bytes(model, run(True)),
             "peak_memory_uncompressed": _peak_bytes(model, run(False)),
         }
@@ -174,7 +190,7 @@ def measure_prefill(
             "kv_bytes_uncompressed": kv_bytes(model, total),
             "hidden_bytes_compressed": kept * width,
             "hidden_bytes_uncompressed": total * width,
-            "ratio": total / kept if kept else 1.0,
+            "prefill_ratio": total / kept if kept else 1.0,
             "batch": float(ids.shape[0]),
             "tokens": float(mask.sum()),
         }

@@ -28,7 +28,6 @@ Two modes:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ from tokenmask.activation_compression.clustering import (
 )
 from tokenmask.activation_compression.config import ActivationConfigError, CompressionConfig
 from tokenmask.activation_compression.layout import TokenLayout
-from tokenmask.io import atomic_write_json, replace_dir, temporary_dir_beside
+from tokenmask.io import atomic_write_json, read_folder_meta, replace_dir, reraise_as, temporary_dir_beside
 from tokenmask.reconstructors import CorruptCheckpointError, Reconstructor
 
 Mode = Literal["full", "prefill"]
@@ -604,20 +603,16 @@ class CompressedCausalLM(nn.Module):
         :raises CorruptCheckpointError: if the folder is not a saved activation model or is damaged.
         """
         folder = Path(path)
-        meta_file = folder / META_FILE
-        if not meta_file.is_file():
-            raise CorruptCheckpointError(
-                f"{folder} is not a saved activation-compression model (no {META_FILE}). "
-                "Fix: pass a folder written by `tokenmask activation train`, or a base model name."
-            )
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = read_folder_meta(
+            folder,
+            META_FILE,
+            CorruptCheckpointError,
+            "a saved activation-compression model",
+            "pass a folder written by `tokenmask activation train`, or a base model name.",
+        )
+        with reraise_as(CorruptCheckpointError, f"The activation model folder {folder} is corrupt or incomplete. Fix: re-save it"):
             config = CompressionConfig(**meta["compression"])
             state = load_file(str(folder / WEIGHTS_FILE))
-        except Exception as exc:  # any read failure means the folder is damaged
-            raise CorruptCheckpointError(
-                f"The activation model folder {folder} is corrupt or incomplete ({type(exc).__name__}: {exc}). Fix: re-save it."
-            ) from exc
         if meta.get("base_included"):
             reconstructor = Reconstructor.from_pretrained(folder / BASE_DIR, device=device, dtype=dtype)
         elif reconstructor is None:

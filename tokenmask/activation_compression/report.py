@@ -14,12 +14,15 @@ MB = 1024.0 * 1024.0
 
 def markdown_table(rows: Sequence[dict[str, float]], title: str) -> str:
     """One Markdown table of a threshold sweep (see :func:`tokenmask.activation_compression.evaluation.sweep_thresholds`)."""
+    # a row that merged nothing shows what the learned parts do by themselves (e.g. a trained restore gate)
+    unmerged = next((r["compressed_perplexity"] for r in rows if r["ratio"] == 1.0), None)
+    extra = " increase vs no merges, same layers |" if unmerged is not None else ""
     lines = [
         f"### {title}",
         "",
-        "| threshold | ratio (fewer positions) | perplexity | increase | KV saved (MiB) | hidden saved (MiB) "
+        "| threshold | ratio (fewer positions) | perplexity | increase |" + extra + " KV saved (MiB) | hidden saved (MiB) "
         "| peak memory MiB (compressed / full) | pre-fill ms (compressed / full) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- |" + (" --- |" if extra else "") + " --- | --- | --- | --- |",
     ]
     for row in rows:
         timed = "forward_ms_compressed" in row
@@ -31,7 +34,8 @@ def markdown_table(rows: Sequence[dict[str, float]], title: str) -> str:
         lines.append(
             f"| {row['threshold']:.2f} | {row['ratio']:.2f}x | {row['compressed_perplexity']:.2f} "
             f"(base {row['uncompressed_perplexity']:.2f}) | {100 * row['perplexity_increase']:+.1f}% "
-            f"| {saved} | {memory} | {times} |"
+            + (f"| {100 * (row['compressed_perplexity'] / unmerged - 1):+.1f}% " if unmerged is not None else "")
+            + f"| {saved} | {memory} | {times} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -138,9 +138,9 @@ def document_features(reconstructor: Reconstructor, documents: Sequence[np.ndarr
                 logits = _head_logits(reconstructor, hidden[lo : lo + step])
                 target = targets[lo : lo + step]
                 lse = torch.logsumexp(logits, dim=-1)
-                p = torch.exp(logits - lse[:, None])
-                expected = torch.where(p > 0, p * logits, torch.zeros_like(p)).sum(-1)  # masked-out logits are -inf
                 stats[lo : lo + step, 0] = (lse - logits.gather(1, target[:, None])[:, 0]) / LN2
+                logits.clamp_(min=torch.finfo(logits.dtype).min)  # excluded tokens: -inf -> finite, their p stays 0
+                expected = (torch.softmax(logits, dim=-1) * logits).sum(-1)
                 stats[lo : lo + step, 1] = (lse - expected) / LN2
                 stats[lo : lo + step, 2] = (logits.argmax(-1) == target).float()
             values = stats.cpu().numpy()

@@ -54,7 +54,62 @@ def build_components(
     return reconstructor, corpus, reward
 
 
-class TokenMaskEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+class EpisodeBatchMixin:
+    """What the single and the vector env share: building their parts and reading the episode batch."""
+
+    metadata: dict[str, Any]
+    config: TokenMaskConfig
+    reconstructor: Reconstructor
+    corpus: DocumentCorpus
+    reward: MaskingReward
+    render_mode: str | None
+    _batch: EpisodeBatch
+
+    def _setup(
+        self,
+        num_rows: int,
+        config: TokenMaskConfig | None,
+        options: dict[str, Any],
+        documents: CorpusSource | None,
+        reconstructor: Reconstructor | None,
+        reward: MaskingReward | None,
+        render_mode: str | None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}.")
+        self.config = resolve_config(config, options)
+        self.reconstructor, self.corpus, self.reward = build_components(self.config, documents, reconstructor, reward)
+        self._batch = EpisodeBatch(self.config, self.corpus, self.reconstructor, self.reward, num_rows=num_rows)
+        self.render_mode = render_mode
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the token-id range; also the padding id of ``token_ids`` and ``context_ids``."""
+        return self._batch.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        """Padding id of the id observations (= ``vocab_size``)."""
+        return self._batch.pad_id
+
+    @property
+    def mask_token_id(self) -> int:
+        """Id that shows a masked token in ``context_ids``."""
+        return self._batch.mask_id
+
+    @property
+    def documents(self) -> list[np.ndarray]:
+        """The token-id documents episodes are drawn from."""
+        return self.corpus.documents
+
+    def pop_completed_episodes(self) -> list[EpisodeRecord]:
+        """Finished episodes (of every sub-env; document ids and the agent's mask) since the last call, oldest first."""
+        records = list(self._batch.completed)
+        self._batch.completed.clear()
+        return records
+
+
+class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     """Learned context compression: mask the tokens a language model can recover.
 
     ## Description
@@ -147,14 +202,9 @@ class TokenMaskEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         render_mode: str | None = None,
         **options: Any,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}.")
-        self.config = resolve_config(config, options)
-        self.reconstructor, self.corpus, self.reward = build_components(self.config, documents, reconstructor, reward)
-        self._batch = EpisodeBatch(self.config, self.corpus, self.reconstructor, self.reward, num_rows=1)
+        self._setup(1, config, options, documents, reconstructor, reward, render_mode)
         self.observation_space = self._batch.observation_space()  # type: ignore[assignment]
         self.action_space = self._batch.action_space()
-        self.render_mode = render_mode
 
     @classmethod
     def from_texts(
@@ -175,33 +225,6 @@ class TokenMaskEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         """
         options = {"shuffle": False, "max_tokens": None, "min_tokens": 1, **options}
         return cls(documents=texts, reconstructor=reconstructor, target_rate=target_rate, **options)
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def vocab_size(self) -> int:
-        """Size of the token-id range; also the padding id of ``token_ids`` and ``context_ids``."""
-        return self._batch.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        """Padding id of the id observations (= ``vocab_size``)."""
-        return self._batch.pad_id
-
-    @property
-    def mask_token_id(self) -> int:
-        """Id that shows a masked token in ``context_ids``."""
-        return self._batch.mask_id
-
-    @property
-    def documents(self) -> list[np.ndarray]:
-        """The token-id documents episodes are drawn from."""
-        return self.corpus.documents
-
-    def pop_completed_episodes(self) -> list[EpisodeRecord]:
-        """Finished episodes (document ids and the agent's mask) since the last call, oldest first."""
-        records = list(self._batch.completed)
-        self._batch.completed.clear()
-        return records
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -18,9 +18,9 @@ from gymnasium.vector.utils import batch_space
 
 from tokenmask.envs.corpus import CorpusSource
 from tokenmask.envs.env_config import TokenMaskConfig
-from tokenmask.envs.episodes import EpisodeBatch, EpisodeRecord, check_actions
+from tokenmask.envs.episodes import check_actions
 from tokenmask.envs.rewards import MaskingReward
-from tokenmask.envs.token_mask_env import build_components, resolve_config
+from tokenmask.envs.token_mask_env import EpisodeBatchMixin
 from tokenmask.reconstructors import Reconstructor
 
 
@@ -33,7 +33,7 @@ def _vector_infos(values: dict[str, np.ndarray], present: np.ndarray) -> dict[st
     return out
 
 
-class TokenMaskVectorEnv(VectorEnv):
+class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
     """``num_envs`` TokenMask-v0 episodes stepped together, priced in one batched forward pass.
 
     Takes the same arguments as :class:`~tokenmask.envs.TokenMaskEnv` (one corpus, one
@@ -64,44 +64,12 @@ class TokenMaskVectorEnv(VectorEnv):
     ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}.")
-        self.config = resolve_config(config, options)
-        self.reconstructor, self.corpus, self.reward = build_components(self.config, documents, reconstructor, reward)
         self.num_envs = int(num_envs)
-        self._batch = EpisodeBatch(self.config, self.corpus, self.reconstructor, self.reward, num_rows=self.num_envs)
+        self._setup(self.num_envs, config, options, documents, reconstructor, reward, render_mode)
         self.single_observation_space = self._batch.observation_space()
         self.single_action_space = self._batch.action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.render_mode = render_mode
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def vocab_size(self) -> int:
-        """Size of the token-id range; also the padding id of the id observations."""
-        return self._batch.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        """Padding id of the id observations (= ``vocab_size``)."""
-        return self._batch.pad_id
-
-    @property
-    def mask_token_id(self) -> int:
-        """Id that shows a masked token in ``context_ids``."""
-        return self._batch.mask_id
-
-    @property
-    def documents(self) -> list[np.ndarray]:
-        """The token-id documents episodes are drawn from."""
-        return self.corpus.documents
-
-    def pop_completed_episodes(self) -> list[EpisodeRecord]:
-        """Finished episodes of all sub-envs (document ids and the agent's mask) since the last call."""
-        records = list(self._batch.completed)
-        self._batch.completed.clear()
-        return records
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(

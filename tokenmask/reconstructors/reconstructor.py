@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tokenmask.io import replace_dir, temporary_dir_beside
+from tokenmask.io import read_folder_meta, replace_dir, reraise_as, temporary_dir_beside
 from tokenmask.reconstructors.loading import (
     DEFAULT_MODEL,
     load_causal_lm,
@@ -161,21 +161,19 @@ class Reconstructor:
         :raises CorruptCheckpointError: if the folder is incomplete or its weights cannot be read.
         """
         folder = Path(path)
-        meta_file = folder / RECONSTRUCTOR_FILE
-        if not meta_file.is_file():
-            raise CorruptCheckpointError(
-                f"{folder} is not a saved reconstructor (no {RECONSTRUCTOR_FILE}). "
-                "Fix: pass a folder written by Reconstructor.save_pretrained, or load a model name with Reconstructor.load."
-            )
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = read_folder_meta(
+            folder,
+            RECONSTRUCTOR_FILE,
+            CorruptCheckpointError,
+            "a saved reconstructor",
+            "pass a folder written by Reconstructor.save_pretrained, or load a model name with Reconstructor.load.",
+        )
+        with reraise_as(
+            CorruptCheckpointError,
+            f"The reconstructor folder {folder} is corrupt or incomplete. Fix: re-save it, or load the base model by name",
+        ):
             model = load_causal_lm(str(folder), device, dtype)
             tokenizer = load_tokenizer(str(folder), cache=False)
-        except Exception as exc:  # any read failure means the folder is damaged
-            raise CorruptCheckpointError(
-                f"The reconstructor folder {folder} is corrupt or incomplete ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Fix: re-save it, or load the base model by name."
-            ) from exc
         return cls(
             model,
             tokenizer,

@@ -20,7 +20,7 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from tokenmask.io import atomic_write_bytes, atomic_write_json
+from tokenmask.io import atomic_write_bytes, atomic_write_json, read_folder_meta
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.train.config import TrainConfig
 
@@ -106,20 +106,13 @@ class RunFolder:
 
         :raises RunFolderError: if the folder has no readable ``config.json``.
         """
-        if not self.config_file.is_file():
-            raise RunFolderError(
-                f"{self.path} is not a tokenmask run folder (no {CONFIG_FILE}). "
-                "Fix: pass a folder written by `tokenmask train` (its run_dir)."
-            )
-        try:
-            data = json.loads(self.config_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunFolderError(
-                f"{self.config_file} is not valid JSON ({exc}). Fix: re-run training."
-            ) from exc
-        if not isinstance(data, dict):
-            raise RunFolderError(f"{self.config_file} must hold a JSON object.")
-        return data
+        return read_folder_meta(
+            self.path,
+            CONFIG_FILE,
+            RunFolderError,
+            "a tokenmask run folder",
+            "pass a folder written by `tokenmask train` (its run_dir), or re-run training.",
+        )
 
     def read_state(self) -> dict[str, Any]:
         """``state.json`` as a dict (empty when absent)."""
