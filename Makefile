@@ -34,6 +34,7 @@ commit-checks: format type lint
 
 # The main job on the embedded model and the shipped corpus: train the debug agent, then judge it beside the baselines.
 demo: install
+	rm -rf $(DEMO_DIR)  # the demo's own output folder: a second `make demo` starts afresh
 	tokenmask train --config configs/dev/debug.json --run_dir $(DEMO_DIR)/agent
 	tokenmask evaluate --corpus sample --methods agent:$(DEMO_DIR)/agent,truncation,random,self_information \
 		--rates 0.5 --num_documents 8 --recoverability_documents 8 --output_dir $(DEMO_DIR)/eval
