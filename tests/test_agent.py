@@ -100,3 +100,26 @@ def test_strike_through_marks_removed_tokens_only(tiny_recon):
     text = strike_through(tiny_recon, ids, keep)
     assert text.replace(STROKE, "") == tiny_recon.decode(ids)
     assert STROKE in text and text.startswith(tiny_recon.decode(ids[:2]))
+
+
+def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
+    """An agent trained with span=4 decides runs of 4 tokens: its scores are constant on each run of a window."""
+    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+    from tokenmask.policies import TokenMaskPolicy
+
+    config = load_config(TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "span": 4})
+    recon = tiny_reconstructor(seed=config.seed)
+    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **config.env_options())
+    assert env.action_space.n == config.window // 4
+    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
+    run = RunFolder(tmp_path / "run")
+    run.save_config(config)
+    run.save_agent(model)
+    agent = AgentCompressor.load(str(tmp_path / "run"), device="cpu")
+    contexts = [agent.reconstructor.encode(TEXTS[0])]
+    scores = agent.mask_scores(contexts, 0.5)[0]
+    full = len(scores) - len(scores) % 4
+    assert np.allclose(scores[:full].reshape(-1, 4), scores[:full].reshape(-1, 4)[:, :1])
+    outputs = agent.compress(contexts, 0.5)
+    kept = len(agent.tokenizer(outputs[0].text, add_special_tokens=False)["input_ids"])
+    assert abs(1 - kept / len(contexts[0]) - 0.5) <= 0.01

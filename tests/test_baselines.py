@@ -14,6 +14,7 @@ from tokenmask.evaluate.baselines import (
     LengthDrop,
     RandomDrop,
     SelfInformationDrop,
+    SpanSelfInformationDrop,
     Truncation,
     drop_lowest,
 )
@@ -25,7 +26,16 @@ TEXT = (
     "A package is a directory with an __init__ file; its submodules are loaded on demand. "
 )
 RATES = [0.0, 0.3, 0.5, 0.7, 0.95]
-MASKING = ["random", "frequency", "length", "truncation", "truncation_first", "self_information"]
+MASKING = [
+    "random",
+    "frequency",
+    "length",
+    "truncation",
+    "truncation_first",
+    "self_information",
+    "span_self_information",
+    "span_self_information:5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +122,34 @@ def test_self_information_drops_the_least_surprising_tokens(tiny_recon, contexts
     assert bits[~keep].max() <= bits[keep].min()
 
 
+def test_span_self_information_drops_whole_spans_of_lowest_mean_surprisal(tiny_recon, contexts) -> None:  # type: ignore[no-untyped-def]
+    span = 4
+    (keep,) = SpanSelfInformationDrop(tiny_recon, span).keep_masks(contexts[:1], 0.5)
+    (bits,) = tiny_recon.token_bits(contexts[:1])
+    n = len(bits)
+    starts = list(range(0, n, span))
+    means = [bits[s : s + span].mean() for s in starts]
+    dropped = [s for s in starts if not keep[s : s + span].any()]
+    kept = [s for s in starts if keep[s : s + span].all()]
+    assert dropped and kept
+    assert max(means[s // span] for s in dropped) <= min(means[s // span] for s in kept)
+    # at most one span is cut, and it loses its first tokens
+    cut = [s for s in starts if keep[s : s + span].any() and not keep[s : s + span].all()]
+    assert len(cut) <= 1
+    for s in cut:
+        part = keep[s : min(n, s + span)]
+        assert not part[0] and part[-1] and np.all(np.diff(part.astype(int)) >= 0)
+    with pytest.raises(ValueError, match="span of >= 1"):
+        SpanSelfInformationDrop(tiny_recon, 0)
+
+
 def test_method_arguments_are_checked(context) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="takes no argument"):
         build_method("random:5", context)
     with pytest.raises(ValueError, match="iterative size"):
         build_method("llmlingua:abc", context)
+    with pytest.raises(ValueError, match="optional span in tokens"):
+        build_method("span_self_information:x", context)
 
 
 def test_judge_encoding_stands_in_for_tiktoken(tiny_recon) -> None:  # type: ignore[no-untyped-def]

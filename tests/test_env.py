@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 import tokenmask  # noqa: F401  (registers TokenMask-v0)
 from tokenmask.envs import (
@@ -263,6 +264,38 @@ def test_sb3_adapter_trains_ppo(tiny_recon: Reconstructor) -> None:
     model.learn(total_timesteps=32)
 
 
+def test_span_actions_mask_runs_of_tokens(tiny_recon: Reconstructor) -> None:
+    """With span=2 an action entry masks two tokens; rewards equal the per-token env's on the expanded action."""
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    spanned = _env(tiny_recon, span=2)
+    assert spanned.action_space == spaces.MultiBinary(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(spanned)
+        sb3_check_env(spanned)
+    plain = _env(tiny_recon)
+    spanned.reset(seed=5)
+    plain.reset(seed=5)
+    rng = np.random.default_rng(0)
+    terminated = False
+    while not terminated:
+        entries = rng.integers(0, 2, size=2)
+        _, reward, terminated, _, info = spanned.step(entries)
+        _, expected, plain_done, _, plain_info = plain.step(np.repeat(entries, 2))
+        assert reward == pytest.approx(expected) and terminated == plain_done
+        assert info["rate"] == pytest.approx(plain_info["rate"])
+    record = spanned.pop_completed_episodes()[0]
+    mask = record.mask.astype(int)
+    assert np.all(mask[0 : len(mask) - len(mask) % 2 : 2] == mask[1 : len(mask) - len(mask) % 2 : 2])  # runs of 2
+    vec = TokenMaskVectorEnv(num_envs=3, documents=DOCS, reconstructor=tiny_recon, window=4, span=4)
+    vec.reset(seed=0)
+    vec.step(np.ones((3, 1), dtype=bool))
+    with pytest.raises(ValueError, match=r"expected \(3, 1\)"):
+        vec.step(np.ones((3, 4), dtype=bool))
+
+
 # ---------------------------------------------------------------------------- reproducibility and options
 def test_same_seed_and_actions_give_identical_rewards(tiny_recon: Reconstructor) -> None:
     a, b = _env(tiny_recon, target_rate_range=(0.1, 0.9)), _env(tiny_recon, target_rate_range=(0.1, 0.9))
@@ -332,6 +365,8 @@ def test_render_ansi_shows_masks(tiny_recon: Reconstructor) -> None:
         ({"documents": [[1, 2], [3]], "window": 4}, "shorter than 4 tokens"),
         ({"documents": [[1, 2, 10**7]], "window": 1}, "outside the reconstructor's vocabulary"),
         ({"reward": "information"}, "MaskingReward instance"),
+        ({"span": 3}, "span must be >= 1 and divide window \\(4\\)"),
+        ({"span": 0}, "span must be >= 1"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tiny_recon: Reconstructor, kwargs: dict, message: str) -> None:

@@ -99,6 +99,24 @@ def test_padded_positions_are_never_masked_and_probabilities_are_per_token():
     assert torch.sigmoid(torch.tensor(PADDING_LOGIT)) < 1e-10
 
 
+def test_span_policy_gives_one_probability_per_run_of_tokens():
+    """With MultiBinary(window // span) the entry's logit is the mean over its valid tokens; all-padding runs are kept."""
+    space = contract_space()
+    policy = TokenMaskPolicy(space, spaces.MultiBinary(4), lambda _: 3e-4)  # window 16, span 4
+    obs = batch_of(space, 3)
+    obs["valid"][:] = 1
+    obs["valid"][:, 10:] = 0  # entry 2 half valid, entry 3 all padding
+    entries = policy.action_probabilities(obs)
+    tokens = policy.mask_probabilities(obs)
+    assert entries.shape == (3, 4) and tokens.shape == (3, 16)
+    assert torch.equal(tokens, entries.repeat_interleave(4, dim=1))
+    assert torch.all(entries[:, 3] < 1e-10) and torch.all(entries[:, 2] > 1e-3)
+    actions, _, _ = policy(obs)
+    assert actions.shape == (3, 4)
+    with pytest.raises(ValueError, match="does not divide the window"):
+        TokenMaskPolicy(space, spaces.MultiBinary(5), lambda _: 3e-4)
+
+
 def test_token_logits_follow_their_own_token():
     """Changing one token's features changes mostly that token's logit (per-token head, shared weights)."""
     space = contract_space()

@@ -26,6 +26,7 @@ class TokenMaskConfig:
     device: str = field(default="auto", metadata={"help": "device of a loaded reconstructor"})
     dtype: str = field(default="auto", metadata={"help": "dtype of a loaded reconstructor"})
     window: int = field(default=16, metadata={"help": "tokens decided per step"})
+    span: int = field(default=1, metadata={"help": "tokens per action entry: each entry masks or keeps a run of span tokens (window must be a multiple)"})
     context_size: int = field(default=8, metadata={"help": "tokens shown before and after the window"})
     target_rate: float = field(default=0.5, metadata={"help": "fraction of tokens to mask, in [0, 1)"})
     target_rate_range: list[float] | None = field(default=None, metadata={"help": "lo,hi: draw the target rate per episode, uniformly"})
@@ -39,6 +40,11 @@ class TokenMaskConfig:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be >= 1 token, got {self.window}. Fix: e.g. window=16.")
+        if self.span < 1 or self.window % self.span:
+            raise ValueError(
+                f"span must be >= 1 and divide window ({self.window}), got {self.span}. Fix: e.g. span=1 (one decision per "
+                f"token) or span={max(1, self.window // 4)}."
+            )
         if self.context_size < 0:
             raise ValueError(f"context_size must be >= 0, got {self.context_size}.")
         _check_rate("target_rate", self.target_rate)
@@ -61,6 +67,11 @@ class TokenMaskConfig:
             raise ValueError(f"min_tokens must be >= 1 or None, got {self.min_tokens}.")
         if self.max_tokens is not None and self.min_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens}).")
+
+    @property
+    def action_size(self) -> int:
+        """Entries of one action: ``window // span``."""
+        return self.window // self.span
 
     @property
     def effective_min_tokens(self) -> int:

@@ -69,14 +69,19 @@ def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
     array = np.asarray(actions)
     if array.shape != shape:
         raise ValueError(
-            f"The action has shape {array.shape}, expected {shape}: one 0/1 per token of the window "
-            "(1 = mask). Fix: sample it from env.action_space."
+            f"The action has shape {array.shape}, expected {shape}: one 0/1 per token of the window, or per "
+            "span of tokens with span > 1 (1 = mask). Fix: sample it from env.action_space."
         )
     if array.dtype != np.bool_:
         if not np.all((array == 0) | (array == 1)):
             raise ValueError("Action entries must be 0 or 1 (1 = mask the token). Fix: sample from env.action_space.")
         array = array != 0
     return array
+
+
+def expand_actions(actions: np.ndarray, span: int) -> np.ndarray:
+    """Per-token decisions ``(..., window)`` from per-span ones ``(..., window // span)`` (each entry repeated ``span`` times)."""
+    return actions if span == 1 else np.repeat(actions, span, axis=-1)
 
 
 class EpisodeBatch:
@@ -153,8 +158,8 @@ class EpisodeBatch:
         )
 
     def action_space(self) -> spaces.MultiBinary:
-        """The action space of one episode: ``MultiBinary(window)``, 1 = mask."""
-        return spaces.MultiBinary(self.window)
+        """The action space of one episode: ``MultiBinary(window // span)``, 1 = mask (a run of ``span`` tokens)."""
+        return spaces.MultiBinary(self.config.action_size)
 
     # ------------------------------------------------------------------ documents
     def seed_row(self, row: int, rng: np.random.Generator) -> None:
@@ -273,9 +278,11 @@ class EpisodeBatch:
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Decide the current window of every row.
 
-        :param actions: ``(rows, window)`` bool, True = mask (see :func:`check_actions`).
+        :param actions: ``(rows, window // span)`` bool, True = mask (see :func:`check_actions`);
+            entry ``j`` decides tokens ``j * span`` to ``(j + 1) * span - 1`` of the window.
         :return: ``(rewards, terminated, infos)``; ``infos`` maps each key to a ``(rows,)`` array.
         """
+        actions = expand_actions(actions, self.config.span)
         if not self.active.all():
             raise RuntimeError("Every episode must be reset before it is stepped, and reset again once it ended.")
         self._sync_weights()

@@ -120,8 +120,11 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
     paying as few bits as possible, i.e. to forget what the reconstructor can recover.
 
     ## Action Space
-    ``MultiBinary(window)``: 1 = mask the token, 0 = keep it. Entries past the document's end
-    (``valid == 0``) are ignored. Another shape raises ``ValueError``.
+    ``MultiBinary(window)``: 1 = mask the token, 0 = keep it. With ``span > 1``,
+    ``MultiBinary(window // span)``: entry ``j`` masks or keeps the run of tokens ``j * span`` to
+    ``(j + 1) * span - 1`` of the window together (contiguous masks are one decision, not
+    ``span`` independent ones). Tokens past the document's end (``valid == 0``) are ignored.
+    Another shape raises ``ValueError``.
 
     ## Observation Space
     A ``Dict`` (contract shared with the SB3 policies; sizes come from the space)::
@@ -171,7 +174,7 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
 
     ## Arguments
     Any field of :class:`~tokenmask.envs.TokenMaskConfig` as a keyword (``window=16``,
-    ``context_size=8``, ``target_rate=0.5``, ``target_rate_range=None``,
+    ``span=1`` (tokens per action entry; must divide ``window``), ``context_size=8``, ``target_rate=0.5``, ``target_rate_range=None``,
     ``reward_type="information"``, ``bits_weight=0.1``, ``rate_penalty=4.0``,
     ``mask_mode="delete"``, ``data_path="sample"``, ``split="train"``, ``max_tokens=512``,
     ``min_tokens=None`` (one window), ``model_name="default"``, ``device="auto"``, ...), or
@@ -181,7 +184,8 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
     ``gym.make("TokenMask-v0")`` works offline: embedded SmolLM2, corpus shipped in the package.
 
     ## Version History
-    - v0: first version.
+    - v0: first version; ``span`` (tokens per action entry, default 1 = the original per-token actions) added
+      without changing the default spaces.
 
     :param config: options; keyword ``options`` override its fields.
     :param documents: the corpus in memory (see above); default: ``config.data_path``.
@@ -240,7 +244,7 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         """Decide the current window; see the class docstring (Rewards, Episode End)."""
         if not self._batch.active[0]:
             raise RuntimeError("The episode has ended (or was never started). Fix: call env.reset() first.")
-        actions = check_actions(action, (self.config.window,))[None, :]
+        actions = check_actions(action, (self.config.action_size,))[None, :]
         rewards, terminated, infos = self._batch.step(actions)
         obs = {k: v[0] for k, v in self._batch.observe().items()}
         return obs, float(rewards[0]), bool(terminated[0]), False, {k: v[0].item() for k, v in infos.items()}

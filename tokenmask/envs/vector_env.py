@@ -105,7 +105,7 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Decide every sub-env's window; ended episodes are reset in the same call (SAME_STEP)."""
-        action_bits = check_actions(actions, (self.num_envs, self.config.window))
+        action_bits = check_actions(actions, (self.num_envs, self.config.action_size))
         rewards, terminated, step_infos = self._batch.step(action_bits)
         truncated = np.zeros(self.num_envs, dtype=bool)
         everyone = np.ones(self.num_envs, dtype=bool)

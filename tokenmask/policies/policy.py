@@ -86,24 +86,37 @@ class TokenMaskHeads(nn.Module):
 
 
 class TokenLogits(nn.Module):
-    """The action layer: one logit per token from its latent (weights shared by positions).
+    """The action layer: one logit per action entry from the token latents (weights shared by positions).
 
-    Padded positions (valid flag 0) get :data:`PADDING_LOGIT`, i.e. they are always kept.
+    Each token's latent gives it a logit; with ``span > 1`` an entry's logit is the mean over the
+    valid tokens of its run of ``span`` tokens. Entries with no valid token (padding past the
+    document's end) get :data:`PADDING_LOGIT`, i.e. they are always kept.
 
     :param window: tokens per window.
     :param token_dim: width of each token's latent.
+    :param span: tokens per action entry (the env's ``span``; divides ``window``).
     """
 
-    def __init__(self, window: int, token_dim: int) -> None:
+    def __init__(self, window: int, token_dim: int, span: int = 1) -> None:
         super().__init__()
+        if span < 1 or window % span:
+            raise ValueError(f"span must be >= 1 and divide the window ({window}), got {span}.")
         self.window = window
         self.token_dim = token_dim
+        self.span = span
         self.linear = nn.Linear(token_dim, 1)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         per_token = latent.reshape(latent.shape[0], self.window, self.token_dim + 1)
         logits = self.linear(per_token[..., :-1]).squeeze(-1)
-        return logits.masked_fill(per_token[..., -1] < 0.5, PADDING_LOGIT)
+        valid = per_token[..., -1] >= 0.5
+        if self.span > 1:
+            shape = (latent.shape[0], self.window // self.span, self.span)
+            weights = valid.reshape(shape).float()
+            count = weights.sum(-1)
+            logits = (logits.reshape(shape) * weights).sum(-1) / count.clamp(min=1.0)
+            valid = count > 0
+        return logits.masked_fill(~valid, PADDING_LOGIT)
 
 
 class TokenMaskPolicy(ActorCriticPolicy):
@@ -115,7 +128,7 @@ class TokenMaskPolicy(ActorCriticPolicy):
     (``d_model``, ``num_layers``, ``num_buckets``, ...). Default: about 0.95M trainable parameters.
 
     :param observation_space: the env's ``Dict`` observation space.
-    :param action_space: ``MultiBinary(window)`` (1 = mask).
+    :param action_space: ``MultiBinary(window // span)`` (1 = mask; the span is read from its size).
     :param lr_schedule: learning-rate schedule (SB3 passes it).
     :param net_arch: ``dict(pi=[64], vf=[64])`` by default.
     :param activation_fn: activation of the head MLPs (default GELU).
@@ -168,7 +181,11 @@ class TokenMaskPolicy(ActorCriticPolicy):
             raise ValueError("TokenMaskPolicy supports MultiBinary actions only (no gSDE).")
         self._build_mlp_extractor()
         assert isinstance(self.mlp_extractor, TokenMaskHeads)
-        self.action_net = TokenLogits(self.mlp_extractor.window, self.mlp_extractor.token_dim)
+        window = self.mlp_extractor.window
+        entries = int(self.action_space.n)  # type: ignore[attr-defined]
+        if entries < 1 or window % entries:
+            raise ValueError(f"The action space has {entries} entries, which does not divide the window of {window} tokens.")
+        self.action_net = TokenLogits(window, self.mlp_extractor.token_dim, span=window // entries)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:
             # The transformer keeps PyTorch's own initialisation; heads follow SB3's gains.
@@ -180,14 +197,24 @@ class TokenMaskPolicy(ActorCriticPolicy):
                 module.apply(functools.partial(self.init_weights, gain=gain))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
 
-    def mask_probabilities(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Probability of masking each window token, ``(batch, window)``; padded positions give ~0.
+    def action_probabilities(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Probability of each action entry being 1 (mask), ``(batch, window // span)``.
 
         :param observation: a batch of observations, already tensors on the policy's device.
         """
         distribution = self.get_distribution(observation)
         assert isinstance(distribution, BernoulliDistribution)
         return distribution.distribution.probs
+
+    def mask_probabilities(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Probability of masking each window token, ``(batch, window)``; padding past the document's end gives ~0.
+
+        With ``span > 1`` every token of a run gets its entry's probability.
+
+        :param observation: a batch of observations, already tensors on the policy's device.
+        """
+        assert isinstance(self.action_net, TokenLogits)
+        return self.action_probabilities(observation).repeat_interleave(self.action_net.span, dim=1)
 
 
 def count_trainable_parameters(module: nn.Module) -> int:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 ENV_OPTION_KEYS: tuple[str, ...] = (
     "window",
+    "span",
     "context_size",
     "reward_type",
     "bits_weight",
@@ -170,6 +171,7 @@ class AgentCompressor(MaskingCompressor):
         return scores
 
     def _score_batch(self, documents: list[list[int]], rate: float, seed: int) -> list[np.ndarray]:
+        from tokenmask.envs.episodes import expand_actions
         from tokenmask.envs.vector_env import TokenMaskVectorEnv
 
         env = TokenMaskVectorEnv(
@@ -196,12 +198,13 @@ class AgentCompressor(MaskingCompressor):
         while not finished.all():
             with torch.no_grad():
                 tensor_obs, _ = self.policy.obs_to_tensor(obs)
-                probs = self.policy.mask_probabilities(tensor_obs).float().cpu().numpy()  # type: ignore[arg-type]
+                entries = self.policy.action_probabilities(tensor_obs).float().cpu().numpy()  # type: ignore[arg-type]
+            probs = expand_actions(entries, env.config.span)
             for row in np.flatnonzero(~finished):
                 lo = int(steps_done[row]) * window
                 hi = min(lo + window, len(documents[row]))
                 scores[row][lo:hi] = probs[row, : hi - lo]
-            obs, _, terminated, _, _ = env.step(probs > 0.5)
+            obs, _, terminated, _, _ = env.step(entries > 0.5)
             steps_done += 1
             finished |= terminated
         env.close()

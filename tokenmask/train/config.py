@@ -54,6 +54,7 @@ class TrainConfig:
         default=8, metadata={"help": "episodes stepped together (one batched LM pass per step)"}
     )
     window: int = field(default=16, metadata={"help": "tokens decided per step"})
+    span: int = field(default=1, metadata={"help": "tokens per action entry (runs of span tokens masked together; divides window)"})
     context_size: int = field(default=8, metadata={"help": "tokens shown before and after the window"})
     max_tokens: int = field(default=256, metadata={"help": "documents are cut to at most this many tokens"})
     target_rate: float = field(
@@ -144,6 +145,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
+        if self.span < 1 or self.window % self.span:
+            raise ValueError(f"span must be >= 1 and divide window ({self.window}), got {self.span}. Fix: e.g. --span 1 or --span 8.")
         non_negative = {
             "context_size": self.context_size,
             "joint_period": self.joint_period,
@@ -193,6 +196,7 @@ class TrainConfig:
             "data_path": self.data_path,
             "split": self.split,
             "window": self.window,
+            "span": self.span,
             "context_size": self.context_size,
             "max_tokens": self.max_tokens,
             "target_rate": self.target_rate,

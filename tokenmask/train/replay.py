@@ -47,7 +47,9 @@ def replay_returns(
         max_tokens=None,
         min_tokens=1,
         target_rate=rate,
-        **env_options,
+        # token-level masks of any method are replayed token by token: the reward does not depend on
+        # how the agent's actions were grouped, only on which tokens end up masked
+        **{**env_options, "span": 1},
     )
     window = env.config.window
     masked = [~np.asarray(k, dtype=bool) for k in keep_masks]
