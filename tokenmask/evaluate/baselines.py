@@ -133,25 +133,45 @@ class LengthDrop(MaskingCompressor):
         return masks
 
 
+def span_means(scores: np.ndarray, span: int) -> np.ndarray:
+    """Each position's score replaced by the mean score of its span (positions ``[k*span, (k+1)*span)``).
+
+    With these scores :func:`drop_lowest` drops whole spans, lowest mean first (ties: earlier span
+    first), and cuts the last span it needs at its first tokens. ``span == 1`` returns ``scores``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if span == 1:
+        return scores
+    means = [scores[s : s + span].mean() for s in range(0, len(scores), span)]
+    return np.repeat(means, span)[: len(scores)]
+
+
 class SelfInformationDrop(MaskingCompressor):
     """Drop the tokens of lowest surprisal ``-log2 p(x_i | BOS, x_<i)`` under an LM (one batched pass).
 
+    With ``span > 1`` whole spans of ``span`` consecutive tokens go instead, lowest mean surprisal
+    first (see :class:`SpanSelfInformationDrop`).
+
     :param lm: the reconstructor that prices tokens (the judge by default).
+    :param span: tokens per dropped span (1: single tokens).
     """
 
     default_name = "self_information"
 
-    def __init__(self, lm: Reconstructor, name: str | None = None) -> None:
+    def __init__(self, lm: Reconstructor, name: str | None = None, span: int = 1) -> None:
+        if span < 1:
+            raise ValueError(f"{name or self.default_name} needs a span of >= 1 token, got {span}.")
         super().__init__(lm.tokenizer, name)
         self.lm = lm
+        self.span = span
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
         check_rate(rate)
         bits = self.lm.token_bits([list(c) for c in contexts])
-        return [drop_lowest(b, rate) for b in bits]
+        return [drop_lowest(span_means(b, self.span), rate) for b in bits]
 
 
-class SpanSelfInformationDrop(MaskingCompressor):
+class SpanSelfInformationDrop(SelfInformationDrop):
     """Drop spans of ``span`` consecutive tokens, lowest mean surprisal first, until ``round(rate * C)`` are dropped.
 
     A span-level version of :class:`SelfInformationDrop`: dropping whole spans keeps the rest of the
@@ -166,30 +186,7 @@ class SpanSelfInformationDrop(MaskingCompressor):
     default_name = "span_self_information"
 
     def __init__(self, lm: Reconstructor, span: int = 32, name: str | None = None) -> None:
-        if span < 1:
-            raise ValueError(f"span_self_information needs a span of >= 1 token, got {span}.")
-        super().__init__(lm.tokenizer, name)
-        self.lm = lm
-        self.span = span
-
-    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
-        check_rate(rate)
-        bits = self.lm.token_bits([list(c) for c in contexts])
-        out = []
-        for b in bits:
-            n = len(b)
-            starts = np.arange(0, n, self.span)
-            means = np.array([b[s : s + self.span].mean() for s in starts]) if n else np.zeros(0)
-            keep = np.ones(n, dtype=bool)
-            left = tokens_to_drop(n, rate)
-            for s in starts[np.lexsort((starts, means))]:  # by mean surprisal, then position
-                if left == 0:
-                    break
-                take = min(left, min(n, s + self.span) - s)
-                keep[s : s + take] = False
-                left -= take
-            out.append(keep)
-        return out
+        super().__init__(lm, name, span)
 
 
 # ---------------------------------------------------------------------------------------- registration
