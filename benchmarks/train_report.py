@@ -2,7 +2,10 @@
 baselines, and the effect of joint fine-tuning on the reconstructor.
 
 1. ``env_return``: each method's masks of the evaluation contexts replayed through TokenMask-v0 with
-   the run's reward options and the run's reconstructor (:func:`tokenmask.train.replay.replay_returns`).
+   the run's reward options (the judge's recoverability bonus included when the run's
+   ``recoverability_weight`` is > 0: the reward the agent was trained on) and the run's
+   reconstructor (:func:`tokenmask.train.replay.replay_returns`); ``token_return``: the same without
+   the bonus (per-token bits and rate penalty only).
 2. ``recon_bits_per_masked`` / ``recon_top1`` of the agent's masks under the run's base reconstructor
    (before fine-tuning) and under its fine-tuned one (after), from the metrics module.
 
@@ -73,8 +76,20 @@ def main() -> None:
             masks = method.keep_masks(contexts, rate, seed=0)
             if name == "agent":
                 agent_masks[rate] = masks
-            returns = replay_returns(contexts, masks, rate, agent.reconstructor, env_options, seed=0)
+            returns = replay_returns(
+                contexts,
+                masks,
+                rate,
+                agent.reconstructor,
+                env_options,
+                seed=0,
+                judge=judge,
+                recoverability_weight=config.recoverability_weight,
+            )
             figures.setdefault(name, {})[f"env_return@{rate}"] = float(np.mean(returns))
+            if config.recoverability_weight > 0:
+                token_only = replay_returns(contexts, masks, rate, agent.reconstructor, env_options, seed=0)
+                figures[name][f"token_return@{rate}"] = float(np.mean(token_only))
 
     joint: dict[str, float] = {}
     if run.has_reconstructor():
@@ -90,6 +105,7 @@ def main() -> None:
     print(f"\nrun {args.run}: {len(docs)} documents of {args.corpus} ({args.split}), machine {name}")
     print(
         f"env reward: {config.reward_type}, bits_weight {config.bits_weight}, rate_penalty {config.rate_penalty}, window {config.window}"
+        f", recoverability_weight {config.recoverability_weight} (token_return: without the bonus)"
     )
     rate_keys = sorted({k for v in figures.values() for k in v})
     print("| method | " + " | ".join(rate_keys) + " |")

@@ -35,7 +35,7 @@ def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("agent") / "run"
     config = load_config(TrainConfig, QUICK, {"run_dir": str(path), "joint_period": 0})
     recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **config.env_options())
+    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, judge=recon, **config.env_options())
     model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
     run = RunFolder(path)
     run.save_config(config)
@@ -109,7 +109,7 @@ def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
 
     config = load_config(TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "span": 4})
     recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **config.env_options())
+    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, judge=recon, **config.env_options())
     assert env.action_space.n == config.window // 4
     model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
     run = RunFolder(tmp_path / "run")

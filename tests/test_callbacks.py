@@ -7,12 +7,14 @@ import pytest
 from stable_baselines3 import PPO
 
 from tokenmask.envs.episodes import EpisodeRecord
+from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
 from tokenmask.envs.scoring import weights_fingerprint
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.testing import tiny_reconstructor
 from tokenmask.train.callbacks import JointReconstructorCallback, TimeLimitCallback
 from tokenmask.train.outcomes import GAIN_KEY, RECORD_KEY, EpisodeOutcomes
+from tokenmask.train.replay import replay_returns
 
 ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
 SMALL_POLICY = {
@@ -20,45 +22,62 @@ SMALL_POLICY = {
 }
 
 
-def test_outcomes_put_records_in_terminal_infos_and_add_the_bonus(tiny_recon):
+def test_env_bonus_and_outcomes_records_in_terminal_infos(tiny_recon):
     judge = tiny_reconstructor(seed=1)
-    plain = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV), tiny_recon)
+    plain = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV))
     bonus = EpisodeOutcomes(
-        TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV),
-        tiny_recon,
-        judge=judge,
-        recoverability_weight=0.5,
+        TokenMaskSB3VecEnv(
+            num_envs=2, reconstructor=tiny_recon, judge=judge, recoverability_weight=0.5, **ENV
+        )
     )
     for venv in (plain, bonus):
         venv.seed(0)
         venv.reset()
     rng = np.random.default_rng(0)
-    for _ in range(2):  # two windows of 16 = one 32-token document
+    all_actions = []
+    for step in range(2):  # two windows of 16 = one 32-token document
         actions = (rng.random((2, 16)) < 0.5).astype(np.int8)
+        all_actions.append(actions)
         _, plain_rewards, dones, plain_infos = plain.step(actions)
         _, bonus_rewards, _, bonus_infos = bonus.step(actions)
+        if step == 0:
+            assert not dones.any() and GAIN_KEY not in bonus_infos[0]  # only at the episode's last step
     assert dones.all()
     for row in range(2):
         record = bonus_infos[row][RECORD_KEY]
         assert isinstance(record, EpisodeRecord) and record.mask.shape == record.ids.shape
-        assert GAIN_KEY not in plain_infos[row]
+        assert GAIN_KEY not in plain_infos[row] and np.isnan(plain_infos[row][RECORD_KEY].recoverability)
         gain = bonus_infos[row][GAIN_KEY]
-        assert -1.0 <= gain <= 2.0
+        assert -1.0 <= gain <= 2.0 and record.recoverability == pytest.approx(gain)
         assert bonus_rewards[row] == pytest.approx(plain_rewards[row] + 0.5 * gain, abs=1e-5)
+    # replaying the same masks offline earns the same episode returns, bonus included
+    records = [bonus_infos[row][RECORD_KEY] for row in range(2)]
+    options = {"window": ENV["window"], "context_size": ENV["context_size"]}
+    replayed = replay_returns(
+        [r.ids for r in records],
+        [~r.mask for r in records],
+        0.5,
+        tiny_recon,
+        options,
+        judge=judge,
+        recoverability_weight=0.5,
+    )
+    assert replayed == pytest.approx([r.episode_return for r in records], abs=1e-4)
     # keeping everything reads the document itself: the bonus is then +1 (or -1 when, for this random
     # judge, the document does not help predict itself at all)
-    record = bonus_infos[0][RECORD_KEY]
-    everything = EpisodeRecord(
-        record.document, "", record.ids, np.zeros(len(record.ids), dtype=bool), 0.5, 0.0, 0.0, 0.0
+    everything = RecoverabilityBonus(judge, tiny_recon).gains(
+        [0], [records[0].ids], [np.zeros(len(records[0].ids), bool)]
     )
-    assert bonus.recoverabilities([everything])[0] in (pytest.approx(1.0, abs=1e-4), -1.0)
-    with pytest.raises(ValueError, match="needs a judge"):
-        EpisodeOutcomes(plain.venv, tiny_recon, judge=None, recoverability_weight=1.0)
+    assert everything[0] in (pytest.approx(1.0, abs=1e-4), -1.0)
+    with pytest.raises(ValueError, match="below rate_penalty"):
+        TokenMaskSB3VecEnv(
+            num_envs=1, reconstructor=tiny_recon, judge=judge, recoverability_weight=5.0, **ENV
+        )
 
 
 def test_joint_callback_fine_tunes_the_env_reconstructor_on_agent_masks():
     recon = tiny_reconstructor(seed=0)  # a private copy: this test trains it
-    venv = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **ENV), recon)
+    venv = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **ENV))
     callback = JointReconstructorCallback(
         recon, period=1, learning_rate=1e-2, batch_documents=2, micro_batches=2, probe_documents=1, seed=0
     )

@@ -53,6 +53,29 @@ def _play(env: TokenMaskEnv, seed: int, action_seed: int) -> tuple[list[float], 
             return rewards, infos, reset_info
 
 
+def test_recoverability_bonus_is_part_of_the_env_reward(tiny_recon: Reconstructor) -> None:
+    judge = tiny_reconstructor(seed=1)
+    plain, bonus = _env(tiny_recon), _env(tiny_recon, judge=judge, recoverability_weight=0.5)
+    plain_rewards, plain_infos, _ = _play(plain, seed=3, action_seed=4)
+    bonus_rewards, bonus_infos, _ = _play(bonus, seed=3, action_seed=4)
+    assert plain_rewards[:-1] == bonus_rewards[:-1]  # the bonus is paid at the last step only
+    assert all("recoverability" not in info for info in plain_infos + bonus_infos[:-1])
+    gain = bonus_infos[-1]["recoverability"]
+    assert -1.0 <= gain <= 2.0
+    assert bonus_rewards[-1] == pytest.approx(plain_rewards[-1] + 0.5 * gain)
+    record = bonus.pop_completed_episodes()[-1]
+    assert record.recoverability == pytest.approx(gain)
+    assert record.episode_return == pytest.approx(sum(bonus_rewards))
+    # the same gain from the judge directly: (R(empty) - R(kept)) / (R(empty) - R(document))
+    from tokenmask.evaluate.metrics import document_recoverability, recovery_nlls, separator_ids
+
+    ids = [int(t) for t in record.ids]
+    kept = [t for t, m in zip(ids, record.mask) if not m]
+    sep = separator_ids(judge)
+    nll = [recovery_nlls(judge, [p], [ids], sep)[0] for p in ([], kept, ids)]
+    assert document_recoverability(*nll) == pytest.approx(gain, abs=1e-5)
+
+
 # ---------------------------------------------------------------------------- registration and checkers
 def test_registered_on_import_and_by_module_prefix(tiny_recon: Reconstructor) -> None:
     assert gym.spec("TokenMask-v0").vector_entry_point is not None
@@ -367,6 +390,9 @@ def test_render_ansi_shows_masks(tiny_recon: Reconstructor) -> None:
         ({"reward": "information"}, "MaskingReward instance"),
         ({"span": 3}, "span must be >= 1 and divide window \\(4\\)"),
         ({"span": 0}, "span must be >= 1"),
+        ({"recoverability_weight": -1.0}, "recoverability_weight must be a finite number >= 0"),
+        ({"recoverability_weight": 4.0}, "must stay below rate_penalty"),
+        ({"recoverability_weight": 0.5, "judge": "default"}, "judge must be a tokenmask Reconstructor"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tiny_recon: Reconstructor, kwargs: dict, message: str) -> None:

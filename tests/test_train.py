@@ -27,7 +27,7 @@ TRAIN_CONFIGS = [
         "dev/small_scale.json",
         "prod/standard.json",
         "prod/gpu.json",
-        "prod/gpu_span.json",
+        "prod/gpu_token.json",
     )
 ]
 

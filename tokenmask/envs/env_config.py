@@ -33,6 +33,9 @@ class TokenMaskConfig:
     reward_type: str = field(default="information", metadata={"help": f"one of {sorted(REWARD_TYPES)}"})
     bits_weight: float = field(default=0.1, metadata={"help": "tokens of compression one bit of reconstruction costs"})
     rate_penalty: float = field(default=4.0, metadata={"help": "weight of the end-of-episode |rate - target| penalty"})
+    recoverability_weight: float = field(default=0.0, metadata={"help": "weight of the end-of-episode bonus: how much of the document a frozen judge recovers from the kept tokens (0 = off; keep it below rate_penalty)"})
+    judge_name: str = field(default="default", metadata={"help": "judge LM of the recoverability bonus, loaded when none is passed as judge="})
+    judge_dtype: str = field(default="auto", metadata={"help": "dtype of a loaded judge"})
     mask_mode: str = field(default="delete", metadata={"help": "delete (masked tokens removed) or placeholder (mask token kept)"})
     shuffle: bool = field(default=True, metadata={"help": "draw documents in a seeded random order (else in corpus order)"})
     cache_features: bool = field(default=True, metadata={"help": "keep per-document features across episodes (recomputed when the weights change)"})
@@ -59,6 +62,15 @@ class TokenMaskConfig:
             self.target_rate_range = [float(bounds[0]), float(bounds[1])]
         if self.reward_type not in REWARD_TYPES:
             raise ValueError(f"Unknown reward_type {self.reward_type!r}. Fix: use one of {sorted(REWARD_TYPES)}.")
+        if not math.isfinite(self.recoverability_weight) or self.recoverability_weight < 0:
+            raise ValueError(
+                f"recoverability_weight must be a finite number >= 0, got {self.recoverability_weight}. Fix: 0 turns the bonus off."
+            )
+        if self.recoverability_weight > 0 and self.recoverability_weight >= self.rate_penalty:
+            raise ValueError(
+                f"recoverability_weight ({self.recoverability_weight}) must stay below rate_penalty ({self.rate_penalty}): "
+                "a larger bonus pays for keeping more tokens than asked. Fix: lower recoverability_weight or raise rate_penalty."
+            )
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"Unknown mask_mode {self.mask_mode!r}. Fix: use one of {list(MASK_MODES)}.")
         if self.max_tokens is not None and self.max_tokens < 1:

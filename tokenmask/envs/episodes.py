@@ -19,6 +19,7 @@ from gymnasium import spaces
 
 from tokenmask.envs.corpus import DocumentCorpus
 from tokenmask.envs.env_config import TokenMaskConfig, _check_rate
+from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.rewards import MaskingReward
 from tokenmask.envs.scoring import TOKEN_FEATURES, IncrementalScorer, weights_fingerprint
 from tokenmask.reconstructors import Reconstructor
@@ -32,6 +33,9 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "mean_masked_bits",
 )
 """Names of the ``global_features`` entries, in order (see :meth:`EpisodeBatch.observe`)."""
+
+TERMINAL_INFOS: tuple[str, ...] = ("recoverability",)
+"""Step-info keys reported only at an episode's last step (``recoverability``: with the bonus on)."""
 
 RESET_OPTIONS: tuple[str, ...] = ("document", "target_rate")
 """Keys ``reset(options=...)`` accepts: a document index to play, a target rate for this episode."""
@@ -49,6 +53,8 @@ class EpisodeRecord:
     :param rate: the rate reached (masked tokens / tokens).
     :param bits: total cost in bits of the masked tokens (as priced by the reward).
     :param episode_return: sum of the episode's rewards.
+    :param recoverability: the judge's recoverability of the document from the kept tokens (the
+        bonus per unit weight); ``nan`` when the env has no recoverability bonus.
     """
 
     document: int
@@ -59,6 +65,7 @@ class EpisodeRecord:
     rate: float
     bits: float
     episode_return: float
+    recoverability: float = math.nan
 
 
 def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -93,6 +100,8 @@ class EpisodeBatch:
     :param reward: prices each step.
     :param num_rows: episodes stepped together.
     :param keep_episodes: finished episodes kept in :attr:`completed` (oldest dropped first).
+    :param bonus: adds ``recoverability_weight`` x the judge's recoverability of the document to the
+        last reward (see :mod:`tokenmask.envs.recoverability`); ``None`` = no bonus.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class EpisodeBatch:
         reward: MaskingReward,
         num_rows: int,
         keep_episodes: int = 1024,
+        bonus: RecoverabilityBonus | None = None,
     ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_rows}.")
@@ -110,6 +120,7 @@ class EpisodeBatch:
         self.corpus = corpus
         self.reconstructor = reconstructor
         self.reward = reward
+        self.bonus = bonus
         self.num_rows = num_rows
         self.window = window = config.window
         self.context_size = config.context_size
@@ -305,6 +316,15 @@ class EpisodeBatch:
         terminated = self.steps >= self.num_steps
         final_rate = self.masked_count / self.doc_tokens
         rewards = rewards + np.where(terminated, self.reward.final_reward(final_rate, self.target_rate), 0.0)
+        gains = np.full(self.num_rows, np.nan)
+        if self.bonus is not None and terminated.any():
+            done = np.nonzero(terminated)[0]
+            gains[done] = self.bonus.gains(
+                self.doc_index[done].tolist(),
+                [self.corpus.documents[int(self.doc_index[row])] for row in done],
+                [self.masked[row, : int(self.doc_tokens[row])] for row in done],
+            )
+            rewards = rewards + np.where(terminated, self.config.recoverability_weight * np.nan_to_num(gains), 0.0)
         self.returns += rewards
         decided = np.minimum(self.steps * self.window, self.doc_tokens)
         rate = self.masked_count / decided
@@ -319,6 +339,8 @@ class EpisodeBatch:
             "bits": self.bits.copy(),
             "document": self.doc_index.copy(),
         }
+        if self.bonus is not None and terminated.any():
+            infos["recoverability"] = gains
         for row in np.nonzero(terminated)[0]:
             n = int(self.doc_tokens[row])
             doc = int(self.doc_index[row])
@@ -332,6 +354,7 @@ class EpisodeBatch:
                     rate=float(final_rate[row]),
                     bits=float(self.bits[row]),
                     episode_return=float(self.returns[row]),
+                    recoverability=float(gains[row]),
                 )
             )
         self.active[terminated] = False

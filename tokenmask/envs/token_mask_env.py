@@ -10,7 +10,8 @@ import numpy as np
 from tokenmask.config import ConfigError, build_config
 from tokenmask.envs.corpus import CorpusSource, DocumentCorpus
 from tokenmask.envs.env_config import TokenMaskConfig
-from tokenmask.envs.episodes import EpisodeBatch, EpisodeRecord, check_actions
+from tokenmask.envs.episodes import TERMINAL_INFOS, EpisodeBatch, EpisodeRecord, check_actions
+from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.rewards import MaskingReward, make_reward
 from tokenmask.reconstructors import Reconstructor
 
@@ -33,8 +34,13 @@ def build_components(
     documents: CorpusSource | None,
     reconstructor: Reconstructor | None,
     reward: MaskingReward | None,
-) -> tuple[Reconstructor, DocumentCorpus, MaskingReward]:
-    """The reconstructor (given or loaded), the corpus and the reward of an environment."""
+    judge: Reconstructor | None = None,
+) -> tuple[Reconstructor, DocumentCorpus, MaskingReward, RecoverabilityBonus | None]:
+    """The reconstructor (given or loaded), the corpus, the reward and the recoverability bonus of an environment.
+
+    The bonus is ``None`` when ``recoverability_weight`` is 0; otherwise its judge is ``judge`` or,
+    when none is given, ``judge_name`` loaded on the env's device.
+    """
     if reward is not None and not isinstance(reward, MaskingReward):
         raise ValueError(f"reward must be a MaskingReward instance, got {type(reward).__name__}. Fix: or use reward_type=NAME.")
     if reconstructor is None:
@@ -51,7 +57,14 @@ def build_components(
     )
     if reward is None:
         reward = make_reward(config.reward_type, config.bits_weight, config.rate_penalty)
-    return reconstructor, corpus, reward
+    bonus = None
+    if config.recoverability_weight > 0:
+        if judge is None:
+            judge = Reconstructor.load(
+                config.judge_name, device=config.device, dtype=config.judge_dtype, add_mask_token=False
+            )
+        bonus = RecoverabilityBonus(judge, reconstructor)
+    return reconstructor, corpus, reward, bonus
 
 
 class EpisodeBatchMixin:
@@ -62,6 +75,7 @@ class EpisodeBatchMixin:
     reconstructor: Reconstructor
     corpus: DocumentCorpus
     reward: MaskingReward
+    bonus: RecoverabilityBonus | None
     render_mode: str | None
     _batch: EpisodeBatch
 
@@ -74,12 +88,17 @@ class EpisodeBatchMixin:
         reconstructor: Reconstructor | None,
         reward: MaskingReward | None,
         render_mode: str | None,
+        judge: Reconstructor | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}.")
         self.config = resolve_config(config, options)
-        self.reconstructor, self.corpus, self.reward = build_components(self.config, documents, reconstructor, reward)
-        self._batch = EpisodeBatch(self.config, self.corpus, self.reconstructor, self.reward, num_rows=num_rows)
+        self.reconstructor, self.corpus, self.reward, self.bonus = build_components(
+            self.config, documents, reconstructor, reward, judge
+        )
+        self._batch = EpisodeBatch(
+            self.config, self.corpus, self.reconstructor, self.reward, num_rows=num_rows, bonus=self.bonus
+        )
         self.render_mode = render_mode
 
     @property
@@ -159,9 +178,17 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
       mask token stands in its place. Equal to ``Reconstructor.token_bits`` on the masked document.
     - ``simple``: ``c_i`` = the ``surprisal_bits`` feature (no LM pass per step).
 
+    Recoverability bonus (``recoverability_weight > 0``, off by default): the last step also adds
+    ``recoverability_weight * (R(empty) - R(kept)) / (R(empty) - R(document))``, how much of the
+    document a frozen judge LM (``judge=`` or ``judge_name``) recovers when it reads the kept
+    tokens first, with ``R(p) = NLL(document | BOS + p + "\n\n")`` as in EVALUATION.md's
+    recoverability (see :mod:`tokenmask.envs.recoverability`). The per-token reward favours scattered
+    masks of predictable tokens; the bonus, readable contiguous spans.
+
     ``info`` of each step: ``rate`` (masked / decided so far), ``target_rate``, ``rate_error``,
     ``masked_tokens``, ``decided_tokens``, ``doc_tokens``, ``step_bits`` (cost bits of this step's
-    masked tokens), ``bits`` (so far), ``document`` (corpus index).
+    masked tokens), ``bits`` (so far), ``document`` (corpus index); at the last step, with the
+    bonus on, ``recoverability`` (the bonus per unit weight).
 
     ## Starting State
     ``reset(seed=...)`` seeds the document order (a seeded permutation per pass over the corpus,
@@ -176,21 +203,25 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
     Any field of :class:`~tokenmask.envs.TokenMaskConfig` as a keyword (``window=16``,
     ``span=1`` (tokens per action entry; must divide ``window``), ``context_size=8``, ``target_rate=0.5``, ``target_rate_range=None``,
     ``reward_type="information"``, ``bits_weight=0.1``, ``rate_penalty=4.0``,
-    ``mask_mode="delete"``, ``data_path="sample"``, ``split="train"``, ``max_tokens=512``,
+    ``recoverability_weight=0.0``, ``judge_name="default"``, ``mask_mode="delete"``, ``data_path="sample"``, ``split="train"``, ``max_tokens=512``,
     ``min_tokens=None`` (one window), ``model_name="default"``, ``device="auto"``, ...), or
     ``config=TokenMaskConfig(...)``; plus objects: ``documents=`` (texts, token-id lists, a
     ``datasets.Dataset`` or a ``DocumentCorpus``; overrides ``data_path``), ``reconstructor=``
-    (shared with fine-tuning: the env always prices with its current weights), ``reward=``.
+    (shared with fine-tuning: the env always prices with its current weights), ``reward=``,
+    ``judge=`` (the bonus's frozen judge).
     ``gym.make("TokenMask-v0")`` works offline: embedded SmolLM2, corpus shipped in the package.
 
     ## Version History
     - v0: first version; ``span`` (tokens per action entry, default 1 = the original per-token actions) added
-      without changing the default spaces.
+      without changing the default spaces; ``recoverability_weight`` (the judge's end-of-episode bonus,
+      default 0 = the rewards of before) added.
 
     :param config: options; keyword ``options`` override its fields.
     :param documents: the corpus in memory (see above); default: ``config.data_path``.
     :param reconstructor: an already loaded reconstructor; default: load ``config.model_name``.
     :param reward: a reward instance; default: built from ``reward_type``.
+    :param judge: the frozen judge of the recoverability bonus (``recoverability_weight > 0``);
+        default: load ``judge_name``.
     :param render_mode: ``None`` or ``"ansi"`` (the masked text so far).
     """
 
@@ -203,10 +234,11 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         documents: CorpusSource | None = None,
         reconstructor: Reconstructor | None = None,
         reward: MaskingReward | None = None,
+        judge: Reconstructor | None = None,
         render_mode: str | None = None,
         **options: Any,
     ) -> None:
-        self._setup(1, config, options, documents, reconstructor, reward, render_mode)
+        self._setup(1, config, options, documents, reconstructor, reward, render_mode, judge)
         self.observation_space = self._batch.observation_space()  # type: ignore[assignment]
         self.action_space = self._batch.action_space()
 
@@ -247,7 +279,8 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         actions = check_actions(action, (self.config.action_size,))[None, :]
         rewards, terminated, infos = self._batch.step(actions)
         obs = {k: v[0] for k, v in self._batch.observe().items()}
-        return obs, float(rewards[0]), bool(terminated[0]), False, {k: v[0].item() for k, v in infos.items()}
+        info = {k: v[0].item() for k, v in infos.items() if terminated[0] or k not in TERMINAL_INFOS}
+        return obs, float(rewards[0]), bool(terminated[0]), False, info
 
     def render(self) -> str | None:  # type: ignore[override]
         """``ansi``: the document decided so far, masked tokens shown as the mask token."""

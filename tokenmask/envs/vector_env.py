@@ -18,7 +18,7 @@ from gymnasium.vector.utils import batch_space
 
 from tokenmask.envs.corpus import CorpusSource
 from tokenmask.envs.env_config import TokenMaskConfig
-from tokenmask.envs.episodes import check_actions
+from tokenmask.envs.episodes import TERMINAL_INFOS, check_actions
 from tokenmask.envs.rewards import MaskingReward
 from tokenmask.envs.token_mask_env import EpisodeBatchMixin
 from tokenmask.reconstructors import Reconstructor
@@ -46,6 +46,8 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
     :param documents: the corpus in memory; default: ``config.data_path``.
     :param reconstructor: an already loaded reconstructor; default: load ``config.model_name``.
     :param reward: a reward instance; default: built from ``reward_type``.
+    :param judge: the frozen judge of the recoverability bonus (``recoverability_weight > 0``);
+        default: load ``judge_name``.
     :param render_mode: ``None`` or ``"ansi"``.
     """
 
@@ -59,13 +61,14 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
         documents: CorpusSource | None = None,
         reconstructor: Reconstructor | None = None,
         reward: MaskingReward | None = None,
+        judge: Reconstructor | None = None,
         render_mode: str | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
         self.num_envs = int(num_envs)
-        self._setup(self.num_envs, config, options, documents, reconstructor, reward, render_mode)
+        self._setup(self.num_envs, config, options, documents, reconstructor, reward, render_mode, judge)
         self.single_observation_space = self._batch.observation_space()
         self.single_action_space = self._batch.action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -118,7 +121,7 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
             final_obs_array[row] = {k: v[j] for k, v in final_obs.items()}
         reset_infos = self._batch.reset_rows(done, [None] * len(done))
         # as SyncVectorEnv does: a reset sub-env reports its reset info; its step info is in final_info
-        infos = _vector_infos(step_infos, ~terminated)
+        infos = _vector_infos({k: v for k, v in step_infos.items() if k not in TERMINAL_INFOS}, ~terminated)
         for key, values in reset_infos.items():
             full = infos[key] if key in infos else np.zeros(self.num_envs, dtype=values.dtype)
             full[done] = values

@@ -151,6 +151,18 @@ def continuation_nlls(
     return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
 
 
+def document_recoverability(empty: Values, compressed: Values, full: Values) -> np.ndarray:
+    """Per document ``(R(empty) - R(compressed)) / (R(empty) - R(context))``, clipped to [-1, 2].
+
+    The per-document form of :func:`information_ratio` (the training's recoverability bonus, the
+    replayed training return). A document the judge recovers no better with itself than without
+    carries no signal: its denominator is floored at 1e-6 nats.
+    """
+    empty_a, comp_a, full_a = (np.asarray(x, dtype=np.float64) for x in (empty, compressed, full))
+    denominator = np.maximum(empty_a - full_a, 1e-6)
+    return np.clip((empty_a - comp_a) / denominator, -1.0, 2.0)
+
+
 def information_ratio(empty: Values, compressed: Values, full: Values) -> float:
     """``Σ(empty - compressed) / Σ(empty - full)``: recoverability (R values) or retention (F values).
 

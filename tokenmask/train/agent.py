@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tokenmask.envs.recoverability import vocabulary_without_mask
 from tokenmask.evaluate.compressor import MaskingCompressor, TokenIds, check_rate, tokens_to_drop
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.reconstructors import MaskMode, Reconstructor
-from tokenmask.train.outcomes import vocabulary_without_mask
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -167,16 +167,9 @@ class TrainConfig:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}.")
         if not 0.0 <= self.eval_rate < 1.0:
             raise ValueError(f"eval_rate must be in [0, 1), got {self.eval_rate}.")
-        if not math.isfinite(self.recoverability_weight) or self.recoverability_weight < 0:
-            raise ValueError(f"recoverability_weight must be >= 0, got {self.recoverability_weight}.")
-        if self.recoverability_weight >= self.rate_penalty > 0 or (
-            self.recoverability_weight > 0 and self.rate_penalty == 0
-        ):
-            raise ValueError(
-                f"recoverability_weight ({self.recoverability_weight}) must stay below rate_penalty ({self.rate_penalty}): "
-                "otherwise keeping tokens pays more than hitting the rate, and the agent learns to mask too little. "
-                "Fix: lower recoverability_weight or raise rate_penalty."
-            )
+        from tokenmask.envs.env_config import TokenMaskConfig
+
+        TokenMaskConfig(**self.env_options())  # the env's own checks: window, span, rates, reward, bonus
         if self.algo == "ppo" and self.n_steps * self.n_envs < 2:
             raise ValueError("PPO needs n_steps * n_envs >= 2 (a rollout of at least two samples).")
 
@@ -205,6 +198,9 @@ class TrainConfig:
             "bits_weight": self.bits_weight,
             "rate_penalty": self.rate_penalty,
             "mask_mode": self.mask_mode,
+            "recoverability_weight": self.recoverability_weight,
+            "judge_name": self.judge,
+            "judge_dtype": self.judge_dtype,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 This puts the agent and the baselines on the training objective's scale: each method's masks are
 played as actions in the same environment (same reward, same reconstructor) and the episode
-returns are compared (``eval/env_return`` in TensorBoard).
+returns are compared (``eval/env_return`` in TensorBoard). With a judge and a
+``recoverability_weight``, the env's reward includes its end-of-episode recoverability bonus, as in
+training.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def replay_returns(
     reconstructor: Reconstructor,
     env_options: dict[str, Any],
     seed: int = 0,
+    judge: Reconstructor | None = None,
+    recoverability_weight: float = 0.0,
 ) -> np.ndarray:
     """Return of one TokenMask-v0 episode per context when its tokens are masked as ``~keep``.
 
@@ -31,6 +35,8 @@ def replay_returns(
     :param reconstructor: prices the masked tokens.
     :param env_options: TokenMask-v0 options (``window``, ``context_size``, ``reward_type``, ...).
     :param seed: seed of the env reset.
+    :param judge: the frozen judge of the env's recoverability bonus (read when ``recoverability_weight > 0``).
+    :param recoverability_weight: the bonus's weight (0: the per-token reward and rate penalty only).
     :return: ``(documents,)`` episode returns.
     """
     from tokenmask.envs.vector_env import TokenMaskVectorEnv
@@ -47,6 +53,8 @@ def replay_returns(
         max_tokens=None,
         min_tokens=1,
         target_rate=rate,
+        judge=judge,
+        recoverability_weight=recoverability_weight,
         # token-level masks of any method are replayed token by token: the reward does not depend on
         # how the agent's actions were grouped, only on which tokens end up masked
         **{**env_options, "span": 1},

@@ -106,18 +106,18 @@ def make_training_env(
 ) -> VecEnv:
     """The SB3 vector env of a run: batched TokenMask-v0, finished episodes in the infos, episode stats.
 
-    ``TokenMaskSB3VecEnv`` -> :class:`~tokenmask.train.outcomes.EpisodeOutcomes` (records, recoverability
-    bonus) -> ``VecMonitor`` (episode returns include the bonus).
+    ``TokenMaskSB3VecEnv`` (its reward includes the judge's recoverability bonus when
+    ``recoverability_weight > 0``) -> :class:`~tokenmask.train.outcomes.EpisodeOutcomes` (records) ->
+    ``VecMonitor``.
     """
     from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
     from tokenmask.train.outcomes import EpisodeOutcomes
 
-    venv = TokenMaskSB3VecEnv(num_envs=config.n_envs, reconstructor=reconstructor, **config.env_options())
-    venv.seed(config.seed)
-    wrapped = EpisodeOutcomes(
-        venv, reconstructor, judge=judge, recoverability_weight=config.recoverability_weight
+    venv = TokenMaskSB3VecEnv(
+        num_envs=config.n_envs, reconstructor=reconstructor, judge=judge, **config.env_options()
     )
-    return VecMonitor(wrapped)
+    venv.seed(config.seed)
+    return VecMonitor(EpisodeOutcomes(venv))
 
 
 def algorithm_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -243,6 +243,7 @@ class Trainer:
 
     def callbacks(self) -> list[BaseCallback]:
         """Joint fine-tuning (if on), the baseline comparison, periodic checkpoints, training recoverability logging."""
+        from tokenmask.envs.recoverability import same_vocabulary
         from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor
         from tokenmask.train.callbacks import (
             BaselineComparisonCallback,
@@ -251,7 +252,6 @@ class Trainer:
             RunCheckpointCallback,
             TimeLimitCallback,
         )
-        from tokenmask.train.outcomes import same_vocabulary
         from tokenmask.train.replay import replay_returns
 
         config = self.config
@@ -279,7 +279,14 @@ class Trainer:
 
             def replay(masks: list[np.ndarray]) -> np.ndarray:
                 return replay_returns(
-                    contexts, masks, config.eval_rate, self.reconstructor, env_options, seed=config.seed
+                    contexts,
+                    masks,
+                    config.eval_rate,
+                    self.reconstructor,
+                    env_options,
+                    seed=config.seed,
+                    judge=self.judge,
+                    recoverability_weight=config.recoverability_weight,
                 )
 
         callbacks.append(
