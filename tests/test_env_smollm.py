@@ -45,6 +45,26 @@ def test_default_make_works_offline(smollm: Reconstructor) -> None:
     assert np.isfinite(reward) and info["decided_tokens"] == 16
 
 
+def test_recoverability_bonus_loads_the_judge_by_name_and_means_what_it_says(
+    smollm: Reconstructor, texts: list[str]
+) -> None:
+    """gym.make with a bonus loads the judge itself; keeping everything recovers all, masking everything nothing."""
+    documents = [smollm.encode(t)[:32] for t in texts[:2]]
+    env = gym.make(
+        "TokenMask-v0", documents=documents, reconstructor=smollm, window=16, shuffle=False,
+        recoverability_weight=1.0, judge_name="default", device="cpu",
+    )
+    assert env.unwrapped.bonus is not None and env.unwrapped.bonus.judge.mask_token_id is None
+    gains = []
+    for action in (0, 1):  # keep every token, then mask every token
+        env.reset(seed=0, options={"document": 0})
+        terminated = False
+        while not terminated:
+            _, _, terminated, _, info = env.step(np.full(16, action, dtype=np.int8))
+        gains.append(info["recoverability"])
+    assert gains[0] == pytest.approx(1.0, abs=1e-3) and gains[1] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_masking_predictable_tokens_costs_fewer_bits(smollm: Reconstructor, texts: list[str]) -> None:
     """The reward means what it says, on real text: in each window, sub-env 0 masks the token the
     reconstructor predicts best (lowest surprisal feature) and sub-env 1 the one it predicts worst;
