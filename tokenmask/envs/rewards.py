@@ -5,6 +5,8 @@ compression and pays ``bits_weight`` per bit that its recovery costs; at the epi
 penalty is paid for missing the target rate. Rewards are divided by the document's length, so an
 episode's return is O(1) whatever the document's size. Subclass :class:`MaskingReward` for a new
 trade and pass an instance as ``reward=`` to the environment.
+The env can add a judge's recoverability of the document at the episode's end on top of any of
+these (``recoverability_weight``, :mod:`tokenmask.envs.recoverability`).
 """
 
 from __future__ import annotations
