@@ -317,14 +317,16 @@ class EpisodeBatch:
         final_rate = self.masked_count / self.doc_tokens
         rewards = rewards + np.where(terminated, self.reward.final_reward(final_rate, self.target_rate), 0.0)
         gains = np.full(self.num_rows, np.nan)
-        if self.bonus is not None and terminated.any():
+        pay_bonus = self.bonus is not None and terminated.any()
+        if pay_bonus:
+            assert self.bonus is not None
             done = np.nonzero(terminated)[0]
             gains[done] = self.bonus.gains(
                 self.doc_index[done].tolist(),
                 [self.corpus.documents[int(self.doc_index[row])] for row in done],
                 [self.masked[row, : int(self.doc_tokens[row])] for row in done],
             )
-            rewards = rewards + np.where(terminated, self.config.recoverability_weight * np.nan_to_num(gains), 0.0)
+            rewards[done] += self.config.recoverability_weight * np.nan_to_num(gains[done])
         self.returns += rewards
         decided = np.minimum(self.steps * self.window, self.doc_tokens)
         rate = self.masked_count / decided
@@ -339,7 +341,7 @@ class EpisodeBatch:
             "bits": self.bits.copy(),
             "document": self.doc_index.copy(),
         }
-        if self.bonus is not None and terminated.any():
+        if pay_bonus:
             infos["recoverability"] = gains
         for row in np.nonzero(terminated)[0]:
             n = int(self.doc_tokens[row])

@@ -10,7 +10,7 @@ import numpy as np
 from tokenmask.config import ConfigError, build_config
 from tokenmask.envs.corpus import CorpusSource, DocumentCorpus
 from tokenmask.envs.env_config import TokenMaskConfig
-from tokenmask.envs.episodes import TERMINAL_INFOS, EpisodeBatch, EpisodeRecord, check_actions
+from tokenmask.envs.episodes import EpisodeBatch, EpisodeRecord, check_actions
 from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.rewards import MaskingReward, make_reward
 from tokenmask.reconstructors import Reconstructor
@@ -279,8 +279,8 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         actions = check_actions(action, (self.config.action_size,))[None, :]
         rewards, terminated, infos = self._batch.step(actions)
         obs = {k: v[0] for k, v in self._batch.observe().items()}
-        info = {k: v[0].item() for k, v in infos.items() if terminated[0] or k not in TERMINAL_INFOS}
-        return obs, float(rewards[0]), bool(terminated[0]), False, info
+        # one row: terminal-only keys (TERMINAL_INFOS) are present exactly when this episode ended
+        return obs, float(rewards[0]), bool(terminated[0]), False, {k: v[0].item() for k, v in infos.items()}
 
     def render(self) -> str | None:  # type: ignore[override]
         """``ansi``: the document decided so far, masked tokens shown as the mask token."""

@@ -145,8 +145,6 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
-        if self.span < 1 or self.window % self.span:
-            raise ValueError(f"span must be >= 1 and divide window ({self.window}), got {self.span}. Fix: e.g. --span 1 or --span 8.")
         non_negative = {
             "context_size": self.context_size,
             "joint_period": self.joint_period,
