@@ -4,7 +4,7 @@ baselines, and the effect of joint fine-tuning on the reconstructor.
 1. ``env_return``: each method's masks of the evaluation contexts replayed through TokenMask-v0 with
    the run's reward options (the judge's recoverability bonus included when the run's
    ``recoverability_weight`` is > 0: the reward the agent was trained on) and the run's
-   reconstructor (:func:`tokenmask.train.replay.replay_returns`); ``token_return``: the same without
+   reconstructor (:func:`tokenmask.train.replay.replay_episodes`); ``token_return``: the same without
    the bonus (per-token bits and rate penalty only).
 2. ``recon_bits_per_masked`` / ``recon_top1`` of the agent's masks under the run's base reconstructor
    (before fine-tuning) and under its fine-tuned one (after), from the metrics module.
@@ -47,7 +47,7 @@ def main() -> None:
     from tokenmask.io import atomic_write_json
     from tokenmask.reconstructors import Reconstructor
     from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor
-    from tokenmask.train.replay import replay_returns
+    from tokenmask.train.replay import replay_episodes
     from tokenmask.train.trainer import load_reconstructor, load_run_config
 
     config, run = load_run_config(args.run)
@@ -76,7 +76,7 @@ def main() -> None:
             masks = method.keep_masks(contexts, rate, seed=0)
             if name == "agent":
                 agent_masks[rate] = masks
-            returns = replay_returns(
+            returns, recoverability = replay_episodes(
                 contexts,
                 masks,
                 rate,
@@ -87,8 +87,8 @@ def main() -> None:
                 recoverability_weight=config.recoverability_weight,
             )
             figures.setdefault(name, {})[f"env_return@{rate}"] = float(np.mean(returns))
-            if config.recoverability_weight > 0:
-                token_only = replay_returns(contexts, masks, rate, agent.reconstructor, env_options, seed=0)
+            if config.recoverability_weight > 0:  # the per-token part: the same episodes less their bonus
+                token_only = returns - config.recoverability_weight * recoverability
                 figures[name][f"token_return@{rate}"] = float(np.mean(token_only))
 
     joint: dict[str, float] = {}

@@ -14,7 +14,7 @@ from tokenmask.policies import TokenMaskPolicy
 from tokenmask.testing import tiny_reconstructor
 from tokenmask.train.callbacks import JointReconstructorCallback, TimeLimitCallback
 from tokenmask.train.outcomes import GAIN_KEY, RECORD_KEY, EpisodeOutcomes
-from tokenmask.train.replay import replay_returns
+from tokenmask.train.replay import replay_episodes, replay_returns
 
 ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
 SMALL_POLICY = {
@@ -63,6 +63,13 @@ def test_env_bonus_and_outcomes_records_in_terminal_infos(tiny_recon):
         recoverability_weight=0.5,
     )
     assert replayed == pytest.approx([r.episode_return for r in records], abs=1e-4)
+    # one replay also gives the bonus it paid: less that, the return is the plain env's
+    returns, gains = replay_episodes(
+        [r.ids for r in records], [~r.mask for r in records], 0.5, tiny_recon, options, judge=judge, recoverability_weight=0.5
+    )
+    assert gains == pytest.approx([r.recoverability for r in records], abs=1e-5)
+    plain_records = [plain_infos[row][RECORD_KEY] for row in range(2)]
+    assert returns - 0.5 * gains == pytest.approx([r.episode_return for r in plain_records], abs=1e-4)
     # keeping everything reads the document itself: the bonus is then +1 (or -1 when, for this random
     # judge, the document does not help predict itself at all)
     everything = RecoverabilityBonus(judge, tiny_recon).gains(

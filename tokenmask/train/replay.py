@@ -29,6 +29,25 @@ def replay_returns(
 ) -> np.ndarray:
     """Return of one TokenMask-v0 episode per context when its tokens are masked as ``~keep``.
 
+    The returns of :func:`replay_episodes` (see there for the arguments).
+    """
+    return replay_episodes(
+        contexts, keep_masks, rate, reconstructor, env_options, seed, judge, recoverability_weight
+    )[0]
+
+
+def replay_episodes(
+    contexts: Sequence[Sequence[int]],
+    keep_masks: Sequence[np.ndarray],
+    rate: float,
+    reconstructor: Reconstructor,
+    env_options: dict[str, Any],
+    seed: int = 0,
+    judge: Reconstructor | None = None,
+    recoverability_weight: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return and recoverability of one TokenMask-v0 episode per context masked as ``~keep``.
+
     :param contexts: per document, token ids of the reconstructor's vocabulary (non-empty).
     :param keep_masks: per document, ``True`` = kept (masked = ``~keep``).
     :param rate: the target rate of the episodes (the end-of-episode penalty uses it).
@@ -37,7 +56,9 @@ def replay_returns(
     :param seed: seed of the env reset.
     :param judge: the frozen judge of the env's recoverability bonus (read when ``recoverability_weight > 0``).
     :param recoverability_weight: the bonus's weight (0: the per-token reward and rate penalty only).
-    :return: ``(documents,)`` episode returns.
+    :return: ``(returns, recoverability)``, each ``(documents,)``: the episode returns (bonus
+        included) and the judge's recoverability the bonus paid (``nan`` without the bonus), so
+        ``returns - recoverability_weight * recoverability`` is the per-token part of the return.
     """
     from tokenmask.envs.vector_env import TokenMaskVectorEnv
 
@@ -62,6 +83,7 @@ def replay_returns(
     window = env.config.window
     masked = [~np.asarray(k, dtype=bool) for k in keep_masks]
     returns = np.zeros(len(contexts), dtype=np.float64)
+    recoverability = np.full(len(contexts), np.nan)
     finished = np.zeros(len(contexts), dtype=bool)
     env.reset(seed=seed)
     step = 0
@@ -70,9 +92,12 @@ def replay_returns(
         for row, m in enumerate(masked):
             chunk = m[step * window : (step + 1) * window]
             actions[row, : len(chunk)] = chunk
-        _, rewards, terminated, _, _ = env.step(actions)
+        _, rewards, terminated, _, infos = env.step(actions)
         returns[~finished] += rewards[~finished]
+        ended = terminated & ~finished
+        if ended.any() and "recoverability" in infos.get("final_info", {}):
+            recoverability[ended] = infos["final_info"]["recoverability"][ended]
         finished |= terminated
         step += 1
     env.close()
-    return returns
+    return returns, recoverability
