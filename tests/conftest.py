@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny random reconstructor for unit tests, the embedded SmolLM2 loaded once per session."""
+"""Shared fixtures: a tiny random reconstructor for unit tests, the embedded SmolLM2 loaded once per session.
+
+Every test that uses the embedded model's fixture (directly or through another fixture) is marked
+``integration``, so ``pytest -m "not integration"`` (``make test-fast``) runs the tests that need no
+embedded model.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,15 @@ from tokenmask.reconstructors import Reconstructor
 from tokenmask.testing import tiny_reconstructor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PYDOCS = REPO_ROOT.parent / "shared" / "data" / "pydocs.jsonl"
+PYDOCS = REPO_ROOT / "data" / "pydocs.jsonl"
+EMBEDDED_MODEL_FIXTURES = frozenset({"smollm"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that loads the embedded SmolLM2 through a fixture as ``integration``."""
+    for item in items:
+        if EMBEDDED_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +40,7 @@ def smollm() -> Reconstructor:
 
 @pytest.fixture(scope="session")
 def pydocs_path() -> Path:
-    """The shared pydocs corpus, or the sample shipped in the package when shared/ is absent."""
+    """The repository's pydocs corpus (``data/pydocs.jsonl``), or the package's sample where it is absent."""
     if PYDOCS.is_file():
         return PYDOCS
     from tokenmask.data import sample_corpus_path

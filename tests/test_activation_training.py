@@ -12,15 +12,11 @@ import pytest
 import torch
 
 from tokenmask.activation_compression import CompressedCausalLM, CompressionConfig
-from tokenmask.activation_compression.training import (
-    ActivationTrainer,
-    QualityParachute,
-    load_sequences,
-    pad_batch,
-)
+from tokenmask.activation_compression.sequences import load_sequences
+from tokenmask.activation_compression.training import ActivationTrainer, QualityParachute
 from tokenmask.cli import main as cli_main
 from tokenmask.evaluate.compressor import InModelCompressor, MethodContext, build_method
-from tokenmask.reconstructors import CorruptCheckpointError, Reconstructor, load_tokenizer
+from tokenmask.reconstructors import CorruptCheckpointError, Reconstructor, load_tokenizer, pad_batch
 from tokenmask.testing import tiny_llama_config
 
 

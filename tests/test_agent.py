@@ -11,9 +11,10 @@ from stable_baselines3 import PPO
 
 from tokenmask.cli import main
 from tokenmask.config import load_config
+from tokenmask.envs.env_config import ENV_OPTION_KEYS
 from tokenmask.evaluate.compressor import MethodContext, build_method
 from tokenmask.testing import tiny_reconstructor
-from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor, drop_highest
+from tokenmask.train.agent import AgentCompressor, drop_highest
 from tokenmask.train.config import TrainConfig
 from tokenmask.train.run_folder import RunFolder
 from tokenmask.train.text_samples import STROKE, strike_through
@@ -35,7 +36,7 @@ def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("agent") / "run"
     config = load_config(TrainConfig, QUICK, {"run_dir": str(path), "joint_period": 0})
     recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, judge=recon, **config.env_options())
+    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
     model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
     run = RunFolder(path)
     run.save_config(config)
@@ -107,10 +108,10 @@ def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
     from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
     from tokenmask.policies import TokenMaskPolicy
 
-    config = load_config(TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "span": 4})
+    config = load_config(TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.span": 4})
     recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, judge=recon, **config.env_options())
-    assert env.action_space.n == config.window // 4
+    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
+    assert env.action_space.n == config.env.window // 4
     model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
     run = RunFolder(tmp_path / "run")
     run.save_config(config)

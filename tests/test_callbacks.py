@@ -1,4 +1,4 @@
-"""Joint reconstructor fine-tuning and the episode outcomes it learns from (tiny random LMs)."""
+"""Joint reconstructor fine-tuning and the episode records it learns from (terminal infos; tiny random LMs)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from tokenmask.envs.episodes import EpisodeRecord
+from tokenmask.envs.episodes import RECORD_KEY, EpisodeRecord
+from tokenmask.envs.episodes import RECOVERABILITY_KEY as GAIN_KEY
 from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
 from tokenmask.envs.scoring import weights_fingerprint
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.testing import tiny_reconstructor
-from tokenmask.train.callbacks import JointReconstructorCallback, TimeLimitCallback
-from tokenmask.train.outcomes import GAIN_KEY, RECORD_KEY, EpisodeOutcomes
+from tokenmask.train.callbacks import JointReconstructorCallback, RunCheckpointCallback, TimeLimitCallback
 from tokenmask.train.replay import replay_episodes, replay_returns
 
 ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
@@ -22,14 +22,10 @@ SMALL_POLICY = {
 }
 
 
-def test_env_bonus_and_outcomes_records_in_terminal_infos(tiny_recon):
+def test_env_bonus_and_records_in_terminal_infos(tiny_recon):
     judge = tiny_reconstructor(seed=1)
-    plain = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV))
-    bonus = EpisodeOutcomes(
-        TokenMaskSB3VecEnv(
-            num_envs=2, reconstructor=tiny_recon, judge=judge, recoverability_weight=0.5, **ENV
-        )
-    )
+    plain = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV)
+    bonus = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, judge=judge, recoverability_weight=0.5, **ENV)
     for venv in (plain, bonus):
         venv.seed(0)
         venv.reset()
@@ -84,7 +80,7 @@ def test_env_bonus_and_outcomes_records_in_terminal_infos(tiny_recon):
 
 def test_joint_callback_fine_tunes_the_env_reconstructor_on_agent_masks():
     recon = tiny_reconstructor(seed=0)  # a private copy: this test trains it
-    venv = EpisodeOutcomes(TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **ENV))
+    venv = TokenMaskSB3VecEnv(num_envs=2, reconstructor=recon, **ENV)
     callback = JointReconstructorCallback(
         recon, period=1, learning_rate=1e-2, batch_documents=2, micro_batches=2, probe_documents=1, seed=0
     )
@@ -105,7 +101,18 @@ def test_joint_callback_fine_tunes_the_env_reconstructor_on_agent_masks():
     assert weights_fingerprint(recon.model) != before
     assert callback.history and all(np.isfinite(b) and np.isfinite(a) for b, a in callback.history)
     # the env prices with the same object, so its scorer sees the new weights
-    assert venv.venv.vector_env.reconstructor is recon
+    assert venv.vector_env.reconstructor is recon
+
+
+def test_checkpoints_every_n_steps_counted_from_each_start(tiny_recon):
+    venv = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV)
+    model = PPO(TokenMaskPolicy, venv, n_steps=4, batch_size=8, n_epochs=1, policy_kwargs=SMALL_POLICY, seed=0, device="cpu")
+    saved: list[int] = []
+    model.learn(16, callback=RunCheckpointCallback(lambda: saved.append(model.num_timesteps), save_freq=4))
+    assert saved == [4, 8, 12, 16]
+    saved.clear()  # a resumed run (timesteps not reset) saves save_freq steps after its start, not at once
+    model.learn(8, callback=RunCheckpointCallback(lambda: saved.append(model.num_timesteps), 4), reset_num_timesteps=False)
+    assert saved == [20, 24]
 
 
 def test_callbacks_reject_bad_arguments(tiny_recon):
@@ -113,3 +120,5 @@ def test_callbacks_reject_bad_arguments(tiny_recon):
         JointReconstructorCallback(tiny_recon, period=0)
     with pytest.raises(ValueError, match="minutes"):
         TimeLimitCallback(0)
+    with pytest.raises(ValueError, match="save_freq"):
+        RunCheckpointCallback(lambda: None, 0)

@@ -45,3 +45,41 @@ def test_unknown_key_and_bad_values(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(ConfigError, match="not valid UTF-8 JSON"):
         load_config(Example, tmp_path / "bad.json")
+
+
+@dataclass
+class Section:
+    window: int = 16
+    name: str = "default"
+
+
+@dataclass
+class Nested:
+    MOVED_KEYS = {"old_name": "env.name"}  # a class attribute, not a field
+
+    seed: int = 0
+    env: Section = field(default_factory=Section)
+
+
+def test_nested_sections_from_file_and_dotted_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"seed": 1, "env": {"window": 8}}))
+    assert load_config(Nested, path) == Nested(seed=1, env=Section(window=8))
+    assert load_config(Nested, path, {"env.name": "x"}) == Nested(seed=1, env=Section(window=8, name="x"))
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Nested)
+    args = parser.parse_args(["--config", str(path), "--env.window", "32"])
+    assert config_from_args(Nested, args) == Nested(seed=1, env=Section(window=32))
+    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) \['windw'\] for Section \(under \"env\"\)"):
+        load_config(Nested, None, {"env.windw": 3})
+    with pytest.raises(ConfigError, match="'env.window': expected int"):
+        load_config(Nested, None, {"env.window": "many"})
+
+
+def test_a_flat_key_of_a_section_names_its_new_place(tmp_path: Path) -> None:
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps({"window": 8}))
+    with pytest.raises(ConfigError, match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix: .*--env\.window"""):
+        load_config(Nested, path)
+    with pytest.raises(ConfigError, match=r"""Config key 'old_name' moved: put it under "env": \{"name": ...\}"""):
+        load_config(Nested, None, {"old_name": "x"})

@@ -67,7 +67,7 @@ def test_recoverability_bonus_is_part_of_the_env_reward(tiny_recon: Reconstructo
     assert record.recoverability == pytest.approx(gain)
     assert record.episode_return == pytest.approx(sum(bonus_rewards))
     # the same gain from the judge directly: (R(empty) - R(kept)) / (R(empty) - R(document))
-    from tokenmask.evaluate.metrics import document_recoverability, recovery_nlls, separator_ids
+    from tokenmask.reconstructors.judge import document_recoverability, recovery_nlls, separator_ids
 
     ids = [int(t) for t in record.ids]
     kept = [t for t, m in zip(ids, record.mask) if not m]
@@ -193,6 +193,7 @@ def test_reconstructor_updates_reach_running_episodes(monkeypatch: pytest.Monkey
     with torch.no_grad():
         for p in recon.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    recon.mark_weights_changed()  # in-place edits outside ReconstructorFinetuner are announced
     later = []
     while True:
         _, _, terminated, _, info = env.step(rng.integers(0, 2, size=4))

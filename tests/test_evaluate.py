@@ -179,3 +179,30 @@ def test_evaluate_command_bad_input_is_one_clear_line(
 def test_baselines_command_refuses_other_methods(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["baselines", "--methods", "truncation,agent:runs/x", "--no_progress"]) == 2
     assert "runs baselines only" in capsys.readouterr().err
+
+
+def test_evaluate_replaces_only_its_own_output(tiny_judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    base = ["evaluate", "--judge", str(tiny_judge_dir), "--corpus", "sample", "--num_documents", "2",
+            "--recoverability_documents", "1", "--context_tokens", "32", "--continuation_tokens", "8", "--device", "cpu",
+            "--no_progress", "--tensorboard", "false", "--output_dir", str(out)]  # fmt: skip
+    assert main([*base, "--methods", "truncation", "--rates", "0.5"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert main([*base, "--methods", "truncation", "--rates", "0.5", "--overwrite"]) == 0
+    assert [r["method"] for r in load_results(out)] == ["truncation"]
+    assert main([*base, "--methods", "random", "--rates", "0.5"]) == 0  # its own folder: replaced whole
+    assert [r["method"] for r in load_results(out)] == ["random"]
+    assert not (out / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temporary, backup or lock left
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"results": 3}'])
+def test_damaged_results_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    from tokenmask.errors import CorruptFileError
+
+    (tmp_path / RESULTS_FILE).write_text(content)
+    with pytest.raises(CorruptFileError, match=r"results.json is damaged.*Fix: run tokenmask evaluate again"):
+        load_results(tmp_path)

@@ -15,6 +15,7 @@ from tokenmask.reconstructors import (
     Reconstructor,
     ReconstructorFinetuner,
     load_reconstructor,
+    pad_batch,
 )
 from tokenmask.testing import tiny_reconstructor
 
@@ -143,6 +144,37 @@ def test_finetuning_lowers_masked_loss_with_accumulation() -> None:
     after = float(recon.masked_loss(ids, masks).detach())
     assert after < before - 0.5
     assert not recon.model.training
+
+
+def test_every_optimizer_step_bumps_the_weights_version() -> None:
+    recon = tiny_reconstructor(seed=2)
+    ids = [recon.encode(TEXTS[0])]
+    masks = [[i % 2 == 1 for i in range(len(ids[0]))]]
+    tuner = ReconstructorFinetuner(recon, learning_rate=1e-3, grad_accum_steps=2)
+    start = recon.weights_version
+    tuner.step(ids, masks)
+    assert recon.weights_version == start  # accumulated only: the weights did not move
+    tuner.step(ids, masks)
+    assert recon.weights_version == start + 1
+    assert recon.mark_weights_changed() == start + 2
+    # the version belongs to the model: every reconstructor wrapping it sees it
+    assert Reconstructor(recon.model, recon.tokenizer, recon.mask_token_id).weights_version == start + 2
+
+
+def test_pad_batch_and_top1_primitives(tiny_recon: Reconstructor) -> None:
+    ids, attention = pad_batch([[5, 6, 7], np.array([8]), []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
+    assert attention.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    docs = _ids(tiny_recon)
+    inputs = [[tiny_recon.bos_token_id, *d[:-1]] for d in docs]
+    positions = [list(range(len(d))) for d in docs]
+    logps, top1 = tiny_recon.gather_log_probs_top1(inputs, positions, docs)
+    for lp, hit, inp, pos, d in zip(logps, top1, inputs, positions, docs):
+        assert torch.allclose(lp, tiny_recon.gather_log_probs([inp], [pos], [d])[0])
+        padded, mask = tiny_recon.pad_batch([inp])
+        with torch.no_grad():
+            logits = tiny_recon.head_logits(tiny_recon.last_hidden_state(padded, mask)[0])
+        assert hit.tolist() == (logits.argmax(-1).cpu() == torch.as_tensor(d)).tolist()
 
 
 def test_finetuner_rejects_bad_settings(tiny_recon: Reconstructor) -> None:

@@ -13,8 +13,9 @@ from tokenmask.cli import main
 from tokenmask.config import ConfigError, load_config
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.train.config import TrainConfig
+from tokenmask.train.loading import load_run_config
 from tokenmask.train.run_folder import RunFolder, RunFolderError
-from tokenmask.train.trainer import Trainer, load_run_config
+from tokenmask.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "dev" / "quick_test.json"
@@ -60,8 +61,36 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
     with pytest.raises(ValueError, match="Unknown algo"):
         load_config(TrainConfig, QUICK, {"algo": "dqn"})
     with pytest.raises(ValueError, match="below rate_penalty"):
-        load_config(TrainConfig, QUICK, {"recoverability_weight": 5.0, "rate_penalty": 4.0})
+        load_config(TrainConfig, QUICK, {"env.recoverability_weight": 5.0, "env.rate_penalty": 4.0})
     assert main(["train", "--config", str(QUICK), "--n_envs", "0", "--run_dir", str(tmp_path / "x")]) == 2
+
+
+def test_flat_config_keys_name_their_place_under_env():
+    with pytest.raises(ConfigError, match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix:"""):
+        load_config(TrainConfig, None, {"window": 16})
+    with pytest.raises(ConfigError, match=r"""Config key 'judge' moved: put it under "env": \{"judge_name": ...\}"""):
+        load_config(TrainConfig, None, {"judge": "default"})
+    with pytest.raises(ValueError, match="env.model_name is not read by tokenmask train.*Fix: set 'reconstructor'"):
+        load_config(TrainConfig, QUICK, {"env.model_name": "other"})
+    config = load_config(TrainConfig, QUICK, {"env": {"window": 32}, "env.span": 8})
+    assert (config.env.window, config.env.span, config.env.max_tokens) == (32, 8, 32)  # the file's other env keys stay
+
+
+def test_run_folder_of_the_flat_layout_still_loads(quick_run, tmp_path):
+    """A run folder saved before the env options were nested (env keys at the top level, ``judge``) loads as today's."""
+    config, _ = load_run_config(quick_run)
+    flat = {k: v for k, v in config.to_dict().items() if k != "env"}
+    env = config.to_dict()["env"]
+    flat.update({k: v for k, v in env.items() if k not in ("judge_name", "model_name", "dtype", "device")})
+    flat["judge"] = env["judge_name"]
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps(flat))
+    loaded, _ = load_run_config(old, {"env.window": 32})
+    assert loaded.env == type(config.env)(**{**env, "window": 32})
+    assert {k: v for k, v in loaded.to_dict().items() if k not in ("env", "run_dir")} == {
+        k: v for k, v in config.to_dict().items() if k not in ("env", "run_dir")
+    }
 
 
 def test_run_folder_is_complete_and_loadable(quick_run):

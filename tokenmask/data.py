@@ -6,7 +6,14 @@ splits the *texts* train/validation/test by a seed (so no text leaks across spli
 ``DatasetDict`` with ``save_to_disk`` plus ``stats.json``.
 
 Every saved document has the columns ``input_ids`` (list of int), ``text`` (its decoded text),
-``source`` and ``num_tokens``.
+``source`` and ``num_tokens``. Documents are cut at token boundaries that are also character
+boundaries (a byte-level tokenizer may spell one character with several tokens), so no document
+text starts or ends with half a character.
+
+Every split that is written can be read back: a split whose fraction is 0 is omitted (and listed
+under ``omitted_splits`` in ``stats.json``); a split with a positive fraction that would get no
+document is an error before anything is written. The output folder is replaced whole only when
+tokenmask wrote it (see :mod:`tokenmask.io`; ``--overwrite`` replaces any other folder).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import importlib.resources
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +32,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tokenmask.config import add_config_arguments, config_from_args
-from tokenmask.io import atomic_write_json, replace_dir, temporary_dir_beside
+from tokenmask.errors import CorruptFileError, InputError
+from tokenmask.io import atomic_output_dir, atomic_write_json, check_output_dir, reraise_as
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 STATS_FILE = "stats.json"
 SAMPLE_CORPUS = "sample"  # data_path value naming the corpus shipped inside the package
+OUTPUT_KIND = "prepare-data"  # recorded in the output folder's marker (see tokenmask.io)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Raised for unusable input data; the message names the problem and the fix."""
 
 
@@ -53,9 +63,15 @@ class PrepareDataConfig:
     max_length: int = field(default=512, metadata={"help": "tokens per document at most"})
     min_length: int = field(default=64, metadata={"help": "documents shorter than this are dropped"})
     max_sequences: int | None = field(default=None, metadata={"help": "cap on the number of documents"})
-    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1], metadata={"help": "train,val,test"})
+    split_fractions: list[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1],
+        metadata={"help": "train,val,test; a split of fraction 0 is omitted, one that would get no document is an error"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the split"})
-    output_dir: str = field(default="data_out/pydocs", metadata={"help": "where the splits are saved"})
+    output_dir: str = field(
+        default="data_out/pydocs",
+        metadata={"help": "where the splits are saved (replaced whole if tokenmask wrote it; see --overwrite)"},
+    )
 
     def __post_init__(self) -> None:
         if (self.data_path is None) == (self.dataset_name is None):
@@ -76,8 +92,8 @@ class PrepareDataConfig:
 
 
 def _read_utf8(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the text
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}). Fix: convert it, e.g. iconv -t UTF-8."
@@ -103,7 +119,8 @@ def load_texts(path: str | Path, text_column: str = "text") -> list[dict[str, st
     :param path: file or folder, or ``"sample"`` for the corpus shipped in the package.
     :param text_column: JSONL key holding the text.
     :return: records ``{"text": ..., "source": ...}``, empty texts dropped.
-    :raises DataError: missing path, non-UTF-8 bytes, bad JSON, no text column, or no text at all.
+    :raises DataError: missing path, non-UTF-8 bytes, bad JSON, no text column, a text that is not a
+        string (``null``, a number, a list), or no text at all.
     """
     if str(path) == SAMPLE_CORPUS:
         path = sample_corpus_path()
@@ -125,7 +142,14 @@ def load_texts(path: str | Path, text_column: str = "text") -> list[dict[str, st
                 raise DataError(
                     f"{file}:{number} has no {text_column!r} field (it has {keys}). Fix: pass --text_column NAME."
                 )
-            records.append({"text": str(obj[text_column]), "source": str(obj.get("source", f"{file}:{number}"))})
+            text = obj[text_column]
+            if not isinstance(text, str):
+                what = "null" if text is None else f"a JSON {type(text).__name__}"
+                raise DataError(
+                    f"{file}:{number}: {text_column!r} is {what}, not a text. "
+                    f"Fix: give every line a string {text_column!r}, or remove the line."
+                )
+            records.append({"text": text, "source": str(obj.get("source", f"{file}:{number}"))})
     records = [r for r in records if r["text"].strip()]
     if not records:
         raise DataError(f"{path} holds no text (empty files or empty text fields). Fix: give it some text.")
@@ -135,7 +159,9 @@ def load_texts(path: str | Path, text_column: str = "text") -> list[dict[str, st
 def load_hub_texts(name: str, config: str | None, split: str, text_column: str) -> list[dict[str, str]]:
     """Read texts from a ``datasets`` hub dataset (needs the network or a warm cache).
 
-    :raises DataError: if the dataset cannot be loaded or has no ``text_column``.
+    Missing (``None``) and empty texts are dropped, as in a local file's empty lines.
+
+    :raises DataError: if the dataset cannot be loaded, has no ``text_column``, or a text is not a string.
     """
     import datasets
 
@@ -150,16 +176,66 @@ def load_hub_texts(name: str, config: str | None, split: str, text_column: str) 
         raise DataError(
             f"Dataset {name!r} has no column {text_column!r} (columns: {dataset.column_names}). Fix: --text_column NAME."
         )
-    records = [{"text": t, "source": f"{name}:{i}"} for i, t in enumerate(dataset[text_column]) if t and t.strip()]
+    records = []
+    for i, text in enumerate(dataset[text_column]):
+        if text is not None and not isinstance(text, str):
+            raise DataError(
+                f"Dataset {name!r} row {i}: column {text_column!r} holds {type(text).__name__}, not a text. "
+                "Fix: pass --text_column NAME of a text column."
+            )
+        if text and text.strip():
+            records.append({"text": text, "source": f"{name}:{i}"})
     if not records:
         raise DataError(f"Dataset {name!r} has no non-empty text in column {text_column!r}.")
     return records
 
 
-def chunk_ids(ids: Sequence[int], max_length: int, min_length: int) -> list[list[int]]:
-    """Cut token ids into consecutive pieces of ``max_length``; a last piece under ``min_length`` is dropped."""
-    pieces = [list(ids[i : i + max_length]) for i in range(0, len(ids), max_length)]
+MAX_CUT_BACKOFF = 8
+"""Tokens a cut may move back to reach a character boundary (a character spans at most 4 bytes)."""
+
+
+def chunk_ids(
+    ids: Sequence[int], max_length: int, min_length: int, cut_ok: Callable[[int], bool] | None = None
+) -> list[list[int]]:
+    """Cut token ids into consecutive pieces of at most ``max_length``; pieces under ``min_length`` are dropped.
+
+    :param cut_ok: ``cut_ok(i)`` tells whether a piece may end just before token ``i`` (a character
+        boundary, see :func:`character_boundaries`); a cut moves back up to :data:`MAX_CUT_BACKOFF`
+        tokens to find one. ``None``: cut every ``max_length`` tokens.
+    """
+    pieces: list[list[int]] = []
+    start = 0
+    while start < len(ids):
+        end = min(start + max_length, len(ids))
+        if cut_ok is not None and end < len(ids):
+            for candidate in range(end, max(start, end - MAX_CUT_BACKOFF), -1):
+                if cut_ok(candidate):
+                    end = candidate
+                    break
+        pieces.append(list(ids[start:end]))
+        start = end
     return [p for p in pieces if len(p) >= min_length]
+
+
+def character_boundaries(tokenizer: Any, text: str) -> tuple[list[int], Callable[[int], bool]]:
+    """Token ids of ``text`` and a test of whether a document may end before token ``i``.
+
+    A byte-level tokenizer spells a character of several bytes (CJK, emoji) with several tokens;
+    cutting between them leaves U+FFFD in both halves. A fast tokenizer's offsets tell the
+    boundaries (tokens of one character share its span); for others, the decoded tokens around
+    the cut are checked for a broken character.
+    """
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(encoded["input_ids"]), list(encoded["offset_mapping"])
+        return ids, lambda i: offsets[i][0] >= offsets[i - 1][1]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decodes_cleanly(i: int) -> bool:
+        before, after = tokenizer.decode(ids[max(0, i - 4) : i]), tokenizer.decode(ids[i : i + 4])
+        return not (before.endswith("\ufffd") or after.startswith("\ufffd"))
+
+    return ids, decodes_cleanly
 
 
 def split_indices(count: int, fractions: Sequence[float], seed: int) -> dict[str, list[int]]:
@@ -175,41 +251,54 @@ def split_indices(count: int, fractions: Sequence[float], seed: int) -> dict[str
     }
 
 
-def prepare_data(config: PrepareDataConfig, progress: bool = True) -> dict[str, Any]:
+def prepare_data(config: PrepareDataConfig, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Build and save the tokenized splits; return the statistics written to ``stats.json``.
 
     :param config: see :class:`PrepareDataConfig`.
     :param progress: show a progress bar while tokenizing.
-    :raises DataError: for any unusable input (see :func:`load_texts`), or when no document reaches ``min_length``.
+    :param overwrite: replace ``output_dir`` even if tokenmask did not write it (it is checked first).
+    :raises DataError: for any unusable input (see :func:`load_texts`), when no document reaches
+        ``min_length``, or when a split with a positive fraction would get no document.
+    :raises OutputExistsError: when ``output_dir`` may not be replaced (checked before any work).
     """
-    import datasets
-
-    from tokenmask.reconstructors import load_tokenizer
-
+    check_output_dir(config.output_dir, overwrite, kind=OUTPUT_KIND)
     if config.data_path is not None:
         records = load_texts(config.data_path, config.text_column)
     else:
         assert config.dataset_name is not None
         records = load_hub_texts(config.dataset_name, config.dataset_config, config.dataset_split, config.text_column)
-    tokenizer = load_tokenizer(config.model_name)
+    # the heavy modules load once the output folder and the texts passed their checks
+    import datasets
+
+    from tokenmask.reconstructors import load_tokenizer
+
     assignment = split_indices(len(records), config.split_fractions, config.seed)
+    asked = [s for s, fraction in zip(SPLITS, config.split_fractions) if fraction > 0]
+    tokenizer = load_tokenizer(config.model_name)
     columns: dict[str, dict[str, list[Any]]] = {s: {"input_ids": [], "text": [], "source": [], "num_tokens": []} for s in SPLITS}
     dropped = 0
     total = 0
     split_of = {index: split for split in SPLITS for index in assignment[split]}
-    # Texts are visited in a seeded random order, so a max_sequences cap keeps the split proportions.
+    # A max_sequences cap is shared among the splits by their fractions; texts are visited in a
+    # seeded random order until every split has its share.
+    quota = _split_quotas(config)
     visit = list(range(len(records)))
     random.Random(config.seed + 1).shuffle(visit)
     bar = tqdm(total=len(records), desc="tokenizing", unit="text", disable=not progress)
     for index in visit:
-        if config.max_sequences is not None and total >= config.max_sequences:
+        if all(len(columns[s]["num_tokens"]) >= quota[s] for s in asked):
             break
+        split = split_of[index]
+        room = quota[split] - len(columns[split]["num_tokens"])
+        if room <= 0:
+            bar.update(1)
+            continue
         record = records[index]
-        ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
-        pieces = chunk_ids(ids, config.max_length, config.min_length)
+        ids, cut_ok = character_boundaries(tokenizer, record["text"])
+        pieces = chunk_ids(ids, config.max_length, config.min_length, cut_ok)
         dropped += int(len(ids) > 0 and not pieces)
-        col = columns[split_of[index]]
-        for piece in pieces[: None if config.max_sequences is None else config.max_sequences - total]:
+        col = columns[split]
+        for piece in pieces[:room]:
             col["input_ids"].append(piece)
             col["text"].append(tokenizer.decode(piece))
             col["source"].append(record["source"])
@@ -222,10 +311,8 @@ def prepare_data(config: PrepareDataConfig, progress: bool = True) -> dict[str, 
             f"No document reaches min_length={config.min_length} tokens (all {len(records)} texts are shorter). "
             "Fix: lower --min_length or give longer texts."
         )
-    dataset = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s]) for s in SPLITS})
-    output = Path(config.output_dir)
-    tmp = temporary_dir_beside(output)
-    dataset.save_to_disk(str(tmp / "dataset"))
+    _check_splits_filled(asked, {s: len(columns[s]["num_tokens"]) for s in SPLITS}, len(records), config)
+    dataset = datasets.DatasetDict({s: datasets.Dataset.from_dict(columns[s]) for s in asked})
     stats = {
         "model_name": config.model_name,
         "source": config.data_path or f"{config.dataset_name}:{config.dataset_config}",
@@ -238,14 +325,63 @@ def prepare_data(config: PrepareDataConfig, progress: bool = True) -> dict[str, 
             s: {
                 "documents": len(columns[s]["num_tokens"]),
                 "tokens": int(sum(columns[s]["num_tokens"])),
-                "mean_tokens": (sum(columns[s]["num_tokens"]) / len(columns[s]["num_tokens"])) if columns[s]["num_tokens"] else 0.0,
+                "mean_tokens": sum(columns[s]["num_tokens"]) / len(columns[s]["num_tokens"]),
             }
-            for s in SPLITS
+            for s in asked
         },
+        "omitted_splits": [s for s in SPLITS if s not in asked],
     }
-    atomic_write_json(tmp / STATS_FILE, stats)
-    replace_dir(tmp, output)
+    with atomic_output_dir(config.output_dir, overwrite, kind=OUTPUT_KIND) as folder:
+        dataset.save_to_disk(str(folder / "dataset"))
+        atomic_write_json(folder / STATS_FILE, stats)
     return stats
+
+
+def _split_quotas(config: PrepareDataConfig) -> dict[str, int]:
+    """Documents each split may take: ``max_sequences`` shared by the fractions (unlimited without a cap).
+
+    :raises DataError: when the cap leaves a split of positive fraction no document.
+    """
+    if config.max_sequences is None:
+        return {s: sys.maxsize for s in SPLITS}
+    cap = config.max_sequences
+    n_train = int(round(config.split_fractions[0] * cap))
+    n_val = int(round(config.split_fractions[1] * cap))
+    quota = dict(zip(SPLITS, (n_train, n_val, cap - n_train - n_val)))
+    starved = [s for s, f in zip(SPLITS, config.split_fractions) if f > 0 and quota[s] < 1]
+    if starved:
+        raise DataError(
+            f"max_sequences {cap} with split_fractions {list(config.split_fractions)} leaves {starved} no document. "
+            "Fix: raise --max_sequences, or give the split fraction 0 to omit it."
+        )
+    return quota
+
+
+def _check_splits_filled(asked: Sequence[str], counts: dict[str, int], texts: int, config: PrepareDataConfig) -> None:
+    """Raise before anything is written when a split with a positive fraction got no document."""
+    empty = [s for s in asked if counts[s] == 0]
+    if empty:
+        got = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+        raise DataError(
+            f"Too few texts for the asked splits: {texts} texts with split_fractions {list(config.split_fractions)} "
+            f"give {got} documents, so {empty} would be empty (an empty split cannot be read back). "
+            "Fix: give more or longer texts, lower --min_length, or omit a split with fraction 0 "
+            "(e.g. --split_fractions 0.9,0,0.1)."
+        )
+
+
+def prepared_splits(path: str | Path) -> list[str]:
+    """The splits a prepared corpus holds (those with a fraction of 0 were omitted).
+
+    :raises DataError: if ``path`` is not a prepared corpus.
+    """
+    folder = Path(path) / "dataset"
+    if not folder.is_dir():
+        raise DataError(f"{path} is not a prepared corpus (no dataset/ folder). Fix: run tokenmask prepare-data first.")
+    index = folder / "dataset_dict.json"
+    with reraise_as(CorruptFileError, f"{index} is damaged. Fix: run tokenmask prepare-data again into {path}"):
+        names = json.loads(index.read_text(encoding="utf-8"))["splits"]
+    return [str(n) for n in names]
 
 
 def load_prepared_split(path: str | Path, split: str = "train") -> Any:
@@ -254,15 +390,26 @@ def load_prepared_split(path: str | Path, split: str = "train") -> Any:
     :param path: the ``output_dir`` of ``prepare-data``.
     :param split: ``train``, ``validation`` or ``test``.
     :raises DataError: if the folder is not a prepared corpus or lacks the split.
+    :raises CorruptFileError: if the split cannot be read (damaged, or an empty split written by
+        an earlier version).
     """
     import datasets
 
-    folder = Path(path) / "dataset"
-    if not folder.is_dir():
-        raise DataError(f"{path} is not a prepared corpus (no dataset/ folder). Fix: run tokenmask prepare-data first.")
     if split not in SPLITS:
         raise DataError(f"Unknown split {split!r}. Fix: use one of {SPLITS}.")
-    return datasets.load_from_disk(str(folder))[split]
+    available = prepared_splits(path)
+    if split not in available:
+        raise DataError(
+            f"The prepared corpus {path} has no {split!r} split (it holds {available}; prepare-data omits a split "
+            f"of fraction 0). Fix: use --split {available[-1] if available else 'test'}, or re-run prepare-data "
+            "with a positive fraction for it."
+        )
+    location = Path(path) / "dataset" / split
+    with reraise_as(
+        CorruptFileError,
+        f"The {split!r} split of {path} cannot be read (empty or damaged). Fix: run tokenmask prepare-data again into {path}",
+    ):
+        return datasets.load_from_disk(str(location))
 
 
 def iter_texts(source: str | Path, split: str = "test", text_column: str = "text") -> Iterable[str]:
@@ -281,12 +428,19 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, PrepareDataConfig)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output_dir even if tokenmask did not write it (its files are deleted)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(PrepareDataConfig, args)
-    stats = prepare_data(config)
+    stats = prepare_data(config, overwrite=args.overwrite)
     print(json.dumps(stats["splits"], indent=2))
+    if stats["omitted_splits"]:
+        print(f"omitted splits (fraction 0): {stats['omitted_splits']}")
     print(f"saved to {config.output_dir}")
     return 0

@@ -145,6 +145,7 @@ class LlamaBackbone(Backbone):
         return self.decoder.norm(hidden)  # type: ignore[no-any-return]
 
     def queries_keys(self, index: int, hidden: torch.Tensor, positions: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+        # imported here: a GPT-2 backbone never needs the Llama modeling module (seconds to import cold)
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         layer: Any = self.layers[index]

@@ -6,7 +6,10 @@ train:    fit compression layers on a corpus (LM loss + contrastive loss, qualit
 evaluate: perplexity with and without compression, ratio, memory, bytes saved and pre-fill time
           over a threshold sweep; writes report.json, report.md and ratio_vs_perplexity.png.
 
-Every option can come from --config FILE.json and be overridden on the command line.
+Every option can come from --config FILE.json and be overridden on the command line. Both write
+into output_dir in place; a non-empty folder tokenmask did not write is refused (--overwrite
+writes into it anyway, replacing files of the same names), and it stays locked while the command
+runs, so a second command writing the same folder fails at once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import json
 
 from tokenmask.activation_compression.config import ActivationEvaluateConfig, ActivationTrainConfig
 from tokenmask.config import add_config_arguments, config_from_args
+from tokenmask.io import claimed_output_dir
+
+OVERWRITE_HELP = "write into output_dir even if tokenmask did not write it (files of the same names are replaced)"
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,11 +35,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="activation_command", metavar="SUBCOMMAND")
     train_parser = commands.add_parser("train", help="train compression layers", description=ActivationTrainConfig.__doc__)
     add_config_arguments(train_parser, ActivationTrainConfig)
+    train_parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     train_parser.set_defaults(func=_train)
     eval_parser = commands.add_parser(
         "evaluate", help="measure perplexity, ratio, memory and time over thresholds", description=ActivationEvaluateConfig.__doc__
     )
     add_config_arguments(eval_parser, ActivationEvaluateConfig)
+    eval_parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     eval_parser.set_defaults(func=_evaluate)
     parser.set_defaults(func=lambda args: _missing(parser))
 
@@ -46,7 +54,9 @@ def _missing(parser: argparse.ArgumentParser) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tokenmask.activation_compression.training import train
 
-    summary = train(config_from_args(ActivationTrainConfig, args))
+    config = config_from_args(ActivationTrainConfig, args)
+    with claimed_output_dir(config.output_dir, args.overwrite, kind="activation train"):
+        summary = train(config)
     print(json.dumps({"steps": summary["steps"], "validation": summary["validation"], "model_dir": summary["model_dir"]}, indent=2))
     return 0
 
@@ -55,7 +65,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tokenmask.activation_compression.evaluation import evaluate
     from tokenmask.activation_compression.report import markdown_table
 
-    report = evaluate(config_from_args(ActivationEvaluateConfig, args))
+    config = config_from_args(ActivationEvaluateConfig, args)
+    with claimed_output_dir(config.output_dir, args.overwrite, kind="activation evaluate"):
+        report = evaluate(config)
     for name, rows in report["sweeps"].items():
         print(markdown_table(rows, name))
     print(f"reports: {report['files']}")

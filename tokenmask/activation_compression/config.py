@@ -6,14 +6,38 @@ overrides on the command line).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from tokenmask.errors import ConfigError
 
 DEFAULT_DEPTH = 0.8  # default compression layer, as a fraction of the model's depth
 
 
-class ActivationConfigError(ValueError):
+class ActivationConfigError(ConfigError):
     """Raised for an inconsistent activation-compression setting; the message names the fix."""
+
+
+def check_thresholds(name: str, values: Sequence[float] | None, adaptive: bool | None) -> None:
+    """Refuse similarity thresholds outside their range before any model loads.
+
+    Adaptive thresholds (the default) are quantiles in ``(0, 1]`` (0 would merge every pair);
+    with ``adaptive`` explicitly ``False`` they are cosine similarities in ``[-1, 1.01]`` (1.01
+    disables merging).
+
+    :raises ActivationConfigError: naming the key, the bad values and the range.
+    """
+    if values is None:
+        return
+    low, high, inclusive_low = (-1.0, 1.01, True) if adaptive is False else (0.0, 1.0, False)
+    bad = [v for v in values if not (low <= v <= high if inclusive_low else low < v <= high)]
+    if bad:
+        span = "[-1, 1.01] (cosine similarities; adaptive_threshold is off)" if adaptive is False else "(0, 1] (quantiles)"
+        raise ActivationConfigError(
+            f"{name} {bad} outside {span}. Fix: e.g. --{name} {'0.8,0.5,0.33' if name.endswith('s') else '0.5'}.",
+            key=name,
+        )
 
 
 @dataclass
@@ -132,10 +156,27 @@ class ActivationTrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of shuffling and initialisation"})
 
     def __post_init__(self) -> None:
-        positive = {"batch_size": self.batch_size, "epochs": self.epochs, "max_length": self.max_length}
+        positive = {
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "max_length": self.max_length,
+            "eval_documents": self.eval_documents,
+            "max_steps": 1 if self.max_steps is None else self.max_steps,
+            "max_documents": 1 if self.max_documents is None else self.max_documents,
+        }
         bad = {k: v for k, v in positive.items() if v < 1}
         if bad:
-            raise ActivationConfigError(f"{bad} must be >= 1.")
+            raise ActivationConfigError(
+                f"{bad} must be >= 1 (max_steps and max_documents may also be None: no limit).", key=next(iter(bad))
+            )
+        non_negative = {
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "threshold_jitter": self.threshold_jitter,
+        }
+        bad_float = {k: v for k, v in non_negative.items() if v < 0}
+        if bad_float:
+            raise ActivationConfigError(f"{bad_float} must be >= 0.", key=next(iter(bad_float)))
         if self.learning_rate <= 0:
             raise ActivationConfigError(f"learning_rate must be > 0, got {self.learning_rate}.")
         if self.contrastive_weight < 0:
@@ -191,4 +232,11 @@ class ActivationEvaluateConfig:
         if self.batch_size < 1 or self.max_length < 2 or self.max_documents < 1 or self.timing_repeats < 0:
             raise ActivationConfigError("batch_size and max_documents must be >= 1, timing_repeats >= 0 and max_length >= 2.")
         if not self.thresholds:
-            raise ActivationConfigError("thresholds is empty. Fix: e.g. --thresholds 0.67,0.5,0.33.")
+            raise ActivationConfigError("thresholds is empty. Fix: e.g. --thresholds 0.67,0.5,0.33.", key="thresholds")
+        check_thresholds("thresholds", self.thresholds, self.adaptive_threshold)
+        check_thresholds("timing_thresholds", self.timing_thresholds, self.adaptive_threshold)
+        check_thresholds(
+            "similarity_threshold",
+            None if self.similarity_threshold is None else [self.similarity_threshold],
+            self.adaptive_threshold,
+        )

@@ -18,6 +18,8 @@ uncompressed reference running the same code with ``compress=False``:
 from __future__ import annotations
 
 import math
+import os
+import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -25,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm.auto import tqdm
 
 from tokenmask.activation_compression.config import ActivationEvaluateConfig, CompressionConfig
 from tokenmask.activation_compression.model import META_FILE, CompressedCausalLM, kv_bytes
-from tokenmask.activation_compression.training import load_sequences, pad_batch
-from tokenmask.reconstructors import Reconstructor
+from tokenmask.activation_compression.report import write_report
+from tokenmask.activation_compression.sequences import load_sequences
+from tokenmask.reconstructors import Reconstructor, pad_batch
 
 
 def _batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[Sequence[Sequence[int]]]:
@@ -106,8 +111,6 @@ def perplexity_comparison(
 
 def _peak_cpu_bytes(fn: Any) -> float:
     """Peak bytes of torch tensors alive while ``fn()`` runs on the CPU (allocations traced by the profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     current = peak = 0.0
@@ -220,8 +223,6 @@ def sweep_thresholds(
     :param timing_thresholds: thresholds whose memory and time are measured (default: all).
     :param lower: cached :func:`lower_states` of the sequences (computed when ``None``).
     """
-    from tqdm.auto import tqdm
-
     if lower is None:
         with torch.no_grad():
             lower = lower_states(model, sequences, batch_size)
@@ -239,9 +240,6 @@ def sweep_thresholds(
 
 def machine_description(device: torch.device) -> str:
     """The device in words (GPU name, or the CPU and its core count), for reports."""
-    import os
-    import platform
-
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (cuda)"
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
@@ -273,8 +271,6 @@ def evaluate(config: ActivationEvaluateConfig, progress: bool = True) -> dict[st
 
     :return: the report (also written to ``<output_dir>/report.json``).
     """
-    from tokenmask.activation_compression.report import write_report
-
     torch.manual_seed(config.seed)
     model, trained = load_for_evaluation(config)
     sequences = load_sequences(

@@ -24,10 +24,9 @@ import torch
 
 from tokenmask.activation_compression.config import CompressionConfig
 from tokenmask.activation_compression.model import META_FILE, CompressedCausalLM, check_same_tokenizer
-from tokenmask.activation_compression.training import pad_batch
 from tokenmask.config import read_config_file
 from tokenmask.evaluate.compressor import InModelResult, InModelScore, MethodContext, check_rate
-from tokenmask.reconstructors import Reconstructor
+from tokenmask.reconstructors import Reconstructor, pad_batch
 
 TokenIds = Sequence[int]
 

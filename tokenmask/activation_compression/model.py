@@ -514,7 +514,7 @@ class CompressedCausalLM(nn.Module):
         nll = torch.zeros(b, n, dtype=torch.float32, device=self.device)
         if rows.numel() == 0:
             return nll
-        logits = self.reconstructor._postprocess_logits(self.backbone.logits(output.hidden[rows, cols]))
+        logits = self.reconstructor.head_logits(output.hidden[rows, cols])
         targets = input_ids[rows, target_pos]
         values = F.cross_entropy(logits, targets, reduction="none")
         nll = nll.index_put((rows, target_pos), values)
@@ -540,8 +540,8 @@ class CompressedCausalLM(nn.Module):
             score[:, 0] = False
             output = self(input_ids, attention_mask, compress=False, lower_hidden=lower_hidden)
             return self.token_nlls(output, input_ids, score)
-        hidden = self.reconstructor._last_hidden(input_ids, attention_mask)
-        logits = self.reconstructor._postprocess_logits(self.backbone.logits(hidden[:, :-1]).flatten(0, 1))
+        hidden = self.reconstructor.last_hidden_state(input_ids, attention_mask)
+        logits = self.reconstructor.head_logits(hidden[:, :-1]).flatten(0, 1)
         values = F.cross_entropy(logits, input_ids[:, 1:].flatten(), reduction="none").view(input_ids.shape[0], -1)
         values = values * attention_mask[:, 1:].float()
         return torch.cat([torch.zeros_like(values[:, :1]), values], dim=1)

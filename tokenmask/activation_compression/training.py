@@ -23,61 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from tokenmask.activation_compression.config import ActivationTrainConfig
+from tokenmask.activation_compression.evaluation import perplexity_comparison
 from tokenmask.activation_compression.model import MAX_FIXED_THRESHOLD, META_FILE, CompressedCausalLM
-from tokenmask.data import DataError, chunk_ids, load_prepared_split, load_texts
+from tokenmask.activation_compression.sequences import load_sequences
 from tokenmask.io import atomic_write_json
-from tokenmask.reconstructors import Reconstructor
-
-MIN_SEQUENCE_TOKENS = 16
-
-
-def load_sequences(
-    reconstructor: Reconstructor,
-    data_path: str,
-    split: str,
-    max_length: int,
-    max_sequences: int | None = None,
-    text_column: str = "text",
-) -> list[list[int]]:
-    """Token sequences of at most ``max_length`` ids, each starting with BOS.
-
-    :param reconstructor: whose tokenizer and BOS are used.
-    :param data_path: a prepared corpus folder (its ``split``), a ``.jsonl``/``.txt`` file or folder, or ``"sample"``.
-    :param split: split of a prepared corpus; for plain files ``train`` is the first nine tenths of
-        the texts and any other split the last tenth.
-    :param max_length: tokens per sequence, BOS included.
-    :param max_sequences: keep at most this many.
-    :param text_column: JSONL key of the text.
-    :raises DataError: when no sequence of at least 16 tokens can be made.
-    """
-    if (Path(data_path) / "dataset").is_dir():
-        documents = [list(ids) for ids in load_prepared_split(data_path, split)["input_ids"]]
-    else:
-        texts = [r["text"] for r in load_texts(data_path, text_column)]
-        cut = len(texts) - max(1, len(texts) // 10) if len(texts) > 1 else len(texts)
-        # plain files: the last tenth of the texts is held out for validation and test
-        texts = texts[:cut] if split == "train" else (texts[cut:] or texts)
-        documents = [reconstructor.encode(t) for t in texts]
-    sequences: list[list[int]] = []
-    for ids in documents:
-        for piece in chunk_ids(ids, max_length - 1, MIN_SEQUENCE_TOKENS):
-            sequences.append([reconstructor.bos_token_id, *piece])
-            if max_sequences is not None and len(sequences) >= max_sequences:
-                return sequences
-    if not sequences:
-        raise DataError(f"{data_path} ({split}) gives no sequence of {MIN_SEQUENCE_TOKENS}+ tokens. Fix: give longer texts.")
-    return sequences
-
-
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token sequences into ``(input_ids, attention_mask)``, both ``(B, N)`` long."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+from tokenmask.reconstructors import Reconstructor, pad_batch
 
 
 class QualityParachute:
@@ -251,6 +201,8 @@ class ActivationTrainer:
         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if not self.freeze_base:  # the base LM's weights moved: scores cached against them are stale
+            model.reconstructor.mark_weights_changed()
         model.eval()
         base = self.uncompressed_loss(sequences, ids, mask, lower)
         metrics = StepMetrics(
@@ -282,9 +234,7 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
     The folder ``<output_dir>/model`` loads back with :meth:`CompressedCausalLM.from_pretrained`;
     ``<output_dir>/train_summary.json`` holds the summary and ``<output_dir>/tensorboard`` the curves.
     """
-    from torch.utils.tensorboard import SummaryWriter
-
-    from tokenmask.activation_compression.evaluation import perplexity_comparison
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard loads slowly: only when training
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)

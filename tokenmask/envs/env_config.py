@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from tokenmask.envs.rewards import REWARD_TYPES
 from tokenmask.reconstructors import MASK_MODES
@@ -89,6 +89,11 @@ class TokenMaskConfig:
     def effective_min_tokens(self) -> int:
         """Shortest document kept: ``min_tokens``, or one window by default."""
         return self.min_tokens if self.min_tokens is not None else self.window
+
+
+ENV_OPTION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TokenMaskConfig))
+"""Every option of TokenMask-v0: the keys of ``TokenMaskConfig``, of ``tokenmask train``'s ``"env"`` section
+and of a run folder's saved env."""
 
 
 def _check_rate(name: str, value: float) -> None:

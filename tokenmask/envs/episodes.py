@@ -34,8 +34,12 @@ GLOBAL_FEATURES: tuple[str, ...] = (
 )
 """Names of the ``global_features`` entries, in order (see :meth:`EpisodeBatch.observe`)."""
 
-TERMINAL_INFOS: tuple[str, ...] = ("recoverability",)
-"""Step-info keys reported only at an episode's last step (``recoverability``: with the bonus on)."""
+RECORD_KEY = "episode_record"
+"""Info key of the finished episode's :class:`EpisodeRecord` (last step only)."""
+RECOVERABILITY_KEY = "recoverability"
+"""Info key of the judge's recoverability of the document (last step only, with the bonus on)."""
+TERMINAL_INFOS: tuple[str, ...] = (RECOVERABILITY_KEY, RECORD_KEY)
+"""Step-info keys reported only at an episode's last step: the bonus's recoverability (when on) and the record."""
 
 RESET_OPTIONS: tuple[str, ...] = ("document", "target_rate")
 """Keys ``reset(options=...)`` accepts: a document index to play, a target rate for this episode."""
@@ -291,7 +295,9 @@ class EpisodeBatch:
 
         :param actions: ``(rows, window // span)`` bool, True = mask (see :func:`check_actions`);
             entry ``j`` decides tokens ``j * span`` to ``(j + 1) * span - 1`` of the window.
-        :return: ``(rewards, terminated, infos)``; ``infos`` maps each key to a ``(rows,)`` array.
+        :return: ``(rewards, terminated, infos)``; ``infos`` maps each key to a ``(rows,)`` array
+            (the :data:`TERMINAL_INFOS` keys only when an episode ended; ``episode_record`` holds an
+            :class:`EpisodeRecord` in the ended rows, ``None`` elsewhere).
         """
         actions = expand_actions(actions, self.config.span)
         if not self.active.all():
@@ -342,12 +348,13 @@ class EpisodeBatch:
             "document": self.doc_index.copy(),
         }
         if pay_bonus:
-            infos["recoverability"] = gains
-        for row in np.nonzero(terminated)[0]:
-            n = int(self.doc_tokens[row])
-            doc = int(self.doc_index[row])
-            self.completed.append(
-                EpisodeRecord(
+            infos[RECOVERABILITY_KEY] = gains
+        if terminated.any():
+            records = np.full(self.num_rows, None, dtype=object)
+            for row in np.nonzero(terminated)[0]:
+                n = int(self.doc_tokens[row])
+                doc = int(self.doc_index[row])
+                records[row] = EpisodeRecord(
                     document=doc,
                     source=self.corpus.sources[doc],
                     ids=self.corpus.documents[doc],
@@ -358,7 +365,8 @@ class EpisodeBatch:
                     episode_return=float(self.returns[row]),
                     recoverability=float(gains[row]),
                 )
-            )
+                self.completed.append(records[row])
+            infos[RECORD_KEY] = records
         self.active[terminated] = False
         return rewards, terminated, infos
 

@@ -4,11 +4,11 @@ The per-token ``information`` reward prices a masked token by how well the recon
 it *from the masked prefix*, which favours scattered masks of predictable tokens. The primary
 metric of EVALUATION.md instead asks how much of the document a frozen *judge* recovers when it
 reads the compressed text first, which favours keeping readable, contiguous spans. The bonus is
-that metric for the episode's document, with the metrics module's NLLs (one definition)::
+that metric for the episode's document, with the judge NLLs the metrics use (one definition)::
 
     bonus = recoverability_weight * (R(empty) - R(kept)) / (R(empty) - R(document))
 
-with ``R(p) = NLL(document | BOS + p + sep)`` (:func:`tokenmask.evaluate.metrics.recovery_nlls`)
+with ``R(p) = NLL(document | BOS + p + sep)`` (:func:`tokenmask.reconstructors.judge.recovery_nlls`)
 and ``kept`` the document's unmasked ids: 1 when the kept tokens help the judge as much as the
 whole document, 0 when they help as little as nothing (clipped to [-1, 2]). It is added to the
 reward of the episode's last step. Keep ``recoverability_weight`` below ``rate_penalty``: a bonus
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tokenmask.reconstructors import Reconstructor
+from tokenmask.reconstructors.judge import document_recoverability, recovery_nlls, separator_ids
 
 
 def vocabulary_without_mask(reconstructor: Reconstructor) -> dict[str, int]:
@@ -48,8 +49,6 @@ class RecoverabilityBonus:
     """
 
     def __init__(self, judge: Reconstructor, reconstructor: Reconstructor) -> None:
-        from tokenmask.evaluate.metrics import separator_ids
-
         if not isinstance(judge, Reconstructor):
             raise ValueError(f"judge must be a tokenmask Reconstructor, got {type(judge).__name__}.")
         self.judge = judge
@@ -73,8 +72,6 @@ class RecoverabilityBonus:
         :param ids: each document's token ids (reconstructor vocabulary).
         :param masks: each document's mask, ``True`` = masked.
         """
-        from tokenmask.evaluate.metrics import document_recoverability, recovery_nlls
-
         targets = [self._judge_ids(np.asarray(d)) for d in ids]
         kept = [
             self._judge_ids(np.asarray(d)[~np.asarray(m, dtype=bool)])

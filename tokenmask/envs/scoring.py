@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, Cache, PretrainedConfig
+from transformers import AttentionInterface, Cache, PretrainedConfig, PreTrainedModel
 
-from tokenmask.reconstructors import Reconstructor
+from tokenmask.reconstructors import Reconstructor, weights_version
 
 LN2 = math.log(2.0)
 TOKEN_FEATURES: tuple[str, ...] = (
@@ -49,19 +49,17 @@ def head_rows(device: torch.device) -> int:
     return 4096 if device.type == "cuda" else 512
 
 
-def weights_fingerprint(model: torch.nn.Module) -> tuple[int, int, int]:
-    """A value that changes whenever the model's weights change.
+def weights_fingerprint(model: Reconstructor | torch.nn.Module) -> tuple[int, int, int]:
+    """A value that changes whenever the weights of a reconstructor's LM (or of the LM itself) change.
 
-    In-place updates (optimizer steps, ``load_state_dict``) bump each parameter's version counter;
-    replacing the model or moving it changes the id or the data pointer.
+    In-place updates are counted by :func:`~tokenmask.reconstructors.weights_version`, which
+    :class:`~tokenmask.reconstructors.ReconstructorFinetuner` bumps at every optimizer step (code
+    that edits weights otherwise calls :meth:`Reconstructor.mark_weights_changed`); replacing the
+    model or moving it changes the id or the data pointer.
     """
-    params = list(model.parameters())
-    return (id(model), sum(p._version for p in params), params[0].data_ptr() if params else 0)
-
-
-def _head_logits(reconstructor: Reconstructor, hidden: torch.Tensor) -> torch.Tensor:
-    """Float32 logits as the reconstructor scores them (logit scale, soft-capping, mask token excluded)."""
-    return reconstructor._postprocess_logits(reconstructor.model.get_output_embeddings()(hidden).float())
+    module = model.model if isinstance(model, Reconstructor) else model
+    first = next(module.parameters(), None)
+    return (id(module), weights_version(module), first.data_ptr() if first is not None else 0)
 
 
 class HeadPlan:
@@ -99,7 +97,7 @@ class HeadPlan:
         selected = hidden.index_select(0, self.unique)
         out = torch.empty(self.size, dtype=torch.float32, device=hidden.device)
         for lo, hi, chosen, local, target in self.chunks:
-            logits = _head_logits(reconstructor, selected[lo:hi])
+            logits = reconstructor.head_logits(selected[lo:hi])
             # log_softmax read at the targets only: no (rows, vocab) output is written
             out[chosen] = logits[local, target] - torch.logsumexp(logits, dim=-1)[local]
         return out
@@ -116,26 +114,22 @@ def document_features(reconstructor: Reconstructor, documents: Sequence[np.ndarr
     results: list[np.ndarray] = []
     device = reconstructor.device
     step = head_rows(device)
+    bos = np.array([reconstructor.bos_token_id], dtype=np.int64)
     with torch.inference_mode():
         for start in range(0, len(documents), reconstructor.batch_size):
             batch = documents[start : start + reconstructor.batch_size]
             lengths = [len(d) for d in batch]
-            width = 1 + max(lengths)
-            ids = np.full((len(batch), width), reconstructor.pad_token_id, dtype=np.int64)
-            attention = np.zeros((len(batch), width), dtype=np.int64)
-            for row, doc in enumerate(batch):
-                ids[row, 0] = reconstructor.bos_token_id
-                ids[row, 1 : 1 + len(doc)] = doc
-                attention[row, : 1 + len(doc)] = 1
+            ids, attention = reconstructor.pad_batch([np.concatenate([bos, np.asarray(d, dtype=np.int64)]) for d in batch])
+            width = ids.shape[1]
             # position j predicts token j (the input is BOS + doc): rows of all documents, concatenated
             flat_index = np.concatenate([row * width + np.arange(n) for row, n in enumerate(lengths)])
             targets = torch.as_tensor(np.concatenate([np.asarray(d) for d in batch]), dtype=torch.long, device=device)
             index = torch.as_tensor(flat_index, dtype=torch.long, device=device)
-            hidden = reconstructor._last_hidden(torch.as_tensor(ids, device=device), torch.as_tensor(attention, device=device))
+            hidden = reconstructor.last_hidden_state(ids, attention)
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
             stats = torch.empty((len(flat_index), 3), dtype=torch.float32, device=device)
             for lo in range(0, len(flat_index), step):
-                logits = _head_logits(reconstructor, hidden[lo : lo + step])
+                logits = reconstructor.head_logits(hidden[lo : lo + step])
                 target = targets[lo : lo + step]
                 lse = torch.logsumexp(logits, dim=-1)
                 stats[lo : lo + step, 0] = (lse - logits.gather(1, target[:, None])[:, 0]) / LN2
@@ -167,10 +161,8 @@ class SlotKVCache(Cache):
     """
 
     def __init__(self, capacity: int) -> None:
-        # Cache.__init__ changes across transformers versions; set only what the models read.
-        self.layers = []
-        self.layer_class_to_replicate = None
-        self.offloading = False
+        # no transformers layer objects: this class keeps the keys/values and answers update() itself
+        super().__init__(layers=[])
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -237,6 +229,7 @@ AttentionInterface.register(PACKED_GQA_ATTENTION, packed_gqa_sdpa)
 
 def _query_groups(config: PretrainedConfig) -> int:
     """Query heads per key/value head when packed attention applies (plain SDPA, GQA), else 1."""
+    # transformers has no public getter of the attention in force (4.56 to 5.24); its docs read this attribute
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if config._attn_implementation != "sdpa" or not heads or not kv_heads or heads == kv_heads or heads % kv_heads:
@@ -247,17 +240,19 @@ def _query_groups(config: PretrainedConfig) -> int:
 
 
 @contextlib.contextmanager
-def _attention_implementation(config: PretrainedConfig, name: str | None) -> Iterator[None]:
-    """Use attention implementation ``name`` inside the block (``None``: leave it), then restore it."""
-    if name is None:
-        yield
-        return
-    previous = config._attn_implementation
-    config._attn_implementation = name
+def _attention_implementation(model: PreTrainedModel, name: str) -> Iterator[bool]:
+    """Use attention implementation ``name`` inside the block, then restore the previous one.
+
+    Switches through ``model.set_attn_implementation`` (transformers >= 4.56). Yields whether
+    ``name`` is in force: a model whose attention does not go through ``AttentionInterface``
+    keeps its own (transformers logs why).
+    """
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(name)
     try:
-        yield
+        yield model.config._attn_implementation == name
     finally:
-        config._attn_implementation = previous
+        model.set_attn_implementation(previous)
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -299,6 +294,7 @@ class IncrementalScorer:
         self._bos_values: list[torch.Tensor] = []
         self._bos_hidden: torch.Tensor | None = None
         self._fingerprint: tuple[int, int, int] | None = None
+        self._packed_attention = True  # cleared if the model cannot switch to packed_gqa_sdpa
 
     # ------------------------------------------------------------------ state
     def _prepare_bos(self) -> None:
@@ -352,24 +348,38 @@ class IncrementalScorer:
     ) -> torch.Tensor:
         """Run the base model over ``tokens`` (on the device) written at ``slots``; ``allowed`` = (rows, q, kv)."""
         model = self.reconstructor.model
+        groups = _query_groups(model.config) if self._packed_attention else 1
+        if groups == 1:
+            return self._run_base(cache, tokens, positions, slots, allowed)
+        with _attention_implementation(model, PACKED_GQA_ATTENTION) as packed:
+            if packed:  # rows stacked as packed_gqa_sdpa stacks the query heads
+                return self._run_base(cache, tokens, positions, slots, allowed.repeat(1, groups, 1))
+        self._packed_attention = False
+        return self._run_base(cache, tokens, positions, slots, allowed)
+
+    def _run_base(
+        self,
+        cache: SlotKVCache,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """The base model's forward under the additive mask of ``allowed`` (rows, queries, kv), with ``cache``."""
+        model = self.reconstructor.model
         dtype = next(model.parameters()).dtype
-        groups = _query_groups(model.config)
-        if groups > 1:  # rows stacked as packed_gqa_sdpa stacks the query heads
-            allowed = allowed.repeat(1, groups, 1)
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self._device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         cache.write_index = slots
         cache.kv_length = allowed.shape[-1]
-        with _attention_implementation(model.config, PACKED_GQA_ATTENTION if groups > 1 else None):
-            out = model.base_model(
-                input_ids=tokens,
-                attention_mask=mask[:, None],
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return hidden
+        out = model.base_model(
+            input_ids=tokens,
+            attention_mask=mask[:, None],
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_arg: cache},
+        )
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def _feed(self, tokens: np.ndarray, in_input: np.ndarray, advance: np.ndarray, plan: HeadPlan | None = None) -> torch.Tensor | None:
         """Feed ``q`` tokens per row at the row's next slots; return the log-probs ``plan`` asks for.

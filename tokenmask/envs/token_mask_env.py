@@ -187,8 +187,10 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
 
     ``info`` of each step: ``rate`` (masked / decided so far), ``target_rate``, ``rate_error``,
     ``masked_tokens``, ``decided_tokens``, ``doc_tokens``, ``step_bits`` (cost bits of this step's
-    masked tokens), ``bits`` (so far), ``document`` (corpus index); at the last step, with the
-    bonus on, ``recoverability`` (the bonus per unit weight).
+    masked tokens), ``bits`` (so far), ``document`` (corpus index); at the last step,
+    ``episode_record`` (an :class:`~tokenmask.envs.EpisodeRecord`: the document's ids and the
+    agent's mask, e.g. for fine-tuning the reconstructor) and, with the bonus on,
+    ``recoverability`` (the bonus per unit weight).
 
     ## Starting State
     ``reset(seed=...)`` seeds the document order (a seeded permutation per pass over the corpus,
@@ -280,7 +282,8 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         rewards, terminated, infos = self._batch.step(actions)
         obs = {k: v[0] for k, v in self._batch.observe().items()}
         # one row: terminal-only keys (TERMINAL_INFOS) are present exactly when this episode ended
-        return obs, float(rewards[0]), bool(terminated[0]), False, {k: v[0].item() for k, v in infos.items()}
+        info = {k: v[0].item() if isinstance(v[0], np.generic) else v[0] for k, v in infos.items()}
+        return obs, float(rewards[0]), bool(terminated[0]), False, info
 
     def render(self) -> str | None:  # type: ignore[override]
         """``ansi``: the document decided so far, masked tokens shown as the mask token."""

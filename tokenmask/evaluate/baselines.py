@@ -23,11 +23,13 @@ Ties are broken towards dropping earlier tokens, so every method is deterministi
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tokenmask.errors import InputError
 from tokenmask.evaluate.compressor import (
     Compressor,
     MaskingCompressor,
@@ -201,15 +203,52 @@ def _self_information(argument: str, context: MethodContext) -> SelfInformationD
     return SelfInformationDrop(lm, name=f"self_information:{argument}")
 
 
+def _check_count_argument(prefix: str, what: str, example: str) -> Callable[[str], None]:
+    def check(argument: str) -> None:
+        if argument and not (argument.isdigit() and int(argument) >= 1):
+            raise InputError(
+                f"{prefix} takes an optional {what} >= 1 ({prefix}:{example}), not {argument!r}.", key="methods"
+            )
+
+    return check
+
+
+def _check_no_argument(prefix: str) -> Callable[[str], None]:
+    def check(argument: str) -> None:
+        if argument:
+            raise InputError(f"Method {prefix!r} takes no argument, got {prefix}:{argument}.", key="methods")
+
+    return check
+
+
+def _check_frequency_argument(argument: str) -> None:
+    if argument and argument != "sample" and not Path(argument).exists():
+        raise InputError(
+            f"frequency:{argument}: no such corpus.",
+            fix="name a prepared corpus folder or a .txt/.jsonl file, e.g. frequency:data_out/pydocs.",
+            path=argument,
+        )
+
+
+#: Checks of each baseline's argument; they need no model, so ``tokenmask evaluate`` runs them
+#: before the judge loads (the factories run them too).
+BASELINE_ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
+    **{prefix: _check_no_argument(prefix) for prefix in ("random", "length", "truncation", "truncation_first")},
+    "frequency": _check_frequency_argument,
+    "span_self_information": _check_count_argument("span_self_information", "span in tokens", "32"),
+    "llmlingua": _check_count_argument("llmlingua", "iterative size in tokens", "200"),
+}
+
+
 def _span_self_information(argument: str, context: MethodContext) -> SpanSelfInformationDrop:
-    if argument and not argument.isdigit():
-        raise ValueError(f"span_self_information takes an optional span in tokens (span_self_information:32), not {argument!r}.")
+    BASELINE_ARGUMENT_CHECKS["span_self_information"](argument)
     span = int(argument) if argument else 32
     return SpanSelfInformationDrop(context.judge, span, name=f"span_self_information:{span}" if argument else None)
 
 
 def _frequency(argument: str, context: MethodContext) -> FrequencyDrop:
     texts: Sequence[str] = context.train_texts
+    _check_frequency_argument(argument)
     if argument:
         from tokenmask.data import iter_texts
 
@@ -222,20 +261,14 @@ def _frequency(argument: str, context: MethodContext) -> FrequencyDrop:
 def _llmlingua(argument: str, context: MethodContext) -> Compressor:
     from tokenmask.evaluate.llmlingua_peer import LLMLinguaCompressor
 
-    if argument and not argument.isdigit():
-        raise ValueError(f"llmlingua takes an optional iterative size in tokens (llmlingua:200), not {argument!r}.")
+    BASELINE_ARGUMENT_CHECKS["llmlingua"](argument)
     return LLMLinguaCompressor(context.judge, iterative_size=int(argument) if argument else 200)
-
-
-def _no_argument(prefix: str, argument: str) -> None:
-    if argument:
-        raise ValueError(f"Method {prefix!r} takes no argument, got {prefix}:{argument}.")
 
 
 def _register_builtins() -> None:
     def simple(prefix: str, build):  # type: ignore[no-untyped-def]
         def factory(argument: str, context: MethodContext):  # type: ignore[no-untyped-def]
-            _no_argument(prefix, argument)
+            BASELINE_ARGUMENT_CHECKS[prefix](argument)
             return build(context)
 
         register_method(prefix, factory, overwrite=True)

@@ -5,7 +5,10 @@ Two families are measured on the same table (see ``EVALUATION.md``):
 * :class:`Compressor` — *text* compressors. They receive each context as judge token ids (and
   its decoded text) plus a target rate, and return the compressed text, which the evaluation
   re-tokenizes with the judge's tokenizer. Masking methods (every baseline but LLMLingua, the RL
-  agent) derive from :class:`MaskingCompressor` and only decide a keep mask over the ids.
+  agent) derive from :class:`MaskingCompressor` and only decide a keep mask over the ids; the
+  base class turns it into readable text (:func:`join_kept`: dropped whitespace leaves one
+  separator, so words never fuse) and corrects the mask so that text hits the rate
+  (:meth:`MaskingCompressor.fit_rate`).
 * :class:`InModelCompressor` — compressors that act *inside* the model (activation clustering,
   KV-cache pruning). They return the judge NLLs obtained with what the model kept.
 
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,11 +122,25 @@ class Compressor(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+RATE_TOLERANCE = 0.005
+"""Per-document error of the emitted rate (on the re-tokenized text) above which a mask is corrected."""
+
+_WHITESPACE = re.compile(r"\s")
+
+MAX_FIT_STEPS = 6
+"""Re-tokenizations :meth:`MaskingCompressor.fit_rate` tries before it keeps the closest mask."""
+
+
 class MaskingCompressor(Compressor):
     """A compressor that keeps a subset of the context's tokens; subclasses only choose the mask.
 
-    The compressed text is the decoded kept ids, in their original order.
+    :meth:`compress` emits the kept tokens' text in their original order, joined by
+    :func:`join_kept` (where the dropped tokens held the only whitespace between two kept ones, a
+    single space or newline stays), and corrects each mask with :meth:`fit_rate` so that the
+    *emitted* text, re-tokenized as ``EVALUATION.md`` counts it, hits the requested rate.
     """
+
+    _text_cache: tuple[PreTrainedTokenizerBase, dict[int, str]] | None = None
 
     @abstractmethod
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
@@ -139,7 +158,10 @@ class MaskingCompressor(Compressor):
         texts: Sequence[str] | None = None,
         seed: int = 0,
     ) -> list[CompressedContext]:
-        """Choose the keep masks and decode the kept ids (see :meth:`Compressor.compress`)."""
+        """Choose the keep masks, fit them to the rate and emit the kept text (see :meth:`Compressor.compress`).
+
+        The returned ``keep`` is the mask the text was made from (after :meth:`fit_rate`).
+        """
         check_rate(rate)
         masks = self.keep_masks(contexts, rate, seed=seed)
         if len(masks) != len(contexts):
@@ -149,9 +171,185 @@ class MaskingCompressor(Compressor):
             keep = np.asarray(keep, dtype=bool)
             if keep.shape != (len(ids),):
                 raise ValueError(f"{self.name}: a keep mask of shape {keep.shape} for {len(ids)} tokens.")
-            kept = [int(t) for t, k in zip(ids, keep) if k]
-            out.append(CompressedContext(text=str(self.tokenizer.decode(kept)), keep=keep))
+            keep, text = self._fit_and_join(ids, keep, rate, None, self.token_texts(ids))
+            out.append(CompressedContext(text=text, keep=keep))
         return out
+
+    def emitted_text(self, ids: TokenIds, keep: Sequence[bool] | np.ndarray) -> str:
+        """The text :meth:`compress` emits for ``ids`` under ``keep`` (:func:`join_kept` of their token texts).
+
+        :param ids: the context's judge token ids.
+        :param keep: per token, ``True`` = kept.
+        """
+        return join_kept(self.token_texts(ids), keep)
+
+    def token_texts(self, ids: TokenIds) -> list[str]:
+        """Per token of ``ids``, its text (:func:`token_texts`, single-token decodes cached per tokenizer)."""
+        if self._text_cache is None or self._text_cache[0] is not self.tokenizer:
+            self._text_cache = (self.tokenizer, {})
+        return token_texts(self.tokenizer, ids, self._text_cache[1])
+
+    def emitted_tokens(self, text: str) -> int:
+        """Judge tokens of an emitted text, counted as the evaluation re-tokenizes it (no BOS)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    def fit_rate(
+        self,
+        ids: TokenIds,
+        keep: np.ndarray,
+        rate: float,
+        priority: np.ndarray | None = None,
+        pieces: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Correct the dropped count until the emitted text, re-tokenized, is within :data:`RATE_TOLERANCE` of ``rate``.
+
+        The separators :func:`join_kept` adds and the merges of re-tokenization move the emitted
+        token count away from the kept count; this drops or restores tokens to make up for it,
+        at most :data:`MAX_FIT_STEPS` times, and returns the closest mask seen. A mask that drops
+        nothing is returned as it is (its text is the context's own).
+
+        :param ids: the context's judge token ids.
+        :param keep: the method's mask, ``True`` = kept.
+        :param rate: the requested rate, in ``[0, 1)``.
+        :param priority: per token, higher = dropped first; ranks the tokens added to or taken
+            from the drop (a method's own scores); default :func:`mask_priority` of ``keep``
+            (grow or shrink the dropped runs at their edges).
+        :param pieces: ``token_texts(tokenizer, ids)`` when already computed.
+        :return: a keep mask over ``ids``.
+        """
+        pieces = self.token_texts(ids) if pieces is None else pieces
+        return self._fit_and_join(ids, keep, rate, priority, pieces)[0]
+
+    def _fit_and_join(
+        self, ids: TokenIds, keep: np.ndarray, rate: float, priority: np.ndarray | None, pieces: Sequence[str]
+    ) -> tuple[np.ndarray, str]:
+        # fit_rate, also returning the emitted text of the mask it chose
+        keep = np.asarray(keep, dtype=bool)
+        n = len(ids)
+        text = join_kept(pieces, keep)
+        if n == 0 or keep.all():
+            return keep, text
+        ranks = mask_priority(keep) if priority is None else np.asarray(priority, dtype=np.float64)
+        count = int((~keep).sum())
+        best, best_text, best_error = keep, text, math.inf
+        for step in range(MAX_FIT_STEPS):
+            if step:
+                keep = drop_highest(ranks, count)
+                text = join_kept(pieces, keep)
+            achieved = 1.0 - self.emitted_tokens(text) / n
+            if abs(achieved - rate) < best_error:
+                best, best_text, best_error = keep, text, abs(achieved - rate)
+            correction = int(round((rate - achieved) * n))
+            if best_error <= RATE_TOLERANCE or correction == 0:
+                break
+            count = max(0, min(n, count + correction))
+        return best, best_text
+
+
+def token_texts(
+    tokenizer: PreTrainedTokenizerBase, ids: TokenIds, cache: dict[int, str] | None = None
+) -> list[str]:
+    """Per token, the text it adds to ``decode(ids)``; joined, they give the decoded text back.
+
+    Each token decoded alone where that reproduces the whole decode (byte-level BPE such as
+    SmolLM2's); else an incremental decode, which also covers tokenizers that drop a word's
+    leading space at the start of a decode (SentencePiece). A character spread over several
+    byte tokens belongs to the token that completes it; the others get ``""``.
+
+    :param tokenizer: the tokenizer that made ``ids``.
+    :param ids: token ids.
+    :param cache: id -> text of the token decoded alone, filled as it goes (one per tokenizer).
+    """
+    ids = [int(t) for t in ids]
+    cache = {} if cache is None else cache
+    missing = sorted({t for t in ids if t not in cache})
+    if missing:
+        cache.update(zip(missing, (str(p) for p in tokenizer.batch_decode([[t] for t in missing]))))
+    pieces = [cache[t] for t in ids]
+    if "".join(pieces) == str(tokenizer.decode(ids)):
+        return pieces
+    return _incremental_texts(tokenizer, ids)
+
+
+def _incremental_texts(tokenizer: PreTrainedTokenizerBase, ids: list[int], max_pending: int = 8) -> list[str]:
+    # Decode from the previous token group on, so a token's text is read in context (the
+    # detokenization streaming servers use); a group ending in U+FFFD waits for its next byte.
+    pieces: list[str] = []
+    start = read = 0  # start of the anchor group, first token without text yet
+    for i in range(len(ids)):
+        prefix = str(tokenizer.decode(ids[start:read]))
+        text = str(tokenizer.decode(ids[start : i + 1]))
+        complete = len(text) > len(prefix) and text.startswith(prefix) and not text.endswith("\ufffd")
+        if complete or i + 1 - read >= max_pending or i == len(ids) - 1:
+            pieces.extend([""] * (i - read))
+            pieces.append(text[len(prefix) :] if text.startswith(prefix) else text)
+            start, read = read, i + 1
+    return pieces
+
+
+def join_kept(pieces: Sequence[str], keep: Sequence[bool] | np.ndarray) -> str:
+    """The kept tokens' texts in order, with one separator where the dropped ones held the only whitespace.
+
+    Where a run of dropped tokens contained whitespace and neither the text emitted so far ends
+    with whitespace nor the next kept text starts with it, a single ``"\n"`` (if the dropped
+    whitespace held a line break) or ``" "`` is emitted between them, so no two words fuse.
+    Nothing is added before the first kept token or after the last.
+
+    :param pieces: per token, its text (:func:`token_texts`).
+    :param keep: per token, ``True`` = kept.
+    """
+    out: list[str] = []
+    gap_space = gap_newline = False
+    for piece, kept in zip(pieces, np.asarray(keep, dtype=bool).tolist()):
+        if not piece:
+            continue
+        if not kept:
+            if _WHITESPACE.search(piece):
+                gap_space = True
+                gap_newline = gap_newline or "\n" in piece
+            continue
+        if gap_space and out and not out[-1][-1].isspace() and not piece[0].isspace():
+            out.append("\n" if gap_newline else " ")
+        out.append(piece)
+        gap_space = gap_newline = False
+    return "".join(out)
+
+
+def mask_priority(keep: np.ndarray) -> np.ndarray:
+    """A drop order that reproduces ``keep`` and then grows or shrinks its dropped runs at their edges.
+
+    Dropped tokens rank above kept ones; among dropped, those farthest from a kept token first;
+    among kept, those nearest a dropped token first. So dropping one more token extends a
+    dropped run (truncation drops its next-oldest token) and restoring one shortens a run.
+
+    :param keep: per token, ``True`` = kept.
+    :return: per token, higher = dropped first (use with :func:`drop_highest`).
+    """
+    keep = np.asarray(keep, dtype=bool)
+    n = len(keep)
+    position = np.arange(n)
+
+    def distance_to(targets: np.ndarray) -> np.ndarray:
+        if len(targets) == 0:
+            return np.full(n, n + 1, dtype=np.float64)
+        right = np.searchsorted(targets, position).clip(max=len(targets) - 1)
+        left = (right - 1).clip(min=0)
+        return np.minimum(np.abs(targets[right] - position), np.abs(targets[left] - position)).astype(
+            np.float64
+        )
+
+    to_kept = distance_to(np.flatnonzero(keep))
+    to_dropped = distance_to(np.flatnonzero(~keep))
+    return np.where(keep, -to_dropped, to_kept)
+
+
+def drop_highest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Keep mask dropping the ``count`` highest-scoring positions (ties: the earlier one first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    keep = np.ones(len(scores), dtype=bool)
+    keep[order[: max(0, min(count, len(scores)))]] = False
+    return keep
 
 
 def tokens_to_drop(length: int, rate: float) -> int:
@@ -162,7 +360,9 @@ def tokens_to_drop(length: int, rate: float) -> int:
 def check_rate(rate: float) -> float:
     """Return ``rate`` if it lies in ``[0, 1)``, else raise a ``ValueError`` naming the fix."""
     if not (0.0 <= float(rate) < 1.0):
-        raise ValueError(f"rate {rate!r} is outside [0, 1): it is the fraction of context tokens removed. Fix: e.g. 0.5.")
+        raise ValueError(
+            f"rate {rate!r} is outside [0, 1): it is the fraction of context tokens removed. Fix: e.g. 0.5."
+        )
     return float(rate)
 
 
@@ -280,7 +480,9 @@ def register_method(prefix: str, factory: MethodFactory, overwrite: bool = False
     if not prefix or not all(ch.isalnum() or ch in "_-" for ch in prefix):
         raise ValueError(f"Method prefix {prefix!r} must be non-empty letters, digits, '_' or '-'.")
     if prefix in _REGISTRY and not overwrite and _REGISTRY[prefix] is not factory:
-        raise ValueError(f"Method prefix {prefix!r} is already registered. Fix: pick another prefix or pass overwrite=True.")
+        raise ValueError(
+            f"Method prefix {prefix!r} is already registered. Fix: pick another prefix or pass overwrite=True."
+        )
     _REGISTRY[prefix] = factory
 
 
@@ -320,7 +522,9 @@ def method_factory(name: str) -> MethodFactory:
         _load_plugins(prefix)
     if prefix not in _REGISTRY:
         known = ", ".join(sorted(set(_REGISTRY) | set(PLUGIN_MODULES)))
-        raise ValueError(f"Unknown method {name!r}. Fix: use one of {known} (plug-ins take 'prefix:argument').")
+        raise ValueError(
+            f"Unknown method {name!r}. Fix: use one of {known} (plug-ins take 'prefix:argument')."
+        )
     return _REGISTRY[prefix]
 
 
@@ -332,7 +536,9 @@ def build_method(name: str, context: MethodContext) -> Method:
     prefix, argument = split_method_name(name)
     method = method_factory(name)(argument, context)
     if not isinstance(method, (Compressor, InModelCompressor)):
-        raise TypeError(f"The factory of {prefix!r} returned {type(method).__name__}, not a Compressor or InModelCompressor.")
+        raise TypeError(
+            f"The factory of {prefix!r} returned {type(method).__name__}, not a Compressor or InModelCompressor."
+        )
     return method
 
 

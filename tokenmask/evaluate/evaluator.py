@@ -12,12 +12,16 @@ Example::
     evaluator = Evaluator(judge, docs)
     scores = evaluator.evaluate(RandomDrop(judge.tokenizer), rate=0.5)
     print(scores.recoverability, scores.retention)
+
+:meth:`Evaluator.compress_and_score` returns the compressed outputs with the scores (the training
+callbacks log samples and replay the masks from them).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +42,27 @@ from tokenmask.evaluate.metrics import (
     separator_ids,
 )
 from tokenmask.reconstructors import Reconstructor
+
+
+@dataclass
+class MethodEvaluation:
+    """One method at one rate: its scores and, for a text compressor, what it made of each document.
+
+    :param scores: the figures of EVALUATION.md.
+    :param outputs: per document, the :class:`CompressedContext` (its ``keep`` mask for a masking
+        method); empty for an in-model method.
+    """
+
+    scores: Scores
+    outputs: list[CompressedContext] = field(default_factory=list)
+
+    @property
+    def keep_masks(self) -> list[np.ndarray] | None:
+        """Per document, the kept tokens (``True`` = kept), or ``None`` unless every output has a mask."""
+        masks = [o.keep for o in self.outputs]
+        if not masks or any(m is None for m in masks):
+            return None
+        return [np.asarray(m) for m in masks]
 
 
 class Evaluator:
@@ -74,7 +99,8 @@ class Evaluator:
         self.reference = ReferenceNLLs.compute(judge, self.docs, self.sep, recover_documents)
         self.recon_metrics = recon_metrics
         self.warmup = warmup
-        #: the compressed outputs of the last :meth:`evaluate` call of a text compressor
+        #: the compressed outputs of the last :meth:`evaluate` call of a text compressor; kept for
+        #: callers that read it after :meth:`evaluate` (prefer :meth:`compress_and_score`)
         self.last_outputs: list[CompressedContext] = []
 
     @property
@@ -89,14 +115,25 @@ class Evaluator:
         :param rate: requested fraction removed, in ``[0, 1)``.
         :param seed: seed passed to the method.
         """
+        result = self.compress_and_score(method, rate, seed)
+        self.last_outputs = result.outputs
+        return result.scores
+
+    def compress_and_score(self, method: Method, rate: float, seed: int = 0) -> MethodEvaluation:
+        """As :meth:`evaluate`, and return the compressed outputs with the scores.
+
+        :param method: a :class:`Compressor` or an :class:`InModelCompressor`.
+        :param rate: requested fraction removed, in ``[0, 1)``.
+        :param seed: seed passed to the method.
+        """
         check_rate(rate)
         if isinstance(method, Compressor):
             return self._evaluate_text(method, rate, seed)
         if isinstance(method, InModelCompressor):
-            return self._evaluate_in_model(method, rate, seed)
+            return MethodEvaluation(self._evaluate_in_model(method, rate, seed))
         raise TypeError(f"{type(method).__name__} is neither a Compressor nor an InModelCompressor.")
 
-    def _evaluate_text(self, method: Compressor, rate: float, seed: int) -> Scores:
+    def _evaluate_text(self, method: Compressor, rate: float, seed: int) -> MethodEvaluation:
         contexts = [d.context for d in self.docs]
         texts = [d.text for d in self.docs]
         if self.warmup:
@@ -106,7 +143,6 @@ class Evaluator:
         elapsed = time.perf_counter() - start
         if len(outputs) != len(contexts):
             raise ValueError(f"{method.name} returned {len(outputs)} outputs for {len(contexts)} contexts.")
-        self.last_outputs = outputs
         scores = score_compressed_texts(self.judge, self.docs, [o.text for o in outputs], rate, self.reference, self.sep)
         scores.compress_ms_per_1k_tokens = elapsed * 1e6 / self.context_tokens
         masks = [o.keep for o in outputs]
@@ -115,7 +151,7 @@ class Evaluator:
             mode = method.mask_mode if method.reconstructor is not None else "delete"
             bits, top1 = reconstruction_quality(recon, contexts, [np.asarray(m) for m in masks], mode)
             scores.recon_bits_per_masked, scores.recon_top1 = bits, top1
-        return scores
+        return MethodEvaluation(scores, list(outputs))
 
     def _evaluate_in_model(self, method: InModelCompressor, rate: float, seed: int) -> Scores:
         contexts = [d.context for d in self.docs]
@@ -127,7 +163,6 @@ class Evaluator:
         elapsed = time.perf_counter() - start
         if len(result.scores) != len(contexts):
             raise ValueError(f"{method.name} returned {len(result.scores)} scores for {len(contexts)} documents.")
-        self.last_outputs = []
         scores = score_in_model(
             [s.context_nll for s in result.scores],
             [s.continuation_nll for s in result.scores],

@@ -14,6 +14,9 @@ token or with it excluded from predictions). For each document of at least ``C +
   ``recon_top1``: fraction of masked tokens the reconstructor's argmax gets right.
 
 Every corpus figure is a ratio of sums over documents, never a mean of per-document ratios.
+The judge NLLs (:func:`recovery_nlls`, :func:`continuation_nlls`, :func:`separator_ids`,
+:func:`document_recoverability`) are defined in :mod:`tokenmask.reconstructors.judge`, below both
+this module and the env's recoverability bonus, and re-exported here.
 """
 
 from __future__ import annotations
@@ -23,15 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from tokenmask.reconstructors import MaskMode, Reconstructor
-
-TokenIds = Sequence[int]
-#: per-document values (a list or a 1-D array)
-Values = Sequence[float] | np.ndarray
-
-SEP_TEXT = "\n\n"
+from tokenmask.reconstructors.judge import SEP_TEXT as SEP_TEXT  # re-exported: the judge NLLs' old home
+from tokenmask.reconstructors.judge import TokenIds, Values, continuation_nlls, recovery_nlls, separator_ids
+from tokenmask.reconstructors.judge import document_recoverability as document_recoverability
 
 
 @dataclass
@@ -95,72 +94,6 @@ def select_documents(
             "Fix: lower --context_tokens/--continuation_tokens or use a corpus of longer documents."
         )
     return docs
-
-
-def separator_ids(judge: Reconstructor) -> list[int]:
-    """``sep``: the judge tokens of ``"\\n\\n"``."""
-    return judge.encode(SEP_TEXT)
-
-
-def _sorted_gather(
-    judge: Reconstructor, inputs: list[list[int]], positions: list[list[int]], targets: list[list[int]]
-) -> list[torch.Tensor]:
-    """``judge.gather_log_probs`` with sequences batched by length (less padding), results in input order."""
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    out = judge.gather_log_probs([inputs[i] for i in order], [positions[i] for i in order], [targets[i] for i in order])
-    result: list[torch.Tensor] = [torch.zeros(0)] * len(inputs)
-    for rank, i in enumerate(order):
-        result[i] = out[rank]
-    return result
-
-
-def recovery_nlls(
-    judge: Reconstructor, prefixes: Sequence[TokenIds], contexts: Sequence[TokenIds], sep: TokenIds
-) -> np.ndarray:
-    """``R(p) = NLL(context | BOS + p + sep)`` per document, nats summed over the context tokens.
-
-    :param prefixes: per document, the ids ``p`` the judge reads first (compressed context; ``[]`` = empty).
-    :param contexts: per document, the context ids to recover.
-    :param sep: separator ids read between ``p`` and the context.
-    """
-    inputs, positions, targets = [], [], []
-    for prefix, context in zip(prefixes, contexts, strict=True):
-        head = [judge.bos_token_id, *prefix, *sep]
-        context = list(context)
-        inputs.append(head + context[:-1])  # the last context token is only predicted, never read
-        positions.append(list(range(len(head) - 1, len(head) - 1 + len(context))))
-        targets.append(context)
-    return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
-
-
-def continuation_nlls(
-    judge: Reconstructor, prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]
-) -> np.ndarray:
-    """``F(p) = NLL(continuation | BOS + p)`` per document, nats summed over the continuation tokens.
-
-    :param prefixes: per document, the ids ``p`` read before the continuation (``[]`` = empty).
-    :param continuations: per document, the continuation ids.
-    """
-    inputs, positions, targets = [], [], []
-    for prefix, continuation in zip(prefixes, continuations, strict=True):
-        head = [judge.bos_token_id, *prefix]
-        continuation = list(continuation)
-        inputs.append(head + continuation[:-1])
-        positions.append(list(range(len(head) - 1, len(head) - 1 + len(continuation))))
-        targets.append(continuation)
-    return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
-
-
-def document_recoverability(empty: Values, compressed: Values, full: Values) -> np.ndarray:
-    """Per document ``(R(empty) - R(compressed)) / (R(empty) - R(context))``, clipped to [-1, 2].
-
-    The per-document form of :func:`information_ratio` (the training's recoverability bonus, the
-    replayed training return). A document the judge recovers no better with itself than without
-    carries no signal: its denominator is floored at 1e-6 nats.
-    """
-    empty_a, comp_a, full_a = (np.asarray(x, dtype=np.float64) for x in (empty, compressed, full))
-    denominator = np.maximum(empty_a - full_a, 1e-6)
-    return np.clip((empty_a - comp_a) / denominator, -1.0, 2.0)
 
 
 def information_ratio(empty: Values, compressed: Values, full: Values) -> float:
@@ -391,28 +324,10 @@ def masked_predictions(
 
     Reads the inputs as :meth:`Reconstructor.gather_log_probs` does (right-padded batches of
     ``batch_size``, the mask token excluded, only the scored positions through the LM head), and
-    also takes the argmax of the same distributions, in the same forward pass.
+    also takes the argmax of the same distributions, in the same forward pass
+    (:meth:`Reconstructor.gather_log_probs_top1`).
     """
-    nats, correct = 0.0, 0
-    step = reconstructor.batch_size
-    with torch.inference_mode():
-        for start in range(0, len(inputs), step):
-            batch, pos, tgt = inputs[start : start + step], positions[start : start + step], targets[start : start + step]
-            width = max(len(x) for x in batch)
-            ids = torch.full((len(batch), width), reconstructor.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, seq in enumerate(batch):
-                ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-                attention[row, : len(seq)] = 1
-            rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(pos)])
-            if rows.numel() == 0:
-                continue
-            cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in pos])
-            wanted = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in tgt]).to(reconstructor.device)
-            hidden = reconstructor._last_hidden(ids.to(reconstructor.device), attention.to(reconstructor.device))
-            selected = hidden[rows.to(reconstructor.device), cols.to(reconstructor.device)]
-            logits = reconstructor._postprocess_logits(reconstructor.model.get_output_embeddings()(selected).float())
-            log_probs = torch.log_softmax(logits, dim=-1)
-            nats -= float(log_probs.gather(1, wanted[:, None]).double().sum())
-            correct += int((logits.argmax(-1) == wanted).sum())
+    logps, top1 = reconstructor.gather_log_probs_top1(inputs, positions, targets)
+    nats = -sum(float(lp.double().sum()) for lp in logps)
+    correct = sum(int(hit.sum()) for hit in top1)
     return nats, correct

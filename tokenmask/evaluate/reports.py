@@ -208,11 +208,19 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``results.json`` (or of the folder holding it)."""
     import json
 
+    from tokenmask.errors import CorruptFileError
+    from tokenmask.io import reraise_as
+
     file = Path(path)
     if file.is_dir():
         file = file / RESULTS_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist. Fix: point at a tokenmask evaluate output folder.")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    rows: Sequence[dict[str, Any]] = data.get("results", [])
-    return list(rows)
+    fix = "run tokenmask evaluate again to rewrite it."
+    with reraise_as(CorruptFileError, f"{file} is damaged: not readable JSON. Fix: {fix}"):
+        data = json.loads(file.read_text(encoding="utf-8"))
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CorruptFileError(f"{file} is damaged: it holds no list of result rows.", fix=fix, path=file)
+    result: Sequence[dict[str, Any]] = rows
+    return list(result)

@@ -6,18 +6,24 @@ tokens, scores every method at every rate with the metrics of EVALUATION.md, and
 ``output_dir``: ``results.json``, ``results.md``, ``rate_vs_recoverability.png``,
 ``rate_vs_retention.png`` and ``tensorboard/<method>/`` (one run per method; step = rate in %).
 ``tokenmask baselines`` is the same command with the baselines as default methods.
+
+Everything that can be checked without a model is checked first: the output folder (a non-empty
+folder tokenmask did not write is refused unless ``--overwrite``; it stays locked for the run),
+the method names and their arguments (an ``agent:`` run folder must hold an agent), the corpus;
+then the judge loads. Heavy modules load only then, so argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from tokenmask.config import add_config_arguments, config_from_args
-from tokenmask.evaluate.baselines import BASELINE_METHODS
+from tokenmask.errors import ConfigError, InputError
+from tokenmask.evaluate.baselines import BASELINE_ARGUMENT_CHECKS, BASELINE_METHODS
 from tokenmask.evaluate.compressor import (
     Method,
     MethodContext,
@@ -27,16 +33,12 @@ from tokenmask.evaluate.compressor import (
     parse_method_names,
     split_method_name,
 )
-from tokenmask.evaluate.evaluator import Evaluator
-from tokenmask.evaluate.metrics import select_documents
-from tokenmask.evaluate.reports import (
-    EvaluationReport,
-    MethodResult,
-    device_description,
-    markdown_table,
-    write_report,
-)
-from tokenmask.io import replace_dir, temporary_dir_beside
+from tokenmask.io import atomic_output_dir
+
+if TYPE_CHECKING:
+    from tokenmask.evaluate.reports import EvaluationReport
+
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 #: methods run when none is named: every baseline (LLMLingua skipped when its package is missing)
 DEFAULT_METHODS: list[str] = list(BASELINE_METHODS)
@@ -76,19 +78,80 @@ class EvaluateConfig:
         default=True, metadata={"help": "skip a method whose optional package is missing (e.g. llmlingua) instead of failing"}
     )
     tensorboard: bool = field(default=True, metadata={"help": "write one TensorBoard run per method"})
-    output_dir: str = field(default="runs/evaluate", metadata={"help": "where results are written (replaced atomically)"})
+    output_dir: str = field(
+        default="runs/evaluate",
+        metadata={"help": "where results are written (replaced atomically if tokenmask wrote it; see --overwrite)"},
+    )
 
     def __post_init__(self) -> None:
         self.methods = parse_method_names(self.methods)
         if not self.rates:
-            raise ValueError("No rate given. Fix: e.g. --rates 0.3,0.5,0.7.")
+            raise ConfigError("No rate given. Fix: e.g. --rates 0.3,0.5,0.7.", key="rates")
         self.rates = [check_rate(r) for r in self.rates]
         if self.num_documents < 1:
-            raise ValueError(f"num_documents must be >= 1, got {self.num_documents}.")
+            raise ConfigError(f"num_documents must be >= 1, got {self.num_documents}.", key="num_documents")
         if self.recoverability_documents is not None and self.recoverability_documents < 1:
-            raise ValueError(f"recoverability_documents must be >= 1 (or None), got {self.recoverability_documents}.")
+            raise ConfigError(
+                f"recoverability_documents must be >= 1 (or None), got {self.recoverability_documents}.",
+                key="recoverability_documents",
+            )
         if self.context_tokens < 1 or self.continuation_tokens < 1:
-            raise ValueError(f"context_tokens and continuation_tokens must be >= 1, got {self.context_tokens}, {self.continuation_tokens}.")
+            raise ConfigError(
+                f"context_tokens and continuation_tokens must be >= 1, got {self.context_tokens}, {self.continuation_tokens}.",
+                key="context_tokens",
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 (or None), got {self.batch_size}.", key="batch_size")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype")
+
+
+def _check_run_folder(argument: str) -> None:
+    """``agent:RUN_DIR`` must name a run folder holding a saved agent (checked before any model loads)."""
+    if not argument:
+        raise InputError("The agent method needs a run folder.", fix="name it as agent:RUN_DIR.", key="methods")
+    if not Path(argument).is_dir():
+        raise InputError(
+            f"agent:{argument}: no such run folder.",
+            fix="pass a folder written by `tokenmask train` (its run_dir).",
+            path=argument,
+        )
+    from tokenmask.train.run_folder import RunFolder  # the agent plug-in's own reader of run folders
+
+    run = RunFolder(argument)
+    run.read_config()
+    run.require_agent()
+
+
+def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
+    def check(argument: str) -> None:
+        if argument and argument != "sample" and not Path(argument).exists():
+            raise InputError(f"{prefix}:{argument}: no such file or folder.", fix=f"name {what}.", path=argument)
+
+    return check
+
+
+#: Checks of a method's argument that need no model, by prefix; run before the judge loads.
+ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
+    **BASELINE_ARGUMENT_CHECKS,
+    "agent": _check_run_folder,
+    "activation": _check_path_argument(
+        "activation", "a folder saved by `tokenmask activation train` or a JSON compression config"
+    ),
+}
+
+
+def check_methods(names: Sequence[str]) -> None:
+    """Fail on a misspelt method or an argument that cannot work, before any model is loaded.
+
+    :raises ValueError: unknown method (naming the known ones) or a bad argument (naming the fix).
+    """
+    for name in names:
+        prefix, argument = split_method_name(name)
+        check = ARGUMENT_CHECKS.get(prefix)
+        if check is not None:
+            check(argument)
+        method_factory(name)
 
 
 def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
@@ -108,13 +171,19 @@ def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
 def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationReport:
     """Score every method at every rate; nothing is written (see :func:`evaluate_and_write`).
 
-    :raises ValueError: unknown method, bad rate, corpus without a long-enough document.
+    :raises ValueError: unknown method or bad method argument (both before any model loads), bad
+        rate, corpus without a long-enough document.
     """
+    check_methods(config.methods)
+    texts, train_texts = _corpus_texts(config)
+    # the heavy modules (torch, transformers) load only once the cheap checks passed
+    from tqdm.auto import tqdm
+
+    from tokenmask.evaluate.evaluator import Evaluator
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.reports import EvaluationReport, MethodResult, device_description
     from tokenmask.reconstructors import Reconstructor
 
-    for name in config.methods:  # fail on a misspelt method before loading anything
-        method_factory(name)
-    texts, train_texts = _corpus_texts(config)
     judge = Reconstructor.load(
         config.judge, device=config.device, dtype=config.dtype, add_mask_token=False, batch_size=config.batch_size
     )
@@ -130,7 +199,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
                 raise
             skipped[name] = str(exc)
     if not methods:
-        raise ValueError(f"No method could be built (skipped: {skipped}).")
+        raise InputError(f"No method could be built (skipped: {skipped}).", fix="install the missing package, or name other methods.")
     evaluator = Evaluator(
         judge, docs, recon_metrics=config.recon_metrics, recover_documents=config.recoverability_documents
     )
@@ -158,13 +227,20 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     return EvaluationReport(results=results, setting=setting, skipped=skipped)
 
 
-def evaluate_and_write(config: EvaluateConfig, progress: bool = True) -> EvaluationReport:
-    """:func:`run_evaluation`, then write every report into ``config.output_dir`` (replaced atomically)."""
-    report = run_evaluation(config, progress=progress)
-    target = Path(config.output_dir)
-    tmp = temporary_dir_beside(target)
-    write_report(report, tmp, tensorboard=config.tensorboard)
-    replace_dir(tmp, target)
+def evaluate_and_write(config: EvaluateConfig, progress: bool = True, overwrite: bool = False) -> EvaluationReport:
+    """:func:`run_evaluation`, then write every report into ``config.output_dir`` (replaced atomically).
+
+    The output folder is checked and locked before the evaluation starts (see
+    :func:`tokenmask.io.atomic_output_dir`): a folder tokenmask did not write is refused unless
+    ``overwrite``, and a second process writing the same folder fails at once.
+
+    :raises OutputExistsError: when ``output_dir`` may not be replaced or is being written.
+    """
+    with atomic_output_dir(config.output_dir, overwrite, kind="evaluate") as folder:
+        report = run_evaluation(config, progress=progress)
+        from tokenmask.evaluate.reports import write_report
+
+        write_report(report, folder, tensorboard=config.tensorboard)
     return report
 
 
@@ -180,6 +256,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         )
         add_config_arguments(parser, EvaluateConfig)
         parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace output_dir even if tokenmask did not write it (its files are deleted)",
+        )
         parser.set_defaults(func=_run)
 
 
@@ -188,8 +269,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "baselines":
         others = [n for n in config.methods if split_method_name(n)[0] not in BASELINE_METHODS]
         if others:
-            raise ValueError(f"tokenmask baselines runs baselines only, not {others}. Fix: use tokenmask evaluate.")
-    report = evaluate_and_write(config, progress=not args.no_progress)
+            raise ConfigError(f"tokenmask baselines runs baselines only, not {others}. Fix: use tokenmask evaluate.", key="methods")
+    report = evaluate_and_write(config, progress=not args.no_progress, overwrite=args.overwrite)
+    from tokenmask.evaluate.reports import markdown_table  # loads torch, so not before the checks
+
     print(markdown_table(report))
     print(f"results written to {config.output_dir}")
     return 0

@@ -1,4 +1,11 @@
-"""Reconstructors: causal LMs that price tokens in bits. The only way tokenmask code reaches an LM."""
+"""Reconstructors: causal LMs that price tokens in bits. The only way tokenmask code reaches an LM.
+
+* :mod:`.reconstructor` — :class:`Reconstructor` (scoring in bits and its primitives), :func:`pad_batch`,
+  the weights version (:func:`weights_version`, :func:`mark_weights_changed`).
+* :mod:`.judge` — the judge NLLs shared by the metrics and the env's recoverability bonus.
+* :mod:`.finetune` — :class:`ReconstructorFinetuner`.
+* :mod:`.loading` — the single model loader.
+"""
 
 from tokenmask.reconstructors.finetune import ReconstructorFinetuner
 from tokenmask.reconstructors.loading import (
@@ -15,6 +22,9 @@ from tokenmask.reconstructors.reconstructor import (
     CorruptCheckpointError,
     MaskMode,
     Reconstructor,
+    mark_weights_changed,
+    pad_batch,
+    weights_version,
 )
 
 
@@ -35,6 +45,9 @@ __all__ = [
     "load_causal_lm",
     "load_reconstructor",
     "load_tokenizer",
+    "mark_weights_changed",
+    "pad_batch",
     "pick_device",
     "pick_dtype",
+    "weights_version",
 ]

@@ -13,7 +13,8 @@ class ReconstructorFinetuner:
     """Trains a reconstructor to recover masked tokens: minimises the nats of the masked tokens.
 
     The loss is :meth:`Reconstructor.masked_loss`, i.e. the same ``-log p(x_i | masked prefix)``
-    the environment prices, so fine-tuning lowers exactly the bits the agent pays.
+    the environment prices, so fine-tuning lowers exactly the bits the agent pays. Every optimizer
+    step bumps :attr:`Reconstructor.weights_version`, so the env's cached scores are recomputed.
 
     :param reconstructor: the reconstructor to train in place (load it with ``share=False`` so the
         process-wide cached model is left untouched).
@@ -77,3 +78,4 @@ class ReconstructorFinetuner:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
+        self.reconstructor.mark_weights_changed()

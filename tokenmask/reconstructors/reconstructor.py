@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,54 @@ class CorruptCheckpointError(ValueError):
     """Raised when a saved reconstructor folder cannot be read back."""
 
 
+def pad_batch(
+    sequences: Sequence[Sequence[int] | np.ndarray],
+    pad_id: int,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id sequences into ``(input_ids, attention_mask)``, both ``(B, N)`` long.
+
+    The one padding helper of tokenmask: :class:`Reconstructor` scoring, the metrics, the env's
+    features and activation compression all batch through it. ``N`` is the longest sequence;
+    padding ids are ``pad_id`` with attention 0.
+
+    :param sequences: token ids per row (lists, tuples, ranges or 1-D integer arrays).
+    :param pad_id: id written past each row's end.
+    :param device: where the tensors go (``None``: the CPU).
+    """
+    width = max((len(s) for s in sequences), default=0)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = np.asarray(seq, dtype=np.int64)
+        attention[row, : len(seq)] = 1
+    ids_t, attention_t = torch.from_numpy(ids), torch.from_numpy(attention)
+    if device is None:
+        return ids_t, attention_t
+    return ids_t.to(device), attention_t.to(device)
+
+
+# Per model object, how many times its weights were marked changed (see Reconstructor.mark_weights_changed).
+# Kept per model, not per Reconstructor, because reconstructors loaded with share=True wrap one model.
+_WEIGHTS_VERSIONS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+def weights_version(model: torch.nn.Module) -> int:
+    """How many times the weights of ``model`` were marked changed (0 for a model never marked).
+
+    :class:`~tokenmask.reconstructors.ReconstructorFinetuner` marks every optimizer step; caches of
+    scores (the env's features and KV caches) compare it to know when to recompute.
+    """
+    return _WEIGHTS_VERSIONS.get(model, 0)
+
+
+def mark_weights_changed(model: torch.nn.Module) -> int:
+    """Record that the weights of ``model`` changed in place; return its new :func:`weights_version`."""
+    version = weights_version(model) + 1
+    _WEIGHTS_VERSIONS[model] = version
+    return version
+
+
 class Reconstructor:
     """A causal LM that prices tokens in bits, with a mask token for masked positions.
 
@@ -58,6 +107,11 @@ class Reconstructor:
     :param batch_size: how many sequences go through one forward pass.
     :param exclude_mask_from_predictions: give the mask token zero probability when scoring, so an
         added token does not take probability mass from real tokens.
+
+    Scoring primitives, for code that needs more than :meth:`gather_log_probs`: :meth:`pad_batch`,
+    :meth:`last_hidden_state`, :meth:`head_logits` and :meth:`gather_log_probs_top1`. Whoever changes
+    the weights in place outside :class:`~tokenmask.reconstructors.ReconstructorFinetuner` calls
+    :meth:`mark_weights_changed`, so cached scores are recomputed.
     """
 
     def __init__(
@@ -236,6 +290,56 @@ class Reconstructor:
         """Number of parameters of the LM."""
         return sum(p.numel() for p in self.model.parameters())
 
+    # ------------------------------------------------------------------ weights version
+    @property
+    def weights_version(self) -> int:
+        """How many times the LM's weights were marked changed (every fine-tuning optimizer step)."""
+        return weights_version(self.model)
+
+    def mark_weights_changed(self) -> int:
+        """Record an in-place change of the LM's weights (cached scores go stale); return the new version."""
+        return mark_weights_changed(self.model)
+
+    # ------------------------------------------------------------------ scoring primitives
+    def pad_batch(self, sequences: Sequence[TokenIds | np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`pad_batch` with this reconstructor's pad id, on its device: ``(input_ids, attention_mask)``."""
+        return pad_batch(sequences, self.pad_token_id, self.device)
+
+    def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(B, N, D)`` (after the final norm), in the weights' dtype.
+
+        Only the positions that are scored then go through :meth:`head_logits`, which keeps the
+        ``(positions, vocab)`` logits small.
+
+        :param input_ids: ``(B, N)`` token ids on the model's device.
+        :param attention_mask: ``(B, N)`` 1 for real tokens, 0 for padding.
+        """
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 next-token logits of hidden states ``(..., D)`` -> ``(..., vocab)``, as tokenmask scores them.
+
+        The LM head, then the model's logit scale and final soft-capping where its config has them,
+        and the mask token at ``-inf`` when ``exclude_mask_from_predictions`` (zero probability).
+        """
+        logits = self.model.get_output_embeddings()(hidden).float()
+        config = self.model.config
+        scale = getattr(config, "logit_scale", None)
+        if scale is not None:
+            logits = logits * scale
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        if (
+            self.exclude_mask_from_predictions
+            and self.mask_token_id is not None
+            and self.mask_token_id < logits.shape[-1]
+        ):
+            logits = logits.clone()
+            logits[..., self.mask_token_id] = float("-inf")
+        return logits
+
     # ------------------------------------------------------------------ scoring
     def gather_log_probs(
         self,
@@ -256,67 +360,77 @@ class Reconstructor:
         :param grad: keep the autograd graph (fine-tuning); otherwise run under ``no_grad``.
         :return: one 1-D float32 tensor per sequence (on the model's device when ``grad``, else cpu).
         """
-        if not (len(inputs) == len(positions) == len(targets)):
-            raise ValueError("inputs, positions and targets must have the same number of sequences.")
-        results: list[torch.Tensor] = []
-        context = torch.enable_grad() if grad else torch.inference_mode()
-        with context:
-            for start in range(0, len(inputs), self.batch_size):
-                stop = start + self.batch_size
-                results.extend(self._gather_batch(inputs[start:stop], positions[start:stop], targets[start:stop], grad))
-        return results
+        return self._score(inputs, positions, targets, grad, top1=False)[0]
 
-    def _gather_batch(
+    def gather_log_probs_top1(
+        self,
+        inputs: Sequence[TokenIds],
+        positions: Sequence[Sequence[int]],
+        targets: Sequence[TokenIds],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`gather_log_probs` and, from the same forward pass, whether each target is the argmax.
+
+        :return: per sequence, float32 ``log p(target)`` in nats and a bool tensor, ``True`` where
+            the target is the most probable token at its position (both on the cpu).
+        """
+        logps, top1 = self._score(inputs, positions, targets, grad=False, top1=True)
+        assert top1 is not None
+        return logps, top1
+
+    def _score(
         self,
         inputs: Sequence[TokenIds],
         positions: Sequence[Sequence[int]],
         targets: Sequence[TokenIds],
         grad: bool,
-    ) -> list[torch.Tensor]:
+        top1: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Batches of ``batch_size`` sequences through :meth:`_score_batch`."""
+        if not (len(inputs) == len(positions) == len(targets)):
+            raise ValueError("inputs, positions and targets must have the same number of sequences.")
+        logps: list[torch.Tensor] = []
+        hits: list[torch.Tensor] = []
+        context = torch.enable_grad() if grad else torch.inference_mode()
+        with context:
+            for start in range(0, len(inputs), self.batch_size):
+                stop = start + self.batch_size
+                batch_logps, batch_hits = self._score_batch(
+                    inputs[start:stop], positions[start:stop], targets[start:stop], grad, top1
+                )
+                logps.extend(batch_logps)
+                hits.extend(batch_hits or [])
+        return logps, hits if top1 else None
+
+    def _score_batch(
+        self,
+        inputs: Sequence[TokenIds],
+        positions: Sequence[Sequence[int]],
+        targets: Sequence[TokenIds],
+        grad: bool,
+        top1: bool,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         lengths = [len(x) for x in inputs]
         if min(lengths, default=0) < 1:
             raise ValueError("Every input sequence needs at least one token (start it with BOS).")
-        width = max(lengths)
-        ids = torch.full((len(inputs), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, seq in enumerate(inputs):
-            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-            attention[row, : len(seq)] = 1
-        rows = torch.cat([torch.full((len(p),), r, dtype=torch.long) for r, p in enumerate(positions)])
-        cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
-        tgt = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets])
+        sizes = [len(p) for p in positions]
+        rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(sizes)])
         if rows.numel() == 0:
-            return [torch.zeros(0) for _ in inputs]
-        if int(cols.max()) >= width or int(cols.min()) < 0:
+            empty = [torch.zeros(0) for _ in inputs]
+            return empty, [torch.zeros(0, dtype=torch.bool) for _ in inputs] if top1 else None
+        cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
+        tgt = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets]).to(self.device)
+        if int(cols.max()) >= max(lengths) or int(cols.min()) < 0:
             raise ValueError("A scored position lies outside its input sequence.")
-        ids, attention = ids.to(self.device), attention.to(self.device)
-        hidden = self._last_hidden(ids, attention)
-        selected = hidden[rows.to(self.device), cols.to(self.device)]
-        logits = self.model.get_output_embeddings()(selected).float()
-        logits = self._postprocess_logits(logits)
-        logp = torch.log_softmax(logits, dim=-1).gather(1, tgt.to(self.device)[:, None])[:, 0]
+        ids, attention = self.pad_batch(inputs)
+        hidden = self.last_hidden_state(ids, attention)
+        logits = self.head_logits(hidden[rows.to(self.device), cols.to(self.device)])
+        logp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0]
+        hits = None
+        if top1:
+            hits = list(torch.split((logits.argmax(-1) == tgt).cpu(), sizes))
         if not grad:
             logp = logp.cpu()
-        return list(torch.split(logp, [len(p) for p in positions]))
-
-    def _last_hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (after the final norm), so only the scored positions go through the LM head."""
-        base = self.model.base_model
-        out = base(input_ids=ids, attention_mask=attention, use_cache=False)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    def _postprocess_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        config = self.model.config
-        scale = getattr(config, "logit_scale", None)
-        if scale is not None:
-            logits = logits * scale
-        cap = getattr(config, "final_logit_softcapping", None)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        if self.exclude_mask_from_predictions and self.mask_token_id is not None and self.mask_token_id < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, self.mask_token_id] = float("-inf")
-        return logits
+        return list(torch.split(logp, sizes)), hits
 
     def sequence_log_probs(self, sequences: Sequence[TokenIds], grad: bool = False) -> list[torch.Tensor]:
         """``log p(s[j] | s[:j])`` in nats for ``j = 1 .. len(s) - 1`` of each sequence (float32).
@@ -443,4 +557,5 @@ def _ensure_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         with torch.no_grad():
             emb = embeddings.weight
             emb[mask_id] = emb[: len(tokenizer) - 1].float().mean(0).to(emb.dtype)
+    mark_weights_changed(model)
     return mask_id

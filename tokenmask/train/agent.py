@@ -11,31 +11,26 @@ re-tokenization of the kept text would miss the requested rate by more than half
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from tokenmask.config import ConfigError, build_config
+from tokenmask.envs.env_config import TokenMaskConfig
+from tokenmask.envs.episodes import expand_actions
 from tokenmask.envs.recoverability import vocabulary_without_mask
 from tokenmask.evaluate.compressor import MaskingCompressor, TokenIds, check_rate, tokens_to_drop
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.reconstructors import MaskMode, Reconstructor
+from tokenmask.train.config import TrainConfig
+from tokenmask.train.loading import algorithm_class, load_run_config, load_run_reconstructor
+from tokenmask.train.replay import documents_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from tokenmask.train.config import TrainConfig
-
-ENV_OPTION_KEYS: tuple[str, ...] = (
-    "window",
-    "span",
-    "context_size",
-    "reward_type",
-    "bits_weight",
-    "rate_penalty",
-    "mask_mode",
-)
-"""TokenMask-v0 options that shape what the agent observes; the compressor reuses the run's values."""
 
 RATE_TOLERANCE = 0.005
 """Per-document rate error (after re-tokenization) above which the dropped count is corrected."""
@@ -55,7 +50,10 @@ class AgentCompressor(MaskingCompressor):
 
     :param policy: the trained policy.
     :param reconstructor: the run's reconstructor (fine-tuned with the agent when joint training was on).
-    :param env_options: the run's TokenMask-v0 options (``window``, ``context_size``, ``reward_type``, ...).
+    :param env_options: the run's TokenMask-v0 options: its ``config.env``, or a dict of any of
+        :data:`~tokenmask.envs.env_config.ENV_OPTION_KEYS` (the others take the env's defaults).
+        The agent's pass keeps those that shape what it observes and replaces the corpus ones
+        (see :func:`~tokenmask.train.replay.documents_env`).
     :param tokenizer: the judge's tokenizer (decodes kept ids, measures the achieved rate); default:
         the reconstructor's. Both must share one vocabulary, since the agent masks judge tokens.
     :param name: name in reports.
@@ -68,7 +66,7 @@ class AgentCompressor(MaskingCompressor):
         self,
         policy: TokenMaskPolicy,
         reconstructor: Reconstructor,
-        env_options: dict[str, Any],
+        env_options: TokenMaskConfig | dict[str, Any],
         tokenizer: PreTrainedTokenizerBase | None = None,
         name: str | None = None,
         batch_documents: int = 64,
@@ -82,16 +80,17 @@ class AgentCompressor(MaskingCompressor):
                 "Fix: evaluate with a judge of the same tokenizer family as the run's reconstructor."
             )
         super().__init__(tokenizer, name)
-        unknown = sorted(set(env_options) - set(ENV_OPTION_KEYS))
-        if unknown:
-            raise ValueError(
-                f"Unknown env option(s) {unknown} for the agent; it takes {list(ENV_OPTION_KEYS)}."
-            )
+        if not isinstance(env_options, TokenMaskConfig):
+            try:
+                env_options = build_config(TokenMaskConfig, dict(env_options), section="env")
+            except ConfigError as exc:
+                raise ValueError(f"The agent's env options: {exc}") from exc
         if batch_documents < 1:
             raise ValueError(f"batch_documents must be >= 1, got {batch_documents}.")
         self.policy = policy
         self._reconstructor = reconstructor
-        self.env_options = dict(env_options)
+        #: the run's TokenMask-v0 options, one entry per key of ``TokenMaskConfig``
+        self.env_options: dict[str, Any] = asdict(env_options)
         self.batch_documents = batch_documents
 
     # ------------------------------------------------------------------ loading
@@ -110,8 +109,6 @@ class AgentCompressor(MaskingCompressor):
         :param device: device of the policy and the reconstructor.
         :raises RunFolderError: if the folder holds no config or no agent.
         """
-        from tokenmask.train.trainer import algorithm_class, load_run_config, load_run_reconstructor
-
         if not run_dir:
             raise ValueError("The agent method needs a run folder. Fix: name it as agent:RUN_DIR.")
         config, run = load_run_config(run_dir)
@@ -120,11 +117,10 @@ class AgentCompressor(MaskingCompressor):
         policy = model.policy
         if not isinstance(policy, TokenMaskPolicy):
             raise ValueError(f"{run_dir} holds a {type(policy).__name__}, not a TokenMaskPolicy.")
-        options = {k: getattr(config, k) for k in ENV_OPTION_KEYS}
         return cls(
             policy,
             reconstructor,
-            options,
+            config.env,
             tokenizer=judge.tokenizer if judge is not None else None,
             name=name or f"agent:{run_dir}",
         )
@@ -132,9 +128,7 @@ class AgentCompressor(MaskingCompressor):
     @classmethod
     def from_training(cls, model: Any, reconstructor: Reconstructor, config: TrainConfig) -> AgentCompressor:
         """The agent being trained (for evaluations during training)."""
-        return cls(
-            model.policy, reconstructor, {k: getattr(config, k) for k in ENV_OPTION_KEYS}, name="agent"
-        )
+        return cls(model.policy, reconstructor, config.env, name="agent")
 
     # ------------------------------------------------------------------ Compressor API
     @property
@@ -145,7 +139,7 @@ class AgentCompressor(MaskingCompressor):
     @property
     def mask_mode(self) -> MaskMode:
         """How the reconstructor reads masked tokens (the run's ``mask_mode``)."""
-        return self.env_options.get("mask_mode", "delete")  # type: ignore[no-any-return]
+        return self.env_options["mask_mode"]  # type: ignore[no-any-return]
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
         """Per context, ``True`` = kept; exactly ``round(rate * n)`` dropped, corrected for re-tokenization."""
@@ -171,19 +165,7 @@ class AgentCompressor(MaskingCompressor):
         return scores
 
     def _score_batch(self, documents: list[list[int]], rate: float, seed: int) -> list[np.ndarray]:
-        from tokenmask.envs.episodes import expand_actions
-        from tokenmask.envs.vector_env import TokenMaskVectorEnv
-
-        env = TokenMaskVectorEnv(
-            num_envs=len(documents),
-            documents=documents,
-            reconstructor=self._reconstructor,
-            shuffle=False,
-            max_tokens=None,
-            min_tokens=1,
-            target_rate=rate,
-            **self.env_options,
-        )
+        env = documents_env(documents, self._reconstructor, self.env_options, rate)
         expected = self.policy.observation_space
         if env.single_observation_space["token_ids"].shape != expected["token_ids"].shape:  # type: ignore[index]
             raise ValueError(

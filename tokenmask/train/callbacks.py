@@ -1,9 +1,12 @@
 """SB3 callbacks of ``tokenmask train``: joint reconstructor fine-tuning, evaluation against the
-baselines, and periodic checkpoints of the run folder.
+baselines, periodic checkpoints of the run folder, a time limit and the training recoverability.
 
-All three are plain :class:`~stable_baselines3.common.callbacks.BaseCallback` subclasses, usable
-with any SB3 on-policy algorithm on a TokenMask env wrapped in
-:class:`~tokenmask.train.outcomes.EpisodeOutcomes` (which puts each finished episode in its info).
+All are plain SB3 callbacks (:class:`~stable_baselines3.common.callbacks.BaseCallback`, the
+checkpoint one an :class:`~stable_baselines3.common.callbacks.EveryNTimesteps`), usable with any
+SB3 on-policy algorithm on a TokenMask vector env: what they read of the episodes comes through
+the terminal ``infos`` SB3 hands its callbacks (``self.locals["infos"]``), where the env puts each
+finished episode's :class:`~tokenmask.envs.EpisodeRecord` (``info["episode_record"]``) and, with
+the bonus on, its ``info["recoverability"]``.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
 
+from tokenmask.envs.episodes import RECORD_KEY, RECOVERABILITY_KEY
 from tokenmask.evaluate.compressor import Compressor
-from tokenmask.evaluate.evaluator import Evaluator
-from tokenmask.evaluate.metrics import Scores, reconstruction_quality
+from tokenmask.evaluate.evaluator import Evaluator, MethodEvaluation
+from tokenmask.evaluate.metrics import reconstruction_quality
 from tokenmask.evaluate.reports import SCALARS
 from tokenmask.reconstructors import MaskMode, Reconstructor, ReconstructorFinetuner
-from tokenmask.train.outcomes import GAIN_KEY, RECORD_KEY
 from tokenmask.train.text_samples import markdown_escape, strike_through
 
 EVAL_METRICS: tuple[str, ...] = SCALARS
@@ -35,8 +38,8 @@ _TEXT_ONLY = ("stdout", "log", "json", "csv")  # text samples go to TensorBoard 
 class JointReconstructorCallback(BaseCallback):
     """Fine-tunes the reconstructor every ``period`` rollouts on the masks the agent produced.
 
-    Finished episodes (document ids + the agent's mask) are collected from the step infos into a
-    buffer of the ``buffer_size`` most recent ones. Every ``period`` rollouts, the most recent
+    Finished episodes (document ids + the agent's mask, ``info["episode_record"]`` of the terminal
+    steps) are collected from the step infos into a buffer of the ``buffer_size`` most recent ones. Every ``period`` rollouts, the most recent
     ``probe_documents`` episodes are held out as a probe and ``micro_batches`` micro-batches of
     ``batch_documents`` episodes are sampled from the rest; each is one
     :meth:`ReconstructorFinetuner.step` (own AdamW optimizer, learning rate, gradient
@@ -222,17 +225,14 @@ class BaselineComparisonCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if not self.baseline_scores:
             for name, method in self.baselines.items():
-                self.baseline_scores[name] = self._score(method)
-                masks = [o.keep for o in self.evaluator.last_outputs]
-                if all(m is not None for m in masks):
-                    self._baseline_masks[name] = [np.asarray(m) for m in masks]
-                if self.tensorboard_dir is not None and self.evaluator.last_outputs:
-                    keep = self.evaluator.last_outputs[0].keep
-                    if keep is not None:
-                        sample = strike_through(self.evaluator.judge, self.evaluator.docs[0].context, keep)
-                        self._writer(name).add_text(
-                            "eval/samples", markdown_escape(sample), self.num_timesteps
-                        )
+                result = self._run(method)
+                self.baseline_scores[name] = self._values(result)
+                if result.keep_masks is not None:
+                    self._baseline_masks[name] = result.keep_masks
+                keep = result.outputs[0].keep if result.outputs else None
+                if self.tensorboard_dir is not None and keep is not None:
+                    sample = strike_through(self.evaluator.judge, self.evaluator.docs[0].context, keep)
+                    self._writer(name).add_text("eval/samples", markdown_escape(sample), self.num_timesteps)
         self._next_eval = self.num_timesteps
         self.evaluate()
         self.logger.dump(self.num_timesteps)  # the agent's first point at the baselines' first step
@@ -250,24 +250,26 @@ class BaselineComparisonCallback(BaseCallback):
             writer.flush()
 
     # ------------------------------------------------------------------ evaluation
-    def _score(self, method: Compressor) -> dict[str, float]:
-        scores: Scores = self.evaluator.evaluate(method, self.rate, seed=self.seed)
-        values = {k: float(getattr(scores, k)) for k in EVAL_METRICS}
-        if self.replay is not None:
-            masks = [o.keep for o in self.evaluator.last_outputs]
-            if all(m is not None for m in masks):
-                values["env_return"] = float(np.mean(self.replay([np.asarray(m) for m in masks])))
+    def _run(self, method: Compressor) -> MethodEvaluation:
+        return self.evaluator.compress_and_score(method, self.rate, seed=self.seed)
+
+    def _values(self, result: MethodEvaluation) -> dict[str, float]:
+        """The logged figures of one evaluation: the scores, and ``env_return`` when replayed."""
+        values = {k: float(getattr(result.scores, k)) for k in EVAL_METRICS}
+        if self.replay is not None and result.keep_masks is not None:
+            values["env_return"] = float(np.mean(self.replay(result.keep_masks)))
         return values
 
     def evaluate(self) -> dict[str, Any]:
         """Score the agent now; log it and the baselines' lines at the current step."""
         step = self.num_timesteps
         agent = self.make_agent(self.model)
-        values = self._score(agent)
+        evaluation = self._run(agent)
+        values = self._values(evaluation)
         for key, value in values.items():
             if math.isfinite(value):
                 self.logger.record(f"eval/{key}", value)
-        for i, output in enumerate(self.evaluator.last_outputs[: self.text_samples]):
+        for i, output in enumerate(evaluation.outputs[: self.text_samples]):
             if output.keep is not None:
                 sample = strike_through(self.evaluator.judge, self.evaluator.docs[i].context, output.keep)
                 self.logger.record(f"eval/samples/{i}", markdown_escape(sample), exclude=_TEXT_ONLY)
@@ -320,29 +322,41 @@ class BaselineComparisonCallback(BaseCallback):
         self._writers.clear()
 
 
-class RunCheckpointCallback(BaseCallback):
-    """Saves the run folder every ``save_freq`` env steps (the trainer saves at the end and on Ctrl+C).
+class SaveRunCallback(BaseCallback):
+    """Writes the run folder each time it is called (the child of :class:`RunCheckpointCallback`).
 
     :param save: the function that writes the run folder.
-    :param save_freq: env steps between saves (0: never here).
-    :param verbose: SB3 verbosity.
     """
 
-    def __init__(self, save: Callable[[], None], save_freq: int, verbose: int = 0) -> None:
+    def __init__(self, save: Callable[[], None], verbose: int = 0) -> None:
         super().__init__(verbose)
         self.save = save
-        self.save_freq = save_freq
-        self._next = 0
-
-    def _on_training_start(self) -> None:
-        self._next = self.num_timesteps + self.save_freq
+        self.saves = 0
 
     def _on_step(self) -> bool:
-        if self.save_freq and self.num_timesteps >= self._next:
-            self.save()
-            while self._next <= self.num_timesteps:
-                self._next += self.save_freq
+        self.save()
+        self.saves += 1
         return True
+
+
+class RunCheckpointCallback(EveryNTimesteps):
+    """Saves the run folder every ``save_freq`` env steps (the trainer saves at the end and on Ctrl+C).
+
+    SB3's :class:`~stable_baselines3.common.callbacks.EveryNTimesteps` counted from the step
+    training (re)starts at, so a resumed run saves ``save_freq`` steps after its resume, not at once.
+
+    :param save: the function that writes the run folder.
+    :param save_freq: env steps between saves (>= 1).
+    """
+
+    def __init__(self, save: Callable[[], None], save_freq: int) -> None:
+        if save_freq < 1:
+            raise ValueError(f"save_freq must be >= 1 env step, got {save_freq}.")
+        super().__init__(n_steps=save_freq, callback=SaveRunCallback(save))
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self.last_time_trigger = self.num_timesteps
 
 
 class TimeLimitCallback(BaseCallback):
@@ -380,7 +394,8 @@ class RecoverabilityCallback(BaseCallback):
         self._gains: list[float] = []
 
     def _on_step(self) -> bool:
-        self._gains.extend(float(info[GAIN_KEY]) for info in self.locals.get("infos", []) if GAIN_KEY in info)
+        infos = self.locals.get("infos", [])
+        self._gains.extend(float(info[RECOVERABILITY_KEY]) for info in infos if RECOVERABILITY_KEY in info)
         return True
 
     def _on_rollout_end(self) -> None:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 
-from tokenmask.config import add_config_arguments, config_from_args
+from tokenmask.config import add_config_arguments, config_from_args, config_keys
 from tokenmask.train.config import TrainConfig
 
 TRAIN_DESCRIPTION = """Train the masking agent (PPO or A2C on TokenMask-v0) into a run folder.
 
   tokenmask train --config configs/dev/debug.json [--key value ...]   start a run
   tokenmask train --resume RUN_DIR [--total_timesteps N ...]          continue a run
+
+The env's options are the config file's "env" object and are overridden one by one as
+--env.KEY VALUE (e.g. --env.window 32 --env.target_rate_range 0.3,0.7).
 
 The run folder holds config.json, agent.zip, the fine-tuned reconstructor/ (joint training),
 state.json, evaluation.json and TensorBoard logs (tb/). Ctrl+C saves it before exiting.
@@ -62,14 +64,15 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """``tokenmask train``: exit status 0 when finished, 130 when interrupted (the run folder is saved)."""
-    from tokenmask.train.trainer import Trainer, load_run_config
+    from tokenmask.train.loading import load_run_config
+    from tokenmask.train.trainer import Trainer
 
     if args.resume is not None:
         if args.config is not None:
             raise ValueError(
                 "--resume reads the run's own config.json; drop --config (override single keys instead)."
             )
-        names = [f.name for f in fields(TrainConfig) if f.name != "run_dir"]
+        names = [n for n in config_keys(TrainConfig) if n != "run_dir"]
         overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
         config, _ = load_run_config(args.resume, overrides)
     else:

@@ -1,19 +1,41 @@
-"""``TrainConfig``: every option of ``tokenmask train`` (JSON file + ``--key value`` overrides)."""
+"""``TrainConfig``: every option of ``tokenmask train`` (JSON file + ``--key value`` overrides).
+
+The env's options sit in one nested object, the env's own :class:`~tokenmask.envs.TokenMaskConfig`::
+
+    {"algo": "ppo", "total_timesteps": 2048, "env": {"window": 16, "max_tokens": 256}}
+
+and are overridden as ``--env.window 32``.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from tokenmask.envs.env_config import ENV_OPTION_KEYS, TokenMaskConfig
 
 ALGORITHMS: tuple[str, ...] = ("ppo", "a2c")
 TINY_RECONSTRUCTOR = "tiny-random"
 """Reconstructor name of a tiny randomly initialised Llama (unit tests only: fast, learns nothing useful)."""
+TRAINER_SUPPLIED: dict[str, str] = {
+    "model_name": "reconstructor",
+    "dtype": "reconstructor_dtype",
+    "device": "device",
+}
+"""Env options the trainer does not read (it hands the env its loaded reconstructor), and the train key that sets each."""
 
 
 @dataclass
 class TrainConfig:
-    """Options of ``tokenmask train``; the resolved config is saved as ``config.json`` in the run folder."""
+    """Options of ``tokenmask train``; the resolved config is saved as ``config.json`` in the run folder.
+
+    The env's options are not repeated here: ``env`` is the env's own :class:`TokenMaskConfig`
+    (``"env": {...}`` in a JSON file, as RL Zoo nests ``env_kwargs``).
+    """
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"judge": "env.judge_name"}
+    """Top-level keys of the flat layout whose env key has another name (the others keep theirs)."""
 
     # ---- run
     run_dir: str = field(
@@ -34,6 +56,9 @@ class TrainConfig:
     n_steps: int = field(default=32, metadata={"help": "steps per env per rollout"})
     batch_size: int = field(default=256, metadata={"help": "PPO minibatch size"})
     n_epochs: int = field(default=4, metadata={"help": "PPO epochs per rollout"})
+    n_envs: int = field(
+        default=8, metadata={"help": "episodes stepped together (one batched LM pass per step)"}
+    )
     gamma: float = field(default=0.99, metadata={"help": "discount factor"})
     gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
     clip_range: float = field(default=0.2, metadata={"help": "PPO clip range"})
@@ -45,39 +70,15 @@ class TrainConfig:
         default_factory=dict,
         metadata={"help": 'TokenMaskPolicy kwargs, e.g. {"features_extractor_kwargs": {"d_model": 128}}'},
     )
-    # ---- environment (TokenMask-v0 options)
-    data_path: str = field(
-        default="sample", metadata={"help": "training corpus: prepared folder, .txt/.jsonl, or 'sample'"}
-    )
-    split: str = field(default="train", metadata={"help": "split of a prepared training corpus"})
-    n_envs: int = field(
-        default=8, metadata={"help": "episodes stepped together (one batched LM pass per step)"}
-    )
-    window: int = field(default=16, metadata={"help": "tokens decided per step"})
-    span: int = field(default=1, metadata={"help": "tokens per action entry (runs of span tokens masked together; divides window)"})
-    context_size: int = field(default=8, metadata={"help": "tokens shown before and after the window"})
-    max_tokens: int = field(default=256, metadata={"help": "documents are cut to at most this many tokens"})
-    target_rate: float = field(
-        default=0.5, metadata={"help": "rate asked for when target_rate_range is None"}
-    )
-    target_rate_range: list[float] | None = field(
-        default=None, metadata={"help": "lo,hi: target rate drawn per episode"}
-    )
-    reward_type: str = field(default="information", metadata={"help": "env reward: information or simple"})
-    bits_weight: float = field(
-        default=0.1, metadata={"help": "env reward: tokens of compression one bit costs"}
-    )
-    rate_penalty: float = field(
-        default=4.0, metadata={"help": "env reward: weight of |rate - target| at the end"}
-    )
-    mask_mode: str = field(default="delete", metadata={"help": "delete or placeholder"})
-    recoverability_weight: float = field(
-        default=0.0,
+    # ---- environment: every TokenMask-v0 option, defined once by the env's own config
+    env: TokenMaskConfig = field(
+        default_factory=TokenMaskConfig,
         metadata={
-            "help": "weight of the judge's recoverability bonus at each episode's end (0: off; keep it below rate_penalty)"
+            "help": 'TokenMask-v0 options, the fields of TokenMaskConfig: the file\'s "env" object, --env.KEY VALUE here.\n'
+            "env.judge_name is also the evaluation's judge; the reconstructor and the device come from the top-level keys."
         },
     )
-    # ---- reconstructor and judge
+    # ---- reconstructor (the judge is env.judge_name)
     reconstructor: str = field(
         default="default", metadata={"help": "reconstructor: default, .gguf, folder, hub id, tiny-random"}
     )
@@ -87,10 +88,6 @@ class TrainConfig:
     reconstructor_batch_size: int | None = field(
         default=None, metadata={"help": "sequences per LM forward pass"}
     )
-    judge: str = field(
-        default="default", metadata={"help": "frozen judge of the evaluation and the recoverability bonus"}
-    )
-    judge_dtype: str = field(default="auto", metadata={"help": "judge dtype"})
     # ---- joint training of the reconstructor
     joint_period: int = field(
         default=0, metadata={"help": "fine-tune the reconstructor every K rollouts (0: never)"}
@@ -104,7 +101,9 @@ class TrainConfig:
     eval_freq: int = field(
         default=0, metadata={"help": "evaluate every N env steps (0: at the start and the end only)"}
     )
-    eval_data_path: str | None = field(default=None, metadata={"help": "validation corpus (None: data_path)"})
+    eval_data_path: str | None = field(
+        default=None, metadata={"help": "validation corpus (None: env.data_path)"}
+    )
     eval_split: str = field(default="validation", metadata={"help": "split of a prepared validation corpus"})
     eval_documents: int = field(default=8, metadata={"help": "validation documents per evaluation"})
     eval_rate: float = field(default=0.5, metadata={"help": "rate asked of every method in the evaluation"})
@@ -132,8 +131,6 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "n_epochs": self.n_epochs,
             "n_envs": self.n_envs,
-            "window": self.window,
-            "max_tokens": self.max_tokens,
             "recon_grad_accum_steps": self.recon_grad_accum_steps,
             "recon_batch_docs": self.recon_batch_docs,
             "recon_micro_batches": self.recon_micro_batches,
@@ -146,7 +143,6 @@ class TrainConfig:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
         non_negative = {
-            "context_size": self.context_size,
             "joint_period": self.joint_period,
             "eval_freq": self.eval_freq,
             "checkpoint_freq": self.checkpoint_freq,
@@ -165,9 +161,17 @@ class TrainConfig:
             raise ValueError(f"max_train_minutes must be > 0 or None, got {self.max_train_minutes}.")
         if not 0.0 <= self.eval_rate < 1.0:
             raise ValueError(f"eval_rate must be in [0, 1), got {self.eval_rate}.")
-        from tokenmask.envs.env_config import TokenMaskConfig
-
-        TokenMaskConfig(**self.env_options())  # the env's own checks: window, span, rates, reward, bonus
+        if not isinstance(self.env, TokenMaskConfig):
+            raise ValueError(
+                f"env must be a TokenMaskConfig, got {type(self.env).__name__}. Fix: env=TokenMaskConfig(...)."
+            )
+        defaults = TokenMaskConfig()
+        for env_key, train_key in TRAINER_SUPPLIED.items():
+            if getattr(self.env, env_key) != getattr(defaults, env_key):
+                raise ValueError(
+                    f"env.{env_key} is not read by tokenmask train: the trainer loads the reconstructor itself. "
+                    f"Fix: set {train_key!r} instead and drop env.{env_key}."
+                )
         if self.algo == "ppo" and self.n_steps * self.n_envs < 2:
             raise ValueError("PPO needs n_steps * n_envs >= 2 (a rollout of at least two samples).")
 
@@ -181,26 +185,25 @@ class TrainConfig:
         """True when the reconstructor is fine-tuned during training."""
         return self.joint_period > 0
 
-    def env_options(self) -> dict[str, Any]:
-        """The TokenMask-v0 options of this config (checked by the env's own config)."""
-        return {
-            "data_path": self.data_path,
-            "split": self.split,
-            "window": self.window,
-            "span": self.span,
-            "context_size": self.context_size,
-            "max_tokens": self.max_tokens,
-            "target_rate": self.target_rate,
-            "target_rate_range": self.target_rate_range,
-            "reward_type": self.reward_type,
-            "bits_weight": self.bits_weight,
-            "rate_penalty": self.rate_penalty,
-            "mask_mode": self.mask_mode,
-            "recoverability_weight": self.recoverability_weight,
-            "judge_name": self.judge,
-            "judge_dtype": self.judge_dtype,
-        }
-
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict of every field."""
+        """Plain JSON-serialisable dict of every field (the env options as the ``"env"`` object)."""
         return asdict(self)
+
+
+def nest_flat_layout(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config of the flat layout (env options at the top level, before ``"env"``) in today's layout.
+
+    Run folders written before the env options were nested stay loadable; a config that already
+    has an ``"env"`` object is returned unchanged.
+    """
+    if "env" in values:
+        return dict(values)
+    own = {f.name for f in fields(TrainConfig)}
+    nested = {
+        k: v
+        for k, v in values.items()
+        if k not in own and (k in ENV_OPTION_KEYS or k in TrainConfig.MOVED_KEYS)
+    }
+    out = {k: v for k, v in values.items() if k not in nested}
+    out["env"] = {TrainConfig.MOVED_KEYS.get(k, f"env.{k}").partition(".")[2]: v for k, v in nested.items()}
+    return out

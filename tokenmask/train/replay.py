@@ -14,7 +14,49 @@ from typing import Any
 
 import numpy as np
 
+from tokenmask.envs.vector_env import TokenMaskVectorEnv
 from tokenmask.reconstructors import Reconstructor
+
+
+def documents_env(
+    documents: Sequence[Sequence[int]],
+    reconstructor: Reconstructor,
+    env_options: dict[str, Any],
+    rate: float,
+    judge: Reconstructor | None = None,
+    recoverability_weight: float = 0.0,
+    **overrides: Any,
+) -> TokenMaskVectorEnv:
+    """A TokenMask-v0 vector env playing exactly these documents, one per sub-env, in order, at ``rate``.
+
+    The run's options shape the observations and the reward; what belongs to a training corpus is
+    replaced (as :meth:`~tokenmask.envs.TokenMaskEnv.from_texts` does): no shuffling, whole
+    documents, none dropped for being short, one fixed target rate, no per-episode rate draw.
+
+    :param documents: token ids of the reconstructor's vocabulary, one non-empty list per sub-env.
+    :param env_options: the run's TokenMask-v0 options (any subset of ``TokenMaskConfig``'s keys).
+    :param rate: the target rate of every episode.
+    :param judge: the frozen judge of the recoverability bonus (read when ``recoverability_weight > 0``).
+    :param recoverability_weight: the bonus's weight (0: off, whatever ``env_options`` says).
+    :param overrides: further env options that win over ``env_options`` (e.g. ``span=1``).
+    """
+    options = {
+        **env_options,
+        "shuffle": False,
+        "max_tokens": None,
+        "min_tokens": 1,
+        "target_rate": rate,
+        "target_rate_range": None,
+        "recoverability_weight": recoverability_weight,
+        **overrides,
+    }
+    return TokenMaskVectorEnv(
+        num_envs=len(documents),
+        documents=[list(d) for d in documents],
+        reconstructor=reconstructor,
+        judge=judge,
+        **options,
+    )
 
 
 def replay_returns(
@@ -52,7 +94,8 @@ def replay_episodes(
     :param keep_masks: per document, ``True`` = kept (masked = ``~keep``).
     :param rate: the target rate of the episodes (the end-of-episode penalty uses it).
     :param reconstructor: prices the masked tokens.
-    :param env_options: TokenMask-v0 options (``window``, ``context_size``, ``reward_type``, ...).
+    :param env_options: TokenMask-v0 options (``window``, ``context_size``, ``reward_type``, ...; any
+        subset of ``TokenMaskConfig``'s keys, e.g. ``asdict(config.env)``).
     :param seed: seed of the env reset.
     :param judge: the frozen judge of the env's recoverability bonus (read when ``recoverability_weight > 0``).
     :param recoverability_weight: the bonus's weight (0: the per-token reward and rate penalty only).
@@ -60,26 +103,13 @@ def replay_episodes(
         included) and the judge's recoverability the bonus paid (``nan`` without the bonus), so
         ``returns - recoverability_weight * recoverability`` is the per-token part of the return.
     """
-    from tokenmask.envs.vector_env import TokenMaskVectorEnv
-
     if len(contexts) != len(keep_masks):
         raise ValueError(f"{len(keep_masks)} masks for {len(contexts)} contexts; they must match.")
     if any(len(c) == 0 for c in contexts):
         raise ValueError("Every replayed context needs at least one token.")
-    env = TokenMaskVectorEnv(
-        num_envs=len(contexts),
-        documents=[list(c) for c in contexts],
-        reconstructor=reconstructor,
-        shuffle=False,
-        max_tokens=None,
-        min_tokens=1,
-        target_rate=rate,
-        judge=judge,
-        recoverability_weight=recoverability_weight,
-        # token-level masks of any method are replayed token by token: the reward does not depend on
-        # how the agent's actions were grouped, only on which tokens end up masked
-        **{**env_options, "span": 1},
-    )
+    # token-level masks of any method are replayed token by token: the reward does not depend on
+    # how the agent's actions were grouped, only on which tokens end up masked
+    env = documents_env(contexts, reconstructor, env_options, rate, judge, recoverability_weight, span=1)
     window = env.config.window
     masked = [~np.asarray(k, dtype=bool) for k in keep_masks]
     returns = np.zeros(len(contexts), dtype=np.float64)

@@ -9,115 +9,51 @@ Ctrl+C saves the run folder (agent, reconstructor, state) before exiting.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor
 
-from tokenmask.config import build_config
-from tokenmask.evaluate.compressor import Compressor
+from tokenmask.data import iter_texts
+from tokenmask.envs.recoverability import same_vocabulary
+from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method
+from tokenmask.evaluate.evaluator import Evaluator
+from tokenmask.evaluate.metrics import select_documents
 from tokenmask.policies import TokenMaskPolicy, count_trainable_parameters
 from tokenmask.reconstructors import Reconstructor, pick_device
-from tokenmask.train.config import TINY_RECONSTRUCTOR, TrainConfig
+from tokenmask.train.agent import AgentCompressor
+from tokenmask.train.callbacks import (
+    BaselineComparisonCallback,
+    JointReconstructorCallback,
+    RecoverabilityCallback,
+    RunCheckpointCallback,
+    TimeLimitCallback,
+)
+from tokenmask.train.config import TrainConfig
+from tokenmask.train.loading import algorithm_class, load_judge, load_reconstructor, load_run_reconstructor
+from tokenmask.train.replay import replay_returns
 from tokenmask.train.run_folder import RunFolder, RunFolderError
-
-ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
-
-
-def algorithm_class(name: str) -> type[BaseAlgorithm]:
-    """The SB3 class of an algorithm name (``ppo`` or ``a2c``)."""
-    if name not in ALGORITHM_CLASSES:
-        raise ValueError(f"Unknown algo {name!r}. Fix: use one of {sorted(ALGORITHM_CLASSES)}.")
-    return ALGORITHM_CLASSES[name]
-
-
-# ---------------------------------------------------------------------------------------- loading pieces
-def load_run_config(
-    run_dir: str | Path, overrides: dict[str, Any] | None = None
-) -> tuple[TrainConfig, RunFolder]:
-    """The saved config of a run folder (with optional overrides) and the folder.
-
-    :raises RunFolderError: if ``run_dir`` is not a run folder.
-    """
-    run = RunFolder(run_dir)
-    saved = run.read_config()
-    values = {
-        **saved,
-        **{k: v for k, v in (overrides or {}).items() if v is not None},
-        "run_dir": str(run_dir),
-    }
-    return build_config(TrainConfig, values), run
-
-
-def load_reconstructor(
-    config: TrainConfig, device: str | torch.device = "auto", trainable: bool = False
-) -> Reconstructor:
-    """The reconstructor named by ``config.reconstructor`` (a private copy when it will be trained).
-
-    :param trainable: it will be fine-tuned: never hand out the process-wide cached model.
-    """
-    if config.reconstructor == TINY_RECONSTRUCTOR:
-        from tokenmask.testing import tiny_reconstructor
-
-        return tiny_reconstructor(
-            seed=config.seed, device=pick_device(device), batch_size=config.reconstructor_batch_size
-        )
-    return Reconstructor.load(
-        config.reconstructor,
-        device=device,
-        dtype=config.reconstructor_dtype,
-        share=not trainable,
-        batch_size=config.reconstructor_batch_size,
-    )
-
-
-def load_run_reconstructor(
-    config: TrainConfig, run: RunFolder, device: str | torch.device = "auto", trainable: bool = False
-) -> Reconstructor:
-    """The run's fine-tuned reconstructor when the folder has one, else the configured one."""
-    if run.has_reconstructor():
-        return Reconstructor.from_pretrained(
-            run.reconstructor_dir,
-            device=device,
-            dtype=config.reconstructor_dtype,
-            batch_size=config.reconstructor_batch_size,
-        )
-    return load_reconstructor(config, device=device, trainable=trainable)
-
-
-def load_judge(config: TrainConfig, device: str | torch.device = "auto") -> Reconstructor:
-    """The frozen judge of the evaluation and of the recoverability bonus (no mask token, as ``tokenmask evaluate``)."""
-    if config.judge == TINY_RECONSTRUCTOR:
-        from tokenmask.testing import tiny_reconstructor
-
-        return tiny_reconstructor(
-            seed=config.seed, device=pick_device(device), batch_size=config.reconstructor_batch_size
-        )
-    return Reconstructor.load(config.judge, device=device, dtype=config.judge_dtype, add_mask_token=False)
 
 
 def make_training_env(
     config: TrainConfig, reconstructor: Reconstructor, judge: Reconstructor | None
 ) -> VecEnv:
-    """The SB3 vector env of a run: batched TokenMask-v0, finished episodes in the infos, episode stats.
+    """The SB3 vector env of a run: batched TokenMask-v0 with episode stats.
 
     ``TokenMaskSB3VecEnv`` (its reward includes the judge's recoverability bonus when
-    ``recoverability_weight > 0``) -> :class:`~tokenmask.train.outcomes.EpisodeOutcomes` (records) ->
+    ``env.recoverability_weight > 0``; each finished episode's record in its terminal info) ->
     ``VecMonitor``.
     """
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.train.outcomes import EpisodeOutcomes
-
     venv = TokenMaskSB3VecEnv(
-        num_envs=config.n_envs, reconstructor=reconstructor, judge=judge, **config.env_options()
+        num_envs=config.n_envs, config=config.env, reconstructor=reconstructor, judge=judge
     )
     venv.seed(config.seed)
-    return VecMonitor(EpisodeOutcomes(venv))
+    return VecMonitor(venv)
 
 
 def algorithm_kwargs(config: TrainConfig) -> dict[str, Any]:
@@ -146,19 +82,14 @@ def algorithm_kwargs(config: TrainConfig) -> dict[str, Any]:
 
 def build_evaluation(
     config: TrainConfig, judge: Reconstructor, reconstructor: Reconstructor, device: str
-) -> tuple[Any, dict[str, Compressor]]:
+) -> tuple[Evaluator, dict[str, Compressor]]:
     """The validation :class:`~tokenmask.evaluate.evaluator.Evaluator` and the baseline compressors."""
-    from tokenmask.data import iter_texts
-    from tokenmask.evaluate.compressor import MethodContext, build_method
-    from tokenmask.evaluate.evaluator import Evaluator
-    from tokenmask.evaluate.metrics import select_documents
-
-    source = config.eval_data_path or config.data_path
+    source = config.eval_data_path or config.env.data_path
     texts = list(iter_texts(source, split=config.eval_split))
     docs = select_documents(
         texts, judge, config.context_tokens, config.continuation_tokens, config.eval_documents
     )
-    train_texts = list(iter_texts(config.data_path, split=config.split))
+    train_texts = list(iter_texts(config.env.data_path, split=config.env.split))
     context = MethodContext(judge=judge, seed=config.seed, device=device, train_texts=train_texts)
     baselines: dict[str, Compressor] = {}
     for name in config.eval_methods:
@@ -243,17 +174,6 @@ class Trainer:
 
     def callbacks(self) -> list[BaseCallback]:
         """Joint fine-tuning (if on), the baseline comparison, periodic checkpoints, training recoverability logging."""
-        from tokenmask.envs.recoverability import same_vocabulary
-        from tokenmask.train.agent import ENV_OPTION_KEYS, AgentCompressor
-        from tokenmask.train.callbacks import (
-            BaselineComparisonCallback,
-            JointReconstructorCallback,
-            RecoverabilityCallback,
-            RunCheckpointCallback,
-            TimeLimitCallback,
-        )
-        from tokenmask.train.replay import replay_returns
-
         config = self.config
         callbacks: list[BaseCallback] = [RecoverabilityCallback()]
         if config.joint_training:
@@ -266,13 +186,13 @@ class Trainer:
                     batch_documents=config.recon_batch_docs,
                     micro_batches=config.recon_micro_batches,
                     buffer_size=config.recon_buffer,
-                    mode=config.mask_mode,  # type: ignore[arg-type]
+                    mode=config.env.mask_mode,  # type: ignore[arg-type]
                     seed=config.seed,
                     verbose=config.verbose,
                 )
             )
         evaluator, baselines = build_evaluation(config, self.judge, self.reconstructor, self.device)
-        env_options = {k: getattr(config, k) for k in ENV_OPTION_KEYS}
+        env_options = asdict(config.env)
         contexts = [d.context for d in evaluator.docs]
         replay = None
         if same_vocabulary(self.reconstructor, self.judge):  # the judge's contexts are valid env documents
@@ -286,7 +206,7 @@ class Trainer:
                     env_options,
                     seed=config.seed,
                     judge=self.judge,
-                    recoverability_weight=config.recoverability_weight,
+                    recoverability_weight=config.env.recoverability_weight,
                 )
 
         callbacks.append(
