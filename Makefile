@@ -53,13 +53,26 @@ type:
 
 commit-checks: format type lint
 
-# The main job on the embedded model and the shipped corpus: train the debug agent, then judge it beside the baselines.
+# The main job on the embedded model and the shipped corpus, offline, in minutes on 2 CPU cores: compress a sample
+# text (with the agent shipped in the package when there is one, else with span self-information), evaluate it
+# beside truncation, span self-information and LLMLingua (when installed) in ONE table with what its columns mean and
+# which methods are on the Pareto front, then train the tiny debug agent to show the training pipeline.
+SHIPPED_AGENT := $(wildcard tokenmask/agents/default/config.json)
+DEMO_COMPRESSOR := $(if $(SHIPPED_AGENT),--agent default,--method span_self_information)
+comma := ,
+DEMO_METHODS := $(if $(SHIPPED_AGENT),agent:default$(comma))truncation,span_self_information,llmlingua
+DEMO_DOCUMENTS ?= 8
+
 demo: install
 	rm -rf $(DEMO_DIR)  # the demo's own output folder: a second `make demo` starts afresh
+	@echo "== 1/3 compress a sample text at rate 0.5 with $(if $(SHIPPED_AGENT),the shipped agent,span_self_information (no agent ships with this checkout yet))"
+	$(PYTHON) -c "import json, tokenmask.data as d; print(json.loads(open(d.sample_corpus_path()).readline())['text'][:600])" \
+		| tokenmask compress --rate 0.5 $(DEMO_COMPRESSOR) --device cpu --show
+	@echo "== 2/3 evaluate beside the baselines: $(DEMO_METHODS), $(DEMO_DOCUMENTS) documents of the sample corpus"
+	tokenmask evaluate --corpus sample --methods $(DEMO_METHODS) --rates 0.5 --num_documents $(DEMO_DOCUMENTS) \
+		--recoverability_documents $(DEMO_DOCUMENTS) --device cpu --tensorboard false --output_dir $(DEMO_DIR)/eval
+	@echo "== 3/3 train the tiny debug agent (the whole pipeline on a tiny budget; it learns little)"
 	tokenmask train --config configs/dev/debug.json --run_dir $(DEMO_DIR)/agent
-	tokenmask evaluate --corpus sample --methods agent:$(DEMO_DIR)/agent,truncation,random,self_information \
-		--rates 0.5 --num_documents 8 --recoverability_documents 8 --output_dir $(DEMO_DIR)/eval
-	cat $(DEMO_DIR)/eval/results.md
 
 clean:
 	rm -rf build dist *.egg-info runs data_out .mypy_cache .ruff_cache .pytest_cache

@@ -14,7 +14,7 @@ base frozen, sweeps again, saves the trained layers, and prints one Markdown tab
     python benchmarks/activation_quality.py timing --model runs/activation_smollm2_l24/model --lengths 256,1024
 
 Perplexity counts every token after BOS, predicted from the compressed past; ratio and bytes count
-the compressed layers only (EVALUATION.md's rate for in-model compressors is ``1 - 1/ratio``).
+the compressed layers only (docs/evaluation.md's rate for in-model compressors is ``1 - 1/ratio``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def export(args: argparse.Namespace) -> None:
     from tokenmask.testing import tiny_reconstructor
 
     recon: Reconstructor = tiny_reconstructor()
-    splits = {s: load_sequences(recon, args.data_path, s, args.max_length) for s in ("train", "validation", "test")}
+    splits = {
+        s: load_sequences(recon, args.data_path, s, args.max_length) for s in ("train", "validation", "test")
+    }
     atomic_write_json(args.out, splits)
     print({s: len(v) for s, v in splits.items()}, "->", args.out)
 
@@ -72,20 +74,29 @@ def run(args: argparse.Namespace) -> None:
     torch.backends.cudnn.allow_tf32 = True
     start = time.perf_counter()
     recon = Reconstructor.load(args.model, device=args.device, dtype=args.dtype)
-    print(f"loaded {args.model} in {time.perf_counter() - start:.1f}s on {machine_description(recon.device)}", flush=True)
+    print(
+        f"loaded {args.model} in {time.perf_counter() - start:.1f}s on {machine_description(recon.device)}",
+        flush=True,
+    )
     data = json.loads(Path(args.sequences).read_text())
     train_seqs: list[list[int]] = data["train"]
     test_seqs: list[list[int]] = data["test"][: args.eval_documents]
     long_seqs = long_sequences(data["test"], args.timing_length, args.timing_batch, recon.bos_token_id)
     thresholds = [float(x) for x in args.thresholds.split(",")]
     out = Path(args.out)
-    summary: dict[str, Any] = {"device": machine_description(recon.device), "model": args.model, "settings": {}}
+    summary: dict[str, Any] = {
+        "device": machine_description(recon.device),
+        "model": args.model,
+        "settings": {},
+    }
     tables: list[str] = []
     for setting in args.settings.split(";"):
         layers = [int(x) for x in setting.split(",")]
         name = "layers_" + "_".join(map(str, layers))
         torch.manual_seed(args.seed)
-        model = CompressedCausalLM(recon, CompressionConfig(compression_layers=layers, similarity_threshold=args.train_threshold))
+        model = CompressedCausalLM(
+            recon, CompressionConfig(compression_layers=layers, similarity_threshold=args.train_threshold)
+        )
         result: dict[str, Any] = {"layers": layers}
         for phase in ("before", "after"):
             if phase == "after":
@@ -116,12 +127,19 @@ def run(args: argparse.Namespace) -> None:
                 result["parachute_offset"] = float(model.threshold_offset)
                 model.threshold_offset.zero_()
                 model.save_pretrained(out / "models" / name)
-            rows = sweep_thresholds(model, test_seqs, thresholds, args.batch_size, args.repeats, progress=False)
+            rows = sweep_thresholds(
+                model, test_seqs, thresholds, args.batch_size, args.repeats, progress=False
+            )
             for row in rows:
                 long = measure_prefill(model, long_seqs, args.timing_batch, row["threshold"], args.repeats)
                 row.update({f"long_{k}": v for k, v in long.items()})
             result[phase] = rows
-            tables.append(markdown_table(rows, f"{name}, {phase} training ({len(test_seqs)} sequences of <= {args.max_length} tokens)"))
+            tables.append(
+                markdown_table(
+                    rows,
+                    f"{name}, {phase} training ({len(test_seqs)} sequences of <= {args.max_length} tokens)",
+                )
+            )
             print(tables[-1], flush=True)
         report = {
             "model": args.model,
@@ -185,7 +203,10 @@ def timing(args: argparse.Namespace) -> None:
     config = ActivationEvaluateConfig(model_name=args.model, device=args.device, dtype=args.dtype)
     model, trained = load_for_evaluation(config)
     if not trained and args.layers:
-        model = CompressedCausalLM(model.reconstructor, CompressionConfig(compression_layers=[int(x) for x in args.layers.split(",")]))
+        model = CompressedCausalLM(
+            model.reconstructor,
+            CompressionConfig(compression_layers=[int(x) for x in args.layers.split(",")]),
+        )
     held_out = load_sequences(model.reconstructor, args.data_path, "test", 512)
     lines = [
         f"Machine: {machine_description(model.device)}; model {args.model} (layers {model.layer_indices} of "
@@ -212,7 +233,9 @@ def timing(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="tokenize a corpus into a sequences JSON")
     ex.add_argument("--data_path", default="data_out/pydocs")

@@ -1,25 +1,32 @@
-"""Compression speed of every method, side by side: ``compress_ms_per_1k_tokens`` (EVALUATION.md).
+"""Compression speed of the agent beside its peers, in one run: ``compress_ms_per_1k_tokens`` (docs/evaluation.md).
 
 Wall time of the compressor alone (no judge scoring), warm (each method compresses the first
 document once before timing), per 1,000 context tokens, every method on the same device in one
 run. Contexts are the first C judge tokens of the first ``--documents`` long-enough documents of
-the corpus. The machine (and its load average: other processes share CPU cores) is printed with
-the table; the best of ``--repeats`` timings is reported, the least disturbed by other load.
+the corpus. The table names the machine (and, on a CPU, its load average: other processes share
+the cores), gives each method's time as a ratio to LLMLingua's (the peer the agent should beat by
+5x on a CPU, issue 14), and reports the best of ``--repeats`` timings, the least disturbed by load.
+
+The agent is ``--agent``: ``default`` (the agent shipped in the package; its row says so when none
+ships yet) or a run folder of ``tokenmask train``. LLMLingua's row appears when ``llmlingua`` is
+installed (``pip install tokenmask[peers]``).
 
 Examples::
 
-    python benchmarks/compress_speed.py                               # all baselines, embedded SmolLM2
-    python benchmarks/compress_speed.py --methods truncation,random,agent:runs/ppo1 --documents 16
+    python benchmarks/compress_speed.py --agent runs/demo/agent            # the table of issue 14
+    python benchmarks/compress_speed.py --agent runs/ppo1 --device cuda --documents 64
     python benchmarks/compress_speed.py --model tiny --methods random,self_information   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from tokenmask.data import iter_texts
@@ -29,12 +36,31 @@ from tokenmask.evaluate.compressor import (
     MethodContext,
     build_method,
     parse_method_names,
+    split_method_name,
 )
-from tokenmask.evaluate.metrics import select_documents, separator_ids
+from tokenmask.evaluate.metrics import EvalDocument, select_documents, separator_ids
 from tokenmask.evaluate.reports import device_description
-from tokenmask.evaluate.runner import DEFAULT_METHODS
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.testing import tiny_reconstructor
+
+PEER = "llmlingua"
+"""The method every row is compared with."""
+METHODS: tuple[str, ...] = ("agent", PEER, "self_information", "span_self_information", "truncation")
+"""The rows of issue 14's speed table, in order (``agent`` stands for ``agent:AGENT``)."""
+
+
+@dataclass
+class SpeedRow:
+    """One method's timing.
+
+    :param method: the method's name.
+    :param ms_per_1k_tokens: best wall time per 1,000 context tokens (``nan`` when skipped).
+    :param note: why the method was skipped, or ``""``.
+    """
+
+    method: str
+    ms_per_1k_tokens: float
+    note: str = ""
 
 
 def machine_name(device: torch.device) -> str:
@@ -44,25 +70,28 @@ def machine_name(device: torch.device) -> str:
     return f"{device_description(device)}, load average {os.getloadavg()[0]:.1f}"
 
 
-def time_method(method: object, judge: Reconstructor, docs: list, rate: float, repeats: int) -> float:
+def time_method(
+    method: object, judge: Reconstructor, docs: Sequence[EvalDocument], rate: float, repeats: int
+) -> float:
     """Best wall time (seconds) of one compression of every document at ``rate``, after a warm-up call."""
     contexts = [d.context for d in docs]
     texts = [d.text for d in docs]
     if isinstance(method, Compressor):
-        run = lambda: method.compress(contexts, rate, texts=texts)  # noqa: E731
-        method.compress(contexts[:1], rate, texts=texts[:1])
+        compressor = method
+        run = lambda: compressor.compress(contexts, rate, texts=texts)  # noqa: E731
+        compressor.compress(contexts[:1], rate, texts=texts[:1])
     elif isinstance(method, InModelCompressor):
+        in_model = method
         sep = separator_ids(judge)
         conts = [d.continuation for d in docs]
 
         def run() -> object:
-            result = method.score(judge, contexts, conts, sep, rate)
-            return result.compress_seconds
+            return in_model.score(judge, contexts, conts, sep, rate).compress_seconds
 
-        method.score(judge, contexts[:1], conts[:1], sep, rate)
+        in_model.score(judge, contexts[:1], conts[:1], sep, rate)
     else:
         raise TypeError(f"{type(method).__name__} is not a compressor")
-    best = float("inf")
+    best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         reported = run()
@@ -73,17 +102,56 @@ def time_method(method: object, judge: Reconstructor, docs: list, rate: float, r
     return best
 
 
+def speed_table(rows: Sequence[SpeedRow], machine: str, setting: str) -> str:
+    """The table as text: one line per method with ms per 1k tokens and the ratio to LLMLingua."""
+    peer = next((r.ms_per_1k_tokens for r in rows if split_method_name(r.method)[0] == PEER), math.nan)
+    lines = [
+        f"machine: {machine}",
+        setting,
+        f"| {'method':<32} | {'ms per 1k tokens':>16} | {'x LLMLingua':>11} |",
+        f"| {'-' * 32} | {'-' * 16}:| {'-' * 11}:|",
+    ]
+    for row in rows:
+        if not math.isfinite(row.ms_per_1k_tokens):
+            lines.append(f"| {row.method:<32} | {'-':>16} | {'-':>11} | {row.note}")
+            continue
+        ratio = f"{row.ms_per_1k_tokens / peer:.2f}" if math.isfinite(peer) and peer > 0 else "-"
+        lines.append(f"| {row.method:<32} | {row.ms_per_1k_tokens:>16.1f} | {ratio:>11} |")
+    return "\n".join(lines)
+
+
+def _method_names(spec: str, agent: str) -> list[str]:
+    return [f"agent:{agent}" if name == "agent" else name for name in parse_method_names(spec)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="judge: default (embedded SmolLM2), tiny, or a model name")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method names")
-    parser.add_argument("--corpus", default="sample", help="corpus (prepared folder, .jsonl/.txt, or 'sample')")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--agent", default="default", help="the agent row: default (shipped) or a run folder")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated method names ('agent' = --agent)"
+    )
+    parser.add_argument(
+        "--model", default="default", help="judge: default (embedded SmolLM2), tiny, or a model name"
+    )
+    parser.add_argument(
+        "--corpus", default="sample", help="corpus (prepared folder, .jsonl/.txt, or 'sample')"
+    )
     parser.add_argument("--documents", type=int, default=8)
     parser.add_argument("--context-tokens", type=int, default=256)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a CPU other processes load, 1 avoids threads waiting on each other)",
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     if args.model == "tiny":
         judge = tiny_reconstructor(seed=0, device=args.device)
@@ -94,22 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     tokens = sum(len(d.context) for d in docs)
     context = MethodContext(judge=judge, device=args.device, train_texts=texts)
 
-    rows = []
-    for name in parse_method_names(args.methods):
+    rows: list[SpeedRow] = []
+    for name in _method_names(args.methods, args.agent):
         try:
             method = build_method(name, context)
-        except ImportError as exc:
-            rows.append((name, float("nan"), f"skipped: {exc}"))
+        except (ImportError, ValueError) as exc:  # llmlingua not installed; no shipped agent yet
+            rows.append(SpeedRow(name, math.nan, f"skipped: {str(exc).splitlines()[0][:160]}"))
             continue
+        print(f"timing {name} ...", flush=True)
         seconds = time_method(method, judge, docs, args.rate, args.repeats)
-        rows.append((name, seconds * 1e6 / tokens, ""))
+        rows.append(SpeedRow(name, seconds * 1e6 / tokens))
 
-    print(f"machine: {machine_name(judge.device)}")
-    print(f"judge {args.model}, {len(docs)} contexts of {args.context_tokens} tokens ({tokens} tokens), rate {args.rate}")
-    print(f"{'method':<24} {'ms per 1k tokens':>18} {'ms per context':>16}")
-    for name, ms, note in rows:
-        per_context = ms * args.context_tokens / 1000 if np.isfinite(ms) else float("nan")
-        print(f"{name:<24} {ms:>18.2f} {per_context:>16.2f} {note}")
+    setting = (
+        f"judge {args.model}, {len(docs)} contexts of {args.context_tokens} tokens ({tokens} tokens), "
+        f"rate {args.rate}, best of {args.repeats}"
+    )
+    print(speed_table(rows, machine_name(judge.device), setting))
     return 0
 
 

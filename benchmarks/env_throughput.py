@@ -63,7 +63,9 @@ def load_model(name: str, device: str, dtype: str, batch_size: int | None) -> Re
         folder = name.split(":", 1)[1]
         config = AutoConfig.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        recon = Reconstructor.from_config(config, tokenizer, device=torch_device, seed=0, batch_size=batch_size)
+        recon = Reconstructor.from_config(
+            config, tokenizer, device=torch_device, seed=0, batch_size=batch_size
+        )
     else:
         return Reconstructor.load(name, device=torch_device, dtype=dtype, batch_size=batch_size)
     torch.nn.Module.to(recon.model, pick_dtype(torch_device, dtype))  # transformers types .to narrowly
@@ -147,7 +149,9 @@ def time_env(
     }
 
 
-def profile_env(recon: Reconstructor, corpus: DocumentCorpus, num_envs: int, window: int, steps: int = 5) -> None:
+def profile_env(
+    recon: Reconstructor, corpus: DocumentCorpus, num_envs: int, window: int, steps: int = 5
+) -> None:
     """Print the operations that take the most time over a few env steps (device time where there is a GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -166,8 +170,12 @@ def profile_env(recon: Reconstructor, corpus: DocumentCorpus, num_envs: int, win
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="tiny, default (embedded SmolLM2), random:DIR, or a model name")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="tiny", help="tiny, default (embedded SmolLM2), random:DIR, or a model name"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--num-envs", default="8,32,64", help="comma-separated num_envs values")
@@ -179,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-repeats", type=int, default=3)
     parser.add_argument("--data", default="sample", help="corpus (data_path) the env samples from")
     parser.add_argument("--max-tokens", type=int, default=512)
-    parser.add_argument("--max-documents", type=int, default=None, help="use only the first documents of the corpus")
-    parser.add_argument("--cold", action="store_true", help="also time the largest num_envs without the feature cache")
-    parser.add_argument("--profile", action="store_true", help="print the top operations of 5 steps at the largest num_envs")
+    parser.add_argument(
+        "--max-documents", type=int, default=None, help="use only the first documents of the corpus"
+    )
+    parser.add_argument(
+        "--cold", action="store_true", help="also time the largest num_envs without the feature cache"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print the top operations of 5 steps at the largest num_envs"
+    )
     parser.add_argument("--output", default=None, help="write the results as JSON here too")
     args = parser.parse_args(argv)
 
@@ -206,31 +220,69 @@ def main(argv: list[str] | None = None) -> int:
         for n in num_envs_list
     ]
     if args.cold:
-        runs.append(time_env(recon, corpus, num_envs_list[-1], args.window, args.steps, args.warmup, "information", cache_features=False))
-    runs.append(time_env(recon, corpus, num_envs_list[-1], args.window, args.steps, args.warmup, "simple", cache_features=True))
+        runs.append(
+            time_env(
+                recon,
+                corpus,
+                num_envs_list[-1],
+                args.window,
+                args.steps,
+                args.warmup,
+                "information",
+                cache_features=False,
+            )
+        )
+    runs.append(
+        time_env(
+            recon,
+            corpus,
+            num_envs_list[-1],
+            args.window,
+            args.steps,
+            args.warmup,
+            "simple",
+            cache_features=True,
+        )
+    )
 
     reference = bare["bare_forward_tokens_per_s"]
     print(f"\nTokenMask-v0 throughput on {machine}")
-    print(f"model {args.model} ({recon.num_parameters / 1e6:.1f}M parameters, {dtype}), corpus {args.data}: "
-          f"{len(corpus)} documents, {corpus.num_tokens} tokens, window {args.window}\n")
+    print(
+        f"model {args.model} ({recon.num_parameters / 1e6:.1f}M parameters, {dtype}), corpus {args.data}: "
+        f"{len(corpus)} documents, {corpus.num_tokens} tokens, window {args.window}\n"
+    )
     print("| what | tokens/s | vs bare forward |")
     print("| --- | ---: | ---: |")
     print(f"| bare forward {args.bare_batch}x{args.bare_length} (LM body) | {reference:,.0f} | 1.00 |")
-    print(f"| token_bits {args.bare_batch}x{args.bare_length} (body + head, every token) | "
-          f"{bare['token_bits_tokens_per_s']:,.0f} | {bare['token_bits_tokens_per_s'] / reference:.2f} |")
-    print(f"| document features (once per document) | {features_rate:,.0f} | {features_rate / reference:.2f} |")
+    print(
+        f"| token_bits {args.bare_batch}x{args.bare_length} (body + head, every token) | "
+        f"{bare['token_bits_tokens_per_s']:,.0f} | {bare['token_bits_tokens_per_s'] / reference:.2f} |"
+    )
+    print(
+        f"| document features (once per document) | {features_rate:,.0f} | {features_rate / reference:.2f} |"
+    )
     for run in runs:
         label = f"env {run['reward_type']}, num_envs {run['num_envs']}"
         if not run["features_cached"]:
             label += ", features recomputed per episode"
-        print(f"| {label} ({run['steps_per_s']:.1f} steps/s) | {run['decided_tokens_per_s']:,.0f} | "
-              f"{run['decided_tokens_per_s'] / reference:.2f} |")
+        print(
+            f"| {label} ({run['steps_per_s']:.1f} steps/s) | {run['decided_tokens_per_s']:,.0f} | "
+            f"{run['decided_tokens_per_s'] / reference:.2f} |"
+        )
     if args.profile:
         profile_env(recon, corpus, num_envs_list[-1], args.window)
     if args.output:
         atomic_write_json(
             args.output,
-            {"machine": machine, "model": args.model, "dtype": dtype, "window": args.window, "features_tokens_per_s": features_rate, **bare, "env": runs},
+            {
+                "machine": machine,
+                "model": args.model,
+                "dtype": dtype,
+                "window": args.window,
+                "features_tokens_per_s": features_rate,
+                **bare,
+                "env": runs,
+            },
         )
     return 0
 

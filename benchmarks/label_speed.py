@@ -3,7 +3,7 @@ how much of the labels' retention survives on continuation tokens they were not 
 
 Each document needs C + 2T judge tokens: the search sees the first T continuation tokens (as
 ``tokenmask label`` does), the next T are held out and scored afterwards for the labels and the
-structured baselines (retention there is free of the selection's noise, EVALUATION.md). Prints one
+structured baselines (retention there is free of the selection's noise, docs/evaluation.md). Prints one
 table per run (corpus ratios of sums)::
 
     python benchmarks/label_speed.py --corpus data/pydocs.jsonl --documents 64 --dtype bfloat16

@@ -53,7 +53,9 @@ def main() -> None:
     from tokenmask.train.replay import replay_episodes
 
     config, run = load_run_config(args.run)
-    judge = Reconstructor.load(config.env.judge_name, device=args.device, dtype="float32", add_mask_token=False)
+    judge = Reconstructor.load(
+        config.env.judge_name, device=args.device, dtype="float32", add_mask_token=False
+    )
     texts = list(iter_texts(args.corpus, split=args.split))
     docs = select_documents(
         texts, judge, config.context_tokens, config.continuation_tokens, args.num_documents

@@ -1,4 +1,7 @@
-"""Save a run's agent before any training (step 0), to measure what training adds.
+"""Save a run's agent before any PPO update (step 0), to measure what training adds.
+
+With ``--pretrain LABELS`` the agent is behaviour-cloned on a ``tokenmask label`` folder first
+(the "cloning only" row of the ablation); without it, it is the untrained policy.
 
 The policy is built exactly as ``tokenmask train`` builds it (same config, same seed, so the same
 initial weights), saved with the base reconstructor, and not trained. Judge it next to the trained
@@ -23,6 +26,9 @@ def main() -> None:
     parser.add_argument(
         "--n_envs", type=int, default=2, help="envs of the throwaway env (the policy does not depend on it)"
     )
+    parser.add_argument(
+        "--pretrain", default=None, help="`tokenmask label` folder: clone on it first (cloning only)"
+    )
     args = parser.parse_args()
 
     from tokenmask.config import load_config
@@ -36,10 +42,14 @@ def main() -> None:
         "joint_period": 0,  # no fine-tuned reconstructor: the agent reads the base one, as at step 0
         "tensorboard": False,
     }
+    if args.pretrain:
+        overrides["pretrain"] = args.pretrain
     config = load_config(TrainConfig, args.config, overrides)
     trainer = Trainer(config)
-    trainer.save("untrained")
-    print(f"untrained agent ({trainer.policy_parameters:,} parameters, seed {config.seed}) saved to {args.run_dir}")
+    trainer.save("pretrained" if args.pretrain else "untrained")
+    print(
+        f"{'cloned' if args.pretrain else 'untrained'} agent ({trainer.policy_parameters:,} parameters, seed {config.seed}) saved to {args.run_dir}"
+    )
 
 
 if __name__ == "__main__":

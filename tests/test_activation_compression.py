@@ -28,7 +28,14 @@ from tokenmask.testing import tiny_llama_config
 
 def tiny_gpt2_config() -> GPT2Config:
     return GPT2Config(
-        vocab_size=49152, n_embd=32, n_layer=4, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=2
+        vocab_size=49152,
+        n_embd=32,
+        n_layer=4,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
 
 
@@ -53,7 +60,10 @@ def logits(model: CompressedCausalLM, ids: torch.Tensor, **kwargs: object) -> tu
 
 def test_no_merge_is_the_base_model(recon: Reconstructor) -> None:
     """A threshold above 1 merges nothing: the wrapper reproduces the base LM, padding included."""
-    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 2], similarity_threshold=1.01, adaptive_threshold=False))
+    model = CompressedCausalLM(
+        recon,
+        CompressionConfig(compression_layers=[1, 2], similarity_threshold=1.01, adaptive_threshold=False),
+    )
     ids = random_ids(recon, 2, 30)
     mask = torch.ones_like(ids)
     mask[1, 20:] = 0
@@ -74,7 +84,9 @@ def test_no_merge_is_the_base_model(recon: Reconstructor) -> None:
     ],
     ids=["adaptive", "recursive", "fixed"],
 )
-def test_changing_a_later_token_leaves_earlier_logits_unchanged(recon: Reconstructor, config: CompressionConfig) -> None:
+def test_changing_a_later_token_leaves_earlier_logits_unchanged(
+    recon: Reconstructor, config: CompressionConfig
+) -> None:
     model = CompressedCausalLM(recon, config)
     with torch.no_grad():  # a trained-looking model: non-zero learned parts everywhere
         for p in model.parameters():
@@ -175,10 +187,14 @@ def test_running_quantile_is_causal_and_exact() -> None:
     thresholds = running_quantile(sim, eligible, 0.5, chunk=7)
     assert torch.isnan(thresholds[0, :3]).all()
     for b in range(3, 30):
-        assert thresholds[0, b].item() == pytest.approx(float(np.quantile(sim[0, 3 : b + 1].numpy(), 0.5)), abs=1e-6)
+        assert thresholds[0, b].item() == pytest.approx(
+            float(np.quantile(sim[0, 3 : b + 1].numpy(), 0.5)), abs=1e-6
+        )
     later = sim.clone()
     later[0, 20:] = 0.0
-    torch.testing.assert_close(running_quantile(later, eligible, 0.5)[0, :20], thresholds[0, :20], rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        running_quantile(later, eligible, 0.5)[0, :20], thresholds[0, :20], rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_contrastive_loss_is_zero_for_identical_clusters_and_positive_otherwise() -> None:
@@ -215,8 +231,13 @@ def test_smollm2_compresses_causally_and_exactly(smollm: Reconstructor, pydocs_p
     mask = torch.ones_like(ids)
     score = mask.bool().clone()
     score[:, 0] = False
-    exact = CompressedCausalLM(smollm, CompressionConfig(compression_layers=[20], similarity_threshold=1.01, adaptive_threshold=False))
-    model = CompressedCausalLM(smollm, CompressionConfig(compression_layers=[20, 26], similarity_threshold=0.5))
+    exact = CompressedCausalLM(
+        smollm,
+        CompressionConfig(compression_layers=[20], similarity_threshold=1.01, adaptive_threshold=False),
+    )
+    model = CompressedCausalLM(
+        smollm, CompressionConfig(compression_layers=[20, 26], similarity_threshold=0.5)
+    )
     with torch.no_grad():
         base = float(exact.uncompressed_nlls(ids, mask).sum())
         same = float(exact.token_nlls(exact(ids), ids, score).sum())

@@ -37,11 +37,15 @@ def ratio_of(model: CompressedCausalLM, sequences: list[list[int]]) -> float:
         return model(ids, mask).ratio
 
 
-def test_training_step_updates_only_the_compression_layers(recon: Reconstructor, sequences: list[list[int]]) -> None:
+def test_training_step_updates_only_the_compression_layers(
+    recon: Reconstructor, sequences: list[list[int]]
+) -> None:
     model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[2]))
     base_before = [p.detach().clone() for p in model.base_parameters]
     layers_before = [p.detach().clone() for p in model.parameters()]
-    trainer = ActivationTrainer(model, learning_rate=1e-2, freeze_base=True, contrastive_weight=0.5, warmup_steps=1)
+    trainer = ActivationTrainer(
+        model, learning_rate=1e-2, freeze_base=True, contrastive_weight=0.5, warmup_steps=1
+    )
     first = trainer.step(sequences[:4])
     for _ in range(3):
         last = trainer.step(sequences[:4])
@@ -50,15 +54,21 @@ def test_training_step_updates_only_the_compression_layers(recon: Reconstructor,
     assert first.ratio > 1.2 and first.contrastive > 0
     # the cached lower states give the same uncompressed loss as the base LM itself
     ids, mask = pad_batch(sequences[:4], recon.pad_token_id)
-    assert last.uncompressed_loss == pytest.approx(float(model.uncompressed_nlls(ids, mask).sum() / mask[:, 1:].sum()), rel=1e-5)
+    assert last.uncompressed_loss == pytest.approx(
+        float(model.uncompressed_nlls(ids, mask).sum() / mask[:, 1:].sum()), rel=1e-5
+    )
 
 
-def test_parachute_backs_off_under_a_high_loss_and_recovers(recon: Reconstructor, sequences: list[list[int]]) -> None:
+def test_parachute_backs_off_under_a_high_loss_and_recovers(
+    recon: Reconstructor, sequences: list[list[int]]
+) -> None:
     model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1], similarity_threshold=0.4))
     parachute = QualityParachute(model, tolerance=0.03, step=0.1, momentum=0.5)
     before = ratio_of(model, sequences[:6])
     for _ in range(4):
-        assert parachute.update(compressed_loss=5.0, uncompressed_loss=3.0)  # forced: perplexity e^2 times higher
+        assert parachute.update(
+            compressed_loss=5.0, uncompressed_loss=3.0
+        )  # forced: perplexity e^2 times higher
     assert float(model.threshold_offset) == pytest.approx(0.4)
     assert model.effective_threshold() == pytest.approx(0.8)
     assert ratio_of(model, sequences[:6]) < before - 0.2
@@ -134,7 +144,9 @@ def test_cli_train_then_evaluate(recon: Reconstructor, tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["activation", "train", "--compression_layers", "5,2", "--output_dir", str(tmp_path)]) == 2
+    assert (
+        cli_main(["activation", "train", "--compression_layers", "5,2", "--output_dir", str(tmp_path)]) == 2
+    )
     assert "increasing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["activation", "evaluate", "--no_such_option", "1"])

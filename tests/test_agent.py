@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
+from tokenmask import api
 from tokenmask.cli import main
 from tokenmask.config import load_config
 from tokenmask.envs.env_config import ENV_OPTION_KEYS
-from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.compressor import RATE_TOLERANCE, MethodContext, build_method, drop_highest
 from tokenmask.testing import tiny_reconstructor
-from tokenmask.train.agent import AgentCompressor, drop_highest
+from tokenmask.train import agent as agent_module
+from tokenmask.train.agent import AgentCompressor
 from tokenmask.train.config import TrainConfig
 from tokenmask.train.run_folder import RunFolder
 from tokenmask.train.text_samples import STROKE, strike_through
@@ -108,7 +110,9 @@ def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
     from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
     from tokenmask.policies import TokenMaskPolicy
 
-    config = load_config(TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.span": 4})
+    config = load_config(
+        TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.span": 4}
+    )
     recon = tiny_reconstructor(seed=config.seed)
     env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
     assert env.action_space.n == config.env.window // 4
@@ -124,3 +128,84 @@ def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
     outputs = agent.compress(contexts, 0.5)
     kept = len(agent.tokenizer(outputs[0].text, add_special_tokens=False)["input_ids"])
     assert abs(1 - kept / len(contexts[0]) - 0.5) <= 0.01
+
+
+def test_keep_masks_fit_the_emitted_rate_and_words_never_fuse(agent):
+    """The base class's fit_rate: the emitted text, re-tokenized, hits the rate; a dropped space leaves one."""
+    text = "a\npolicy is a popular\nalgorithm for names,\nnumbers and\tcode: x = f(y)  # Café 日本語 " * 4
+    ids = agent.reconstructor.encode(text)
+    keep = agent.keep_masks([ids], 0.5)[0]
+    emitted = agent.emitted_text(ids, keep)
+    kept = len(agent.tokenizer(emitted, add_special_tokens=False)["input_ids"])
+    assert abs(1 - kept / len(ids) - 0.5) <= RATE_TOLERANCE + 1 / len(ids)
+    assert "apolicy" not in emitted and "popularalgorithm" not in emitted and "names,numbers" not in emitted
+    output = agent.compress([ids], 0.5)[0]
+    assert output.text == agent.emitted_text(ids, output.keep)
+
+
+def test_one_env_for_every_document_and_no_lm_pass_per_window(agent, monkeypatch):
+    """The fast pass: all documents of a call are rows of one env, and no masked-prefix pricing runs per window."""
+    from tokenmask.envs.scoring import IncrementalScorer
+
+    built = []
+    real = agent_module.documents_env
+
+    def counting(documents, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(len(documents))
+        return real(documents, *args, **kwargs)
+
+    def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the fast pass priced masked tokens window by window")
+
+    monkeypatch.setattr(agent_module, "documents_env", counting)
+    monkeypatch.setattr(IncrementalScorer, "score", forbidden)
+    contexts = [agent.reconstructor.encode(t) for t in TEXTS] * 3
+    scores = agent.mask_scores(contexts, 0.5)
+    assert built == [len(contexts)]
+    assert [len(s) for s in scores] == [len(c) for c in contexts]
+
+
+def test_exact_bits_prices_the_masked_prefix_as_in_training(agent, monkeypatch):
+    from tokenmask.envs.scoring import IncrementalScorer
+
+    calls = []
+    real_score = IncrementalScorer.score
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real_score(self, *args, **kwargs)
+
+    monkeypatch.setattr(IncrementalScorer, "score", counting)
+    exact = AgentCompressor(
+        agent.policy, agent.reconstructor, agent.env_options, exact_bits=True, batch_documents=2
+    )
+    contexts = [agent.reconstructor.encode(t) for t in TEXTS]
+    scores = exact.mask_scores(contexts, 0.5)
+    assert calls and all(np.all((s >= 0) & (s <= 1)) for s in scores)
+    fast = agent.mask_scores(contexts, 0.5)
+    assert [s.shape for s in scores] == [s.shape for s in fast]
+
+
+def test_agent_default_is_the_shipped_agent(run_dir, tiny_recon, monkeypatch, tmp_path):
+    from tokenmask.evaluate.runner import check_methods
+
+    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
+    for name in ("agent", "agent:default"):
+        with pytest.raises(api.AgentNotFoundError, match="no agent ships") as info:
+            check_methods([name])
+        assert "Fix:" in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", run_dir)
+    check_methods(["agent:default"])
+    method = build_method("agent", MethodContext(judge=tiny_recon, device="cpu"))
+    assert isinstance(method, AgentCompressor) and method.name == "agent:default"
+
+
+def test_evaluate_checks_agent_folders_before_loading_a_model(tmp_path):
+    from tokenmask.errors import InputError
+    from tokenmask.evaluate.runner import check_methods
+    from tokenmask.train.run_folder import RunFolderError
+
+    with pytest.raises(InputError, match="no such run folder"):
+        check_methods([f"agent:{tmp_path / 'missing'}"])
+    with pytest.raises(RunFolderError):
+        check_methods([f"agent:{tmp_path}"])

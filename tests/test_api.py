@@ -165,3 +165,22 @@ def test_the_embedded_judge_by_default_compresses_offline() -> None:
     text = TEXTS[0] * 3
     result = tokenmask.compress(text, rate=0.5, method="span_self_information:8", device="cpu")
     assert 0 < len(result.text) < len(text) and abs(result.rate - 0.5) <= 0.01
+
+
+def test_the_shipped_agent_is_the_default(run_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With an agent in DEFAULT_AGENT_DIR, ``tokenmask.compress(text)`` needs no other argument."""
+    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", run_dir)
+    result = tokenmask.compress(TEXTS[0], rate=0.5, device="cpu")
+    assert result == tokenmask.compress(TEXTS[0], rate=0.5, agent=run_dir, device="cpu")
+    assert 0 < result.kept_tokens < result.tokens and abs(result.rate - 0.5) <= 0.02
+    assert "apolicy" not in result.text
+
+
+def test_the_agent_compresses_many_texts_in_one_pass(run_dir) -> None:  # type: ignore[no-untyped-def]
+    """Every text of a batch goes through the agent together; each text still hits the rate alone."""
+    whole = tokenmask.compress(TEXTS, rate=0.4, agent=run_dir, device="cpu")
+    split = tokenmask.compress(TEXTS, rate=0.4, agent=run_dir, device="cpu", batch_size=2)
+    # float sums of other batch shapes may move a mask probability across 0.5: compare what is fixed
+    assert [r.tokens for r in whole] == [r.tokens for r in split]
+    for one, other in zip(whole, split):
+        assert one.kept_tokens > 0 and abs(one.rate - other.rate) <= 2 / one.tokens + 0.01

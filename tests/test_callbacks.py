@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import numpy as np
 import pytest
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from tokenmask.envs.episodes import RECORD_KEY, EpisodeRecord
 from tokenmask.envs.episodes import RECOVERABILITY_KEY as GAIN_KEY
@@ -13,7 +18,12 @@ from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
 from tokenmask.envs.scoring import weights_fingerprint
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.testing import tiny_reconstructor
-from tokenmask.train.callbacks import JointReconstructorCallback, RunCheckpointCallback, TimeLimitCallback
+from tokenmask.train.callbacks import (
+    JointReconstructorCallback,
+    RunCheckpointCallback,
+    StopOnSignalCallback,
+    TimeLimitCallback,
+)
 from tokenmask.train.replay import replay_episodes, replay_returns
 
 ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
@@ -25,7 +35,9 @@ SMALL_POLICY = {
 def test_env_bonus_and_records_in_terminal_infos(tiny_recon):
     judge = tiny_reconstructor(seed=1)
     plain = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV)
-    bonus = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, judge=judge, recoverability_weight=0.5, **ENV)
+    bonus = TokenMaskSB3VecEnv(
+        num_envs=2, reconstructor=tiny_recon, judge=judge, recoverability_weight=0.5, **ENV
+    )
     for venv in (plain, bonus):
         venv.seed(0)
         venv.reset()
@@ -61,7 +73,13 @@ def test_env_bonus_and_records_in_terminal_infos(tiny_recon):
     assert replayed == pytest.approx([r.episode_return for r in records], abs=1e-4)
     # one replay also gives the bonus it paid: less that, the return is the plain env's
     returns, gains = replay_episodes(
-        [r.ids for r in records], [~r.mask for r in records], 0.5, tiny_recon, options, judge=judge, recoverability_weight=0.5
+        [r.ids for r in records],
+        [~r.mask for r in records],
+        0.5,
+        tiny_recon,
+        options,
+        judge=judge,
+        recoverability_weight=0.5,
     )
     assert gains == pytest.approx([r.recoverability for r in records], abs=1e-5)
     plain_records = [plain_infos[row][RECORD_KEY] for row in range(2)]
@@ -106,12 +124,25 @@ def test_joint_callback_fine_tunes_the_env_reconstructor_on_agent_masks():
 
 def test_checkpoints_every_n_steps_counted_from_each_start(tiny_recon):
     venv = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV)
-    model = PPO(TokenMaskPolicy, venv, n_steps=4, batch_size=8, n_epochs=1, policy_kwargs=SMALL_POLICY, seed=0, device="cpu")
+    model = PPO(
+        TokenMaskPolicy,
+        venv,
+        n_steps=4,
+        batch_size=8,
+        n_epochs=1,
+        policy_kwargs=SMALL_POLICY,
+        seed=0,
+        device="cpu",
+    )
     saved: list[int] = []
     model.learn(16, callback=RunCheckpointCallback(lambda: saved.append(model.num_timesteps), save_freq=4))
     assert saved == [4, 8, 12, 16]
     saved.clear()  # a resumed run (timesteps not reset) saves save_freq steps after its start, not at once
-    model.learn(8, callback=RunCheckpointCallback(lambda: saved.append(model.num_timesteps), 4), reset_num_timesteps=False)
+    model.learn(
+        8,
+        callback=RunCheckpointCallback(lambda: saved.append(model.num_timesteps), 4),
+        reset_num_timesteps=False,
+    )
     assert saved == [20, 24]
 
 
@@ -122,3 +153,60 @@ def test_callbacks_reject_bad_arguments(tiny_recon):
         TimeLimitCallback(0)
     with pytest.raises(ValueError, match="save_freq"):
         RunCheckpointCallback(lambda: None, 0)
+
+
+class SignalAt(BaseCallback):
+    """Sends ``signum`` to this process once training passed ``steps`` (what a scheduler or Ctrl+C does)."""
+
+    def __init__(self, steps: int, signum: int) -> None:
+        super().__init__()
+        self.steps, self.signum, self.sent_at = steps, signum, -1
+
+    def _on_step(self) -> bool:
+        if self.sent_at < 0 and self.num_timesteps >= self.steps:
+            self.sent_at = self.num_timesteps
+            os.kill(os.getpid(), self.signum)
+        return True
+
+
+def test_stop_on_signal_ends_learn_at_the_next_step_and_restores_the_handlers(tiny_recon):
+    venv = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, **ENV)
+    model = PPO(
+        TokenMaskPolicy,
+        venv,
+        n_steps=4,
+        batch_size=8,
+        n_epochs=1,
+        policy_kwargs=SMALL_POLICY,
+        seed=0,
+        device="cpu",
+    )
+    stops: list[int] = []
+    stop = StopOnSignalCallback(on_stop=lambda: stops.append(model.num_timesteps))
+    previous = signal.getsignal(signal.SIGTERM)
+    sender = SignalAt(8, signal.SIGTERM)
+    with stop.catching():
+        model.learn(1_000, callback=CallbackList([stop, sender]))
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert stop.signal_name == "SIGTERM" and stops == [stop.stop_step]
+    # the handler ran when the signal arrived; the stop took effect at the next step
+    assert stop.stop_step == sender.sent_at + 2 and model.num_timesteps == stop.stop_step
+    # a second Ctrl+C does not wait for the next step; a second SIGTERM changes nothing
+    again = StopOnSignalCallback()
+    with again.catching():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert again.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_joint_callback_state_round_trips_through_json(tiny_recon):
+    callback = JointReconstructorCallback(tiny_recon, period=2, seed=3)
+    callback.rng.random(5)
+    callback.rollouts, callback.rounds, callback.finetuner.optimizer_steps = 7, 3, 12
+    state = json.loads(json.dumps(callback.state_dict()))
+    resumed = JointReconstructorCallback(tiny_recon, period=2, seed=99)
+    resumed.load_state_dict(state)
+    assert (resumed.rollouts, resumed.rounds, resumed.finetuner.optimizer_steps) == (7, 3, 12)
+    assert resumed.rng.random(4).tolist() == callback.rng.random(4).tolist()

@@ -27,10 +27,24 @@ def test_precedence_and_types(tmp_path: Path) -> None:
     path.write_text(json.dumps({"batch_size": 16, "device": "cpu", "_comment": "ignored"}))
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, Example)
-    args = parser.parse_args(["--config", str(path), "--batch_size", "32", "--resume", "true", "--layers", "3,5",
-                              "--max_sequences", "none"])
+    args = parser.parse_args(
+        [
+            "--config",
+            str(path),
+            "--batch_size",
+            "32",
+            "--resume",
+            "true",
+            "--layers",
+            "3,5",
+            "--max_sequences",
+            "none",
+        ]
+    )
     cfg = config_from_args(Example, args)
-    assert cfg == Example(batch_size=32, learning_rate=1e-3, device="cpu", resume=True, max_sequences=None, layers=[3, 5])
+    assert cfg == Example(
+        batch_size=32, learning_rate=1e-3, device="cpu", resume=True, max_sequences=None, layers=[3, 5]
+    )
 
 
 def test_unknown_key_and_bad_values(tmp_path: Path) -> None:
@@ -70,7 +84,9 @@ def test_nested_sections_from_file_and_dotted_overrides(tmp_path: Path) -> None:
     add_config_arguments(parser, Nested)
     args = parser.parse_args(["--config", str(path), "--env.window", "32"])
     assert config_from_args(Nested, args) == Nested(seed=1, env=Section(window=32))
-    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) \['windw'\] for Section \(under \"env\"\)"):
+    with pytest.raises(
+        ConfigError, match=r"Unknown config key\(s\) \['windw'\] for Section \(under \"env\"\)"
+    ):
         load_config(Nested, None, {"env.windw": 3})
     with pytest.raises(ConfigError, match="'env.window': expected int"):
         load_config(Nested, None, {"env.window": "many"})
@@ -79,7 +95,12 @@ def test_nested_sections_from_file_and_dotted_overrides(tmp_path: Path) -> None:
 def test_a_flat_key_of_a_section_names_its_new_place(tmp_path: Path) -> None:
     path = tmp_path / "flat.json"
     path.write_text(json.dumps({"window": 8}))
-    with pytest.raises(ConfigError, match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix: .*--env\.window"""):
+    with pytest.raises(
+        ConfigError,
+        match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix: .*--env\.window""",
+    ):
         load_config(Nested, path)
-    with pytest.raises(ConfigError, match=r"""Config key 'old_name' moved: put it under "env": \{"name": ...\}"""):
+    with pytest.raises(
+        ConfigError, match=r"""Config key 'old_name' moved: put it under "env": \{"name": ...\}"""
+    ):
         load_config(Nested, None, {"old_name": "x"})

@@ -22,14 +22,30 @@ from tokenmask.errors import CorruptFileError
 
 
 def _jsonl(path: Path, texts: list[str], key: str = "text") -> Path:
-    path.write_text("\n".join(json.dumps({key: t, "source": f"s{i}"}) for i, t in enumerate(texts)) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps({key: t, "source": f"s{i}"}) for i, t in enumerate(texts)) + "\n",
+        encoding="utf-8",
+    )
     return path
 
 
 def test_prepare_pydocs_splits_and_stats(tmp_path: Path, pydocs_path: Path) -> None:
     out = tmp_path / "pydocs"
-    code = main(["prepare-data", "--data_path", str(pydocs_path), "--output_dir", str(out), "--max_length", "256",
-                 "--max_sequences", "200", "--seed", "7"])
+    code = main(
+        [
+            "prepare-data",
+            "--data_path",
+            str(pydocs_path),
+            "--output_dir",
+            str(out),
+            "--max_length",
+            "256",
+            "--max_sequences",
+            "200",
+            "--seed",
+            "7",
+        ]
+    )
     assert code == 0
     stats = json.loads((out / "stats.json").read_text())
     counts = {s: stats["splits"][s]["documents"] for s in ("train", "validation", "test")}
@@ -41,22 +57,31 @@ def test_prepare_pydocs_splits_and_stats(tmp_path: Path, pydocs_path: Path) -> N
     assert max(lengths) <= 256 and min(lengths) >= 64
     assert stats["splits"]["train"]["tokens"] == sum(lengths)
     # no document leaks across splits
-    docs = {s: {tuple(x) for x in load_prepared_split(out, s)["input_ids"]} for s in ("train", "validation", "test")}
+    docs = {
+        s: {tuple(x) for x in load_prepared_split(out, s)["input_ids"]}
+        for s in ("train", "validation", "test")
+    }
     assert not (docs["train"] & docs["test"]) and not (docs["train"] & docs["validation"])
 
 
 def test_same_seed_same_split(tmp_path: Path) -> None:
-    corpus = _jsonl(tmp_path / "c.jsonl", [f"Document number {i}. " + "words and more words " * 40 for i in range(20)])
+    corpus = _jsonl(
+        tmp_path / "c.jsonl", [f"Document number {i}. " + "words and more words " * 40 for i in range(20)]
+    )
     runs = []
     for name in ("a", "b"):
-        cfg = PrepareDataConfig(data_path=str(corpus), output_dir=str(tmp_path / name), min_length=16, seed=3, max_length=64)
+        cfg = PrepareDataConfig(
+            data_path=str(corpus), output_dir=str(tmp_path / name), min_length=16, seed=3, max_length=64
+        )
         prepare_data(cfg, progress=False)
         runs.append(load_prepared_split(tmp_path / name, "test")["source"])
     assert runs[0] == runs[1]
 
 
 def test_sample_config_works_offline(tmp_path: Path) -> None:
-    code = main(["prepare-data", "--config", "configs/dev/sample_data.json", "--output_dir", str(tmp_path / "s")])
+    code = main(
+        ["prepare-data", "--config", "configs/dev/sample_data.json", "--output_dir", str(tmp_path / "s")]
+    )
     assert code == 0
     assert load_prepared_split(tmp_path / "s", "train").num_rows > 50
 
@@ -72,11 +97,23 @@ def test_txt_files_and_folders(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         (lambda p: p / "missing.jsonl", "does not exist"),
-        (lambda p: (p / "empty.txt").write_text("  \n", encoding="utf-8") and p / "empty.txt", "holds no text"),
-        (lambda p: (p / "latin.txt").write_bytes("caf\xe9 au lait".encode("latin-1")) and p / "latin.txt", "not UTF-8"),
+        (
+            lambda p: (p / "empty.txt").write_text("  \n", encoding="utf-8") and p / "empty.txt",
+            "holds no text",
+        ),
+        (
+            lambda p: (p / "latin.txt").write_bytes("caf\xe9 au lait".encode("latin-1")) and p / "latin.txt",
+            "not UTF-8",
+        ),
         (lambda p: _jsonl(p / "nocol.jsonl", ["hello"], key="body"), "no 'text' field"),
-        (lambda p: (p / "bad.jsonl").write_text("{not json}\n", encoding="utf-8") and p / "bad.jsonl", "not valid JSON"),
-        (lambda p: (p / "doc.pdf").write_text("x", encoding="utf-8") and p / "doc.pdf", "neither .txt nor .jsonl"),
+        (
+            lambda p: (p / "bad.jsonl").write_text("{not json}\n", encoding="utf-8") and p / "bad.jsonl",
+            "not valid JSON",
+        ),
+        (
+            lambda p: (p / "doc.pdf").write_text("x", encoding="utf-8") and p / "doc.pdf",
+            "neither .txt nor .jsonl",
+        ),
     ],
 )
 def test_bad_input_files(tmp_path: Path, setup, message: str) -> None:
@@ -102,14 +139,18 @@ def test_bad_config_values(tmp_path: Path) -> None:
 
 
 def test_cli_reports_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["prepare-data", "--data_path", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "o")])
+    code = main(
+        ["prepare-data", "--data_path", str(tmp_path / "nope.jsonl"), "--output_dir", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["prepare-data", "--data_path", "x", "--not_a_key", "1"])
 
 
-def test_hub_dataset_without_network_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_dataset_without_network_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     cfg = PrepareDataConfig(dataset_name="no-such-user/no-such-dataset-xyz", output_dir=str(tmp_path / "o"))
@@ -122,7 +163,9 @@ def _long_texts(count: int) -> list[str]:
     return [f"Text number {i}. " + "The quick brown fox jumps over the lazy dog. " * 30 for i in range(count)]
 
 
-def test_output_folder_of_the_user_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_folder_of_the_user_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     user = tmp_path / "d"
     user.mkdir()
     (user / "important.txt").write_text("x")
@@ -147,7 +190,9 @@ def test_too_few_texts_is_an_error_before_anything_is_written(tmp_path: Path) ->
     before = load_prepared_split(out, "train")["input_ids"]
     five = _jsonl(tmp_path / "five.jsonl", _long_texts(5))
     with pytest.raises(DataError, match=r"Too few texts.*\['validation'\] would be empty.*Fix:"):
-        prepare_data(PrepareDataConfig(data_path=str(five), output_dir=str(out), min_length=16), progress=False)
+        prepare_data(
+            PrepareDataConfig(data_path=str(five), output_dir=str(out), min_length=16), progress=False
+        )
     assert load_prepared_split(out, "train")["input_ids"] == before  # the previous corpus survives
     # enough texts, but the validation ones are all too short: caught after tokenizing, still before writing
     texts = _long_texts(20)
@@ -181,18 +226,26 @@ def test_an_empty_split_of_an_older_version_is_a_clear_error(tmp_path: Path) -> 
         {"train": datasets.Dataset.from_dict(columns), "validation": datasets.Dataset.from_dict(empty)}
     ).save_to_disk(str(tmp_path / "dataset"))
     assert load_prepared_split(tmp_path, "train").num_rows == 1
-    with pytest.raises(CorruptFileError, match=r"'validation' split .* cannot be read.*Fix: run tokenmask prepare-data"):
+    with pytest.raises(
+        CorruptFileError, match=r"'validation' split .* cannot be read.*Fix: run tokenmask prepare-data"
+    ):
         load_prepared_split(tmp_path, "validation")
 
 
 @pytest.mark.parametrize(("value", "what"), [(None, "null"), (12345, "a JSON int"), (["a"], "a JSON list")])
 def test_a_text_that_is_not_a_string_names_file_and_line(tmp_path: Path, value: object, what: str) -> None:
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text(json.dumps({"text": "A real text. " * 50}) + "\n" + json.dumps({"text": value}) + "\n", encoding="utf-8")
+    corpus.write_text(
+        json.dumps({"text": "A real text. " * 50}) + "\n" + json.dumps({"text": value}) + "\n",
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=rf"c.jsonl:2: 'text' is {what}, not a text\. Fix:"):
         load_texts(corpus)
     with pytest.raises(DataError):
-        prepare_data(PrepareDataConfig(data_path=str(corpus), output_dir=str(tmp_path / "o"), min_length=1), progress=False)
+        prepare_data(
+            PrepareDataConfig(data_path=str(corpus), output_dir=str(tmp_path / "o"), min_length=1),
+            progress=False,
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -206,7 +259,10 @@ def test_documents_are_never_cut_inside_a_character(tmp_path: Path) -> None:
     text = "日本語のテキストと絵文字 😀🎉 and some English. " * 60
     corpus = _jsonl(tmp_path / "e.jsonl", [text] * 10)
     out = tmp_path / "o"
-    prepare_data(PrepareDataConfig(data_path=str(corpus), output_dir=str(out), max_length=37, min_length=1), progress=False)
+    prepare_data(
+        PrepareDataConfig(data_path=str(corpus), output_dir=str(out), max_length=37, min_length=1),
+        progress=False,
+    )
     docs = {s: load_prepared_split(out, s) for s in ("train", "validation", "test")}
     assert not any("\ufffd" in t for d in docs.values() for t in d["text"])
     assert max(n for d in docs.values() for n in d["num_tokens"]) <= 37
@@ -220,4 +276,8 @@ def test_chunk_ids_moves_a_cut_back_to_a_boundary() -> None:
     ids = list(range(10))
     assert chunk_ids(ids, 4, 1) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert chunk_ids(ids, 4, 1, cut_ok=lambda i: i % 3 == 0) == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
-    assert chunk_ids(ids, 4, 1, cut_ok=lambda i: False) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # no boundary: hard cut
+    assert chunk_ids(ids, 4, 1, cut_ok=lambda i: False) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]  # no boundary: hard cut

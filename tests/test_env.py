@@ -103,7 +103,10 @@ def test_observation_contract(tiny_recon: Reconstructor) -> None:
     assert set(space.spaces) == {"token_ids", "context_ids", "token_features", "valid", "global_features"}
     assert space["token_ids"].shape == (8,) and space["token_ids"].dtype == np.int64
     assert space["context_ids"].shape == (6,) and space["context_ids"].dtype == np.int64
-    assert space["token_features"].shape == (8, len(TOKEN_FEATURES)) and space["token_features"].dtype == np.float32
+    assert (
+        space["token_features"].shape == (8, len(TOKEN_FEATURES))
+        and space["token_features"].dtype == np.float32
+    )
     assert space["global_features"].shape == (len(GLOBAL_FEATURES),)
     assert int(space["token_ids"].high.max()) == env.vocab_size == env.pad_id == len(tiny_recon.tokenizer)
 
@@ -136,7 +139,9 @@ def test_observation_contract(tiny_recon: Reconstructor) -> None:
 
 # ---------------------------------------------------------------------------- rewards
 @pytest.mark.parametrize("mode", ["delete", "placeholder"])
-def test_information_bits_equal_token_bits_of_the_masked_document(tiny_recon: Reconstructor, mode: str) -> None:
+def test_information_bits_equal_token_bits_of_the_masked_document(
+    tiny_recon: Reconstructor, mode: str
+) -> None:
     env = _env(tiny_recon, mask_mode=mode, window=5)
     for seed in range(3):
         _, infos, reset_info = _play(env, seed=seed, action_seed=seed)
@@ -146,7 +151,9 @@ def test_information_bits_equal_token_bits_of_the_masked_document(tiny_recon: Re
         assert record.bits == pytest.approx(float(reference[record.mask].sum()), rel=1e-5)
         for t, info in enumerate(infos):
             window = slice(5 * t, 5 * (t + 1))
-            assert info["step_bits"] == pytest.approx(float(reference[window][record.mask[window]].sum()), rel=1e-5, abs=1e-6)
+            assert info["step_bits"] == pytest.approx(
+                float(reference[window][record.mask[window]].sum()), rel=1e-5, abs=1e-6
+            )
 
 
 def test_reward_formula(tiny_recon: Reconstructor) -> None:
@@ -180,7 +187,9 @@ def test_custom_reward_instance(tiny_recon: Reconstructor) -> None:
 
 
 @pytest.mark.parametrize("rebuild_chunk", [128, 5])
-def test_reconstructor_updates_reach_running_episodes(monkeypatch: pytest.MonkeyPatch, rebuild_chunk: int) -> None:
+def test_reconstructor_updates_reach_running_episodes(
+    monkeypatch: pytest.MonkeyPatch, rebuild_chunk: int
+) -> None:
     """After fine-tuning mid-episode, later steps are priced by the new weights on the masked prefix."""
     import tokenmask.envs.scoring
 
@@ -204,13 +213,17 @@ def test_reconstructor_updates_reach_running_episodes(monkeypatch: pytest.Monkey
     reference = recon.token_bits([record.ids.tolist()], [record.mask.tolist()])[0]
     for t, info in enumerate(later, start=len(first)):
         window = slice(4 * t, 4 * (t + 1))
-        assert info["step_bits"] == pytest.approx(float(reference[window][record.mask[window]].sum()), rel=1e-5, abs=1e-6)
+        assert info["step_bits"] == pytest.approx(
+            float(reference[window][record.mask[window]].sum()), rel=1e-5, abs=1e-6
+        )
 
 
 # ---------------------------------------------------------------------------- vector forms
 def test_single_env_equals_vector_env(tiny_recon: Reconstructor) -> None:
     num_envs, seed, steps = 3, 11, 25
-    vec = TokenMaskVectorEnv(num_envs=num_envs, documents=DOCS, reconstructor=tiny_recon, window=4, target_rate_range=(0.2, 0.8))
+    vec = TokenMaskVectorEnv(
+        num_envs=num_envs, documents=DOCS, reconstructor=tiny_recon, window=4, target_rate_range=(0.2, 0.8)
+    )
     singles = [_env(tiny_recon, window=4, target_rate_range=(0.2, 0.8)) for _ in range(num_envs)]
     vec.reset(seed=seed)
     for i, env in enumerate(singles):
@@ -240,7 +253,9 @@ def test_vector_env_matches_gymnasium_sync_vector_env(tiny_recon: Reconstructor)
         return _env(tiny_recon, window=6)
 
     sync = SyncVectorEnv([make, make], autoreset_mode=AutoresetMode.SAME_STEP)
-    native = TokenMaskVectorEnv(num_envs=2, documents=DOCS, reconstructor=tiny_recon, window=6, context_size=3)
+    native = TokenMaskVectorEnv(
+        num_envs=2, documents=DOCS, reconstructor=tiny_recon, window=6, context_size=3
+    )
     assert native.observation_space == sync.observation_space and native.action_space == sync.action_space
     obs_a, _ = sync.reset(seed=4)
     obs_b, _ = native.reset(seed=4)
@@ -261,14 +276,18 @@ def test_vector_env_matches_gymnasium_sync_vector_env(tiny_recon: Reconstructor)
         if "final_info" in info_a:
             np.testing.assert_allclose(info_a["final_info"]["bits"], info_b["final_info"]["bits"], rtol=1e-5)
             for i in np.nonzero(term_a)[0]:
-                np.testing.assert_array_equal(info_a["final_obs"][i]["valid"], info_b["final_obs"][i]["valid"])
+                np.testing.assert_array_equal(
+                    info_a["final_obs"][i]["valid"], info_b["final_obs"][i]["valid"]
+                )
 
 
 def test_sb3_adapter_trains_ppo(tiny_recon: Reconstructor) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor
 
-    venv = TokenMaskSB3VecEnv(num_envs=2, documents=DOCS, reconstructor=tiny_recon, window=4, reward_type="simple")
+    venv = TokenMaskSB3VecEnv(
+        num_envs=2, documents=DOCS, reconstructor=tiny_recon, window=4, reward_type="simple"
+    )
     venv.seed(3)
     obs = venv.reset()
     assert obs["token_ids"].shape == (2, 4)
@@ -284,7 +303,9 @@ def test_sb3_adapter_trains_ppo(tiny_recon: Reconstructor) -> None:
     assert terminal_seen
     assert venv.get_attr("vocab_size") == [len(tiny_recon.tokenizer)] * 2
     assert len(venv.env_method("pop_completed_episodes")[0]) >= 1
-    model = PPO("MultiInputPolicy", VecMonitor(venv), n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+    model = PPO(
+        "MultiInputPolicy", VecMonitor(venv), n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu"
+    )
     model.learn(total_timesteps=32)
 
 
@@ -312,7 +333,9 @@ def test_span_actions_mask_runs_of_tokens(tiny_recon: Reconstructor) -> None:
         assert info["rate"] == pytest.approx(plain_info["rate"])
     record = spanned.pop_completed_episodes()[0]
     mask = record.mask.astype(int)
-    assert np.all(mask[0 : len(mask) - len(mask) % 2 : 2] == mask[1 : len(mask) - len(mask) % 2 : 2])  # runs of 2
+    assert np.all(
+        mask[0 : len(mask) - len(mask) % 2 : 2] == mask[1 : len(mask) - len(mask) % 2 : 2]
+    )  # runs of 2
     vec = TokenMaskVectorEnv(num_envs=3, documents=DOCS, reconstructor=tiny_recon, window=4, span=4)
     vec.reset(seed=0)
     vec.step(np.ones((3, 1), dtype=bool))
@@ -326,7 +349,11 @@ def test_same_seed_and_actions_give_identical_rewards(tiny_recon: Reconstructor)
     for seed in (0, 1):
         run_a, run_b = _play(a, seed, 7), _play(b, seed, 7)
         assert run_a[0] == run_b[0] and run_a[2] == run_b[2]
-    orders = {tuple(a.reset(seed=s)[1]["document"] for _ in range(1)) + tuple(a.reset()[1]["document"] for _ in range(5)) for s in range(4)}
+    orders = {
+        tuple(a.reset(seed=s)[1]["document"] for _ in range(1))
+        + tuple(a.reset()[1]["document"] for _ in range(5))
+        for s in range(4)
+    }
     assert len(orders) > 1  # different seeds, different document orders
     docs = [a.reset(seed=9)[1]["document"]] + [a.reset()[1]["document"] for _ in range(len(DOCS) - 1)]
     assert sorted(docs) == list(range(len(DOCS)))  # one pass visits every document once
@@ -354,7 +381,9 @@ def test_corpus_sources(tiny_recon: Reconstructor, tmp_path: object) -> None:
     from tokenmask.data import sample_corpus_path
 
     path = tmp_path / "texts.jsonl"  # type: ignore[operator]
-    path.write_text("\n".join(json.dumps({"body": "Hello there, general reader. " * k}) for k in (3, 5)), encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps({"body": "Hello there, general reader. " * k}) for k in (3, 5)), encoding="utf-8"
+    )
     corpus = DocumentCorpus.build(str(path), tiny_recon, text_column="body", min_tokens=4)
     assert len(corpus) == 2
     ids_dataset = datasets.Dataset.from_dict({"input_ids": DOCS})
@@ -363,11 +392,34 @@ def test_corpus_sources(tiny_recon: Reconstructor, tmp_path: object) -> None:
     assert len(DocumentCorpus.build(text_dataset, tiny_recon, min_tokens=2)) == 1
     sample = DocumentCorpus.build("sample", tiny_recon, max_tokens=128, min_tokens=16)
     assert len(sample) >= 120 and sample.max_length == 128
-    assert DocumentCorpus.build(str(sample_corpus_path()), tiny_recon, max_tokens=128, min_tokens=16).num_tokens == sample.num_tokens
+    assert (
+        DocumentCorpus.build(str(sample_corpus_path()), tiny_recon, max_tokens=128, min_tokens=16).num_tokens
+        == sample.num_tokens
+    )
+
+
+def test_texts_are_cut_at_character_boundaries(tiny_recon: Reconstructor) -> None:
+    """A character of several tokens (CJK, emoji) is never split between two documents (no U+FFFD)."""
+    from tokenmask.data import chunk_ids
+
+    text = "日本語のテキスト🙂とemoji😀。Ünïcödé. " * 30
+    ids = tiny_recon.encode(text)
+    assert any(
+        "\ufffd" in tiny_recon.decode(p) for p in chunk_ids(ids, 16, 1)
+    )  # a blind cut would break some
+    for source in ([text], [ids]):  # a text, and token ids that are the tokenizer's own encoding of one
+        for continuation in (0, 4):
+            corpus = DocumentCorpus.build(
+                source, tiny_recon, max_tokens=16, min_tokens=1, continuation_tokens=continuation
+            )
+            assert len(corpus) > 10 and corpus.max_length <= 16
+            assert not any("\ufffd" in tiny_recon.decode(d.tolist()) for d in corpus.documents)
 
 
 def test_render_ansi_shows_masks(tiny_recon: Reconstructor) -> None:
-    env = TokenMaskEnv.from_texts(["The cat sat on the mat and looked around."], reconstructor=tiny_recon, window=4, render_mode="ansi")
+    env = TokenMaskEnv.from_texts(
+        ["The cat sat on the mat and looked around."], reconstructor=tiny_recon, window=4, render_mode="ansi"
+    )
     env.reset()
     env.step(np.array([0, 1, 0, 0]))
     assert "<mask>" in env.render()

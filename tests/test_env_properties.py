@@ -20,6 +20,7 @@ from tokenmask.reconstructors import Reconstructor
     mask_mode=st.sampled_from(["delete", "placeholder"]),
     reward_type=st.sampled_from(["information", "simple"]),
     target_rate=st.floats(0.0, 0.99),
+    continuation=st.integers(0, 3),
     seed=st.integers(0, 2**16),
     data=st.data(),
 )
@@ -31,11 +32,13 @@ def test_random_episodes_respect_the_contract(
     mask_mode: str,
     reward_type: str,
     target_rate: float,
+    continuation: int,
     seed: int,
     data: st.DataObject,
 ) -> None:
     rng = np.random.default_rng(seed)
-    documents = [rng.integers(0, 49152, size=n).tolist() for n in lengths]
+    # each item: the document, then its continuation (never observed, never counted)
+    documents = [rng.integers(0, 49152, size=n + continuation).tolist() for n in lengths]
     env = TokenMaskEnv(
         documents=documents,
         reconstructor=tiny_recon,
@@ -45,12 +48,14 @@ def test_random_episodes_respect_the_contract(
         reward_type=reward_type,
         target_rate=target_rate,
         min_tokens=1,
+        continuation_tokens=continuation,
     )
     for episode in range(2):
         obs, info = env.reset(seed=seed if episode == 0 else None)
         assert env.observation_space.contains(obs)
         n = info["doc_tokens"]
-        assert n == len(documents[info["document"]])
+        assert n == len(documents[info["document"]]) - continuation
+        assert env.corpus.continuations[info["document"]].tolist() == documents[info["document"]][n:]
         masked_total, steps = 0, 0
         while True:
             p = data.draw(st.floats(0.0, 1.0), label="mask probability")

@@ -51,8 +51,14 @@ def test_recoverability_bonus_loads_the_judge_by_name_and_means_what_it_says(
     """gym.make with a bonus loads the judge itself; keeping everything recovers all, masking everything nothing."""
     documents = [smollm.encode(t)[:32] for t in texts[:2]]
     env = gym.make(
-        "TokenMask-v0", documents=documents, reconstructor=smollm, window=16, shuffle=False,
-        recoverability_weight=1.0, judge_name="default", device="cpu",
+        "TokenMask-v0",
+        documents=documents,
+        reconstructor=smollm,
+        window=16,
+        shuffle=False,
+        recoverability_weight=1.0,
+        judge_name="default",
+        device="cpu",
     )
     assert env.unwrapped.bonus is not None and env.unwrapped.bonus.judge.mask_token_id is None
     gains = []
@@ -65,12 +71,49 @@ def test_recoverability_bonus_loads_the_judge_by_name_and_means_what_it_says(
     assert gains[0] == pytest.approx(1.0, abs=1e-3) and gains[1] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_retention_bonus_on_real_text_in_both_credit_modes(smollm: Reconstructor, texts: list[str]) -> None:
+    """Keeping everything retains all of the continuation, masking everything none; dense credit pays
+    the same final bonus, less keep-all's, spread over the steps."""
+    documents = [smollm.encode(t)[:48] for t in texts[:1]]  # 32 tokens + a 16-token continuation
+    options = {
+        "documents": documents,
+        "reconstructor": smollm,
+        "window": 16,
+        "shuffle": False,
+        "continuation_tokens": 16,
+    }
+    bonus = {"recoverability_weight": 1.0, "retention_weight": 1.0, "judge_name": "default", "device": "cpu"}
+    plain = TokenMaskEnv(**options)
+    results = {}
+    for credit in ("terminal", "dense"):
+        env = TokenMaskEnv(judge_credit=credit, **options, **bonus)
+        for action in (0, 1):  # keep every token, then mask every token
+            judge_parts = 0.0
+            for run in (env, plain):
+                run.reset(seed=0, options={"document": 0})
+                terminated, sign = False, 1.0 if run is env else -1.0
+                while not terminated:
+                    _, reward, terminated, _, info = run.step(np.full(16, action, dtype=np.int8))
+                    judge_parts += sign * reward
+                if run is env:
+                    values = (info["recoverability"], info["retention"])
+            results[credit, action] = (*values, judge_parts)
+    for credit in ("terminal", "dense"):
+        assert results[credit, 0][:2] == pytest.approx((1.0, 1.0), abs=1e-3)
+        assert results[credit, 1][:2] == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert results["terminal", 0][2] == pytest.approx(2.0, abs=2e-3) and results["dense", 0][2] == 0.0
+    assert results["terminal", 1][2] == pytest.approx(0.0, abs=1e-5)
+    assert results["dense", 1][2] == pytest.approx(-2.0, abs=2e-3)  # bonus(mask all) - bonus(keep all)
+
+
 def test_masking_predictable_tokens_costs_fewer_bits(smollm: Reconstructor, texts: list[str]) -> None:
     """The reward means what it says, on real text: in each window, sub-env 0 masks the token the
     reconstructor predicts best (lowest surprisal feature) and sub-env 1 the one it predicts worst;
     the first pays fewer bits and earns more reward. The bits equal ``token_bits`` of the masked documents."""
     documents = [smollm.encode(t)[:128] for t in texts[:2]]
-    vec = TokenMaskVectorEnv(num_envs=2, documents=documents, reconstructor=smollm, window=16, target_rate=1 / 16)
+    vec = TokenMaskVectorEnv(
+        num_envs=2, documents=documents, reconstructor=smollm, window=16, target_rate=1 / 16
+    )
     bits: list[np.ndarray] = []
     returns = np.zeros(2)
     for document in range(2):

@@ -47,7 +47,9 @@ class KeepLastPositions:
         kept = [list(c)[len(c) - int(round(len(c) * (1 - rate))) :] for c in contexts]
         r = recovery_nlls(judge, kept, contexts, sep)
         f = continuation_nlls(judge, kept, continuations)
-        scores = [InModelScore(float(a), float(b), len(k), len(c)) for a, b, k, c in zip(r, f, kept, contexts)]
+        scores = [
+            InModelScore(float(a), float(b), len(k), len(c)) for a, b, k, c in zip(r, f, kept, contexts)
+        ]
         return InModelResult(scores=scores)
 
 
@@ -84,7 +86,9 @@ def test_register_method_passes_the_argument(tiny_recon, scratch_registry) -> No
         register_method("bad prefix", factory)
 
 
-def test_plugins_register_themselves_when_first_named(tiny_recon, tmp_path, monkeypatch, scratch_registry) -> None:  # type: ignore[no-untyped-def]
+def test_plugins_register_themselves_when_first_named(
+    tiny_recon, tmp_path, monkeypatch, scratch_registry
+) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "tm_plugin_for_test.py").write_text(
         textwrap.dedent(
             """
@@ -142,7 +146,10 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
     assert (out / RECOVERABILITY_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert runs == ["frequency", "random", "truncation"]
-    assert all(any(f.name.startswith("events.out.tfevents") for f in (out / "tensorboard" / r).iterdir()) for r in runs)
+    assert all(
+        any(f.name.startswith("events.out.tfevents") for f in (out / "tensorboard" / r).iterdir())
+        for r in runs
+    )
     rows = load_results(out)
     assert [(r["method"], r["requested_rate"]) for r in rows] == [
         (m, r) for m in ("truncation", "random", "frequency") for r in (0.3, 0.5)
@@ -165,7 +172,11 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
     ],
 )
 def test_evaluate_command_bad_input_is_one_clear_line(
-    args: Sequence[str], message: str, tiny_judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    args: Sequence[str],
+    message: str,
+    tiny_judge_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base = ["evaluate", "--judge", str(tiny_judge_dir), "--corpus", "sample", "--num_documents", "2",
             "--context_tokens", "32", "--continuation_tokens", "8", "--device", "cpu", "--no_progress",
@@ -181,7 +192,9 @@ def test_baselines_command_refuses_other_methods(capsys: pytest.CaptureFixture[s
     assert "runs baselines only" in capsys.readouterr().err
 
 
-def test_evaluate_replaces_only_its_own_output(tiny_judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_replaces_only_its_own_output(
+    tiny_judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eval"
     out.mkdir()
     (out / "mine.txt").write_text("user data")

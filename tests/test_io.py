@@ -181,7 +181,9 @@ def test_a_second_writer_fails_clearly_and_the_first_result_survives(tmp_path: P
         while not ready.exists():
             assert first.poll() is None and time.monotonic() < deadline, "the first writer did not start"
             time.sleep(0.05)
-        with pytest.raises(OutputExistsError, match=rf"being written by another tokenmask process \(pid {first.pid}\)"):
+        with pytest.raises(
+            OutputExistsError, match=rf"being written by another tokenmask process \(pid {first.pid}\)"
+        ):
             with atomic_output_dir(target) as folder:
                 (folder / "result.txt").write_text("second")
         with pytest.raises(OutputExistsError, match="being written"):
@@ -215,7 +217,9 @@ def test_leftovers_of_a_killed_run_are_cleaned_but_live_ones_kept(tmp_path: Path
     assert names == sorted(["out", live.name])
 
 
-@pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)])
+@pytest.mark.parametrize(
+    ("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600), (0o002, 0o775, 0o664)]
+)
 def test_outputs_honour_the_umask(tmp_path: Path, umask: int, dir_mode: int, file_mode: int) -> None:
     old = os.umask(umask)
     try:
@@ -272,11 +276,15 @@ def test_another_commands_output_is_not_replaced(tiny_recon, tmp_path: Path) -> 
     corpus = tmp_path / "corpus"
     with atomic_output_dir(corpus, kind="prepare-data") as folder:
         (folder / "stats.json").write_text("{}")
-    with pytest.raises(OutputExistsError, match=r"output of `tokenmask prepare-data`, not of `tokenmask evaluate`"):
+    with pytest.raises(
+        OutputExistsError, match=r"output of `tokenmask prepare-data`, not of `tokenmask evaluate`"
+    ):
         with atomic_output_dir(corpus, kind="evaluate"):
             pass
     assert (corpus / "stats.json").is_file()
-    model = tiny_recon.save_pretrained(tmp_path / "model")  # marker without kind: known by its description file
+    model = tiny_recon.save_pretrained(
+        tmp_path / "model"
+    )  # marker without kind: known by its description file
     with pytest.raises(OutputExistsError, match="output of `tokenmask reconstructor`"):
         with atomic_output_dir(model, kind="evaluate"):
             pass

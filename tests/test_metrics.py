@@ -1,4 +1,4 @@
-"""The metrics of EVALUATION.md on cases with known answers (tiny random judge)."""
+"""The metrics of docs/evaluation.md on cases with known answers (tiny random judge)."""
 
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ class FixedOutput(Compressor):
         super().__init__(tokenizer, name=mode)
         self.mode = mode
 
-    def compress(self, contexts: list[TokenIds], rate: float, texts=None, seed: int = 0) -> list[CompressedContext]:  # type: ignore[no-untyped-def,override]
+    def compress(
+        self, contexts: list[TokenIds], rate: float, texts=None, seed: int = 0
+    ) -> list[CompressedContext]:  # type: ignore[no-untyped-def,override]
         texts = self.texts_of(contexts, texts)
         if self.mode == "identity":
-            return [CompressedContext(text=t, keep=np.ones(len(c), dtype=bool)) for t, c in zip(texts, contexts)]
+            return [
+                CompressedContext(text=t, keep=np.ones(len(c), dtype=bool)) for t, c in zip(texts, contexts)
+            ]
         return [CompressedContext(text="", keep=np.zeros(len(c), dtype=bool)) for c in contexts]
 
 
@@ -145,7 +149,9 @@ def test_reconstruction_quality_matches_token_bits_and_argmax(tiny_recon, docs) 
     keeps = [np.arange(len(c)) % 3 != 1 for c in contexts]
     bits, top1 = reconstruction_quality(tiny_recon, contexts, keeps, "delete")
     all_bits = tiny_recon.token_bits(contexts, [~k for k in keeps], mode="delete")
-    expected_bits = sum(float(b[~k].sum()) for b, k in zip(all_bits, keeps)) / sum(int((~k).sum()) for k in keeps)
+    expected_bits = sum(float(b[~k].sum()) for b, k in zip(all_bits, keeps)) / sum(
+        int((~k).sum()) for k in keeps
+    )
     assert bits == pytest.approx(expected_bits, rel=1e-5)
     correct = total = 0
     for ids, keep in zip(contexts, keeps):

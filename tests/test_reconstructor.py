@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokenmask.errors import ConfigError, InputError
 from tokenmask.reconstructors import (
     CorruptCheckpointError,
     ModelNotFoundError,
@@ -16,6 +17,7 @@ from tokenmask.reconstructors import (
     ReconstructorFinetuner,
     load_reconstructor,
     pad_batch,
+    pick_device,
 )
 from tokenmask.testing import tiny_reconstructor
 
@@ -95,6 +97,49 @@ def test_bad_inputs(tiny_recon: Reconstructor) -> None:
         tiny_recon.token_bits([ids], None, mode="erase")  # type: ignore[arg-type]
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_reconstructor("/nonexistent/model.gguf")
+
+
+def test_ids_outside_the_vocabulary_are_one_line_errors(tiny_recon: Reconstructor) -> None:
+    """Every public scoring entry checks the ids before torch sees them (no raw index error)."""
+    ids = _ids(tiny_recon)[0]
+    size = tiny_recon.vocab_size
+    assert size == len(tiny_recon.tokenizer)
+    bos = tiny_recon.bos_token_id
+    calls = [
+        lambda: tiny_recon.token_bits([ids, [*ids, size]]),
+        lambda: tiny_recon.token_bits([ids], prefixes=[[-3]]),
+        lambda: tiny_recon.masked_loss([[*ids, size + 7]], [[True] * (len(ids) + 1)]),
+        lambda: tiny_recon.sequence_log_probs([[bos, *ids, 10**6]]),
+        lambda: tiny_recon.gather_log_probs([[bos, *ids]], [[0]], [[size]]),
+        lambda: tiny_recon.gather_log_probs_top1([[bos, 10**6]], [[0]], [[ids[0]]]),
+    ]
+    for call in calls:
+        with pytest.raises(
+            InputError,
+            match=f"Token id -?\\d+ is outside the vocabulary .*\\({size} ids: 0 .. {size - 1}\\)\\. Fix:",
+        ) as error:
+            call()
+        assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+    with pytest.raises(InputError, match=f"Token id {size} "):
+        tiny_recon.token_bits([[*ids, size]])
+
+
+def test_a_missing_gpu_is_said_before_any_folder_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tiny_reconstructor(seed=2).save_pretrained(tmp_path / "recon")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1", "mps"):
+        with pytest.raises(
+            ConfigError, match=f"Device '{device}' was asked for, but .*Fix: use device auto or cpu"
+        ):
+            pick_device(device)
+        # not "corrupt or incomplete": the folder is fine, the device is missing
+        with pytest.raises(ConfigError, match="was asked for") as error:
+            Reconstructor.from_pretrained(folder, device=device)
+        assert not isinstance(error.value, CorruptCheckpointError)
+    with pytest.raises(ConfigError, match="Unknown device 'gpu0'. Fix: use auto, cpu, cuda, cuda:N or mps"):
+        load_reconstructor(str(folder), device="gpu0")
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
 
 
 def test_unknown_model_name_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,14 +237,16 @@ def test_embedded_model_bits_on_pydocs(smollm: Reconstructor, pydocs_path) -> No
     bits = smollm.token_bits(ids)
     per_token = float(np.concatenate(bits).mean())
     assert 1.0 < per_token < 8.0
-    assert 2 ** per_token < 150  # perplexity of real text stays far below a uniform guess (49k)
+    assert 2**per_token < 150  # perplexity of real text stays far below a uniform guess (49k)
     assert smollm.mask_token_id is not None and smollm.tokenizer.mask_token == "<mask>"
 
 
 @pytest.mark.integration
 def test_embedded_model_masked_bits_cost_more(smollm: Reconstructor) -> None:
     """Deleting context makes the real model's guesses worse: masked tokens cost more than unmasked ones."""
-    ids = smollm.encode("import os\nimport sys\n\nThe os module provides a portable way of using operating system dependent functionality.")
+    ids = smollm.encode(
+        "import os\nimport sys\n\nThe os module provides a portable way of using operating system dependent functionality."
+    )
     mask = [5 <= i < 15 for i in range(len(ids))]
     plain = smollm.token_bits([ids])[0]
     deleted = smollm.token_bits([ids], [mask], mode="delete")[0]

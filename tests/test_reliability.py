@@ -52,7 +52,11 @@ def test_a_bug_is_one_line_and_its_traceback_is_behind_debug(
     args = ["prepare-data", "--data_path", "sample", "--output_dir", str(tmp_path / "o")]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "internal error: TypeError: unsupported operand" in err and "--debug" in err
+    assert (
+        "Traceback" not in err
+        and "internal error: TypeError: unsupported operand" in err
+        and "--debug" in err
+    )
     with pytest.raises(TypeError):
         main([*args, "--debug"])
     with pytest.raises(TypeError):
@@ -70,7 +74,9 @@ def test_system_errors_are_one_clear_line(
     assert "Permission denied" in _error_line(capsys, "prepare-data")
 
 
-def test_json_config_errors_name_file_and_line_or_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_config_errors_name_file_and_line_or_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"data_path": "sample",\n "max_length": 12,,\n}', encoding="utf-8")
     assert main(["prepare-data", "--config", str(bad)]) == 2
@@ -121,17 +127,24 @@ def test_activation_bad_numbers_are_refused_before_anything_runs(
 
 def test_activation_threshold_ranges() -> None:
     assert ActivationEvaluateConfig(thresholds=[1.0, 0.01]).thresholds == [1.0, 0.01]
-    assert ActivationEvaluateConfig(adaptive_threshold=False, thresholds=[-0.5, 1.01]).thresholds == [-0.5, 1.01]
+    assert ActivationEvaluateConfig(adaptive_threshold=False, thresholds=[-0.5, 1.01]).thresholds == [
+        -0.5,
+        1.01,
+    ]
     with pytest.raises(BaseConfigError, match=r"\[-1, 1.01\]"):
         ActivationEvaluateConfig(adaptive_threshold=False, thresholds=[1.5])
     assert ActivationTrainConfig(max_steps=None, max_documents=None).max_steps is None
 
 
-def test_activation_output_folder_of_the_user_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_activation_output_folder_of_the_user_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     user = tmp_path / "mine"
     user.mkdir()
     (user / "data.csv").write_text("1,2")
-    assert main(["activation", "evaluate", "--data_path", "/nonexistent/corpus", "--output_dir", str(user)]) == 2
+    assert (
+        main(["activation", "evaluate", "--data_path", "/nonexistent/corpus", "--output_dir", str(user)]) == 2
+    )
     assert "did not write" in _error_line(capsys, "activation")
     assert sorted(p.name for p in user.iterdir()) == ["data.csv"]
 
@@ -142,7 +155,9 @@ def _evaluate(tmp_path: Path, *args: str) -> list[str]:
             "--output_dir", str(tmp_path / "ev"), *args]  # fmt: skip
 
 
-def test_evaluate_refuses_a_user_folder_before_the_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_refuses_a_user_folder_before_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("n")
@@ -151,7 +166,9 @@ def test_evaluate_refuses_a_user_folder_before_the_evaluation(tmp_path: Path, ca
     assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]
 
 
-def test_evaluate_refuses_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_refuses_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "work.txt").write_text("w")
     monkeypatch.chdir(tmp_path)
     assert main([*_evaluate(tmp_path), "--output_dir", "."]) == 2
@@ -180,7 +197,9 @@ def test_method_arguments_are_checked_before_the_judge_loads(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty_run"]  # no output folder, no temporary
 
 
-def test_agent_run_folder_without_an_agent_is_refused_early(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_agent_run_folder_without_an_agent_is_refused_early(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
@@ -217,7 +236,11 @@ def test_help_and_argument_errors_import_no_heavy_module(tmp_path: Path) -> None
         ["evaluate", "--help"],
     ]
     result = subprocess.run(
-        [sys.executable, "-c", _LIGHT.format(argvs=argvs)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-c", _LIGHT.format(argvs=argvs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

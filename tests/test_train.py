@@ -53,6 +53,10 @@ def quick_run(tmp_path_factory) -> Path:
 def test_every_shipped_train_config_loads(path):
     config = load_config(TrainConfig, path)
     assert config.total_timesteps >= config.rollout_size
+    if (
+        path != DEBUG
+    ):  # issue 15: training checkpoints every few minutes (the step counts are in each config's comment)
+        assert 0 < config.checkpoint_freq <= config.total_timesteps
 
 
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
@@ -66,14 +70,24 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
 
 
 def test_flat_config_keys_name_their_place_under_env():
-    with pytest.raises(ConfigError, match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix:"""):
+    with pytest.raises(
+        ConfigError, match=r"""Config key 'window' moved: put it under "env": \{"window": ...\}\. Fix:"""
+    ):
         load_config(TrainConfig, None, {"window": 16})
-    with pytest.raises(ConfigError, match=r"""Config key 'judge' moved: put it under "env": \{"judge_name": ...\}"""):
+    with pytest.raises(
+        ConfigError, match=r"""Config key 'judge' moved: put it under "env": \{"judge_name": ...\}"""
+    ):
         load_config(TrainConfig, None, {"judge": "default"})
-    with pytest.raises(ValueError, match="env.model_name is not read by tokenmask train.*Fix: set 'reconstructor'"):
+    with pytest.raises(
+        ValueError, match="env.model_name is not read by tokenmask train.*Fix: set 'reconstructor'"
+    ):
         load_config(TrainConfig, QUICK, {"env.model_name": "other"})
     config = load_config(TrainConfig, QUICK, {"env": {"window": 32}, "env.span": 8})
-    assert (config.env.window, config.env.span, config.env.max_tokens) == (32, 8, 32)  # the file's other env keys stay
+    assert (config.env.window, config.env.span, config.env.max_tokens) == (
+        32,
+        8,
+        32,
+    )  # the file's other env keys stay
 
 
 def test_run_folder_of_the_flat_layout_still_loads(quick_run, tmp_path):
@@ -81,7 +95,14 @@ def test_run_folder_of_the_flat_layout_still_loads(quick_run, tmp_path):
     config, _ = load_run_config(quick_run)
     flat = {k: v for k, v in config.to_dict().items() if k != "env"}
     env = config.to_dict()["env"]
-    flat.update({k: v for k, v in env.items() if k not in ("judge_name", "model_name", "dtype", "device")})
+    # env keys named like a top-level key (continuation_tokens) were never in the flat layout
+    flat.update(
+        {
+            k: v
+            for k, v in env.items()
+            if k not in ("judge_name", "model_name", "dtype", "device") and k not in flat
+        }
+    )
     flat["judge"] = env["judge_name"]
     old = tmp_path / "old_run"
     old.mkdir()
@@ -95,6 +116,8 @@ def test_run_folder_of_the_flat_layout_still_loads(quick_run, tmp_path):
 
 def test_run_folder_is_complete_and_loadable(quick_run):
     run = RunFolder(quick_run)
+    assert [c.step for c in run.checkpoints()] == [16, 32]  # every rollout; the last two kept
+    run.latest_checkpoint().verify("-")  # type: ignore[union-attr]
     state = run.read_state()
     assert state["status"] == "finished" and state["num_timesteps"] >= 32
     assert 500_000 <= state["policy_parameters"] <= 2_000_000
@@ -211,7 +234,9 @@ def test_debug_config_runs_offline_on_cpu(tmp_path):
 
 
 def test_run_folder_without_or_with_a_corrupt_config_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(RunFolderError, match="is not a tokenmask run folder.*Fix: pass a folder written by `tokenmask train`"):
+    with pytest.raises(
+        RunFolderError, match="is not a tokenmask run folder.*Fix: pass a folder written by `tokenmask train`"
+    ):
         RunFolder(tmp_path).read_config()
     (tmp_path / "config.json").write_text('{"algo": "ppo", ')
     with pytest.raises(RunFolderError, match="corrupt"):

@@ -51,7 +51,7 @@ class CompressionResult:
     :param keep: per judge token of the input text, ``True`` = kept; ``None`` for methods that
         rewrite text instead of masking tokens (LLMLingua).
     :param rate: the fraction of the input's judge tokens removed, counted on the re-tokenized
-        compressed text (as ``EVALUATION.md`` counts it): ``1 - kept_tokens / tokens``.
+        compressed text (as ``docs/evaluation.md`` counts it): ``1 - kept_tokens / tokens``.
     :param tokens: judge tokens of the input text.
     :param kept_tokens: judge tokens of the compressed text.
     """

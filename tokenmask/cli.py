@@ -23,15 +23,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("tokenmask.data", "tokenize a corpus into train/validation/test documents"),
     "evaluate": (
         "tokenmask.evaluate.runner",
-        "score compressors (baselines, agent:RUN, activation:CFG) with the metrics of EVALUATION.md",
+        "score compressors (baselines, agent:RUN, activation:CFG) with the metrics of docs/evaluation.md",
     ),
-    "baselines": ("tokenmask.evaluate.runner", "tokenmask evaluate with the baselines as the default methods"),
+    "baselines": (
+        "tokenmask.evaluate.runner",
+        "tokenmask evaluate with the baselines as the default methods",
+    ),
     "activation": (
         "tokenmask.activation_compression.cli",
         "activation compression: cluster hidden states inside the LM (train / evaluate)",
     ),
-    "train": ("tokenmask.train.cli", "train the masking agent (PPO/A2C) with joint reconstructor fine-tuning"),
-    "compress": ("tokenmask.train.cli", "compress text from stdin with a trained agent"),
+    "label": (
+        "tokenmask.train.labels",
+        "search judge-optimal span masks of training documents (the policy's warm start), data-parallel with accelerate",
+    ),
+    "train": (
+        "tokenmask.train.cli",
+        "train the masking agent (PPO/A2C) with joint reconstructor fine-tuning",
+    ),
+    "compress": (
+        "tokenmask.train.cli",
+        "compress text from stdin with the shipped agent, a trained one, or any registered method",
+    ),
 }
 
 DEBUG_FLAG = "--debug"
@@ -84,7 +97,9 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         first = text.splitlines()[0]
-        return f"out of memory ({first[:200]}). Fix: lower batch_size, or use a smaller model or --device cpu."
+        return (
+            f"out of memory ({first[:200]}). Fix: lower batch_size, or use a smaller model or --device cpu."
+        )
     return text
 
 

@@ -119,7 +119,9 @@ def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
         if isinstance(raw, str):
             raw = json.loads(raw)
         if not isinstance(raw, dict):
-            raise ConfigError(f"Config key {name!r}: expected a JSON object of {annotation.__name__} keys, got {raw!r}.")
+            raise ConfigError(
+                f"Config key {name!r}: expected a JSON object of {annotation.__name__} keys, got {raw!r}."
+            )
         return build_config(annotation, raw, section=name)
     if annotation is dict or origin is dict:
         if isinstance(raw, str):
@@ -181,7 +183,9 @@ def _section_dict(value: Any) -> dict[str, Any]:
         return dataclasses.asdict(value)
     if isinstance(value, dict):
         return dict(value)
-    raise ConfigError(f"A config section must be a JSON object, got {value!r}. Fix: give it as {{\"key\": value, ...}}.")
+    raise ConfigError(
+        f'A config section must be a JSON object, got {value!r}. Fix: give it as {{"key": value, ...}}.'
+    )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -191,11 +195,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"Config file {file} does not exist. Fix: pass an existing JSON file, e.g. configs/dev/debug.json.")
+        raise ConfigError(
+            f"Config file {file} does not exist. Fix: pass an existing JSON file, e.g. configs/dev/debug.json."
+        )
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Config file {file} is not valid UTF-8 JSON: {exc}. Fix: correct the file.") from exc
+        raise ConfigError(
+            f"Config file {file} is not valid UTF-8 JSON: {exc}. Fix: correct the file."
+        ) from exc
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {file} must hold a JSON object of key: value pairs.")
     return {k: v for k, v in data.items() if not k.startswith("_")}
@@ -214,7 +222,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
         return build_config(cls, merge_overrides(cls, values, overrides or {}))
     except ConfigError as exc:
         message = str(exc)
-        given = {k for key, v in (overrides or {}).items() if v is not None for k in (key, key.partition(".")[0])}
+        given = {
+            k for key, v in (overrides or {}).items() if v is not None for k in (key, key.partition(".")[0])
+        }
         if path is None or any(f"'{k}'" in message or f'"{k}"' in message for k in given):
             raise
         raise ConfigError(f"{path}: {message}", path=path, key=exc.key) from exc  # the key came from the file
@@ -241,14 +251,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     A nested section ``env`` gets one ``--env.<field>`` option per field of its dataclass, in its
     own help group.
     """
-    parser.add_argument("--config", default=None, help="JSON config file; the options below override its keys.")
+    parser.add_argument(
+        "--config", default=None, help="JSON config file; the options below override its keys."
+    )
     sections = _sections(cls)
     fields = list(dataclasses.fields(cls))
     _add_field_arguments(parser, [f for f in fields if f.name not in sections])
     for field in fields:
         if field.name in sections:
             group = parser.add_argument_group(f"--{field.name}.KEY", field.metadata.get("help", ""))
-            _add_field_arguments(group, list(dataclasses.fields(sections[field.name])), prefix=f"{field.name}.")
+            _add_field_arguments(
+                group, list(dataclasses.fields(sections[field.name])), prefix=f"{field.name}."
+            )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

@@ -54,9 +54,14 @@ def sample_corpus_path() -> Path:
 class PrepareDataConfig:
     """Options of ``tokenmask prepare-data`` (any key can be set in a JSON config or on the CLI)."""
 
-    data_path: str | None = field(default=None, metadata={"help": "local .txt/.jsonl file or folder, or 'sample' for the shipped corpus"})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "local .txt/.jsonl file or folder, or 'sample' for the shipped corpus"},
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "datasets hub name, e.g. wikitext"})
-    dataset_config: str | None = field(default=None, metadata={"help": "hub dataset config, e.g. wikitext-103-raw-v1"})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "hub dataset config, e.g. wikitext-103-raw-v1"}
+    )
     dataset_split: str = field(default="train", metadata={"help": "hub split to read"})
     text_column: str = field(default="text", metadata={"help": "column (JSONL key) holding the text"})
     model_name: str = field(default="default", metadata={"help": "reconstructor whose tokenizer is used"})
@@ -65,23 +70,35 @@ class PrepareDataConfig:
     max_sequences: int | None = field(default=None, metadata={"help": "cap on the number of documents"})
     split_fractions: list[float] = field(
         default_factory=lambda: [0.8, 0.1, 0.1],
-        metadata={"help": "train,val,test; a split of fraction 0 is omitted, one that would get no document is an error"},
+        metadata={
+            "help": "train,val,test; a split of fraction 0 is omitted, one that would get no document is an error"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed of the split"})
     output_dir: str = field(
         default="data_out/pydocs",
-        metadata={"help": "where the splits are saved (replaced whole if tokenmask wrote it; see --overwrite)"},
+        metadata={
+            "help": "where the splits are saved (replaced whole if tokenmask wrote it; see --overwrite)"
+        },
     )
 
     def __post_init__(self) -> None:
         if (self.data_path is None) == (self.dataset_name is None):
-            raise DataError("Give exactly one of data_path (local files) or dataset_name (a datasets hub name).")
+            raise DataError(
+                "Give exactly one of data_path (local files) or dataset_name (a datasets hub name)."
+            )
         if self.max_length < 1 or self.min_length < 1:
-            raise DataError(f"max_length and min_length must be >= 1, got {self.max_length} and {self.min_length}.")
+            raise DataError(
+                f"max_length and min_length must be >= 1, got {self.max_length} and {self.min_length}."
+            )
         if self.min_length > self.max_length:
-            raise DataError(f"min_length ({self.min_length}) is larger than max_length ({self.max_length}). Fix: lower it.")
+            raise DataError(
+                f"min_length ({self.min_length}) is larger than max_length ({self.max_length}). Fix: lower it."
+            )
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions):
-            raise DataError(f"split_fractions must be three non-negative numbers (train, validation, test), got {self.split_fractions}.")
+            raise DataError(
+                f"split_fractions must be three non-negative numbers (train, validation, test), got {self.split_fractions}."
+            )
         if not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6):
             raise DataError(
                 f"split_fractions {self.split_fractions} sum to {sum(self.split_fractions):g}, not 1. "
@@ -106,10 +123,14 @@ def _files_of(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".json") and p.is_file())
         if not files:
-            raise DataError(f"Folder {path} holds no .txt or .jsonl file. Fix: point data_path at your text files.")
+            raise DataError(
+                f"Folder {path} holds no .txt or .jsonl file. Fix: point data_path at your text files."
+            )
         return files
     if path.suffix not in (".txt", ".jsonl", ".json"):
-        raise DataError(f"{path} is neither .txt nor .jsonl. Fix: use one text per .txt file, or one JSON object per .jsonl line.")
+        raise DataError(
+            f"{path} is neither .txt nor .jsonl. Fix: use one text per .txt file, or one JSON object per .jsonl line."
+        )
     return [path]
 
 
@@ -136,7 +157,9 @@ def load_texts(path: str | Path, text_column: str = "text") -> list[dict[str, st
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{number} is not valid JSON ({exc.msg}). Fix: one JSON object per line.") from exc
+                raise DataError(
+                    f"{file}:{number} is not valid JSON ({exc.msg}). Fix: one JSON object per line."
+                ) from exc
             if not isinstance(obj, dict) or text_column not in obj:
                 keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 raise DataError(
@@ -266,7 +289,9 @@ def prepare_data(config: PrepareDataConfig, progress: bool = True, overwrite: bo
         records = load_texts(config.data_path, config.text_column)
     else:
         assert config.dataset_name is not None
-        records = load_hub_texts(config.dataset_name, config.dataset_config, config.dataset_split, config.text_column)
+        records = load_hub_texts(
+            config.dataset_name, config.dataset_config, config.dataset_split, config.text_column
+        )
     # the heavy modules load once the output folder and the texts passed their checks
     import datasets
 
@@ -275,7 +300,9 @@ def prepare_data(config: PrepareDataConfig, progress: bool = True, overwrite: bo
     assignment = split_indices(len(records), config.split_fractions, config.seed)
     asked = [s for s, fraction in zip(SPLITS, config.split_fractions) if fraction > 0]
     tokenizer = load_tokenizer(config.model_name)
-    columns: dict[str, dict[str, list[Any]]] = {s: {"input_ids": [], "text": [], "source": [], "num_tokens": []} for s in SPLITS}
+    columns: dict[str, dict[str, list[Any]]] = {
+        s: {"input_ids": [], "text": [], "source": [], "num_tokens": []} for s in SPLITS
+    }
     dropped = 0
     total = 0
     split_of = {index: split for split in SPLITS for index in assignment[split]}
@@ -357,7 +384,9 @@ def _split_quotas(config: PrepareDataConfig) -> dict[str, int]:
     return quota
 
 
-def _check_splits_filled(asked: Sequence[str], counts: dict[str, int], texts: int, config: PrepareDataConfig) -> None:
+def _check_splits_filled(
+    asked: Sequence[str], counts: dict[str, int], texts: int, config: PrepareDataConfig
+) -> None:
     """Raise before anything is written when a split with a positive fraction got no document."""
     empty = [s for s in asked if counts[s] == 0]
     if empty:
@@ -377,9 +406,13 @@ def prepared_splits(path: str | Path) -> list[str]:
     """
     folder = Path(path) / "dataset"
     if not folder.is_dir():
-        raise DataError(f"{path} is not a prepared corpus (no dataset/ folder). Fix: run tokenmask prepare-data first.")
+        raise DataError(
+            f"{path} is not a prepared corpus (no dataset/ folder). Fix: run tokenmask prepare-data first."
+        )
     index = folder / "dataset_dict.json"
-    with reraise_as(CorruptFileError, f"{index} is damaged. Fix: run tokenmask prepare-data again into {path}"):
+    with reraise_as(
+        CorruptFileError, f"{index} is damaged. Fix: run tokenmask prepare-data again into {path}"
+    ):
         names = json.loads(index.read_text(encoding="utf-8"))["splits"]
     return [str(n) for n in names]
 

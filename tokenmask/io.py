@@ -179,7 +179,9 @@ def output_path(target: str | os.PathLike[str]) -> Path:
     :raises OutputExistsError: for an empty path.
     """
     if not os.fspath(target).strip():
-        raise OutputExistsError("The output folder is an empty path. Fix: name a folder, e.g. --output_dir runs/x.")
+        raise OutputExistsError(
+            "The output folder is an empty path. Fix: name a folder, e.g. --output_dir runs/x."
+        )
     return Path(target).expanduser().resolve()
 
 
@@ -326,7 +328,9 @@ def temporary_dir_beside(target: str | os.PathLike[str], kind: str | None = None
     return tmp
 
 
-def replace_dir(source: str | os.PathLike[str], target: str | os.PathLike[str], overwrite: bool = False) -> Path:
+def replace_dir(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
     """Move folder ``source`` to ``target`` with renames only, replacing a previous ``target`` tokenmask wrote.
 
     :param source: the finished folder (from :func:`temporary_dir_beside`).

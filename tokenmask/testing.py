@@ -25,7 +25,11 @@ def tiny_llama_config(vocab_size: int = 49152, hidden_size: int = 32, num_layers
     )
 
 
-def tiny_reconstructor(seed: int = 0, device: str | torch.device = "cpu", batch_size: int | None = None) -> Reconstructor:
+def tiny_reconstructor(
+    seed: int = 0, device: str | torch.device = "cpu", batch_size: int | None = None
+) -> Reconstructor:
     """A random tiny Llama paired with the embedded SmolLM2 tokenizer (real tokens, fake weights)."""
     tokenizer = load_tokenizer(DEFAULT_MODEL)
-    return Reconstructor.from_config(tiny_llama_config(), tokenizer, device=device, seed=seed, batch_size=batch_size)
+    return Reconstructor.from_config(
+        tiny_llama_config(), tokenizer, device=device, seed=seed, batch_size=batch_size
+    )

@@ -71,7 +71,9 @@ class Backbone(ABC):
         """Whatever the layers need to know about positions (rotary cos/sin), for ``(B, S)`` float positions."""
 
     @abstractmethod
-    def run_layer(self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any) -> torch.Tensor:
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+    ) -> torch.Tensor:
         """Run decoder layer ``index`` on ``(B, S, d)`` with an additive bias ``(B, 1, S, S)``."""
 
     @abstractmethod
@@ -79,7 +81,9 @@ class Backbone(ABC):
         """The norm applied before the LM head."""
 
     @abstractmethod
-    def queries_keys(self, index: int, hidden: torch.Tensor, positions: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def queries_keys(
+        self, index: int, hidden: torch.Tensor, positions: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Per-head queries and keys ``(B, H, S, hd)`` of layer ``index`` (rotated; keys repeated per group) and the score scale."""
 
     def local_attention(
@@ -136,7 +140,9 @@ class LlamaBackbone(Backbone):
     def position_context(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> Any:
         return self.decoder.rotary_emb(hidden, position_ids=position_ids.float())
 
-    def run_layer(self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any) -> torch.Tensor:
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+    ) -> torch.Tensor:
         layer: Any = self.layers[index]
         out = layer(hidden, attention_mask=attention_bias, position_embeddings=positions)
         return out[0] if isinstance(out, tuple) else out
@@ -144,7 +150,9 @@ class LlamaBackbone(Backbone):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder.norm(hidden)  # type: ignore[no-any-return]
 
-    def queries_keys(self, index: int, hidden: torch.Tensor, positions: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def queries_keys(
+        self, index: int, hidden: torch.Tensor, positions: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         # imported here: a GPT-2 backbone never needs the Llama modeling module (seconds to import cold)
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -182,7 +190,9 @@ class GPT2Backbone(Backbone):
     def position_context(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> Any:
         return None  # absolute positions were added to the embeddings
 
-    def run_layer(self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any) -> torch.Tensor:
+    def run_layer(
+        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+    ) -> torch.Tensor:
         layer: Any = self.layers[index]
         out = layer(hidden, attention_mask=attention_bias)
         return out[0] if isinstance(out, tuple) else out
@@ -190,7 +200,9 @@ class GPT2Backbone(Backbone):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder.ln_f(hidden)  # type: ignore[no-any-return]
 
-    def queries_keys(self, index: int, hidden: torch.Tensor, positions: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def queries_keys(
+        self, index: int, hidden: torch.Tensor, positions: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         layer: Any = self.layers[index]
         attn = layer.attn
         x = layer.ln_1(hidden)

@@ -21,7 +21,9 @@ from tokenmask.activation_compression.config import ActivationEvaluateConfig, Ac
 from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.io import claimed_output_dir
 
-OVERWRITE_HELP = "write into output_dir even if tokenmask did not write it (files of the same names are replaced)"
+OVERWRITE_HELP = (
+    "write into output_dir even if tokenmask did not write it (files of the same names are replaced)"
+)
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,12 +35,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="activation_command", metavar="SUBCOMMAND")
-    train_parser = commands.add_parser("train", help="train compression layers", description=ActivationTrainConfig.__doc__)
+    train_parser = commands.add_parser(
+        "train", help="train compression layers", description=ActivationTrainConfig.__doc__
+    )
     add_config_arguments(train_parser, ActivationTrainConfig)
     train_parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     train_parser.set_defaults(func=_train)
     eval_parser = commands.add_parser(
-        "evaluate", help="measure perplexity, ratio, memory and time over thresholds", description=ActivationEvaluateConfig.__doc__
+        "evaluate",
+        help="measure perplexity, ratio, memory and time over thresholds",
+        description=ActivationEvaluateConfig.__doc__,
     )
     add_config_arguments(eval_parser, ActivationEvaluateConfig)
     eval_parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
@@ -57,7 +63,16 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(ActivationTrainConfig, args)
     with claimed_output_dir(config.output_dir, args.overwrite, kind="activation train"):
         summary = train(config)
-    print(json.dumps({"steps": summary["steps"], "validation": summary["validation"], "model_dir": summary["model_dir"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "steps": summary["steps"],
+                "validation": summary["validation"],
+                "model_dir": summary["model_dir"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

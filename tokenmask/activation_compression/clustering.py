@@ -44,7 +44,9 @@ def merge_eligible(member: torch.Tensor, protected: torch.Tensor) -> torch.Tenso
     return out
 
 
-def running_quantile(similarity: torch.Tensor, eligible: torch.Tensor, quantile: float, chunk: int = 256) -> torch.Tensor:
+def running_quantile(
+    similarity: torch.Tensor, eligible: torch.Tensor, quantile: float, chunk: int = 256
+) -> torch.Tensor:
     """The causal adaptive threshold: at boundary ``b``, the ``quantile`` of the eligible similarities ``<= b``.
 
     Each sequence's threshold adapts to its own similarity distribution, reading only the past; a
@@ -59,12 +61,16 @@ def running_quantile(similarity: torch.Tensor, eligible: torch.Tensor, quantile:
     """
     b, u = similarity.shape
     index = torch.arange(u, device=similarity.device)
-    values = torch.where(eligible, similarity.float(), torch.full_like(similarity, float("nan"), dtype=torch.float32))
+    values = torch.where(
+        eligible, similarity.float(), torch.full_like(similarity, float("nan"), dtype=torch.float32)
+    )
     parts = []
     for start in range(0, u, chunk):
         rows = index[start : start + chunk]
         past = index[None, :] <= rows[:, None]  # (chunk, U)
-        window = torch.where(past[None], values[:, None, :], torch.full_like(values[:, None, :], float("nan")))
+        window = torch.where(
+            past[None], values[:, None, :], torch.full_like(values[:, None, :], float("nan"))
+        )
         parts.append(torch.nanquantile(window, float(quantile), dim=-1))
     return torch.cat(parts, dim=1)
 
@@ -113,7 +119,9 @@ def budget_starts(
     want = merges.cpu().numpy()
     starts = np.ones(sim.shape, dtype=bool)
     for row in range(sim.shape[0]):
-        order = [int(i) for i in np.argsort(-np.nan_to_num(sim[row], nan=-np.inf), kind="stable") if ok[row, i]]
+        order = [
+            int(i) for i in np.argsort(-np.nan_to_num(sim[row], nan=-np.inf), kind="stable") if ok[row, i]
+        ]
         left = np.arange(sim.shape[1])  # left[i]: first unit of the run ending at i (valid at run ends)
         right = np.arange(sim.shape[1])  # right[i]: last unit of the run starting at i (valid at run starts)
         done = 0
@@ -153,7 +161,9 @@ def cluster_last_unit(cid: torch.Tensor, clusters: int) -> torch.Tensor:
     return last[:, :clusters]
 
 
-def received_attention(local: torch.Tensor, visible_keys: torch.Tensor, cid: torch.Tensor, clusters: int) -> torch.Tensor:
+def received_attention(
+    local: torch.Tensor, visible_keys: torch.Tensor, cid: torch.Tensor, clusters: int
+) -> torch.Tensor:
     """Attention each unit receives from the queries of its own cluster, relative to uniform attention.
 
     For unit ``j`` of a cluster ending at unit ``e``: the mean over queries ``q`` in ``[j, e]`` of
@@ -208,7 +218,11 @@ def merge_units(
 
 
 def contrastive_loss(
-    features: torch.Tensor, cid: torch.Tensor, clusters: int, natural_boundary: torch.Tensor, threshold: torch.Tensor
+    features: torch.Tensor,
+    cid: torch.Tensor,
+    clusters: int,
+    natural_boundary: torch.Tensor,
+    threshold: torch.Tensor,
 ) -> torch.Tensor:
     """Clustering loss: pull the units of a cluster to its centroid, push apart adjacent clusters that look alike.
 

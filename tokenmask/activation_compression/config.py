@@ -33,7 +33,11 @@ def check_thresholds(name: str, values: Sequence[float] | None, adaptive: bool |
     low, high, inclusive_low = (-1.0, 1.01, True) if adaptive is False else (0.0, 1.0, False)
     bad = [v for v in values if not (low <= v <= high if inclusive_low else low < v <= high)]
     if bad:
-        span = "[-1, 1.01] (cosine similarities; adaptive_threshold is off)" if adaptive is False else "(0, 1] (quantiles)"
+        span = (
+            "[-1, 1.01] (cosine similarities; adaptive_threshold is off)"
+            if adaptive is False
+            else "(0, 1] (quantiles)"
+        )
         raise ActivationConfigError(
             f"{name} {bad} outside {span}. Fix: e.g. --{name} {'0.8,0.5,0.33' if name.endswith('s') else '0.5'}.",
             key=name,
@@ -74,7 +78,9 @@ class CompressionConfig:
         if self.compression_layers is not None:
             layers = [int(x) for x in self.compression_layers]
             if not layers:
-                raise ActivationConfigError("compression_layers is empty. Fix: name at least one layer, e.g. --compression_layers 24.")
+                raise ActivationConfigError(
+                    "compression_layers is empty. Fix: name at least one layer, e.g. --compression_layers 24."
+                )
             if sorted(set(layers)) != layers:
                 raise ActivationConfigError(
                     f"compression_layers {layers} must be strictly increasing without repeats. Fix: e.g. --compression_layers 12,24."
@@ -100,7 +106,9 @@ class CompressionConfig:
     def layers(self) -> list[int]:
         """The compression layers (:meth:`resolved` first when they were left to the default)."""
         if self.compression_layers is None:
-            raise ActivationConfigError("compression_layers is not resolved yet. Fix: call resolved(num_layers).")
+            raise ActivationConfigError(
+                "compression_layers is not resolved yet. Fix: call resolved(num_layers)."
+            )
         return list(self.compression_layers)
 
     def resolved(self, num_layers: int) -> CompressionConfig:
@@ -128,27 +136,51 @@ class CompressionConfig:
 class ActivationTrainConfig:
     """Options of ``tokenmask activation train``."""
 
-    model_name: str = field(default="default", metadata={"help": "base causal LM (name, folder, .gguf) or a saved activation model to continue"})
-    data_path: str = field(default="data_out/pydocs", metadata={"help": "prepared corpus folder (tokenmask prepare-data), .jsonl/.txt file, or 'sample'"})
-    output_dir: str = field(default="runs/activation", metadata={"help": "where the trained model folder and TensorBoard logs go"})
+    model_name: str = field(
+        default="default",
+        metadata={"help": "base causal LM (name, folder, .gguf) or a saved activation model to continue"},
+    )
+    data_path: str = field(
+        default="data_out/pydocs",
+        metadata={"help": "prepared corpus folder (tokenmask prepare-data), .jsonl/.txt file, or 'sample'"},
+    )
+    output_dir: str = field(
+        default="runs/activation", metadata={"help": "where the trained model folder and TensorBoard logs go"}
+    )
     batch_size: int = field(default=4, metadata={"help": "sequences per step"})
     epochs: int = field(default=1, metadata={"help": "passes over the training documents"})
     learning_rate: float = field(default=5e-4, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (pulls the learned corrections towards zero)"})
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay (pulls the learned corrections towards zero)"}
+    )
     freeze_base: bool = field(default=True, metadata={"help": "train only the compression layers"})
-    compression_layers: list[int] | None = field(default=None, metadata={"help": "layers whose input is compressed, e.g. 12,24 (default: 80% depth)"})
-    similarity_threshold: float = field(default=0.5, metadata={"help": "cosine threshold, or the quantile when adaptive"})
+    compression_layers: list[int] | None = field(
+        default=None, metadata={"help": "layers whose input is compressed, e.g. 12,24 (default: 80% depth)"}
+    )
+    similarity_threshold: float = field(
+        default=0.5, metadata={"help": "cosine threshold, or the quantile when adaptive"}
+    )
     use_residuals: bool = field(default=True, metadata={"help": "learned gated residual before the LM head"})
-    adaptive_threshold: bool = field(default=True, metadata={"help": "per-sequence (causal running quantile) threshold"})
-    contrastive_weight: float = field(default=0.1, metadata={"help": "weight of the contrastive clustering loss"})
+    adaptive_threshold: bool = field(
+        default=True, metadata={"help": "per-sequence (causal running quantile) threshold"}
+    )
+    contrastive_weight: float = field(
+        default=0.1, metadata={"help": "weight of the contrastive clustering loss"}
+    )
     max_length: int = field(default=256, metadata={"help": "tokens per training sequence (BOS added)"})
     max_cluster_size: int = field(default=8, metadata={"help": "longest run merged into one state"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    max_documents: int | None = field(default=None, metadata={"help": "use at most this many training sequences"})
-    parachute_tolerance: float = field(default=0.03, metadata={"help": "relative perplexity increase tolerated before backing off"})
+    max_documents: int | None = field(
+        default=None, metadata={"help": "use at most this many training sequences"}
+    )
+    parachute_tolerance: float = field(
+        default=0.03, metadata={"help": "relative perplexity increase tolerated before backing off"}
+    )
     parachute_step: float = field(default=0.02, metadata={"help": "how far the threshold moves per back-off"})
     warmup_steps: int = field(default=20, metadata={"help": "steps of linear learning-rate warm-up"})
-    threshold_jitter: float = field(default=0.0, metadata={"help": "draw each step's threshold within this distance of the target"})
+    threshold_jitter: float = field(
+        default=0.0, metadata={"help": "draw each step's threshold within this distance of the target"}
+    )
     eval_documents: int = field(default=16, metadata={"help": "validation sequences measured after training"})
     text_column: str = field(default="text", metadata={"help": "JSONL key of the text"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
@@ -167,7 +199,8 @@ class ActivationTrainConfig:
         bad = {k: v for k, v in positive.items() if v < 1}
         if bad:
             raise ActivationConfigError(
-                f"{bad} must be >= 1 (max_steps and max_documents may also be None: no limit).", key=next(iter(bad))
+                f"{bad} must be >= 1 (max_steps and max_documents may also be None: no limit).",
+                key=next(iter(bad)),
             )
         non_negative = {
             "weight_decay": self.weight_decay,
@@ -205,23 +238,39 @@ class ActivationEvaluateConfig:
     compression options below.
     """
 
-    model_name: str = field(default="default", metadata={"help": "saved activation model folder, or a base model name"})
-    data_path: str = field(default="data_out/pydocs", metadata={"help": "prepared corpus folder, .jsonl/.txt file, or 'sample'"})
-    output_dir: str = field(default="runs/activation_eval", metadata={"help": "where report.json, report.md and the PNG go"})
+    model_name: str = field(
+        default="default", metadata={"help": "saved activation model folder, or a base model name"}
+    )
+    data_path: str = field(
+        default="data_out/pydocs", metadata={"help": "prepared corpus folder, .jsonl/.txt file, or 'sample'"}
+    )
+    output_dir: str = field(
+        default="runs/activation_eval", metadata={"help": "where report.json, report.md and the PNG go"}
+    )
     split: str = field(default="test", metadata={"help": "split of a prepared corpus"})
     batch_size: int = field(default=4, metadata={"help": "sequences per forward pass"})
     max_length: int = field(default=256, metadata={"help": "tokens per evaluated sequence (BOS added)"})
     max_documents: int = field(default=16, metadata={"help": "held-out sequences measured"})
-    compression_layers: list[int] | None = field(default=None, metadata={"help": "for an untrained model: compressed layers"})
-    similarity_threshold: float | None = field(default=None, metadata={"help": "operating threshold (default: the model's)"})
+    compression_layers: list[int] | None = field(
+        default=None, metadata={"help": "for an untrained model: compressed layers"}
+    )
+    similarity_threshold: float | None = field(
+        default=None, metadata={"help": "operating threshold (default: the model's)"}
+    )
     use_residuals: bool | None = field(default=None, metadata={"help": "for an untrained model"})
     adaptive_threshold: bool | None = field(default=None, metadata={"help": "for an untrained model"})
     thresholds: list[float] = field(
-        default_factory=lambda: [0.8, 0.67, 0.5, 0.4, 0.33], metadata={"help": "thresholds swept for the ratio-vs-perplexity plot"}
+        default_factory=lambda: [0.8, 0.67, 0.5, 0.4, 0.33],
+        metadata={"help": "thresholds swept for the ratio-vs-perplexity plot"},
     )
-    timing_repeats: int = field(default=3, metadata={"help": "timed repetitions of each pre-fill (0: no memory/time measurement)"})
+    timing_repeats: int = field(
+        default=3, metadata={"help": "timed repetitions of each pre-fill (0: no memory/time measurement)"}
+    )
     timing_thresholds: list[float] | None = field(
-        default=None, metadata={"help": "thresholds whose memory and time are measured (default: all; fresh layers cost the same, so only the model's)"}
+        default=None,
+        metadata={
+            "help": "thresholds whose memory and time are measured (default: all; fresh layers cost the same, so only the model's)"
+        },
     )
     text_column: str = field(default="text", metadata={"help": "JSONL key of the text"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
@@ -230,9 +279,13 @@ class ActivationEvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_length < 2 or self.max_documents < 1 or self.timing_repeats < 0:
-            raise ActivationConfigError("batch_size and max_documents must be >= 1, timing_repeats >= 0 and max_length >= 2.")
+            raise ActivationConfigError(
+                "batch_size and max_documents must be >= 1, timing_repeats >= 0 and max_length >= 2."
+            )
         if not self.thresholds:
-            raise ActivationConfigError("thresholds is empty. Fix: e.g. --thresholds 0.67,0.5,0.33.", key="thresholds")
+            raise ActivationConfigError(
+                "thresholds is empty. Fix: e.g. --thresholds 0.67,0.5,0.33.", key="thresholds"
+            )
         check_thresholds("thresholds", self.thresholds, self.adaptive_threshold)
         check_thresholds("timing_thresholds", self.timing_thresholds, self.adaptive_threshold)
         check_thresholds(

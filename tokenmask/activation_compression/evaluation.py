@@ -41,7 +41,9 @@ def _batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[Sequen
     return [sequences[i : i + batch_size] for i in range(0, len(sequences), batch_size)]
 
 
-def lower_states(model: CompressedCausalLM, sequences: Sequence[Sequence[int]], batch_size: int = 4) -> list[torch.Tensor]:
+def lower_states(
+    model: CompressedCausalLM, sequences: Sequence[Sequence[int]], batch_size: int = 4
+) -> list[torch.Tensor]:
     """Per batch, the states entering the first compression layer (they do not depend on the threshold)."""
     states = []
     for batch in _batches(sequences, batch_size):
@@ -92,12 +94,19 @@ def perplexity_comparison(
             ids, mask = pad_batch(batch, model.reconstructor.pad_token_id)
             score = mask.bool().clone()
             score[:, 0] = False
-            output = model(ids, mask, similarity_threshold=similarity_threshold, lower_hidden=None if lower is None else lower[k])
+            output = model(
+                ids,
+                mask,
+                similarity_threshold=similarity_threshold,
+                lower_hidden=None if lower is None else lower[k],
+            )
             compressed += float(model.token_nlls(output, ids, score).sum())
             tokens += int(score.sum())
             kept += float(output.positions_kept.sum())
             total += float(output.positions_total.sum())
-    uncompressed = uncompressed_nll(model, sequences, batch_size, lower) if reference_nll is None else reference_nll
+    uncompressed = (
+        uncompressed_nll(model, sequences, batch_size, lower) if reference_nll is None else reference_nll
+    )
     c, u = compressed / tokens, uncompressed / tokens
     return {
         "compressed_perplexity": math.exp(c),
@@ -172,7 +181,9 @@ def measure_prefill(
     ids, mask = pad_batch(list(sequences[:batch_size]), model.reconstructor.pad_token_id)
 
     def run(compress: bool) -> Any:
-        return lambda: model(ids, mask, mode="prefill", similarity_threshold=similarity_threshold, compress=compress)
+        return lambda: model(
+            ids, mask, mode="prefill", similarity_threshold=similarity_threshold, compress=compress
+        )
 
     with torch.no_grad():
         output = run(True)()
@@ -252,12 +263,16 @@ def load_for_evaluation(config: ActivationEvaluateConfig) -> tuple[CompressedCau
     fresh layers built from the config's compression options.
     """
     if (Path(config.model_name) / META_FILE).is_file():
-        return CompressedCausalLM.from_pretrained(config.model_name, device=config.device, dtype=config.dtype), True
+        return CompressedCausalLM.from_pretrained(
+            config.model_name, device=config.device, dtype=config.dtype
+        ), True
     recon = Reconstructor.load(config.model_name, device=config.device, dtype=config.dtype)
     return CompressedCausalLM(recon, untrained_config(config)), False
 
 
-def untrained_config(config: ActivationEvaluateConfig, base: CompressionConfig | None = None) -> CompressionConfig:
+def untrained_config(
+    config: ActivationEvaluateConfig, base: CompressionConfig | None = None
+) -> CompressionConfig:
     """Compression settings of fresh layers: ``base`` (a trained model's) overridden by the config's options."""
     values = (base or CompressionConfig()).to_dict()
     for key in ("compression_layers", "use_residuals", "adaptive_threshold", "similarity_threshold"):
@@ -274,13 +289,27 @@ def evaluate(config: ActivationEvaluateConfig, progress: bool = True) -> dict[st
     torch.manual_seed(config.seed)
     model, trained = load_for_evaluation(config)
     sequences = load_sequences(
-        model.reconstructor, config.data_path, config.split, config.max_length, config.max_documents, config.text_column
+        model.reconstructor,
+        config.data_path,
+        config.split,
+        config.max_length,
+        config.max_documents,
+        config.text_column,
     )
     with torch.no_grad():
         lower = lower_states(model, sequences, config.batch_size)
-    operating = perplexity_comparison(model, sequences, config.batch_size, config.similarity_threshold, lower=lower)
+    operating = perplexity_comparison(
+        model, sequences, config.batch_size, config.similarity_threshold, lower=lower
+    )
     main = sweep_thresholds(
-        model, sequences, config.thresholds, config.batch_size, config.timing_repeats, progress, config.timing_thresholds, lower
+        model,
+        sequences,
+        config.thresholds,
+        config.batch_size,
+        config.timing_repeats,
+        progress,
+        config.timing_thresholds,
+        lower,
     )
     sweeps = {("trained layers" if trained else "untrained layers"): main}
     if trained:  # fresh layers cost the same memory and time: only their perplexity is measured
@@ -288,7 +317,13 @@ def evaluate(config: ActivationEvaluateConfig, progress: bool = True) -> dict[st
         fresh = CompressedCausalLM(model.reconstructor, untrained_config(config, model.config))
         same_lower = fresh.layer_indices[0] == model.layer_indices[0]
         sweeps["untrained layers"] = sweep_thresholds(
-            fresh, sequences, config.thresholds, config.batch_size, 0, progress, lower=lower if same_lower else None
+            fresh,
+            sequences,
+            config.thresholds,
+            config.batch_size,
+            0,
+            progress,
+            lower=lower if same_lower else None,
         )
     report = {
         "model": config.model_name,

@@ -1,4 +1,4 @@
-"""Activation clustering as an in-model compressor of ``tokenmask evaluate`` (EVALUATION.md, last section).
+"""Activation clustering as an in-model compressor of ``tokenmask evaluate`` (docs/evaluation.md, last section).
 
 ``tokenmask evaluate --methods truncation,activation,activation:runs/act/model`` scores it on the
 same table as the text compressors. The method name's argument is empty (fresh compression layers
@@ -48,7 +48,9 @@ class ActivationInModelCompressor:
         """NLL of ``tails[b][skip:]`` after the compressed ``BOS + context``, and kept / total positions."""
         model = self.model
         bos = model.reconstructor.bos_token_id
-        ids, mask = pad_batch([[bos, *c, *t] for c, t in zip(contexts, tails)], model.reconstructor.pad_token_id)
+        ids, mask = pad_batch(
+            [[bos, *c, *t] for c, t in zip(contexts, tails)], model.reconstructor.pad_token_id
+        )
         prefix = torch.as_tensor([1 + len(c) for c in contexts])
         score = torch.zeros_like(mask, dtype=torch.bool)
         for row, (c, t) in enumerate(zip(contexts, tails)):
@@ -63,7 +65,9 @@ class ActivationInModelCompressor:
     def _prefill_seconds(self, contexts: Sequence[TokenIds], rate: float) -> float:
         """Wall time of the compressing pre-fill of ``BOS + context`` alone."""
         model = self.model
-        ids, mask = pad_batch([[model.reconstructor.bos_token_id, *c] for c in contexts], model.reconstructor.pad_token_id)
+        ids, mask = pad_batch(
+            [[model.reconstructor.bos_token_id, *c] for c in contexts], model.reconstructor.pad_token_id
+        )
         prefix = torch.as_tensor([1 + len(c) for c in contexts])
         with torch.no_grad():
             start = time.perf_counter()
@@ -86,14 +90,18 @@ class ActivationInModelCompressor:
         embeddings: Any = judge.model.get_input_embeddings()
         check_same_tokenizer(self.model, int(embeddings.weight.shape[0]))
         if len(contexts) != len(continuations):
-            raise ValueError(f"{len(contexts)} contexts for {len(continuations)} continuations; they must match.")
+            raise ValueError(
+                f"{len(contexts)} contexts for {len(continuations)} continuations; they must match."
+            )
         torch.manual_seed(seed)
         scores: list[InModelScore] = []
         seconds = 0.0
         step = self.model.reconstructor.batch_size
         for start in range(0, len(contexts), step):
             ctx = [list(c) for c in contexts[start : start + step]]
-            cont_nll, kept, total = self._score_batch(ctx, [list(c) for c in continuations[start : start + step]], rate)
+            cont_nll, kept, total = self._score_batch(
+                ctx, [list(c) for c in continuations[start : start + step]], rate
+            )
             recover_nll, _, _ = self._score_batch(ctx, [[*sep, *c] for c in ctx], rate, skip=len(sep))
             seconds += self._prefill_seconds(ctx, rate)
             for row in range(len(ctx)):

@@ -26,7 +26,16 @@ import torch
 
 from tokenmask.activation_compression.clustering import NO_TIME
 
-FIELDS: tuple[str, ...] = ("level", "valid", "avail", "parent_avail", "position", "protected", "origin", "member")
+FIELDS: tuple[str, ...] = (
+    "level",
+    "valid",
+    "avail",
+    "parent_avail",
+    "position",
+    "protected",
+    "origin",
+    "member",
+)
 
 
 @dataclass

@@ -83,8 +83,13 @@ class CompressionLayer(nn.Module):
         self.importance_bias = nn.Linear(hidden_size, 1)
         self.adapter_down = nn.Linear(hidden_size + 1, adapter_rank)
         self.adapter_up = nn.Linear(adapter_rank, hidden_size)
-        for zero in (self.similarity_up.weight, self.importance_bias.weight, self.importance_bias.bias,
-                     self.adapter_up.weight, self.adapter_up.bias):
+        for zero in (
+            self.similarity_up.weight,
+            self.importance_bias.weight,
+            self.importance_bias.bias,
+            self.adapter_up.weight,
+            self.adapter_up.bias,
+        ):
             nn.init.zeros_(zero)
 
     def _normed(self, states: torch.Tensor) -> torch.Tensor:
@@ -107,7 +112,13 @@ class CompressionLayer(nn.Module):
         :param merged: ``(B, M, d)`` merged states.
         :param sizes: ``(B, M)`` units per cluster.
         """
-        x = torch.cat([self._normed(merged), torch.log(sizes.clamp(min=1).to(self.adapter_down.weight.dtype))[..., None]], -1)
+        x = torch.cat(
+            [
+                self._normed(merged),
+                torch.log(sizes.clamp(min=1).to(self.adapter_down.weight.dtype))[..., None],
+            ],
+            -1,
+        )
         delta = self.adapter_up(F.gelu(self.adapter_down(x)))
         rms = merged.float().pow(2).mean(-1, keepdim=True).sqrt().to(delta.dtype)
         return merged + (delta * rms * (sizes > 1)[..., None].to(delta.dtype)).to(merged.dtype)
@@ -135,7 +146,13 @@ class RestoreGate(nn.Module):
     def forward(self, final: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
         """Restore ``final`` ``(B, P, d)`` with the positions' ``own`` states ``(B, P, d)``."""
         dtype = self.gate.weight.dtype
-        normed = torch.cat([F.layer_norm(final.float(), (self.hidden_size,)), F.layer_norm(own.float(), (self.hidden_size,))], -1)
+        normed = torch.cat(
+            [
+                F.layer_norm(final.float(), (self.hidden_size,)),
+                F.layer_norm(own.float(), (self.hidden_size,)),
+            ],
+            -1,
+        )
         gate = torch.sigmoid(self.gate(normed.to(dtype)))
         return final + (gate * self.up(self.down(own.to(dtype)))).to(final.dtype)
 
@@ -170,7 +187,7 @@ class CompressionOutput:
 
     @property
     def rate(self) -> float:
-        """``1 - Σ kept / Σ total`` (EVALUATION.md's rate for in-model compressors)."""
+        """``1 - Σ kept / Σ total`` positions in the compressed layers only (docs/evaluation.md's in-model rate counts KV entries over all layers)."""
         total = float(self.positions_total.sum())
         return 1.0 - float(self.positions_kept.sum()) / total if total else 0.0
 
@@ -194,7 +211,10 @@ class CompressedCausalLM(nn.Module):
         self.config = (config or CompressionConfig()).resolved(self.backbone.num_layers)
         d = self.backbone.hidden_size
         self.layers = nn.ModuleDict(
-            {str(i): CompressionLayer(d, self.config.similarity_rank, self.config.adapter_rank) for i in self.layer_indices}
+            {
+                str(i): CompressionLayer(d, self.config.similarity_rank, self.config.adapter_rank)
+                for i in self.layer_indices
+            }
         )
         self.restore = RestoreGate(d, self.config.adapter_rank) if self.config.use_residuals else None
         # raised by the quality parachute: fewer merges while quality suffers
@@ -229,7 +249,9 @@ class CompressedCausalLM(nn.Module):
             value = self.config.similarity_threshold + float(self.threshold_offset)
         else:
             value = float(similarity_threshold)
-        return min(max(value, 0.0), 1.0) if self.config.adaptive_threshold else min(value, MAX_FIXED_THRESHOLD)
+        return (
+            min(max(value, 0.0), 1.0) if self.config.adaptive_threshold else min(value, MAX_FIXED_THRESHOLD)
+        )
 
     def level_merge_fraction(self, target_rate: float) -> float:
         """Fraction of units each compression layer removes so the overall rate is ``target_rate``.
@@ -287,7 +309,11 @@ class CompressedCausalLM(nn.Module):
         device = self.device
         input_ids = input_ids.to(device)
         b, n = input_ids.shape
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.to(device).bool()
+        )
         lengths = valid.sum(1)
         if compress_lengths is None:
             compress_lengths = lengths
@@ -299,7 +325,9 @@ class CompressedCausalLM(nn.Module):
         first = self.layer_indices[0]
         if lower_hidden is not None:
             if tuple(lower_hidden.shape[:2]) != (b, n):
-                raise ValueError(f"lower_hidden has shape {tuple(lower_hidden.shape)}, expected ({b}, {n}, d).")
+                raise ValueError(
+                    f"lower_hidden has shape {tuple(lower_hidden.shape)}, expected ({b}, {n}, d)."
+                )
             hidden = lower_hidden.to(device)
         else:
             with torch.set_grad_enabled(base_grad):
@@ -314,7 +342,15 @@ class CompressedCausalLM(nn.Module):
             if index in levels:
                 level = levels.index(index) + 1
                 hidden, layout, blocks, count, threshold, loss = self._compress(
-                    index, level, hidden, layout, blocks, compress_lengths, mode, similarity_threshold, target_rate
+                    index,
+                    level,
+                    hidden,
+                    layout,
+                    blocks,
+                    compress_lengths,
+                    mode,
+                    similarity_threshold,
+                    target_rate,
                 )
                 clusters.append(count)
                 thresholds.append(threshold)
@@ -335,7 +371,9 @@ class CompressedCausalLM(nn.Module):
         contrastive = torch.stack(losses).mean() if losses else None
         return CompressionOutput(final, origin, kept, total, clusters, contrastive, thresholds)
 
-    def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def lower_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """States entering the first compression layer, ``(B, N, d)``, computed without autograd.
 
         Pass them back as ``forward(..., lower_hidden=...)`` to skip the uncompressed layers.
@@ -343,7 +381,11 @@ class CompressedCausalLM(nn.Module):
         device = self.device
         input_ids = input_ids.to(device)
         b, n = input_ids.shape
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.to(device).bool()
+        )
         layout = TokenLayout.positions(valid, valid.sum(1), self.config.protected_tokens)
         with torch.no_grad():
             hidden = self.backbone.embed(input_ids, torch.arange(n, device=device).expand(b, n))
@@ -391,10 +433,18 @@ class CompressedCausalLM(nn.Module):
         member = meta.member & meta.valid
         # importance: the attention this layer pays each unit on the short (pre-fill) sequence
         with torch.no_grad():
-            causal = (meta.avail[:, None, :] <= meta.avail[:, :, None]) & meta.valid[:, None, :] & meta.valid[:, :, None]
+            causal = (
+                (meta.avail[:, None, :] <= meta.avail[:, :, None])
+                & meta.valid[:, None, :]
+                & meta.valid[:, :, None]
+            )
             causal |= torch.eye(width, dtype=torch.bool, device=causal.device)[None]
             local = self.backbone.local_attention(
-                index, units.detach(), causal, self.backbone.position_context(units, meta.position), self.config.max_cluster_size
+                index,
+                units.detach(),
+                causal,
+                self.backbone.position_context(units, meta.position),
+                self.config.max_cluster_size,
             )
             visible_keys = causal.sum(-1)
         features = layer.similarity_features(units)
@@ -424,13 +474,19 @@ class CompressedCausalLM(nn.Module):
         # norm-preserving merge: a mean of similar vectors is shorter than they are
         unit_norm = units.float().norm(dim=-1)
         mean_norm, _ = merge_units(unit_norm, weights.float(), cid, m)
-        merged = merged * (mean_norm / merged.float().norm(dim=-1).clamp(min=1e-6)).to(merged.dtype)[..., None]
+        merged = (
+            merged * (mean_norm / merged.float().norm(dim=-1).clamp(min=1e-6)).to(merged.dtype)[..., None]
+        )
         merged = layer.adapt(merged, sizes)
         natural = eligible & ~(sim > threshold)
         loss = contrastive_loss(features, cid, m, natural, threshold)
         # layout of the clusters
         last = cluster_last_unit(cid, m)
-        end_time = compress_lengths if level == 1 else torch.where(member, meta.avail, torch.zeros_like(meta.avail)).amax(1)
+        end_time = (
+            compress_lengths
+            if level == 1
+            else torch.where(member, meta.avail, torch.zeros_like(meta.avail)).amax(1)
+        )
         next_member = torch.cat([member[:, 1:], torch.zeros_like(member[:, :1])], 1)
         next_avail = torch.cat([meta.avail[:, 1:], torch.zeros_like(meta.avail[:, :1])], 1)
         avail_next = torch.where(next_member, next_avail, end_time[:, None].expand_as(next_avail))
@@ -449,7 +505,9 @@ class CompressedCausalLM(nn.Module):
             origin=torch.full_like(cluster_avail, -1),
             member=cluster_valid,
         )
-        parent_avail = torch.where(member, torch.gather(cluster_avail, 1, cid.clamp(min=0)), torch.full_like(cid, NO_TIME))
+        parent_avail = torch.where(
+            member, torch.gather(cluster_avail, 1, cid.clamp(min=0)), torch.full_like(cid, NO_TIME)
+        )
         layout.parent_avail[:, start : start + width] = parent_avail
         merged = torch.where(cluster_valid[..., None], merged, torch.zeros_like(merged))
         parts_hidden = [hidden]
@@ -460,7 +518,9 @@ class CompressedCausalLM(nn.Module):
         hidden = torch.cat([*parts_hidden, merged], dim=1)
         layout = TokenLayout.concat([*parts_layout, clusters_layout])
         blocks = [*blocks, (offset, m)]
-        mean_threshold = float(torch.nanmean(threshold[eligible]).item()) if bool(eligible.any()) else float("nan")
+        mean_threshold = (
+            float(torch.nanmean(threshold[eligible]).item()) if bool(eligible.any()) else float("nan")
+        )
         return hidden, layout, blocks, count, mean_threshold, loss
 
     @staticmethod
@@ -475,7 +535,9 @@ class CompressedCausalLM(nn.Module):
             order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :count]
             kept = torch.gather(keep, 1, order)
             part_layout = layout.columns(0, width).take(order, kept)
-            part_hidden = torch.gather(hidden[:, :width], 1, order[..., None].expand(-1, -1, hidden.shape[-1]))
+            part_hidden = torch.gather(
+                hidden[:, :width], 1, order[..., None].expand(-1, -1, hidden.shape[-1])
+            )
             return [part_hidden], [part_layout], [(0, count)]
         positions_width = blocks[0][1]
         parts_hidden = [hidden[:, :positions_width]]
@@ -542,7 +604,9 @@ class CompressedCausalLM(nn.Module):
             return self.token_nlls(output, input_ids, score)
         hidden = self.reconstructor.last_hidden_state(input_ids, attention_mask)
         logits = self.reconstructor.head_logits(hidden[:, :-1]).flatten(0, 1)
-        values = F.cross_entropy(logits, input_ids[:, 1:].flatten(), reduction="none").view(input_ids.shape[0], -1)
+        values = F.cross_entropy(logits, input_ids[:, 1:].flatten(), reduction="none").view(
+            input_ids.shape[0], -1
+        )
         values = values * attention_mask[:, 1:].float()
         return torch.cat([torch.zeros_like(values[:, :1]), values], dim=1)
 
@@ -610,7 +674,10 @@ class CompressedCausalLM(nn.Module):
             "a saved activation-compression model",
             "pass a folder written by `tokenmask activation train`, or a base model name.",
         )
-        with reraise_as(CorruptCheckpointError, f"The activation model folder {folder} is corrupt or incomplete. Fix: re-save it"):
+        with reraise_as(
+            CorruptCheckpointError,
+            f"The activation model folder {folder} is corrupt or incomplete. Fix: re-save it",
+        ):
             config = CompressionConfig(**meta["compression"])
             state = load_file(str(folder / WEIGHTS_FILE))
         if meta.get("base_included"):
@@ -618,7 +685,10 @@ class CompressedCausalLM(nn.Module):
         elif reconstructor is None:
             reconstructor = Reconstructor.load(str(meta["base_model"]), device=device, dtype=dtype)
         model = cls(reconstructor, config)
-        if model.backbone.num_layers != meta["num_layers"] or model.backbone.hidden_size != meta["hidden_size"]:
+        if (
+            model.backbone.num_layers != meta["num_layers"]
+            or model.backbone.hidden_size != meta["hidden_size"]
+        ):
             raise CorruptCheckpointError(
                 f"{folder} was trained on a {meta['num_layers']}-layer, {meta['hidden_size']}-wide model, not on "
                 f"{reconstructor.name!r} ({model.backbone.num_layers} layers, {model.backbone.hidden_size} wide). "
@@ -642,7 +712,9 @@ class CompressedCausalLM(nn.Module):
 
 def kv_bytes(model: CompressedCausalLM, positions: float) -> float:
     """Bytes of keys and values one layer keeps for ``positions`` positions (the model's dtype)."""
-    return float(positions) * model.backbone.kv_values_per_position * torch.finfo(model.backbone.dtype).bits / 8
+    return (
+        float(positions) * model.backbone.kv_values_per_position * torch.finfo(model.backbone.dtype).bits / 8
+    )
 
 
 def check_same_tokenizer(model: CompressedCausalLM, vocab_size: int) -> None:
@@ -653,5 +725,3 @@ def check_same_tokenizer(model: CompressedCausalLM, vocab_size: int) -> None:
             f"The activation model's vocabulary ({own}) differs from the judge's ({vocab_size}). "
             "Fix: train the compression layers on the judge's model."
         )
-
-

@@ -20,21 +20,31 @@ def markdown_table(rows: Sequence[dict[str, float]], title: str) -> str:
     lines = [
         f"### {title}",
         "",
-        "| threshold | ratio (fewer positions) | perplexity | increase |" + extra + " KV saved (MiB) | hidden saved (MiB) "
+        "| threshold | ratio (fewer positions) | perplexity | increase |"
+        + extra
+        + " KV saved (MiB) | hidden saved (MiB) "
         "| peak memory MiB (compressed / full) | pre-fill ms (compressed / full) |",
         "| --- | --- | --- | --- |" + (" --- |" if extra else "") + " --- | --- | --- | --- |",
     ]
     for row in rows:
         timed = "forward_ms_compressed" in row
         memory = (
-            f"{row['peak_memory_compressed'] / MB:.1f} / {row['peak_memory_uncompressed'] / MB:.1f}" if timed else "-"
+            f"{row['peak_memory_compressed'] / MB:.1f} / {row['peak_memory_uncompressed'] / MB:.1f}"
+            if timed
+            else "-"
         )
         times = f"{row['forward_ms_compressed']:.0f} / {row['forward_ms_uncompressed']:.0f}" if timed else "-"
-        saved = f"{row['kv_bytes_saved'] / MB:.2f} | {row['hidden_bytes_saved'] / MB:.2f}" if timed else "- | -"
+        saved = (
+            f"{row['kv_bytes_saved'] / MB:.2f} | {row['hidden_bytes_saved'] / MB:.2f}" if timed else "- | -"
+        )
         lines.append(
             f"| {row['threshold']:.2f} | {row['ratio']:.2f}x | {row['compressed_perplexity']:.2f} "
             f"(base {row['uncompressed_perplexity']:.2f}) | {100 * row['perplexity_increase']:+.1f}% "
-            + (f"| {100 * (row['compressed_perplexity'] / unmerged - 1):+.1f}% " if unmerged is not None else "")
+            + (
+                f"| {100 * (row['compressed_perplexity'] / unmerged - 1):+.1f}% "
+                if unmerged is not None
+                else ""
+            )
             + f"| {saved} | {memory} | {times} |"
         )
     return "\n".join(lines) + "\n"
@@ -50,7 +60,12 @@ def ratio_plot_png(sweeps: dict[str, Sequence[dict[str, float]]], title: str) ->
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in sweeps.items():
         ordered = sorted(rows, key=lambda r: r["ratio"])
-        ax.plot([r["ratio"] for r in ordered], [100 * r["perplexity_increase"] for r in ordered], marker="o", label=name)
+        ax.plot(
+            [r["ratio"] for r in ordered],
+            [100 * r["perplexity_increase"] for r in ordered],
+            marker="o",
+            label=name,
+        )
         for r in ordered:
             ax.annotate(f"{r['threshold']:.2f}", (r["ratio"], 100 * r["perplexity_increase"]), fontsize=7)
     ax.axhline(3.0, color="grey", linestyle="--", linewidth=0.8, label="3% goal")
@@ -81,6 +96,9 @@ def write_report(output_dir: str | Path, report: dict[str, Any]) -> dict[str, Pa
     paths = {
         "json": atomic_write_json(folder / "report.json", report),
         "markdown": atomic_write_text(folder / "report.md", header + body),
-        "plot": atomic_write_bytes(folder / "ratio_vs_perplexity.png", ratio_plot_png(sweeps, f"{report['model']} on {report['data_path']}")),
+        "plot": atomic_write_bytes(
+            folder / "ratio_vs_perplexity.png",
+            ratio_plot_png(sweeps, f"{report['model']} on {report['data_path']}"),
+        ),
     }
     return paths

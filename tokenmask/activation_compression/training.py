@@ -44,7 +44,9 @@ class QualityParachute:
     :param momentum: weight of the past in the running means.
     """
 
-    def __init__(self, model: CompressedCausalLM, tolerance: float = 0.03, step: float = 0.02, momentum: float = 0.9) -> None:
+    def __init__(
+        self, model: CompressedCausalLM, tolerance: float = 0.03, step: float = 0.02, momentum: float = 0.9
+    ) -> None:
         self.model = model
         self.tolerance = tolerance
         self.step = step
@@ -63,10 +65,18 @@ class QualityParachute:
     def update(self, compressed_loss: float, uncompressed_loss: float) -> bool:
         """Record one batch's losses (nats per token); return ``True`` if compression was lowered."""
         m = self.momentum
-        self.compressed = compressed_loss if self.compressed is None else m * self.compressed + (1 - m) * compressed_loss
-        self.uncompressed = uncompressed_loss if self.uncompressed is None else m * self.uncompressed + (1 - m) * uncompressed_loss
+        self.compressed = (
+            compressed_loss if self.compressed is None else m * self.compressed + (1 - m) * compressed_loss
+        )
+        self.uncompressed = (
+            uncompressed_loss
+            if self.uncompressed is None
+            else m * self.uncompressed + (1 - m) * uncompressed_loss
+        )
         offset = float(self.model.threshold_offset)
-        limit = (1.0 if self.model.config.adaptive_threshold else MAX_FIXED_THRESHOLD) - self.model.config.similarity_threshold
+        limit = (
+            1.0 if self.model.config.adaptive_threshold else MAX_FIXED_THRESHOLD
+        ) - self.model.config.similarity_threshold
         if self.increase > self.tolerance and offset < limit:
             self.model.threshold_offset.fill_(min(offset + self.step, limit))
             self.backoffs += 1
@@ -138,11 +148,15 @@ class ActivationTrainer:
             p.requires_grad_(not freeze_base)
         params = list(model.parameters()) + ([] if freeze_base else model.base_parameters)
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+        )
         self._uncompressed_cache: dict[tuple[int, ...], float] = {}
         self._lower_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def lower_states(self, sequences: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    def lower_states(
+        self, sequences: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor | None:
         """States entering the first compression layer for a padded batch; cached per sequence while the base is frozen.
 
         The layers before the first compression layer see no compression, so with a frozen base
@@ -158,13 +172,19 @@ class ActivationTrainer:
             for row, i in enumerate(missing):
                 self._lower_cache[keys[i]] = states[row, : len(keys[i])].detach()
         d = self.model.backbone.hidden_size
-        batch = torch.zeros(ids.shape[0], ids.shape[1], d, dtype=self.model.backbone.dtype, device=self.model.device)
+        batch = torch.zeros(
+            ids.shape[0], ids.shape[1], d, dtype=self.model.backbone.dtype, device=self.model.device
+        )
         for row, key in enumerate(keys):
             batch[row, : len(key)] = self._lower_cache[key]
         return batch
 
     def uncompressed_loss(
-        self, sequences: Sequence[Sequence[int]], ids: torch.Tensor, mask: torch.Tensor, lower: torch.Tensor | None = None
+        self,
+        sequences: Sequence[Sequence[int]],
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        lower: torch.Tensor | None = None,
     ) -> float:
         """Mean uncompressed NLL per token of a batch (cached per sequence while the base is frozen)."""
         keys = [tuple(s) for s in sequences]
@@ -188,7 +208,9 @@ class ActivationTrainer:
         score[:, 0] = False
         threshold = model.effective_threshold()
         if self.threshold_jitter > 0:
-            threshold = model.effective_threshold(threshold + self._rng.uniform(-self.threshold_jitter, self.threshold_jitter))
+            threshold = model.effective_threshold(
+                threshold + self._rng.uniform(-self.threshold_jitter, self.threshold_jitter)
+            )
         lower = self.lower_states(sequences, ids, mask)
         output = model(ids, mask, similarity_threshold=threshold, lower_hidden=lower)
         nll = model.token_nlls(output, ids, score)
@@ -218,7 +240,9 @@ class ActivationTrainer:
         return metrics
 
 
-def iterate_batches(sequences: Sequence[list[int]], batch_size: int, epochs: int, seed: int) -> Iterator[list[list[int]]]:
+def iterate_batches(
+    sequences: Sequence[list[int]], batch_size: int, epochs: int, seed: int
+) -> Iterator[list[list[int]]]:
     """Shuffled batches (sorted by length within a window to limit padding), ``epochs`` times."""
     rng = random.Random(seed)
     for _ in range(epochs):
@@ -239,13 +263,20 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     if (Path(config.model_name) / META_FILE).is_file():
-        model = CompressedCausalLM.from_pretrained(config.model_name, device=config.device, dtype=config.dtype)
+        model = CompressedCausalLM.from_pretrained(
+            config.model_name, device=config.device, dtype=config.dtype
+        )
     else:
         share = config.freeze_base  # a trained base must be a private copy
         recon = Reconstructor.load(config.model_name, device=config.device, dtype=config.dtype, share=share)
         model = CompressedCausalLM(recon, config.compression())
     sequences = load_sequences(
-        model.reconstructor, config.data_path, "train", config.max_length, config.max_documents, config.text_column
+        model.reconstructor,
+        config.data_path,
+        "train",
+        config.max_length,
+        config.max_documents,
+        config.text_column,
     )
     parachute = QualityParachute(model, config.parachute_tolerance, config.parachute_step)
     trainer = ActivationTrainer(
@@ -286,12 +317,21 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
         for key, value in scalars.items():
             writer.add_scalar(f"train/{key}", value, step)
         history.append({"step": step, **scalars})
-        bar.set_postfix(ppl=f"{metrics.perplexity:.2f}", base=f"{math.exp(metrics.uncompressed_loss):.2f}", ratio=f"{metrics.ratio:.2f}")
+        bar.set_postfix(
+            ppl=f"{metrics.perplexity:.2f}",
+            base=f"{math.exp(metrics.uncompressed_loss):.2f}",
+            ratio=f"{metrics.ratio:.2f}",
+        )
         bar.update(1)
     bar.close()
     model_dir = model.save_pretrained(output_dir / "model")
     validation = load_sequences(
-        model.reconstructor, config.data_path, "validation", config.max_length, config.eval_documents, config.text_column
+        model.reconstructor,
+        config.data_path,
+        "validation",
+        config.max_length,
+        config.eval_documents,
+        config.text_column,
     )
     result = perplexity_comparison(model, validation, config.batch_size)
     for key in ("compressed_perplexity", "uncompressed_perplexity", "ratio"):

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from tokenmask.envs.corpus import DocumentCorpus
     from tokenmask.envs.env_config import TokenMaskConfig
     from tokenmask.envs.episodes import GLOBAL_FEATURES, EpisodeRecord
+    from tokenmask.envs.judge_bonus import JudgeBonus
     from tokenmask.envs.rewards import (
         REWARD_TYPES,
         InformationReward,
@@ -32,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "TokenMaskConfig": "tokenmask.envs.env_config",
     "GLOBAL_FEATURES": "tokenmask.envs.episodes",
     "EpisodeRecord": "tokenmask.envs.episodes",
+    "JudgeBonus": "tokenmask.envs.judge_bonus",
     "REWARD_TYPES": "tokenmask.envs.rewards",
     "InformationReward": "tokenmask.envs.rewards",
     "MaskingReward": "tokenmask.envs.rewards",
@@ -54,6 +56,7 @@ __all__ = [
     "EpisodeRecord",
     "IncrementalScorer",
     "InformationReward",
+    "JudgeBonus",
     "MaskingReward",
     "SurprisalReward",
     "TokenMaskConfig",

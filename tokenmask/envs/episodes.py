@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from gymnasium import spaces
 
 from tokenmask.envs.corpus import DocumentCorpus
 from tokenmask.envs.env_config import TokenMaskConfig, _check_rate
-from tokenmask.envs.recoverability import RecoverabilityBonus
+from tokenmask.envs.judge_bonus import JudgeBonus
 from tokenmask.envs.rewards import MaskingReward
 from tokenmask.envs.scoring import TOKEN_FEATURES, IncrementalScorer, weights_fingerprint
 from tokenmask.reconstructors import Reconstructor
@@ -37,9 +37,11 @@ GLOBAL_FEATURES: tuple[str, ...] = (
 RECORD_KEY = "episode_record"
 """Info key of the finished episode's :class:`EpisodeRecord` (last step only)."""
 RECOVERABILITY_KEY = "recoverability"
-"""Info key of the judge's recoverability of the document (last step only, with the bonus on)."""
-TERMINAL_INFOS: tuple[str, ...] = (RECOVERABILITY_KEY, RECORD_KEY)
-"""Step-info keys reported only at an episode's last step: the bonus's recoverability (when on) and the record."""
+"""Info key of the judge's recoverability of the document (last step only, with the judge bonus on)."""
+RETENTION_KEY = "retention"
+"""Info key of the judge's retention of the document (last step only, with the judge bonus on and continuations)."""
+TERMINAL_INFOS: tuple[str, ...] = (RECOVERABILITY_KEY, RETENTION_KEY, RECORD_KEY)
+"""Step-info keys reported only at an episode's last step: the judge bonus's parts (when on) and the record."""
 
 RESET_OPTIONS: tuple[str, ...] = ("document", "target_rate")
 """Keys ``reset(options=...)`` accepts: a document index to play, a target rate for this episode."""
@@ -58,7 +60,9 @@ class EpisodeRecord:
     :param bits: total cost in bits of the masked tokens (as priced by the reward).
     :param episode_return: sum of the episode's rewards.
     :param recoverability: the judge's recoverability of the document from the kept tokens (the
-        bonus per unit weight); ``nan`` when the env has no recoverability bonus.
+        bonus's part per unit weight); ``nan`` when the env has no judge bonus.
+    :param retention: the judge's retention of the document's continuation from the kept tokens;
+        ``nan`` without a judge bonus or without continuations (``continuation_tokens = 0``).
     """
 
     document: int
@@ -70,6 +74,23 @@ class EpisodeRecord:
     bits: float
     episode_return: float
     recoverability: float = math.nan
+    retention: float = math.nan
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field: arrays element-wise, ``nan`` equal to ``nan`` (a record equals its replay)."""
+        if not isinstance(other, EpisodeRecord):
+            return NotImplemented
+        return all(_same_value(getattr(self, f.name), getattr(other, f.name)) for f in fields(EpisodeRecord))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+
+def _same_value(first: Any, second: Any) -> bool:
+    if isinstance(first, np.ndarray) or isinstance(second, np.ndarray):
+        return bool(np.array_equal(first, second))
+    if isinstance(first, float) and isinstance(second, float) and math.isnan(first) and math.isnan(second):
+        return True
+    return bool(first == second)
 
 
 def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -85,7 +106,9 @@ def check_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
         )
     if array.dtype != np.bool_:
         if not np.all((array == 0) | (array == 1)):
-            raise ValueError("Action entries must be 0 or 1 (1 = mask the token). Fix: sample from env.action_space.")
+            raise ValueError(
+                "Action entries must be 0 or 1 (1 = mask the token). Fix: sample from env.action_space."
+            )
         array = array != 0
     return array
 
@@ -104,8 +127,8 @@ class EpisodeBatch:
     :param reward: prices each step.
     :param num_rows: episodes stepped together.
     :param keep_episodes: finished episodes kept in :attr:`completed` (oldest dropped first).
-    :param bonus: adds ``recoverability_weight`` x the judge's recoverability of the document to the
-        last reward (see :mod:`tokenmask.envs.recoverability`); ``None`` = no bonus.
+    :param bonus: the judge bonus (see :mod:`tokenmask.envs.judge_bonus`), paid as
+        ``config.judge_credit`` says; ``None`` = no bonus.
     """
 
     def __init__(
@@ -116,7 +139,7 @@ class EpisodeBatch:
         reward: MaskingReward,
         num_rows: int,
         keep_episodes: int = 1024,
-        bonus: RecoverabilityBonus | None = None,
+        bonus: JudgeBonus | None = None,
     ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_rows}.")
@@ -148,13 +171,18 @@ class EpisodeBatch:
         self.masked_count = np.zeros(n, dtype=np.int64)
         self.bits = np.zeros(n, dtype=np.float64)
         self.returns = np.zeros(n, dtype=np.float64)
+        # dense judge credit: rec / ret of the mask decided so far, undecided tokens kept (nan = keep-all)
+        self.judge_rec = np.full(n, np.nan)
+        self.judge_ret = np.full(n, np.nan)
         self.active = np.zeros(n, dtype=bool)
         self.rngs: list[np.random.Generator | None] = [None] * n
         self._orders: list[np.ndarray | None] = [None] * n
         self._cursor = np.zeros(n, dtype=np.int64)
         self.completed: deque[EpisodeRecord] = deque(maxlen=keep_episodes)
         self.scorer = (
-            IncrementalScorer(reconstructor, n, self.length, config.mask_mode) if reward.needs_masked_bits else None
+            IncrementalScorer(reconstructor, n, self.length, config.mask_mode)
+            if reward.needs_masked_bits
+            else None
         )
         self._fingerprint: tuple[int, int, int] | None = None
 
@@ -230,7 +258,9 @@ class EpisodeBatch:
             if "document" in opts and opts["document"] is not None:
                 doc = int(opts["document"])
                 if not 0 <= doc < len(self.corpus):
-                    raise ValueError(f"reset option document={doc} is outside the corpus (0 .. {len(self.corpus) - 1}).")
+                    raise ValueError(
+                        f"reset option document={doc} is outside the corpus (0 .. {len(self.corpus) - 1})."
+                    )
             else:
                 doc = self._next_document(int(row))
             rate = opts.get("target_rate")
@@ -260,6 +290,8 @@ class EpisodeBatch:
         self.masked_count[rows] = 0
         self.bits[rows] = 0.0
         self.returns[rows] = 0.0
+        self.judge_rec[rows] = np.nan
+        self.judge_ret[rows] = np.nan
         self.active[rows] = True
         if self.scorer is not None:
             self.scorer.start(rows)
@@ -278,7 +310,9 @@ class EpisodeBatch:
         fingerprint = weights_fingerprint(self.reconstructor.model)
         if self._fingerprint is not None and fingerprint != self._fingerprint and self.active.any():
             rows = np.nonzero(self.active)[0]
-            feats = self.corpus.features(self.doc_index[rows].tolist(), self.reconstructor, cache=self.config.cache_features)
+            feats = self.corpus.features(
+                self.doc_index[rows].tolist(), self.reconstructor, cache=self.config.cache_features
+            )
             for row, f in zip(rows, feats):
                 self.features[row, : len(f)] = f
             if self.scorer is not None:
@@ -301,7 +335,9 @@ class EpisodeBatch:
         """
         actions = expand_actions(actions, self.config.span)
         if not self.active.all():
-            raise RuntimeError("Every episode must be reset before it is stepped, and reset again once it ended.")
+            raise RuntimeError(
+                "Every episode must be reset before it is stepped, and reset again once it ended."
+            )
         self._sync_weights()
         rows = np.arange(self.num_rows)
         index = self._window_index(rows)
@@ -322,17 +358,14 @@ class EpisodeBatch:
         terminated = self.steps >= self.num_steps
         final_rate = self.masked_count / self.doc_tokens
         rewards = rewards + np.where(terminated, self.reward.final_reward(final_rate, self.target_rate), 0.0)
-        gains = np.full(self.num_rows, np.nan)
-        pay_bonus = self.bonus is not None and terminated.any()
-        if pay_bonus:
-            assert self.bonus is not None
-            done = np.nonzero(terminated)[0]
-            gains[done] = self.bonus.gains(
-                self.doc_index[done].tolist(),
-                [self.corpus.documents[int(self.doc_index[row])] for row in done],
-                [self.masked[row, : int(self.doc_tokens[row])] for row in done],
+        recoverability = np.full(self.num_rows, np.nan)
+        retention = np.full(self.num_rows, np.nan)
+        if self.bonus is not None:
+            judge_reward, recoverability, retention = self._judge_credit(
+                self.bonus, masked.any(axis=1), terminated
             )
-            rewards[done] += self.config.recoverability_weight * np.nan_to_num(gains[done])
+            rewards = rewards + judge_reward
+        report_bonus = self.bonus is not None and terminated.any()
         self.returns += rewards
         decided = np.minimum(self.steps * self.window, self.doc_tokens)
         rate = self.masked_count / decided
@@ -347,8 +380,10 @@ class EpisodeBatch:
             "bits": self.bits.copy(),
             "document": self.doc_index.copy(),
         }
-        if pay_bonus:
-            infos[RECOVERABILITY_KEY] = gains
+        if report_bonus:
+            infos[RECOVERABILITY_KEY] = recoverability
+            if self.config.continuation_tokens > 0:
+                infos[RETENTION_KEY] = retention
         if terminated.any():
             records = np.full(self.num_rows, None, dtype=object)
             for row in np.nonzero(terminated)[0]:
@@ -363,12 +398,70 @@ class EpisodeBatch:
                     rate=float(final_rate[row]),
                     bits=float(self.bits[row]),
                     episode_return=float(self.returns[row]),
-                    recoverability=float(gains[row]),
+                    recoverability=float(recoverability[row]),
+                    retention=float(retention[row]),
                 )
                 self.completed.append(records[row])
             infos[RECORD_KEY] = records
         self.active[terminated] = False
         return rewards, terminated, infos
+
+    def _judge_credit(
+        self, bonus: JudgeBonus, changed: np.ndarray, terminated: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The judge bonus's reward of this step, and ``(rec, ret)`` of the rows that ended.
+
+        ``terminal``: the ended rows earn the bonus of their final mask. ``dense``: a row earns
+        ``Phi(after) - Phi(before)``, ``Phi`` = the bonus of its mask so far with the undecided
+        tokens kept; only rows that masked something this step change ``Phi`` and are judged
+        (all in one batched pass with the ended rows' unweighted parts and new references).
+
+        :param changed: ``(rows,)`` True where this step masked a token.
+        :param terminated: ``(rows,)`` True where the episode ended.
+        :return: ``(reward, rec, ret)``, each ``(rows,)``; ``rec`` / ``ret`` are ``nan`` except at ended rows.
+        """
+        n = self.num_rows
+        has_ret = self.config.continuation_tokens > 0
+        dense = self.config.judge_credit == "dense"
+        if dense:  # a weighted part follows every change; an unweighted one is measured once, for the info
+            want_rec = changed if bonus.recoverability_weight > 0 else terminated
+            want_ret = (changed if bonus.retention_weight > 0 else terminated) & has_ret
+            judged = changed | terminated
+        else:
+            want_rec = terminated
+            want_ret = terminated & has_ret
+            judged = terminated
+        reward = np.zeros(n, dtype=np.float64)
+        recoverability = np.full(n, np.nan)
+        retention = np.full(n, np.nan)
+        rows = np.nonzero(judged)[0]
+        if not len(rows):
+            return reward, recoverability, retention
+        docs = [int(d) for d in self.doc_index[rows]]
+        rec, ret = bonus.measure(
+            docs,
+            [self.corpus.documents[d] for d in docs],
+            [self.masked[row, : int(self.doc_tokens[row])] for row in rows],
+            [self.corpus.continuations[d] for d in docs] if has_ret else None,
+            recover=want_rec[rows],
+            retain=want_ret[rows],
+        )
+        if dense:
+            keep_rec, keep_ret = bonus.keep_all(docs)
+            before_rec = np.where(np.isnan(self.judge_rec[rows]), keep_rec, self.judge_rec[rows])
+            before_ret = np.where(np.isnan(self.judge_ret[rows]), keep_ret, self.judge_ret[rows])
+            after_rec = np.where(want_rec[rows], rec, before_rec)
+            after_ret = np.where(want_ret[rows], ret, before_ret)
+            reward[rows] = bonus.bonus(after_rec, after_ret) - bonus.bonus(before_rec, before_ret)
+            self.judge_rec[rows] = after_rec
+            self.judge_ret[rows] = after_ret
+            rec, ret = after_rec, after_ret
+        else:
+            reward[rows] = bonus.bonus(rec, ret)
+        ended = terminated[rows]
+        recoverability[rows[ended]] = rec[ended]
+        retention[rows[ended]] = ret[ended]
+        return reward, recoverability, retention
 
     # ------------------------------------------------------------------ observation
     def observe(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:

@@ -5,8 +5,8 @@ compression and pays ``bits_weight`` per bit that its recovery costs; at the epi
 penalty is paid for missing the target rate. Rewards are divided by the document's length, so an
 episode's return is O(1) whatever the document's size. Subclass :class:`MaskingReward` for a new
 trade and pass an instance as ``reward=`` to the environment.
-The env can add a judge's recoverability of the document at the episode's end on top of any of
-these (``recoverability_weight``, :mod:`tokenmask.envs.recoverability`).
+The env can add a judge's recoverability and retention of the document on top of any of these
+(``recoverability_weight``, ``retention_weight``, ``judge_credit``; :mod:`tokenmask.envs.judge_bonus`).
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class InformationReward(MaskingReward):
     def token_cost(self, masked_bits: np.ndarray | None, surprisal_bits: np.ndarray) -> np.ndarray:
         """``c_i`` = bits under the masked prefix."""
         if masked_bits is None:
-            raise ValueError("InformationReward needs the masked tokens' bits; the environment must price them.")
+            raise ValueError(
+                "InformationReward needs the masked tokens' bits; the environment must price them."
+            )
         return masked_bits
 
 

@@ -44,14 +44,18 @@ class TokenMaskSB3VecEnv(VecEnv):
     :param kwargs: arguments of :class:`TokenMaskVectorEnv` when building one.
     """
 
-    def __init__(self, vector_env: TokenMaskVectorEnv | None = None, num_envs: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, vector_env: TokenMaskVectorEnv | None = None, num_envs: int = 1, **kwargs: Any
+    ) -> None:
         if vector_env is None:
             vector_env = TokenMaskVectorEnv(num_envs=num_envs, **kwargs)
         elif kwargs:
             raise ValueError("Pass either a vector_env or the arguments to build one, not both.")
         self.vector_env = vector_env
         self._actions: np.ndarray | None = None
-        super().__init__(vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space)
+        super().__init__(
+            vector_env.num_envs, vector_env.single_observation_space, vector_env.single_action_space
+        )
 
     def reset(self) -> VecEnvObs:
         """Reset every sub-env (with the seeds given by ``seed()`` and options by ``set_options()``, if any)."""
@@ -101,7 +105,9 @@ class TokenMaskSB3VecEnv(VecEnv):
         """Set an attribute of the batched env (shared by all sub-envs)."""
         setattr(self.vector_env, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         """Call a method of the batched env once; its result is returned once per requested index."""
         result = getattr(self.vector_env, method_name)(*method_args, **method_kwargs)
         return [result] * self._count(indices)

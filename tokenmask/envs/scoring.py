@@ -119,11 +119,15 @@ def document_features(reconstructor: Reconstructor, documents: Sequence[np.ndarr
         for start in range(0, len(documents), reconstructor.batch_size):
             batch = documents[start : start + reconstructor.batch_size]
             lengths = [len(d) for d in batch]
-            ids, attention = reconstructor.pad_batch([np.concatenate([bos, np.asarray(d, dtype=np.int64)]) for d in batch])
+            ids, attention = reconstructor.pad_batch(
+                [np.concatenate([bos, np.asarray(d, dtype=np.int64)]) for d in batch]
+            )
             width = ids.shape[1]
             # position j predicts token j (the input is BOS + doc): rows of all documents, concatenated
             flat_index = np.concatenate([row * width + np.arange(n) for row, n in enumerate(lengths)])
-            targets = torch.as_tensor(np.concatenate([np.asarray(d) for d in batch]), dtype=torch.long, device=device)
+            targets = torch.as_tensor(
+                np.concatenate([np.asarray(d) for d in batch]), dtype=torch.long, device=device
+            )
             index = torch.as_tensor(flat_index, dtype=torch.long, device=device)
             hidden = reconstructor.last_hidden_state(ids, attention)
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
@@ -133,7 +137,9 @@ def document_features(reconstructor: Reconstructor, documents: Sequence[np.ndarr
                 target = targets[lo : lo + step]
                 lse = torch.logsumexp(logits, dim=-1)
                 stats[lo : lo + step, 0] = (lse - logits.gather(1, target[:, None])[:, 0]) / LN2
-                logits.clamp_(min=torch.finfo(logits.dtype).min)  # excluded tokens: -inf -> finite, their p stays 0
+                logits.clamp_(
+                    min=torch.finfo(logits.dtype).min
+                )  # excluded tokens: -inf -> finite, their p stays 0
                 expected = (torch.softmax(logits, dim=-1) * logits).sum(-1)
                 stats[lo : lo + step, 1] = (lse - expected) / LN2
                 stats[lo : lo + step, 2] = (logits.argmax(-1) == target).float()
@@ -220,7 +226,9 @@ def packed_gqa_sdpa(
     batch, heads, q, dim = query.shape
     kv_heads = key.shape[1]
     packed = query.reshape(batch, kv_heads, (heads // kv_heads) * q, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, scale=scaling)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        packed, key, value, attn_mask=attention_mask, scale=scaling
+    )
     return out.reshape(batch, heads, q, dim).transpose(1, 2).contiguous(), None
 
 
@@ -232,7 +240,13 @@ def _query_groups(config: PretrainedConfig) -> int:
     # transformers has no public getter of the attention in force (4.56 to 5.24); its docs read this attribute
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if config._attn_implementation != "sdpa" or not heads or not kv_heads or heads == kv_heads or heads % kv_heads:
+    if (
+        config._attn_implementation != "sdpa"
+        or not heads
+        or not kv_heads
+        or heads == kv_heads
+        or heads % kv_heads
+    ):
         return 1
     if getattr(config, "attn_logit_softcapping", None) is not None:
         return 1
@@ -278,7 +292,9 @@ class IncrementalScorer:
 
     def __init__(self, reconstructor: Reconstructor, num_rows: int, capacity: int, mode: str) -> None:
         if mode == "placeholder" and reconstructor.mask_token_id is None:
-            raise ValueError("mask_mode='placeholder' needs a mask token. Fix: load the reconstructor with add_mask_token=True.")
+            raise ValueError(
+                "mask_mode='placeholder' needs a mask token. Fix: load the reconstructor with add_mask_token=True."
+            )
         self.reconstructor = reconstructor
         self.num_rows = num_rows
         self.capacity = capacity + 1
@@ -315,8 +331,14 @@ class IncrementalScorer:
         self._bos_hidden = hidden[0, 0]
         if not self.cache.keys:
             n = self.num_rows
-            self.cache.keys = [torch.zeros((n, k.shape[1], self.capacity, k.shape[3]), dtype=k.dtype, device=k.device) for k in bos_cache.keys]
-            self.cache.values = [torch.zeros((n, v.shape[1], self.capacity, v.shape[3]), dtype=v.dtype, device=v.device) for v in bos_cache.values]
+            self.cache.keys = [
+                torch.zeros((n, k.shape[1], self.capacity, k.shape[3]), dtype=k.dtype, device=k.device)
+                for k in bos_cache.keys
+            ]
+            self.cache.values = [
+                torch.zeros((n, v.shape[1], self.capacity, v.shape[3]), dtype=v.dtype, device=v.device)
+                for v in bos_cache.values
+            ]
             self._carry = torch.zeros((n, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
         self._fingerprint = fingerprint
 
@@ -381,7 +403,9 @@ class IncrementalScorer:
         )
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def _feed(self, tokens: np.ndarray, in_input: np.ndarray, advance: np.ndarray, plan: HeadPlan | None = None) -> torch.Tensor | None:
+    def _feed(
+        self, tokens: np.ndarray, in_input: np.ndarray, advance: np.ndarray, plan: HeadPlan | None = None
+    ) -> torch.Tensor | None:
         """Feed ``q`` tokens per row at the row's next slots; return the log-probs ``plan`` asks for.
 
         Hidden states are indexed as ``row * (q + 1) + column``: column 0 is the carried hidden
@@ -410,13 +434,19 @@ class IncrementalScorer:
         allowed = (key_slots[None, None, :] <= slots_t[:, :, None]) & self._slot_valid[:, None, :]
         hidden = self._forward(self.cache, tokens_t, positions_t, slots_t, allowed)
         hidden_all = torch.cat([self._carry[:, None], hidden], dim=1)
-        logp = plan.log_probs(self.reconstructor, hidden_all.reshape(-1, hidden_all.shape[-1])) if plan is not None else None
+        logp = (
+            plan.log_probs(self.reconstructor, hidden_all.reshape(-1, hidden_all.shape[-1]))
+            if plan is not None
+            else None
+        )
         self._carry = hidden_all[torch.arange(self.num_rows, device=device), carry_t]
         self.positions += in_input.sum(axis=1)
         self.offsets += advance
         return logp
 
-    def _lm_tokens(self, tokens: np.ndarray, valid: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _lm_tokens(
+        self, tokens: np.ndarray, valid: np.ndarray, masked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The token fed at each slot and whether it is part of the LM's input."""
         if self.mode == "delete":
             in_input = valid & ~masked
@@ -446,8 +476,12 @@ class IncrementalScorer:
             plan = None
             if rows.size:
                 # the hidden state predicting token j: the last input token before it (0 = carried state)
-                before = np.concatenate([np.full((len(tokens), 1), -1), _running_last_true(in_input)[:, :-1]], axis=1)
-                plan = HeadPlan(rows * (window + 1) + before[rows, cols] + 1, tokens[rows, cols], self._device)
+                before = np.concatenate(
+                    [np.full((len(tokens), 1), -1), _running_last_true(in_input)[:, :-1]], axis=1
+                )
+                plan = HeadPlan(
+                    rows * (window + 1) + before[rows, cols] + 1, tokens[rows, cols], self._device
+                )
             logp = self._feed(fed, in_input, np.full(self.num_rows, window, dtype=np.int64), plan)
             if logp is not None:
                 bits[rows, cols] = -logp.double().cpu().numpy() / LN2

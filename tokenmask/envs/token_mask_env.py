@@ -11,7 +11,7 @@ from tokenmask.config import ConfigError, build_config
 from tokenmask.envs.corpus import CorpusSource, DocumentCorpus
 from tokenmask.envs.env_config import TokenMaskConfig
 from tokenmask.envs.episodes import EpisodeBatch, EpisodeRecord, check_actions
-from tokenmask.envs.recoverability import RecoverabilityBonus
+from tokenmask.envs.judge_bonus import JudgeBonus
 from tokenmask.envs.rewards import MaskingReward, make_reward
 from tokenmask.reconstructors import Reconstructor
 
@@ -35,18 +35,22 @@ def build_components(
     reconstructor: Reconstructor | None,
     reward: MaskingReward | None,
     judge: Reconstructor | None = None,
-) -> tuple[Reconstructor, DocumentCorpus, MaskingReward, RecoverabilityBonus | None]:
-    """The reconstructor (given or loaded), the corpus, the reward and the recoverability bonus of an environment.
+) -> tuple[Reconstructor, DocumentCorpus, MaskingReward, JudgeBonus | None]:
+    """The reconstructor (given or loaded), the corpus, the reward and the judge bonus of an environment.
 
-    The bonus is ``None`` when ``recoverability_weight`` is 0; otherwise its judge is ``judge`` or,
-    when none is given, ``judge_name`` loaded on the env's device.
+    The bonus is ``None`` when ``recoverability_weight`` and ``retention_weight`` are 0; otherwise
+    its judge is ``judge`` or, when none is given, ``judge_name`` loaded on the env's device.
     """
     if reward is not None and not isinstance(reward, MaskingReward):
-        raise ValueError(f"reward must be a MaskingReward instance, got {type(reward).__name__}. Fix: or use reward_type=NAME.")
+        raise ValueError(
+            f"reward must be a MaskingReward instance, got {type(reward).__name__}. Fix: or use reward_type=NAME."
+        )
     if reconstructor is None:
         reconstructor = Reconstructor.load(config.model_name, device=config.device, dtype=config.dtype)
     elif not isinstance(reconstructor, Reconstructor):
-        raise ValueError(f"reconstructor must be a tokenmask Reconstructor, got {type(reconstructor).__name__}.")
+        raise ValueError(
+            f"reconstructor must be a tokenmask Reconstructor, got {type(reconstructor).__name__}."
+        )
     corpus = DocumentCorpus.build(
         documents if documents is not None else config.data_path,
         reconstructor,
@@ -54,16 +58,17 @@ def build_components(
         text_column=config.text_column,
         max_tokens=config.max_tokens,
         min_tokens=config.effective_min_tokens,
+        continuation_tokens=config.continuation_tokens,
     )
     if reward is None:
         reward = make_reward(config.reward_type, config.bits_weight, config.rate_penalty)
     bonus = None
-    if config.recoverability_weight > 0:
+    if config.judge_bonus:
         if judge is None:
             judge = Reconstructor.load(
                 config.judge_name, device=config.device, dtype=config.judge_dtype, add_mask_token=False
             )
-        bonus = RecoverabilityBonus(judge, reconstructor)
+        bonus = JudgeBonus(judge, reconstructor, config.recoverability_weight, config.retention_weight)
     return reconstructor, corpus, reward, bonus
 
 
@@ -75,7 +80,7 @@ class EpisodeBatchMixin:
     reconstructor: Reconstructor
     corpus: DocumentCorpus
     reward: MaskingReward
-    bonus: RecoverabilityBonus | None
+    bonus: JudgeBonus | None
     render_mode: str | None
     _batch: EpisodeBatch
 
@@ -91,7 +96,9 @@ class EpisodeBatchMixin:
         judge: Reconstructor | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}.")
+            raise ValueError(
+                f"Unknown render_mode {render_mode!r}. Fix: use None or one of {self.metadata['render_modes']}."
+            )
         self.config = resolve_config(config, options)
         self.reconstructor, self.corpus, self.reward, self.bonus = build_components(
             self.config, documents, reconstructor, reward, judge
@@ -178,19 +185,29 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
       mask token stands in its place. Equal to ``Reconstructor.token_bits`` on the masked document.
     - ``simple``: ``c_i`` = the ``surprisal_bits`` feature (no LM pass per step).
 
-    Recoverability bonus (``recoverability_weight > 0``, off by default): the last step also adds
-    ``recoverability_weight * (R(empty) - R(kept)) / (R(empty) - R(document))``, how much of the
-    document a frozen judge LM (``judge=`` or ``judge_name``) recovers when it reads the kept
-    tokens first, with ``R(p) = NLL(document | BOS + p + "\n\n")`` as in EVALUATION.md's
-    recoverability (see :mod:`tokenmask.envs.recoverability`). The per-token reward favours scattered
-    masks of predictable tokens; the bonus, readable contiguous spans.
+    Judge bonus (``recoverability_weight > 0`` or ``retention_weight > 0``, off by default): what a
+    frozen judge LM (``judge=`` or ``judge_name``) gets from the kept tokens, as in docs/evaluation.md
+    (see :mod:`tokenmask.envs.judge_bonus`)::
+
+        bonus(mask) = recoverability_weight * rec + retention_weight * ret
+        rec = (R(empty) - R(kept)) / (R(empty) - R(document)),  R(p) = NLL(document | BOS + p + "\n\n")
+        ret = (F(empty) - F(kept)) / (F(empty) - F(document)),  F(p) = NLL(continuation | BOS + p)
+
+    each clipped to [-1, 2]; ``continuation`` = the ``continuation_tokens`` ids that follow the
+    document in its text (never observed). ``judge_credit="terminal"`` (default): the last step adds
+    ``bonus(final mask)``. ``judge_credit="dense"``: every step adds ``Phi(after) - Phi(before)``,
+    ``Phi`` = the bonus of the mask decided so far with every undecided token kept (``Phi`` before
+    the first step = ``bonus(keep-all)``), so an episode's judge rewards sum to
+    ``bonus(final mask) - bonus(keep-all)``: the same optimum, each window's judge cost paid at the
+    step that decides it. The per-token reward favours scattered masks of predictable tokens; the
+    bonus, readable contiguous spans (recoverability) and the tokens the continuation needs (retention).
 
     ``info`` of each step: ``rate`` (masked / decided so far), ``target_rate``, ``rate_error``,
     ``masked_tokens``, ``decided_tokens``, ``doc_tokens``, ``step_bits`` (cost bits of this step's
     masked tokens), ``bits`` (so far), ``document`` (corpus index); at the last step,
     ``episode_record`` (an :class:`~tokenmask.envs.EpisodeRecord`: the document's ids and the
-    agent's mask, e.g. for fine-tuning the reconstructor) and, with the bonus on,
-    ``recoverability`` (the bonus per unit weight).
+    agent's mask, e.g. for fine-tuning the reconstructor) and, with the judge bonus on,
+    ``recoverability`` and (with continuations) ``retention`` of the final mask, in both credit modes.
 
     ## Starting State
     ``reset(seed=...)`` seeds the document order (a seeded permutation per pass over the corpus,
@@ -205,25 +222,32 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
     Any field of :class:`~tokenmask.envs.TokenMaskConfig` as a keyword (``window=16``,
     ``span=1`` (tokens per action entry; must divide ``window``), ``context_size=8``, ``target_rate=0.5``, ``target_rate_range=None``,
     ``reward_type="information"``, ``bits_weight=0.1``, ``rate_penalty=4.0``,
-    ``recoverability_weight=0.0``, ``judge_name="default"``, ``mask_mode="delete"``, ``data_path="sample"``, ``split="train"``, ``max_tokens=512``,
+    ``continuation_tokens=0`` (T: texts are cut into ``max_tokens + T`` tokens, the last T of each
+    piece being the document's continuation; a list of token ids not longer than that: each
+    item's last T ids), ``recoverability_weight=0.0``, ``retention_weight=0.0`` (needs
+    ``continuation_tokens > 0``; the weights' sum stays below ``rate_penalty``),
+    ``judge_credit="terminal"`` (or ``"dense"``), ``judge_name="default"``, ``mask_mode="delete"``,
+    ``data_path="sample"``, ``split="train"``, ``max_tokens=512``,
     ``min_tokens=None`` (one window), ``model_name="default"``, ``device="auto"``, ...), or
     ``config=TokenMaskConfig(...)``; plus objects: ``documents=`` (texts, token-id lists, a
     ``datasets.Dataset`` or a ``DocumentCorpus``; overrides ``data_path``), ``reconstructor=``
     (shared with fine-tuning: the env always prices with its current weights), ``reward=``,
-    ``judge=`` (the bonus's frozen judge).
+    ``judge=`` (the judge bonus's frozen judge).
     ``gym.make("TokenMask-v0")`` works offline: embedded SmolLM2, corpus shipped in the package.
 
     ## Version History
     - v0: first version; ``span`` (tokens per action entry, default 1 = the original per-token actions) added
       without changing the default spaces; ``recoverability_weight`` (the judge's end-of-episode bonus,
-      default 0 = the rewards of before) added.
+      default 0 = the rewards of before) added; ``continuation_tokens``, ``retention_weight`` and
+      ``judge_credit`` added (defaults 0, 0, ``"terminal"`` = the rewards of before); texts are cut at
+      character boundaries (no document ends inside a character of several tokens).
 
     :param config: options; keyword ``options`` override its fields.
     :param documents: the corpus in memory (see above); default: ``config.data_path``.
     :param reconstructor: an already loaded reconstructor; default: load ``config.model_name``.
     :param reward: a reward instance; default: built from ``reward_type``.
-    :param judge: the frozen judge of the recoverability bonus (``recoverability_weight > 0``);
-        default: load ``judge_name``.
+    :param judge: the frozen judge of the judge bonus (``recoverability_weight`` or
+        ``retention_weight > 0``); default: load ``judge_name``.
     :param render_mode: ``None`` or ``"ansi"`` (the masked text so far).
     """
 
@@ -265,7 +289,9 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         return cls(documents=texts, reconstructor=reconstructor, target_rate=target_rate, **options)
 
     # ------------------------------------------------------------------ gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode on the next document; see the class docstring (Starting State)."""
         super().reset(seed=seed)
         if self._batch.rngs[0] is not self.np_random:

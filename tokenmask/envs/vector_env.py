@@ -46,8 +46,8 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
     :param documents: the corpus in memory; default: ``config.data_path``.
     :param reconstructor: an already loaded reconstructor; default: load ``config.model_name``.
     :param reward: a reward instance; default: built from ``reward_type``.
-    :param judge: the frozen judge of the recoverability bonus (``recoverability_weight > 0``);
-        default: load ``judge_name``.
+    :param judge: the frozen judge of the judge bonus (``recoverability_weight`` or
+        ``retention_weight > 0``); default: load ``judge_name``.
     :param render_mode: ``None`` or ``"ansi"``.
     """
 
@@ -95,7 +95,9 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
         else:
             seeds = list(seed)
             if len(seeds) != self.num_envs:
-                raise ValueError(f"Got {len(seeds)} seeds for {self.num_envs} sub-envs. Fix: one seed per sub-env, or an int.")
+                raise ValueError(
+                    f"Got {len(seeds)} seeds for {self.num_envs} sub-envs. Fix: one seed per sub-env, or an int."
+                )
         rows = np.nonzero(mask)[0]
         for row in rows:
             if seeds[row] is not None or self._batch.rngs[row] is None:
@@ -106,7 +108,9 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
             full[k][rows] = v
         return self._batch.observe(), _vector_infos(full, mask)
 
-    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Decide every sub-env's window; ended episodes are reset in the same call (SAME_STEP)."""
         action_bits = check_actions(actions, (self.num_envs, self.config.action_size))
         rewards, terminated, step_infos = self._batch.step(action_bits)

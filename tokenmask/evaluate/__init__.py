@@ -1,4 +1,4 @@
-"""Evaluation: the compressor interfaces, baselines, the metrics of EVALUATION.md and the reports.
+"""Evaluation: the compressor interfaces, baselines, the metrics of docs/evaluation.md and the reports.
 
 * :mod:`.compressor` — :class:`Compressor`, :class:`MaskingCompressor`, :class:`InModelCompressor`
   and the method registry (:func:`register_method`, :func:`build_method`).

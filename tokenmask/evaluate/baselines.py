@@ -81,7 +81,9 @@ class Truncation(MaskingCompressor):
 
     default_name = "truncation"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, keep: str = "last", name: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, keep: str = "last", name: str | None = None
+    ) -> None:
         if keep not in ("last", "first"):
             raise ValueError(f"Truncation keeps 'last' or 'first' tokens, not {keep!r}.")
         super().__init__(tokenizer, name or ("truncation" if keep == "last" else "truncation_first"))
@@ -103,7 +105,9 @@ class FrequencyDrop(MaskingCompressor):
 
     default_name = "frequency"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, counts: Counter[int], name: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, counts: Counter[int], name: str | None = None
+    ) -> None:
         super().__init__(tokenizer, name)
         if not counts:
             raise ValueError("The frequency baseline needs token counts from a non-empty training corpus.")
@@ -118,7 +122,10 @@ class FrequencyDrop(MaskingCompressor):
         return cls(tokenizer, counts)
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
-        return [drop_lowest(-np.array([self.counts.get(int(t), 0) for t in ids], dtype=np.float64), rate) for ids in contexts]
+        return [
+            drop_lowest(-np.array([self.counts.get(int(t), 0) for t in ids], dtype=np.float64), rate)
+            for ids in contexts
+        ]
 
 
 class LengthDrop(MaskingCompressor):
@@ -199,7 +206,9 @@ def _self_information(argument: str, context: MethodContext) -> SelfInformationD
 
     lm = Reconstructor.load(argument, device=context.device, add_mask_token=False)
     if lm.tokenizer.get_vocab() != context.judge.tokenizer.get_vocab():
-        raise ValueError(f"self_information:{argument} has another tokenizer than the judge; it must mask judge tokens.")
+        raise ValueError(
+            f"self_information:{argument} has another tokenizer than the judge; it must mask judge tokens."
+        )
     return SelfInformationDrop(lm, name=f"self_information:{argument}")
 
 
@@ -207,7 +216,8 @@ def _check_count_argument(prefix: str, what: str, example: str) -> Callable[[str
     def check(argument: str) -> None:
         if argument and not (argument.isdigit() and int(argument) >= 1):
             raise InputError(
-                f"{prefix} takes an optional {what} >= 1 ({prefix}:{example}), not {argument!r}.", key="methods"
+                f"{prefix} takes an optional {what} >= 1 ({prefix}:{example}), not {argument!r}.",
+                key="methods",
             )
 
     return check
@@ -233,7 +243,10 @@ def _check_frequency_argument(argument: str) -> None:
 #: Checks of each baseline's argument; they need no model, so ``tokenmask evaluate`` runs them
 #: before the judge loads (the factories run them too).
 BASELINE_ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
-    **{prefix: _check_no_argument(prefix) for prefix in ("random", "length", "truncation", "truncation_first")},
+    **{
+        prefix: _check_no_argument(prefix)
+        for prefix in ("random", "length", "truncation", "truncation_first")
+    },
     "frequency": _check_frequency_argument,
     "span_self_information": _check_count_argument("span_self_information", "span in tokens", "32"),
     "llmlingua": _check_count_argument("llmlingua", "iterative size in tokens", "200"),
@@ -243,7 +256,9 @@ BASELINE_ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
 def _span_self_information(argument: str, context: MethodContext) -> SpanSelfInformationDrop:
     BASELINE_ARGUMENT_CHECKS["span_self_information"](argument)
     span = int(argument) if argument else 32
-    return SpanSelfInformationDrop(context.judge, span, name=f"span_self_information:{span}" if argument else None)
+    return SpanSelfInformationDrop(
+        context.judge, span, name=f"span_self_information:{span}" if argument else None
+    )
 
 
 def _frequency(argument: str, context: MethodContext) -> FrequencyDrop:
@@ -254,7 +269,9 @@ def _frequency(argument: str, context: MethodContext) -> FrequencyDrop:
 
         texts = list(iter_texts(argument, split="train"))
     if not texts:
-        raise ValueError("The frequency baseline has no training corpus. Fix: name one, e.g. frequency:data_out/pydocs.")
+        raise ValueError(
+            "The frequency baseline has no training corpus. Fix: name one, e.g. frequency:data_out/pydocs."
+        )
     return FrequencyDrop.from_texts(context.judge.tokenizer, texts)
 
 

@@ -1,6 +1,6 @@
 """The interfaces every compression method implements, and the registry ``tokenmask evaluate`` reads.
 
-Two families are measured on the same table (see ``EVALUATION.md``):
+Two families are measured on the same table (see ``docs/evaluation.md``):
 
 * :class:`Compressor` — *text* compressors. They receive each context as judge token ids (and
   its decoded text) plus a target rate, and return the compressed text, which the evaluation
@@ -137,7 +137,7 @@ class MaskingCompressor(Compressor):
     :meth:`compress` emits the kept tokens' text in their original order, joined by
     :func:`join_kept` (where the dropped tokens held the only whitespace between two kept ones, a
     single space or newline stays), and corrects each mask with :meth:`fit_rate` so that the
-    *emitted* text, re-tokenized as ``EVALUATION.md`` counts it, hits the requested rate.
+    *emitted* text, re-tokenized as ``docs/evaluation.md`` counts it, hits the requested rate.
     """
 
     _text_cache: tuple[PreTrainedTokenizerBase, dict[int, str]] | None = None
@@ -402,7 +402,7 @@ class InModelResult:
 class InModelCompressor(Protocol):
     """A compressor acting inside the model (activation clustering, KV-cache compression).
 
-    Per ``EVALUATION.md``: pre-fill ``BOS + context`` through the compressing model, then score the
+    Per ``docs/evaluation.md``: pre-fill ``BOS + context`` through the compressing model, then score the
     continuation (retention) and ``sep + context`` (recoverability; only the context tokens are
     scored) against what was kept, position ids continuing after the full context.
     ``rate = 1 - Σ positions_kept / Σ positions_total``.

@@ -48,7 +48,7 @@ from tokenmask.reconstructors import Reconstructor
 class MethodEvaluation:
     """One method at one rate: its scores and, for a text compressor, what it made of each document.
 
-    :param scores: the figures of EVALUATION.md.
+    :param scores: the figures of docs/evaluation.md.
     :param outputs: per document, the :class:`CompressedContext` (its ``keep`` mask for a masking
         method); empty for an in-model method.
     """
@@ -99,9 +99,6 @@ class Evaluator:
         self.reference = ReferenceNLLs.compute(judge, self.docs, self.sep, recover_documents)
         self.recon_metrics = recon_metrics
         self.warmup = warmup
-        #: the compressed outputs of the last :meth:`evaluate` call of a text compressor; kept for
-        #: callers that read it after :meth:`evaluate` (prefer :meth:`compress_and_score`)
-        self.last_outputs: list[CompressedContext] = []
 
     @property
     def context_tokens(self) -> int:
@@ -115,9 +112,7 @@ class Evaluator:
         :param rate: requested fraction removed, in ``[0, 1)``.
         :param seed: seed passed to the method.
         """
-        result = self.compress_and_score(method, rate, seed)
-        self.last_outputs = result.outputs
-        return result.scores
+        return self.compress_and_score(method, rate, seed).scores
 
     def compress_and_score(self, method: Method, rate: float, seed: int = 0) -> MethodEvaluation:
         """As :meth:`evaluate`, and return the compressed outputs with the scores.
@@ -143,7 +138,9 @@ class Evaluator:
         elapsed = time.perf_counter() - start
         if len(outputs) != len(contexts):
             raise ValueError(f"{method.name} returned {len(outputs)} outputs for {len(contexts)} contexts.")
-        scores = score_compressed_texts(self.judge, self.docs, [o.text for o in outputs], rate, self.reference, self.sep)
+        scores = score_compressed_texts(
+            self.judge, self.docs, [o.text for o in outputs], rate, self.reference, self.sep
+        )
         scores.compress_ms_per_1k_tokens = elapsed * 1e6 / self.context_tokens
         masks = [o.keep for o in outputs]
         if self.recon_metrics and all(m is not None for m in masks):
@@ -162,7 +159,9 @@ class Evaluator:
         result = method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
         elapsed = time.perf_counter() - start
         if len(result.scores) != len(contexts):
-            raise ValueError(f"{method.name} returned {len(result.scores)} scores for {len(contexts)} documents.")
+            raise ValueError(
+                f"{method.name} returned {len(result.scores)} scores for {len(contexts)} documents."
+            )
         scores = score_in_model(
             [s.context_nll for s in result.scores],
             [s.continuation_nll for s in result.scores],

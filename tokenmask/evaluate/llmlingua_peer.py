@@ -11,7 +11,7 @@ package work on a machine without network access:
 
 It also adapts LLMLingua's key/value cache handling (tuples of tensors) to the ``Cache`` objects
 of transformers 5. LLMLingua's own ``rate`` is the fraction *kept*; ours is the fraction
-removed, so it is asked for ``1 - rate``. It does not hit the rate exactly (EVALUATION.md: it
+removed, so it is asked for ``1 - rate``. It does not hit the rate exactly (docs/evaluation.md: it
 misses by 0.10 to 0.15); the evaluation reports the achieved rate.
 """
 
@@ -111,14 +111,31 @@ class LocalPromptCompressor(PromptCompressor):  # type: ignore[misc,valid-type]
         self.context_idxs: list[Any] = []
         self.max_position_embeddings = int(getattr(lm.model.config, "max_position_embeddings", 2048))
 
-    def get_ppl(self, text: str, granularity: str = "sentence", input_ids: Any = None, attention_mask: Any = None,
-                past_key_values: Any = None, return_kv: bool = False, end: Any = None,
-                condition_mode: str = "none", condition_pos_id: int = 0) -> Any:
+    def get_ppl(
+        self,
+        text: str,
+        granularity: str = "sentence",
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        past_key_values: Any = None,
+        return_kv: bool = False,
+        end: Any = None,
+        condition_mode: str = "none",
+        condition_pos_id: int = 0,
+    ) -> Any:
         """LLMLingua's per-token loss, with its tuple caches converted to and from transformers caches."""
         if past_key_values is not None and not hasattr(past_key_values, "layers"):
             past_key_values = _IndexableCache.from_legacy(past_key_values)
         result = super().get_ppl(
-            text, granularity, input_ids, attention_mask, past_key_values, return_kv, end, condition_mode, condition_pos_id
+            text,
+            granularity,
+            input_ids,
+            attention_mask,
+            past_key_values,
+            return_kv,
+            end,
+            condition_mode,
+            condition_pos_id,
         )
         if not return_kv:
             return result
@@ -136,7 +153,9 @@ class LLMLinguaCompressor(Compressor):
 
     default_name = "llmlingua"
 
-    def __init__(self, lm: Reconstructor, iterative_size: int = 200, name: str | None = None, **compress_kwargs: Any) -> None:
+    def __init__(
+        self, lm: Reconstructor, iterative_size: int = 200, name: str | None = None, **compress_kwargs: Any
+    ) -> None:
         super().__init__(lm.tokenizer, name)
         self.prompt_compressor = LocalPromptCompressor(lm)
         self.iterative_size = iterative_size

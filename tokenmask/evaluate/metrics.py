@@ -1,4 +1,4 @@
-"""The metrics of EVALUATION.md: the one implementation, used by ``tokenmask evaluate``, the training
+"""The metrics of docs/evaluation.md: the one implementation, used by ``tokenmask evaluate``, the training
 callbacks and the benchmarks.
 
 Setting: a frozen judge (a :class:`~tokenmask.reconstructors.Reconstructor`, loaded without a mask
@@ -104,7 +104,9 @@ def information_ratio(empty: Values, compressed: Values, full: Values) -> float:
     """
     empty_a, comp_a, full_a = (np.asarray(x, dtype=np.float64) for x in (empty, compressed, full))
     if not (empty_a.shape == comp_a.shape == full_a.shape):
-        raise ValueError(f"Shapes differ: empty {empty_a.shape}, compressed {comp_a.shape}, full {full_a.shape}.")
+        raise ValueError(
+            f"Shapes differ: empty {empty_a.shape}, compressed {comp_a.shape}, full {full_a.shape}."
+        )
     denominator = float(np.sum(empty_a - full_a))
     if denominator == 0.0:
         return math.nan
@@ -123,7 +125,7 @@ def compression_rate(compressed_lengths: Sequence[int], context_lengths: Sequenc
 class ReferenceNLLs:
     """Per-document judge NLLs that do not depend on the method: ``R(empty)``, ``R(context)``, ``F(empty)``, ``F(context)``.
 
-    The ``recover_*`` arrays may cover only the first documents (EVALUATION.md's figures use the
+    The ``recover_*`` arrays may cover only the first documents (docs/evaluation.md's figures use the
     first 30 documents for recoverability and the first 60 for retention); every method's
     recoverability is then computed on those same first documents.
     """
@@ -171,7 +173,7 @@ class ReferenceNLLs:
 
 @dataclass
 class Scores:
-    """The EVALUATION.md figures of one method at one requested rate (corpus ratios of sums).
+    """The docs/evaluation.md figures of one method at one requested rate (corpus ratios of sums).
 
     NaN marks a figure that does not apply (e.g. ``recon_*`` for a method without a keep mask).
     """
@@ -229,7 +231,9 @@ def score_compressed_ids(
     context_lengths = [len(d.context) for d in docs]
     rate = compression_rate(lengths, context_lengths)
     if len(docs) != len(reference.continue_empty):
-        raise ValueError(f"{len(docs)} documents, but the reference NLLs cover {len(reference.continue_empty)}.")
+        raise ValueError(
+            f"{len(docs)} documents, but the reference NLLs cover {len(reference.continue_empty)}."
+        )
     n_recover = reference.recover_documents
     recover = recovery_nlls(judge, compressed[:n_recover], [d.context for d in docs[:n_recover]], sep)
     cont = continuation_nlls(judge, compressed, [d.continuation for d in docs])
@@ -271,7 +275,9 @@ def score_in_model(
         rate=rate,
         rate_error=abs(rate - float(requested_rate)),
         recoverability=information_ratio(
-            reference.recover_empty, np.asarray(context_nlls)[: reference.recover_documents], reference.recover_full
+            reference.recover_empty,
+            np.asarray(context_nlls)[: reference.recover_documents],
+            reference.recover_full,
         ),
         retention=information_ratio(reference.continue_empty, continuation_nlls_, reference.continue_full),
         documents=len(context_nlls),

@@ -73,7 +73,11 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``results.json``."""
-        return {"setting": self.setting, "skipped": self.skipped, "results": [r.to_dict() for r in self.results]}
+        return {
+            "setting": self.setting,
+            "skipped": self.skipped,
+            "results": [r.to_dict() for r in self.results],
+        }
 
     def methods(self) -> list[str]:
         """Method names in first-seen order."""
@@ -96,7 +100,11 @@ def device_description(device: Any) -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
@@ -195,7 +203,9 @@ def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool
     paths = {
         "json": atomic_write_json(out / RESULTS_FILE, report.to_dict()),
         "table": atomic_write_text(out / TABLE_FILE, markdown_table(report)),
-        "recoverability_plot": atomic_write_bytes(out / RECOVERABILITY_PLOT, plot_rate_vs(report, "recoverability")),
+        "recoverability_plot": atomic_write_bytes(
+            out / RECOVERABILITY_PLOT, plot_rate_vs(report, "recoverability")
+        ),
         "retention_plot": atomic_write_bytes(out / RETENTION_PLOT, plot_rate_vs(report, "retention")),
     }
     if tensorboard:

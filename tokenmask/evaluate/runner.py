@@ -1,25 +1,31 @@
 """``tokenmask evaluate`` and ``tokenmask baselines``: methods x rates on a corpus, with reports.
 
-``tokenmask evaluate --corpus ../shared/data/pydocs.jsonl --methods truncation,random,agent:runs/x
+``tokenmask evaluate --corpus data/pydocs.jsonl --methods truncation,random,agent:runs/x
 --rates 0.3,0.5,0.7`` selects the first ``num_documents`` documents with at least C+T judge
-tokens, scores every method at every rate with the metrics of EVALUATION.md, and writes into
+tokens, scores every method at every rate with the metrics of docs/evaluation.md, and writes into
 ``output_dir``: ``results.json``, ``results.md``, ``rate_vs_recoverability.png``,
 ``rate_vs_retention.png`` and ``tensorboard/<method>/`` (one run per method; step = rate in %).
 ``tokenmask baselines`` is the same command with the baselines as default methods.
 
 Everything that can be checked without a model is checked first: the output folder (a non-empty
 folder tokenmask did not write is refused unless ``--overwrite``; it stays locked for the run),
-the method names and their arguments (an ``agent:`` run folder must hold an agent), the corpus;
+the method names and their arguments (a factory registered with a ``check`` attribute, as the
+agent plug-in's is, checks its own: an ``agent:`` run folder must hold an agent), the corpus;
 then the judge loads. Heavy modules load only then, so argument errors answer at once.
+
+At the end the command prints the table once, what its columns mean (:data:`COLUMNS_EXPLAINED`)
+and which methods are on the Pareto front (:func:`pareto_verdict`).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.errors import ConfigError, InputError
@@ -36,7 +42,7 @@ from tokenmask.evaluate.compressor import (
 from tokenmask.io import atomic_output_dir
 
 if TYPE_CHECKING:
-    from tokenmask.evaluate.reports import EvaluationReport
+    from tokenmask.evaluate.reports import EvaluationReport, MethodResult
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -52,35 +58,48 @@ class EvaluateConfig:
         default_factory=lambda: list(DEFAULT_METHODS),
         metadata={"help": "comma-separated method names: baselines, agent:RUN_DIR, activation:CONFIG, ..."},
     )
-    rates: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7], metadata={"help": "requested rates in [0, 1)"})
-    corpus: str = field(default="sample", metadata={"help": "prepared folder, .jsonl/.txt file or folder, or 'sample'"})
+    rates: list[float] = field(
+        default_factory=lambda: [0.3, 0.5, 0.7], metadata={"help": "requested rates in [0, 1)"}
+    )
+    corpus: str = field(
+        default="sample", metadata={"help": "prepared folder, .jsonl/.txt file or folder, or 'sample'"}
+    )
     split: str = field(default="test", metadata={"help": "split of a prepared corpus folder"})
     text_column: str = field(default="text", metadata={"help": "JSONL key holding the text"})
     frequency_corpus: str | None = field(
         default=None,
-        metadata={"help": "texts the frequency baseline counts (default: the prepared corpus' train split, or the corpus file)"},
+        metadata={
+            "help": "texts the frequency baseline counts (default: the prepared corpus' train split, or the corpus file)"
+        },
     )
-    judge: str = field(default="default", metadata={"help": "judge model name (default: embedded SmolLM2-135M-Instruct)"})
+    judge: str = field(
+        default="default", metadata={"help": "judge model name (default: embedded SmolLM2-135M-Instruct)"}
+    )
     context_tokens: int = field(default=256, metadata={"help": "C: context tokens per document"})
     continuation_tokens: int = field(default=64, metadata={"help": "T: continuation tokens per document"})
     num_documents: int = field(
         default=60, metadata={"help": "first N long-enough documents (rate, retention, recon_*)"}
     )
     recoverability_documents: int | None = field(
-        default=30, metadata={"help": "recoverability on the first N of them (EVALUATION.md: 30; None = all)"}
+        default=30, metadata={"help": "recoverability on the first N of them (docs/evaluation.md: 30; None = all)"}
     )
     seed: int = field(default=0, metadata={"help": "seed passed to every method"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
-    dtype: str = field(default="float32", metadata={"help": "judge dtype (EVALUATION.md scores in float32)"})
+    dtype: str = field(default="float32", metadata={"help": "judge dtype (docs/evaluation.md scores in float32)"})
     batch_size: int | None = field(default=None, metadata={"help": "judge sequences per forward pass"})
     recon_metrics: bool = field(default=True, metadata={"help": "compute recon_bits_per_masked / recon_top1"})
     skip_unavailable: bool = field(
-        default=True, metadata={"help": "skip a method whose optional package is missing (e.g. llmlingua) instead of failing"}
+        default=True,
+        metadata={
+            "help": "skip a method whose optional package is missing (e.g. llmlingua) instead of failing"
+        },
     )
     tensorboard: bool = field(default=True, metadata={"help": "write one TensorBoard run per method"})
     output_dir: str = field(
         default="runs/evaluate",
-        metadata={"help": "where results are written (replaced atomically if tokenmask wrote it; see --overwrite)"},
+        metadata={
+            "help": "where results are written (replaced atomically if tokenmask wrote it; see --overwrite)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -103,38 +122,25 @@ class EvaluateConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1 (or None), got {self.batch_size}.", key="batch_size")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype")
-
-
-def _check_run_folder(argument: str) -> None:
-    """``agent:RUN_DIR`` must name a run folder holding a saved agent (checked before any model loads)."""
-    if not argument:
-        raise InputError("The agent method needs a run folder.", fix="name it as agent:RUN_DIR.", key="methods")
-    if not Path(argument).is_dir():
-        raise InputError(
-            f"agent:{argument}: no such run folder.",
-            fix="pass a folder written by `tokenmask train` (its run_dir).",
-            path=argument,
-        )
-    from tokenmask.train.run_folder import RunFolder  # the agent plug-in's own reader of run folders
-
-    run = RunFolder(argument)
-    run.read_config()
-    run.require_agent()
+            raise ConfigError(
+                f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype"
+            )
 
 
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
-            raise InputError(f"{prefix}:{argument}: no such file or folder.", fix=f"name {what}.", path=argument)
+            raise InputError(
+                f"{prefix}:{argument}: no such file or folder.", fix=f"name {what}.", path=argument
+            )
 
     return check
 
 
-#: Checks of a method's argument that need no model, by prefix; run before the judge loads.
+#: Checks of a method's argument that need no model, by prefix; run before the judge loads. A plug-in
+#: whose prefix is not listed here can attach its check to its factory as ``factory.check``.
 ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     **BASELINE_ARGUMENT_CHECKS,
-    "agent": _check_run_folder,
     "activation": _check_path_argument(
         "activation", "a folder saved by `tokenmask activation train` or a JSON compression config"
     ),
@@ -151,7 +157,9 @@ def check_methods(names: Sequence[str]) -> None:
         check = ARGUMENT_CHECKS.get(prefix)
         if check is not None:
             check(argument)
-        method_factory(name)
+        factory = method_factory(name)  # imports the prefix's plug-in, whose factory may carry its check
+        if check is None and callable(getattr(factory, "check", None)):
+            factory.check(argument)  # type: ignore[attr-defined]
 
 
 def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
@@ -184,14 +192,23 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     from tokenmask.evaluate.reports import EvaluationReport, MethodResult, device_description
     from tokenmask.reconstructors import Reconstructor
 
+    say = _progress_line if progress else (lambda _: None)
+    say(f"loading the judge {config.judge!r} ...")
     judge = Reconstructor.load(
-        config.judge, device=config.device, dtype=config.dtype, add_mask_token=False, batch_size=config.batch_size
+        config.judge,
+        device=config.device,
+        dtype=config.dtype,
+        add_mask_token=False,
+        batch_size=config.batch_size,
     )
-    docs = select_documents(texts, judge, config.context_tokens, config.continuation_tokens, config.num_documents)
+    docs = select_documents(
+        texts, judge, config.context_tokens, config.continuation_tokens, config.num_documents
+    )
     context = MethodContext(judge=judge, seed=config.seed, device=config.device, train_texts=train_texts)
     methods: dict[str, Method] = {}
     skipped: dict[str, str] = {}
     for name in config.methods:
+        say(f"building {name} ...")
         try:
             methods[name] = build_method(name, context)
         except ImportError as exc:
@@ -199,7 +216,11 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
                 raise
             skipped[name] = str(exc)
     if not methods:
-        raise InputError(f"No method could be built (skipped: {skipped}).", fix="install the missing package, or name other methods.")
+        raise InputError(
+            f"No method could be built (skipped: {skipped}).",
+            fix="install the missing package, or name other methods.",
+        )
+    say(f"the judge reads the {len(docs)} documents with their full and empty contexts (the references) ...")
     evaluator = Evaluator(
         judge, docs, recon_metrics=config.recon_metrics, recover_documents=config.recoverability_documents
     )
@@ -208,9 +229,9 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     bar = tqdm(jobs, desc="evaluate", unit="run", disable=not progress)
     for name, rate in bar:
         bar.set_postfix_str(f"{name} @ {rate:.2f}")
-        scores = evaluator.evaluate(methods[name], rate, seed=config.seed)
-        sample = evaluator.last_outputs[0].text if evaluator.last_outputs else ""
-        results.append(MethodResult(method=name, scores=scores, sample=sample))
+        evaluation = evaluator.compress_and_score(methods[name], rate, seed=config.seed)
+        sample = evaluation.outputs[0].text if evaluation.outputs else ""
+        results.append(MethodResult(method=name, scores=evaluation.scores, sample=sample))
     setting = {
         "judge": config.judge,
         "corpus": config.corpus,
@@ -227,7 +248,13 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     return EvaluationReport(results=results, setting=setting, skipped=skipped)
 
 
-def evaluate_and_write(config: EvaluateConfig, progress: bool = True, overwrite: bool = False) -> EvaluationReport:
+def _progress_line(message: str) -> None:
+    print(f"tokenmask evaluate: {message}", file=sys.stderr, flush=True)
+
+
+def evaluate_and_write(
+    config: EvaluateConfig, progress: bool = True, overwrite: bool = False
+) -> EvaluationReport:
     """:func:`run_evaluation`, then write every report into ``config.output_dir`` (replaced atomically).
 
     The output folder is checked and locked before the evaluation starts (see
@@ -244,11 +271,99 @@ def evaluate_and_write(config: EvaluateConfig, progress: bool = True, overwrite:
     return report
 
 
+# ---------------------------------------------------------------------------------------- verdict
+COLUMNS_EXPLAINED = (
+    "Columns: *asked rate* is the fraction of context tokens each method was told to remove and *achieved rate* "
+    "the fraction it removed, counted on its output re-tokenized by the judge; *recoverability* is how much of "
+    "the context's information the judge still finds in the compressed text (1 = as good as the full context, "
+    "0 = as useless as nothing; keeping the last half scores about 0.5) and *retention* how much of the full "
+    "context's help in predicting the next tokens the compressed text keeps (truncation, which keeps the most "
+    "recent tokens, scores high here); *recon bits/masked* and *recon top-1* are the reconstructor's cost in bits "
+    "of a removed token and how often its first guess is right (masking methods only); *ms per 1k tokens* is the "
+    "compressor's own wall time per 1,000 context tokens on the device named above."
+)
+"""The paragraph ``tokenmask evaluate`` prints under its table (the metrics are defined in docs/evaluation.md)."""
+
+RATE_SLACK = 0.01
+"""A method whose achieved rate is within this of another's counts as compressing as much (docs/evaluation.md's rate tolerance)."""
+
+
+def _point(row: MethodResult | Mapping[str, Any]) -> tuple[str, float, float, float, float]:
+    # (method, requested rate, achieved rate, recoverability, retention) of a result or a results.json row
+    if isinstance(row, Mapping):
+        values = [row.get(k) for k in ("requested_rate", "rate", "recoverability", "retention")]
+        method = str(row.get("method"))
+    else:
+        sc = row.scores
+        values = [sc.requested_rate, sc.rate, sc.recoverability, sc.retention]
+        method = row.method
+    asked, rate, rec, ret = (math.nan if v is None else float(v) for v in values)
+    return method, asked, rate, rec, ret
+
+
+def pareto_front(results: Sequence[MethodResult | Mapping[str, Any]]) -> dict[float, list[str]]:
+    """Per asked rate, the methods no other method dominates, in the order of ``results``.
+
+    Method A dominates B when it removes at least as much (achieved rate no more than
+    :data:`RATE_SLACK` below B's), and has recoverability and retention at least B's, one of the
+    three strictly better. Rows without recoverability or retention (``nan`` / ``null``) take no part.
+
+    :param results: :class:`~tokenmask.evaluate.reports.MethodResult` objects, or the ``"results"``
+        rows of a ``results.json``.
+    """
+    by_rate: dict[float, list[tuple[str, float, float, float]]] = {}
+    for row in results:
+        method, asked, rate, rec, ret = _point(row)
+        if all(math.isfinite(v) for v in (asked, rate, rec, ret)):
+            by_rate.setdefault(round(asked, 6), []).append((method, rate, rec, ret))
+    front: dict[float, list[str]] = {}
+    for asked, points in by_rate.items():
+
+        def dominated(
+            p: tuple[str, float, float, float], points: list[tuple[str, float, float, float]] = points
+        ) -> bool:
+            return any(
+                q[1] >= p[1] - RATE_SLACK
+                and q[2] >= p[2]
+                and q[3] >= p[3]
+                and (q[1] > p[1] + RATE_SLACK or q[2] > p[2] or q[3] > p[3])
+                for q in points
+                if q is not p
+            )
+
+        front[asked] = [p[0] for p in points if not dominated(p)]
+    return front
+
+
+def pareto_verdict(results: Sequence[MethodResult | Mapping[str, Any]]) -> str:
+    """One sentence naming, per asked rate, the methods on the Pareto front (see :func:`pareto_front`).
+
+    :param results: :class:`~tokenmask.evaluate.reports.MethodResult` objects, or the ``"results"``
+        rows of a ``results.json``.
+    """
+    front = pareto_front(results)
+    if not front:
+        return "No method has both recoverability and retention, so no Pareto front can be drawn."
+    all_methods = {_point(row)[0] for row in results}
+    parts = []
+    for asked, methods in sorted(front.items()):
+        dominated = sorted(all_methods - set(methods))
+        clause = f"at rate {asked:.2f}: {', '.join(methods)}"
+        parts.append(clause + (f" (dominated: {', '.join(dominated)})" if dominated else ""))
+    return (
+        "On the Pareto front of achieved rate, recoverability and retention (no other method removes as much "
+        f"with both scores at least as high) {'; '.join(parts)}."
+    )
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``tokenmask evaluate`` and ``tokenmask baselines``."""
     for command, help_text in (
-        ("evaluate", "score compressors (baselines, agent:RUN, activation:CFG) with the metrics of EVALUATION.md"),
+        (
+            "evaluate",
+            "score compressors (baselines, agent:RUN, activation:CFG) with the metrics of docs/evaluation.md",
+        ),
         ("baselines", "tokenmask evaluate with the baselines as the default methods"),
     ):
         parser = subparsers.add_parser(
@@ -269,10 +384,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "baselines":
         others = [n for n in config.methods if split_method_name(n)[0] not in BASELINE_METHODS]
         if others:
-            raise ConfigError(f"tokenmask baselines runs baselines only, not {others}. Fix: use tokenmask evaluate.", key="methods")
+            raise ConfigError(
+                f"tokenmask baselines runs baselines only, not {others}. Fix: use tokenmask evaluate.",
+                key="methods",
+            )
     report = evaluate_and_write(config, progress=not args.no_progress, overwrite=args.overwrite)
     from tokenmask.evaluate.reports import markdown_table  # loads torch, so not before the checks
 
     print(markdown_table(report))
+    print(COLUMNS_EXPLAINED)
+    print()
+    print(pareto_verdict(report.results))
     print(f"results written to {config.output_dir}")
     return 0

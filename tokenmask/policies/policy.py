@@ -184,7 +184,9 @@ class TokenMaskPolicy(ActorCriticPolicy):
         window = self.mlp_extractor.window
         entries = int(self.action_space.n)  # type: ignore[attr-defined]
         if entries < 1 or window % entries:
-            raise ValueError(f"The action space has {entries} entries, which does not divide the window of {window} tokens.")
+            raise ValueError(
+                f"The action space has {entries} entries, which does not divide the window of {window} tokens."
+            )
         self.action_net = TokenLogits(window, self.mlp_extractor.token_dim, span=window // entries)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
         if self.ortho_init:

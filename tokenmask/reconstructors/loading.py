@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokenmask.errors import ConfigError
+
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -42,18 +44,55 @@ def embedded_model_dir() -> Path:
     return Path(spec.origin).parent
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     """Pick the torch device: ``auto`` prefers cuda, then mps, then cpu.
 
     :param device: ``"auto"``, ``None`` (same as auto) or any torch device string.
+    :raises ConfigError: an unknown device name, or a ``cuda`` / ``mps`` device this machine does
+        not have (said before any model is read, so it is never mistaken for a damaged file).
     """
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"Unknown device {device!r}.",
+            fix="use auto, cpu, cuda, cuda:N or mps.",
+            key="device",
+        ) from exc
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            build = (
+                "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            )
+            raise ConfigError(
+                f"Device {str(device)!r} was asked for, but torch ({torch.__version__}, {build}) sees no CUDA GPU on this machine.",
+                fix="use device auto or cpu here, or run on a machine with a GPU and a CUDA build of torch.",
+                key="device",
+            )
+        if picked.index is not None and picked.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"Device {str(device)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}).",
+                fix="use one of those, or cuda.",
+                key="device",
+            )
+    if picked.type == "mps" and not _mps_available():
+        raise ConfigError(
+            f"Device {str(device)!r} was asked for, but torch sees no Apple MPS device on this machine.",
+            fix="use device auto or cpu.",
+            key="device",
+        )
+    return picked
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
@@ -73,7 +112,9 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -
     try:
         resolved = getattr(torch, dtype)
     except AttributeError as exc:
-        raise ValueError(f"Unknown dtype {dtype!r}. Fix: use one of auto, float32, bfloat16, float16.") from exc
+        raise ValueError(
+            f"Unknown dtype {dtype!r}. Fix: use one of auto, float32, bfloat16, float16."
+        ) from exc
     if not isinstance(resolved, torch.dtype):
         raise ValueError(f"Unknown dtype {dtype!r}. Fix: use one of auto, float32, bfloat16, float16.")
     return resolved
@@ -86,7 +127,9 @@ def _source_kwargs(name: str) -> tuple[str, dict[str, Any]]:
     path = Path(os.path.expanduser(name))
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelNotFoundError(f"GGUF file {name!r} does not exist. Fix: pass an existing .gguf file path.")
+            raise ModelNotFoundError(
+                f"GGUF file {name!r} does not exist. Fix: pass an existing .gguf file path."
+            )
         return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
         return str(path), {}

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tokenmask.errors import InputError
 from tokenmask.io import read_folder_meta, replace_dir, reraise_as, temporary_dir_beside
 from tokenmask.reconstructors.loading import (
     DEFAULT_MODEL,
@@ -134,9 +135,13 @@ class Reconstructor:
         if bos is None:
             bos = tokenizer.eos_token_id
         if bos is None:
-            raise ValueError("The tokenizer has neither a BOS nor an EOS token; one is needed to start sequences.")
+            raise ValueError(
+                "The tokenizer has neither a BOS nor an EOS token; one is needed to start sequences."
+            )
         self.bos_token_id: int = int(bos)
-        self.pad_token_id: int = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_token_id)
+        self.pad_token_id: int = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_token_id
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -215,6 +220,9 @@ class Reconstructor:
         :raises CorruptCheckpointError: if the folder is incomplete or its weights cannot be read.
         """
         folder = Path(path)
+        # a missing GPU or a bad dtype is said as such, not as a damaged folder
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(torch_device, dtype)
         meta = read_folder_meta(
             folder,
             RECONSTRUCTOR_FILE,
@@ -226,7 +234,7 @@ class Reconstructor:
             CorruptCheckpointError,
             f"The reconstructor folder {folder} is corrupt or incomplete. Fix: re-save it, or load the base model by name",
         ):
-            model = load_causal_lm(str(folder), device, dtype)
+            model = load_causal_lm(str(folder), torch_device, torch_dtype)
             tokenizer = load_tokenizer(str(folder), cache=False)
         return cls(
             model,
@@ -284,6 +292,38 @@ class Reconstructor:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids (special tokens kept as they are)."""
         return str(self.tokenizer.decode(list(ids)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the reconstructor reads and scores: ``0 .. vocab_size - 1`` (the tokenizer's ids the LM has rows for)."""
+        sizes = [len(self.tokenizer)]
+        for table in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
+            weight = getattr(table, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                sizes.append(int(weight.shape[0]))
+        return min(sizes)
+
+    def check_ids(self, ids: torch.Tensor | np.ndarray) -> None:
+        """Raise when an id lies outside ``0 .. vocab_size - 1`` (before torch fails on it with an index error).
+
+        :raises InputError: one line naming the first bad id and the vocabulary size.
+        """
+        if not len(ids):
+            return
+        values = torch.as_tensor(ids)
+        size = self.vocab_size
+        bad = (values < 0) | (values >= size)
+        if bool(bad.any()):
+            first = int(values[bad].reshape(-1)[0])
+            raise InputError(
+                f"Token id {first} is outside the vocabulary of the reconstructor {self.name!r} ({size} ids: 0 .. {size - 1}).",
+                fix="give ids of this reconstructor's tokenizer (reconstructor.encode(text)), not another model's.",
+            )
+
+    def _check_all(self, sequences: Sequence[TokenIds | np.ndarray]) -> None:
+        """:meth:`check_ids` of every id of ``sequences`` at once."""
+        arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+        self.check_ids(np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64))
 
     @property
     def num_parameters(self) -> int:
@@ -418,10 +458,16 @@ class Reconstructor:
             empty = [torch.zeros(0) for _ in inputs]
             return empty, [torch.zeros(0, dtype=torch.bool) for _ in inputs] if top1 else None
         cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
-        tgt = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets]).to(self.device)
+        tgt_cpu = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets])
         if int(cols.max()) >= max(lengths) or int(cols.min()) < 0:
             raise ValueError("A scored position lies outside its input sequence.")
-        ids, attention = self.pad_batch(inputs)
+        if len(tgt_cpu) != len(cols):
+            raise ValueError("Each sequence needs as many targets as scored positions.")
+        ids_cpu, attention_cpu = pad_batch(inputs, self.pad_token_id)
+        self.check_ids(ids_cpu)
+        self.check_ids(tgt_cpu)
+        tgt = tgt_cpu.to(self.device)
+        ids, attention = ids_cpu.to(self.device), attention_cpu.to(self.device)
         hidden = self.last_hidden_state(ids, attention)
         logits = self.head_logits(hidden[rows.to(self.device), cols.to(self.device)])
         logp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0]
@@ -472,7 +518,9 @@ class Reconstructor:
         head = [self.bos_token_id, *prefix]
         if mode == "placeholder":
             if any(flags) and self.mask_token_id is None:
-                raise ValueError("placeholder mode needs a mask token. Fix: load the reconstructor with add_mask_token=True.")
+                raise ValueError(
+                    "placeholder mode needs a mask token. Fix: load the reconstructor with add_mask_token=True."
+                )
             mask_id = int(self.mask_token_id) if self.mask_token_id is not None else -1
             body = [mask_id if f else t for t, f in zip(ids, flags)]
             return head + body, [len(head) - 1 + i for i in range(len(ids))]
@@ -500,7 +548,9 @@ class Reconstructor:
         :param mode: ``delete`` (masked tokens removed from the input) or ``placeholder`` (mask token kept).
         :param prefixes: optional unmasked context per document, read after BOS and before it.
         :return: one float64 array of bits per document, one entry per original token.
+        :raises InputError: an id outside the vocabulary (checked before any forward pass).
         """
+        self._check_all([*ids, *(prefixes or [])])
         inputs, positions = [], []
         for b, doc in enumerate(ids):
             inp, pos = self.masked_inputs(
@@ -523,6 +573,7 @@ class Reconstructor:
         :param masks: per document and token, ``True`` = masked.
         :param mode: ``delete`` or ``placeholder``, as in :meth:`token_bits`.
         """
+        self._check_all(ids)
         inputs, positions, targets = [], [], []
         for doc, mask in zip(ids, masks):
             inp, pos = self.masked_inputs(doc, mask, mode)

@@ -1,11 +1,20 @@
-"""The trained agent as a compressor: ``agent:RUN_DIR`` in ``tokenmask evaluate``, ``tokenmask compress --agent``.
+"""The trained agent as a compressor: ``agent:RUN_DIR`` in ``tokenmask evaluate``, ``tokenmask compress``.
 
-The agent reads each context window by window in TokenMask-v0 (the same observations as in
-training: the run's reconstructor computes the token features), and acts deterministically
-(mask where its probability exceeds 0.5), so the masked context it sees follows its own choices.
-The mask probabilities of that pass rank the tokens; the compressor then drops exactly
-``round(rate * n)`` of the highest-ranked ones, and corrects that count when the judge's
-re-tokenization of the kept text would miss the requested rate by more than half a percent.
+The agent reads each context window by window in TokenMask-v0 (the observations of training: the
+run's reconstructor computes the per-token features in one LM pass per batch of documents), and
+acts deterministically (mask where its probability exceeds 0.5), so the masked context it sees
+follows its own choices. Every document of a call is one row of a single vector env, so the policy
+runs once per step for all of them. The mask probabilities of that pass rank the tokens; the
+compressor drops the ``round(rate * n)`` highest-ranked ones and corrects that count with
+:meth:`~tokenmask.evaluate.MaskingCompressor.fit_rate` until the emitted text, re-tokenized by the
+judge, is within :data:`~tokenmask.evaluate.compressor.RATE_TOLERANCE` of the rate.
+
+Speed: with the ``information`` reward, training prices every masked token under the masked prefix
+(one more LM pass per window, sequential over the windows) and the observation's
+``mean_masked_bits`` reads that price. By default (``exact_bits=False``) the compressor plays the
+episode with the ``simple`` reward instead: ``mean_masked_bits`` is then the masked tokens' surprisal
+from the features pass, so a context costs one LM pass and no per-window pass. ``exact_bits=True``
+reproduces the training observations exactly, at about twice to three times the cost on a CPU.
 """
 
 from __future__ import annotations
@@ -21,7 +30,13 @@ from tokenmask.config import ConfigError, build_config
 from tokenmask.envs.env_config import TokenMaskConfig
 from tokenmask.envs.episodes import expand_actions
 from tokenmask.envs.recoverability import vocabulary_without_mask
-from tokenmask.evaluate.compressor import MaskingCompressor, TokenIds, check_rate, tokens_to_drop
+from tokenmask.evaluate.compressor import (
+    MaskingCompressor,
+    TokenIds,
+    check_rate,
+    drop_highest,
+    tokens_to_drop,
+)
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.reconstructors import MaskMode, Reconstructor
 from tokenmask.train.config import TrainConfig
@@ -30,19 +45,6 @@ from tokenmask.train.replay import documents_env
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-
-RATE_TOLERANCE = 0.005
-"""Per-document rate error (after re-tokenization) above which the dropped count is corrected."""
-
-
-def drop_highest(scores: np.ndarray, count: int) -> np.ndarray:
-    """Keep mask dropping the ``count`` highest-scoring positions (ties: the earlier one first)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.lexsort((np.arange(len(scores)), -scores))
-    keep = np.ones(len(scores), dtype=bool)
-    keep[order[: max(0, min(count, len(scores)))]] = False
-    return keep
 
 
 class AgentCompressor(MaskingCompressor):
@@ -57,7 +59,11 @@ class AgentCompressor(MaskingCompressor):
     :param tokenizer: the judge's tokenizer (decodes kept ids, measures the achieved rate); default:
         the reconstructor's. Both must share one vocabulary, since the agent masks judge tokens.
     :param name: name in reports.
-    :param batch_documents: documents stepped together (one batched reconstructor pass per step).
+    :param batch_documents: most documents stepped together in one vector env (``None``: every
+        document of a call); lower it only to bound memory on very large calls.
+    :param exact_bits: observe ``mean_masked_bits`` as training with the ``information`` reward
+        does (bits under the masked prefix: one more LM pass per window); default ``False``: the
+        masked tokens' surprisal from the features pass (one LM pass per context, see the module doc).
     """
 
     default_name = "agent"
@@ -69,7 +75,8 @@ class AgentCompressor(MaskingCompressor):
         env_options: TokenMaskConfig | dict[str, Any],
         tokenizer: PreTrainedTokenizerBase | None = None,
         name: str | None = None,
-        batch_documents: int = 64,
+        batch_documents: int | None = None,
+        exact_bits: bool = False,
     ) -> None:
         tokenizer = tokenizer if tokenizer is not None else reconstructor.tokenizer
         if tokenizer is not reconstructor.tokenizer and _without_mask(tokenizer) != vocabulary_without_mask(
@@ -85,13 +92,14 @@ class AgentCompressor(MaskingCompressor):
                 env_options = build_config(TokenMaskConfig, dict(env_options), section="env")
             except ConfigError as exc:
                 raise ValueError(f"The agent's env options: {exc}") from exc
-        if batch_documents < 1:
-            raise ValueError(f"batch_documents must be >= 1, got {batch_documents}.")
+        if batch_documents is not None and batch_documents < 1:
+            raise ValueError(f"batch_documents must be >= 1 or None, got {batch_documents}.")
         self.policy = policy
         self._reconstructor = reconstructor
         #: the run's TokenMask-v0 options, one entry per key of ``TokenMaskConfig``
         self.env_options: dict[str, Any] = asdict(env_options)
         self.batch_documents = batch_documents
+        self.exact_bits = exact_bits
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -101,12 +109,15 @@ class AgentCompressor(MaskingCompressor):
         judge: Reconstructor | None = None,
         device: str = "auto",
         name: str | None = None,
+        exact_bits: bool = False,
     ) -> AgentCompressor:
         """The agent of a run folder, with the run's (fine-tuned) reconstructor.
 
         :param run_dir: a folder written by ``tokenmask train``.
         :param judge: the judge whose tokenizer measures the rate (default: the reconstructor's).
         :param device: device of the policy and the reconstructor.
+        :param name: name in reports (default ``agent:RUN_DIR``).
+        :param exact_bits: see :class:`AgentCompressor`.
         :raises RunFolderError: if the folder holds no config or no agent.
         """
         if not run_dir:
@@ -123,6 +134,7 @@ class AgentCompressor(MaskingCompressor):
             config.env,
             tokenizer=judge.tokenizer if judge is not None else None,
             name=name or f"agent:{run_dir}",
+            exact_bits=exact_bits,
         )
 
     @classmethod
@@ -142,10 +154,17 @@ class AgentCompressor(MaskingCompressor):
         return self.env_options["mask_mode"]  # type: ignore[no-any-return]
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
-        """Per context, ``True`` = kept; exactly ``round(rate * n)`` dropped, corrected for re-tokenization."""
+        """Per context, ``True`` = kept: the highest-scoring tokens dropped, fitted to the emitted rate.
+
+        ``round(rate * n)`` tokens are dropped first; :meth:`fit_rate` then drops or restores tokens
+        in the order of the agent's scores until the emitted text is within the rate tolerance.
+        """
         check_rate(rate)
         scores = self.mask_scores(contexts, rate, seed=seed)
-        return [self._fit_rate(list(ids), s, rate) for ids, s in zip(contexts, scores)]
+        return [
+            self.fit_rate(ids, drop_highest(s, tokens_to_drop(len(ids), rate)), rate, priority=s)
+            for ids, s in zip(contexts, scores)
+        ]
 
     # ------------------------------------------------------------------ the agent's pass
     def mask_scores(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
@@ -158,14 +177,20 @@ class AgentCompressor(MaskingCompressor):
         check_rate(rate)
         scores: list[np.ndarray] = [np.zeros(0) for _ in contexts]
         nonempty = [i for i, c in enumerate(contexts) if len(c) > 0]
-        for start in range(0, len(nonempty), self.batch_documents):
-            chunk = nonempty[start : start + self.batch_documents]
+        step = self.batch_documents or max(1, len(nonempty))
+        for start in range(0, len(nonempty), step):
+            chunk = nonempty[start : start + step]
             for i, s in zip(chunk, self._score_batch([list(contexts[i]) for i in chunk], rate, seed)):
                 scores[i] = s
         return scores
 
     def _score_batch(self, documents: list[list[int]], rate: float, seed: int) -> list[np.ndarray]:
-        env = documents_env(documents, self._reconstructor, self.env_options, rate)
+        # rows that end early restart on their own document: its cached features, no second LM pass;
+        # without exact_bits no reward needs the masked prefix priced, so the env runs no LM pass per window
+        overrides: dict[str, Any] = {"cache_features": True}
+        if not self.exact_bits:
+            overrides["reward_type"] = "simple"
+        env = documents_env(documents, self._reconstructor, self.env_options, rate, **overrides)
         expected = self.policy.observation_space
         if env.single_observation_space["token_ids"].shape != expected["token_ids"].shape:  # type: ignore[index]
             raise ValueError(
@@ -191,23 +216,6 @@ class AgentCompressor(MaskingCompressor):
             finished |= terminated
         env.close()
         return scores
-
-    def _fit_rate(self, ids: list[int], scores: np.ndarray, rate: float) -> np.ndarray:
-        """Drop the highest-scoring tokens; correct the count until the re-tokenized rate is within tolerance."""
-        n = len(ids)
-        if n == 0:
-            return np.ones(0, dtype=bool)
-        count = tokens_to_drop(n, rate)
-        keep = drop_highest(scores, count)
-        for _ in range(4):
-            kept_text = str(self.tokenizer.decode([t for t, k in zip(ids, keep) if k]))
-            achieved = 1.0 - len(self.tokenizer(kept_text, add_special_tokens=False)["input_ids"]) / n
-            correction = int(round((rate - achieved) * n))
-            if abs(achieved - rate) <= RATE_TOLERANCE or correction == 0:
-                break
-            count = max(0, min(n, count + correction))
-            keep = drop_highest(scores, count)
-        return keep
 
 
 def _without_mask(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """SB3 callbacks of ``tokenmask train``: joint reconstructor fine-tuning, evaluation against the
-baselines, periodic checkpoints of the run folder, a time limit and the training recoverability.
+baselines, periodic checkpoints of the run folder, a time limit, a clean stop on SIGTERM / SIGINT
+and the training recoverability.
 
 All are plain SB3 callbacks (:class:`~stable_baselines3.common.callbacks.BaseCallback`, the
 checkpoint one an :class:`~stable_baselines3.common.callbacks.EveryNTimesteps`), usable with any
@@ -11,11 +12,16 @@ the bonus on, its ``info["recoverability"]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -148,6 +154,27 @@ class JointReconstructorCallback(BaseCallback):
             )
         return loss
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the fine-tuning (JSON-able): the counters and the sampler's RNG state.
+
+        The episode buffer is not kept (a resumed run refills it in a few rollouts), nor the
+        reconstructor's AdamW moments (the optimizer restarts on resume).
+        """
+        return {
+            "rollouts": self.rollouts,
+            "rounds": self.rounds,
+            "optimizer_steps": self.finetuner.optimizer_steps,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (missing entries keep their current values)."""
+        self.rollouts = int(state.get("rollouts", self.rollouts))
+        self.rounds = int(state.get("rounds", self.rounds))
+        self.finetuner.optimizer_steps = int(state.get("optimizer_steps", self.finetuner.optimizer_steps))
+        if state.get("rng") is not None:
+            self.rng.bit_generator.state = state["rng"]
+
     def _probe_bits(self, probe: list[tuple[np.ndarray, np.ndarray]]) -> float:
         if not probe:
             return math.nan
@@ -158,7 +185,7 @@ class JointReconstructorCallback(BaseCallback):
 
 
 class BaselineComparisonCallback(BaseCallback):
-    """Evaluates the agent and the baselines on validation documents with the metrics of EVALUATION.md.
+    """Evaluates the agent and the baselines on validation documents with the metrics of docs/evaluation.md.
 
     Every ``eval_freq`` env steps (and at the start and the end of training) the agent compresses
     the :class:`~tokenmask.evaluate.evaluator.Evaluator`'s documents at ``rate`` and its scores are
@@ -183,6 +210,9 @@ class BaselineComparisonCallback(BaseCallback):
     :param on_evaluation: called with the evaluation's results (a JSON-able dict) after each evaluation.
     :param seed: seed passed to the methods.
     :param verbose: SB3 verbosity.
+
+    Set :attr:`final_evaluation` to ``False`` to skip the evaluation at the end of training (the
+    trainer does when a signal stops it: the checkpoint comes first).
     """
 
     def __init__(
@@ -220,6 +250,8 @@ class BaselineComparisonCallback(BaseCallback):
         self._writers: dict[str, Any] = {}
         self._next_eval = 0
         self._last_eval_step = -1
+        #: evaluate once more when training ends (unless the last evaluation was at that step)
+        self.final_evaluation = True
 
     # ------------------------------------------------------------------ hooks
     def _on_training_start(self) -> None:
@@ -243,7 +275,7 @@ class BaselineComparisonCallback(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        if self._last_eval_step != self.num_timesteps:
+        if self.final_evaluation and self._last_eval_step != self.num_timesteps:
             self.evaluate()
         self.logger.dump(self.num_timesteps)
         for writer in self._writers.values():
@@ -328,7 +360,7 @@ class SaveRunCallback(BaseCallback):
     :param save: the function that writes the run folder.
     """
 
-    def __init__(self, save: Callable[[], None], verbose: int = 0) -> None:
+    def __init__(self, save: Callable[[], object], verbose: int = 0) -> None:
         super().__init__(verbose)
         self.save = save
         self.saves = 0
@@ -349,7 +381,7 @@ class RunCheckpointCallback(EveryNTimesteps):
     :param save_freq: env steps between saves (>= 1).
     """
 
-    def __init__(self, save: Callable[[], None], save_freq: int) -> None:
+    def __init__(self, save: Callable[[], object], save_freq: int) -> None:
         if save_freq < 1:
             raise ValueError(f"save_freq must be >= 1 env step, got {save_freq}.")
         super().__init__(n_steps=save_freq, callback=SaveRunCallback(save))
@@ -384,6 +416,80 @@ class TimeLimitCallback(BaseCallback):
             self.stopped = True
             return False
         return True
+
+
+class StopOnSignalCallback(BaseCallback):
+    """Stops training at the next env step after SIGTERM or SIGINT, so the trainer can save a checkpoint and exit.
+
+    The handlers only record the signal (:attr:`received`); :meth:`_on_step` then returns ``False``,
+    SB3 ends ``learn`` after that step, and the caller saves. So a signal never interrupts a
+    PPO update, a fine-tuning round or a checkpoint being written; it takes effect at the next
+    env step (after the update or evaluation in progress). A second SIGINT (Ctrl+C pressed again)
+    raises ``KeyboardInterrupt`` at once; a second SIGTERM changes nothing.
+
+    Handlers are installed only inside :meth:`catching` (and only in the main thread, the one
+    Python delivers signals to); the previous ones are restored on exit.
+
+    :param on_stop: called once, at the step the stop takes effect (e.g. to skip the final evaluation).
+    :param verbose: SB3 verbosity.
+    """
+
+    SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, on_stop: Callable[[], object] | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.on_stop = on_stop
+        #: the first signal received (``None``: none)
+        self.received: signal.Signals | None = None
+        self.stop_step: int | None = None
+
+    @property
+    def signal_name(self) -> str | None:
+        """``SIGTERM`` or ``SIGINT`` once one was received."""
+        return None if self.received is None else self.received.name
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received = signal.Signals(signum)  # no printing here: the signal may have interrupted a print
+
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[StopOnSignalCallback]:
+        """Install the handlers for the block (a no-op outside the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_step(self) -> bool:
+        if self.received is None:
+            return True
+        if self.stop_step is None:
+            self.stop_step = self.num_timesteps
+            print(
+                f"tokenmask train: {self.signal_name} received: stopping at step {self.num_timesteps:,} to save a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self.on_stop is not None:
+                self.on_stop()
+        return False
+
+    def _on_training_end(self) -> None:
+        # a signal during the last update: no step saw it, but the callbacks ending after this one should
+        if self.received is not None and self.stop_step is None:
+            self.stop_step = self.num_timesteps
+            if self.on_stop is not None:
+                self.on_stop()
 
 
 class RecoverabilityCallback(BaseCallback):

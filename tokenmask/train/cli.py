@@ -8,9 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tokenmask.config import add_config_arguments, config_from_args, config_keys
 from tokenmask.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from tokenmask.evaluate.compressor import Compressor
 
 TRAIN_DESCRIPTION = """Train the masking agent (PPO or A2C on TokenMask-v0) into a run folder.
 
@@ -22,6 +27,20 @@ The env's options are the config file's "env" object and are overridden one by o
 
 The run folder holds config.json, agent.zip, the fine-tuned reconstructor/ (joint training),
 state.json, evaluation.json and TensorBoard logs (tb/). Ctrl+C saves it before exiting.
+"""
+
+
+COMPRESS_DESCRIPTION = """Read a text on stdin and print it compressed: the fraction --rate of its tokens removed.
+
+  echo "some long text" | tokenmask compress --rate 0.5                  the shipped agent
+  tokenmask compress --agent runs/ppo1 --show < prompt.txt               a trained agent, removals shown
+  tokenmask compress --method span_self_information --rate 0.3 < f.txt  any registered method
+
+The text goes through tokenmask.compress (the Python API): words never fuse where removed tokens
+held the only space or line break between them, and the rate counts the emitted text re-tokenized.
+A non-empty text always keeps at least one token: where --rate would remove them all (a very short
+text), the method is asked for the rate that leaves one, and stderr says so. The achieved rate is
+printed on stderr.
 """
 
 
@@ -44,20 +63,34 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     compress = subparsers.add_parser(
         "compress",
-        help="compress text from stdin with a trained agent",
-        description="Read a text on stdin and print it compressed by a trained agent (tokens removed at --rate).",
+        help="compress text from stdin with the shipped agent, a trained one, or any registered method",
+        description=COMPRESS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compress.add_argument(
-        "--agent", required=True, metavar="RUN_DIR", help="run folder written by tokenmask train"
+    source = compress.add_mutually_exclusive_group()
+    source.add_argument(
+        "--agent",
+        default=None,
+        metavar="RUN_DIR",
+        help='"default" (the agent shipped in the package; the default) or a run folder written by tokenmask train',
+    )
+    source.add_argument(
+        "--method",
+        default=None,
+        metavar="NAME",
+        help="a registered method instead of an agent: span_self_information, truncation, self_information, ...",
     )
     compress.add_argument(
         "--rate", type=float, default=0.5, help="fraction of tokens to remove, in [0, 1) (default 0.5)"
     )
     compress.add_argument(
-        "--device", default="auto", help="device of the agent and its reconstructor (auto, cpu, cuda)"
+        "--judge", default="default", help="the LM a --method is built with (default: the embedded SmolLM2)"
     )
+    compress.add_argument("--device", default="auto", help="device of the models (auto, cpu, cuda)")
     compress.add_argument(
-        "--show", action="store_true", help="print the whole text with removed tokens struck through"
+        "--show",
+        action="store_true",
+        help="first print the whole text with the removed tokens struck through, then the compressed text",
     )
     compress.set_defaults(func=run_compress)
 
@@ -88,22 +121,89 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_compress(args: argparse.Namespace) -> int:
     """``tokenmask compress``: stdin -> compressed text on stdout; the achieved rate on stderr."""
+    import tokenmask
     from tokenmask.evaluate.compressor import check_rate
-    from tokenmask.train.agent import AgentCompressor
-    from tokenmask.train.text_samples import strike_through
 
     check_rate(args.rate)
     text = sys.stdin.read()
     if not text.strip():
-        raise ValueError("No text on stdin. Fix: e.g. echo 'some text' | tokenmask compress --agent RUN_DIR.")
-    agent = AgentCompressor.load(args.agent, device=args.device)
-    ids = agent.reconstructor.encode(text)
-    keep = agent.keep_masks([ids], args.rate)[0]
-    compressed = agent.tokenizer.decode([t for t, k in zip(ids, keep) if k])
-    print(strike_through(agent.reconstructor, ids, keep) if args.show else compressed)
-    kept_tokens = len(agent.tokenizer(compressed, add_special_tokens=False)["input_ids"])
+        raise ValueError(
+            "No text on stdin: there is nothing to compress. Fix: e.g. echo 'some text' | tokenmask compress --rate 0.5."
+        )
+    compressor = load_compressor(args.agent, args.method, args.judge, args.device)
+    result = tokenmask.compress(text, rate=args.rate, agent=compressor)
+    note = ""
+    if result.kept_tokens == 0:
+        # every token removed: ask for the rate that leaves one token (the method still picks which one)
+        result = tokenmask.compress(text, rate=(result.tokens - 1) / result.tokens, agent=compressor)
+        if result.kept_tokens == 0:  # the one token kept emits no text of its own (part of a character)
+            result = tokenmask.compress(text, rate=0.0, agent=compressor)
+        note = "; at least one token kept, as --rate would have removed every token"
+    if args.show:
+        print(show_removed(compressor, text, result.keep))
+        print()
+    print(result.text)
     print(
-        f"[tokenmask compress: {len(ids)} tokens -> {kept_tokens}, rate {1 - kept_tokens / len(ids):.3f} (asked {args.rate:.3f})]",
+        f"[tokenmask compress: {compressor.name}, {result.tokens} tokens -> {result.kept_tokens}, "
+        f"rate {result.rate:.3f} (asked {args.rate:.3f}){note}]",
         file=sys.stderr,
     )
     return 0
+
+
+def load_compressor(
+    agent: str | None, method: str | None, judge: str = "default", device: str = "auto"
+) -> Compressor:
+    """The compressor ``tokenmask compress`` uses: a registered ``method`` built with ``judge``, else an agent.
+
+    :param agent: ``"default"`` (the shipped agent; also when ``None``) or a run folder.
+    :param method: a registered method name (``span_self_information``, ...); wins over ``agent``.
+    :param judge: the LM a ``method`` is built with.
+    :param device: device of the models.
+    :raises AgentNotFoundError: no shipped agent (for ``default``) or no such run folder.
+    :raises ValueError: an unknown method, or one that compresses inside the model (no text).
+    """
+    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, method_factory
+
+    if method is not None:
+        method_factory(method)  # an unknown name fails here, before any model loads
+        from tokenmask.reconstructors import Reconstructor
+
+        lm = Reconstructor.load(judge, device=device, add_mask_token=False)
+        built = build_method(method, MethodContext(judge=lm, device=device))
+        if not isinstance(built, Compressor):
+            raise ValueError(
+                f"Method {method!r} compresses inside the model and returns no text. "
+                "Fix: use a text method such as span_self_information or truncation."
+            )
+        return built
+    from tokenmask.api import AgentNotFoundError
+    from tokenmask.train import agent_dir
+
+    path = agent_dir(agent or "default")
+    if not path.is_dir():
+        raise AgentNotFoundError(
+            f"--agent {agent}: no such folder. Fix: pass a run folder written by `tokenmask train`, "
+            "or --method span_self_information."
+        )
+    from tokenmask.train.agent import AgentCompressor
+
+    return AgentCompressor.load(str(path), device=device)
+
+
+def show_removed(compressor: Compressor, text: str, keep: Sequence[bool] | None) -> str:
+    """``text`` with the tokens ``keep`` drops struck through (U+0336 on each of their non-space characters).
+
+    :param compressor: the compressor whose tokenizer ``keep`` refers to.
+    :param text: the input text.
+    :param keep: per token of ``text`` (``compressor.tokenizer``, no special tokens), ``True`` = kept;
+        ``None`` for a method that rewrites the text (then the text is returned with a note).
+    """
+    from tokenmask.evaluate.compressor import token_texts
+    from tokenmask.train.text_samples import strike
+
+    if keep is None:
+        return f"{text}\n[{compressor.name} rewrites the text instead of removing tokens: nothing to strike through]"
+    ids = compressor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = token_texts(compressor.tokenizer, ids)
+    return "".join(piece if kept else strike(piece) for piece, kept in zip(pieces, keep))

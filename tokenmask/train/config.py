@@ -9,11 +9,13 @@ and are overridden as ``--env.window 32``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from tokenmask.envs.env_config import ENV_OPTION_KEYS, TokenMaskConfig
+from tokenmask.errors import ConfigError
 
 ALGORITHMS: tuple[str, ...] = ("ppo", "a2c")
 TINY_RECONSTRUCTOR = "tiny-random"
@@ -70,6 +72,20 @@ class TrainConfig:
         default_factory=dict,
         metadata={"help": 'TokenMaskPolicy kwargs, e.g. {"features_extractor_kwargs": {"d_model": 128}}'},
     )
+    # ---- behaviour cloning before PPO (tokenmask label's output)
+    pretrain: str | None = field(
+        default=None,
+        metadata={
+            "help": "`tokenmask label` output folder: behaviour-clone the policy on it before PPO (None: off)"
+        },
+    )
+    pretrain_epochs: int = field(
+        default=5, metadata={"help": "passes over the labels when behaviour cloning"}
+    )
+    pretrain_batch_size: int = field(
+        default=256, metadata={"help": "labelled windows per behaviour-cloning step"}
+    )
+    pretrain_learning_rate: float = field(default=3e-4, metadata={"help": "behaviour-cloning learning rate"})
     # ---- environment: every TokenMask-v0 option, defined once by the env's own config
     env: TokenMaskConfig = field(
         default_factory=TokenMaskConfig,
@@ -111,12 +127,15 @@ class TrainConfig:
         default_factory=lambda: ["random", "frequency", "length", "self_information", "truncation"],
         metadata={"help": "baselines logged beside the agent"},
     )
-    context_tokens: int = field(default=256, metadata={"help": "C of EVALUATION.md"})
-    continuation_tokens: int = field(default=64, metadata={"help": "T of EVALUATION.md"})
+    context_tokens: int = field(default=256, metadata={"help": "C of docs/evaluation.md"})
+    continuation_tokens: int = field(default=64, metadata={"help": "T of docs/evaluation.md"})
     text_samples: int = field(default=2, metadata={"help": "masked-text samples logged per evaluation"})
     # ---- output
     checkpoint_freq: int = field(
         default=0, metadata={"help": "save the run folder every N env steps (0: at the end)"}
+    )
+    keep_checkpoints: int = field(
+        default=2, metadata={"help": "complete checkpoints kept in the run folder (older ones deleted; >= 1)"}
     )
     progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard logs under run_dir/tb"})
@@ -142,6 +161,9 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
+        self._check_pretrain()
+        self._check_keep_checkpoints()
+        check_policy_kwargs(self.policy_kwargs)
         non_negative = {
             "joint_period": self.joint_period,
             "eval_freq": self.eval_freq,
@@ -175,6 +197,40 @@ class TrainConfig:
         if self.algo == "ppo" and self.n_steps * self.n_envs < 2:
             raise ValueError("PPO needs n_steps * n_envs >= 2 (a rollout of at least two samples).")
 
+    def _check_pretrain(self) -> None:
+        if self.pretrain is not None and (not isinstance(self.pretrain, str) or not self.pretrain.strip()):
+            raise ConfigError(
+                f"pretrain must be a `tokenmask label` output folder or null, got {self.pretrain!r}. "
+                "Fix: name the folder, or set it to null to train without behaviour cloning.",
+                key="pretrain",
+            )
+        for name in ("pretrain_epochs", "pretrain_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"{name} must be an integer >= 1, got {value!r}. Fix: e.g. {name}=5.", key=name
+                )
+        rate = self.pretrain_learning_rate
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            raise ConfigError(
+                f"pretrain_learning_rate must be a positive number, got {rate!r}. Fix: e.g. 3e-4.",
+                key="pretrain_learning_rate",
+            )
+
+    def _check_keep_checkpoints(self) -> None:
+        keep = self.keep_checkpoints
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ConfigError(
+                f"keep_checkpoints must be an integer >= 1 (complete checkpoints kept), got {keep!r}. "
+                "Fix: e.g. keep_checkpoints=2.",
+                key="keep_checkpoints",
+            )
+
     @property
     def rollout_size(self) -> int:
         """Env steps per rollout (``n_steps * n_envs``)."""
@@ -188,6 +244,75 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field (the env options as the ``"env"`` object)."""
         return asdict(self)
+
+
+_CLASS_VALUED: tuple[str, ...] = ("activation_fn", "features_extractor_class", "optimizer_class")
+"""``policy_kwargs`` keys whose value is a Python class (a JSON config cannot name one)."""
+
+
+def constructor_keys(cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts: its ``__init__``'s, and its bases' while they take ``**kwargs``."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())
+        keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return sorted(keys - {"self", *skip})
+
+
+def check_policy_kwargs(policy_kwargs: Any) -> None:
+    """Refuse ``policy_kwargs`` that :class:`~tokenmask.policies.TokenMaskPolicy` (or its features extractor) would not take.
+
+    The policy module (torch, SB3) is imported only when ``policy_kwargs`` is not empty.
+
+    :raises ConfigError: naming the key and the valid ones.
+    """
+    if not isinstance(policy_kwargs, dict):
+        raise ConfigError(
+            f"policy_kwargs must be a JSON object, got {policy_kwargs!r}. "
+            'Fix: e.g. --policy_kwargs \'{"features_extractor_kwargs": {"d_model": 64}}\'.',
+            key="policy_kwargs",
+        )
+    if not policy_kwargs:
+        return
+    from tokenmask.policies import TokenMaskExtractor, TokenMaskPolicy
+
+    valid = constructor_keys(TokenMaskPolicy, skip=("observation_space", "action_space", "lr_schedule"))
+    for key, value in policy_kwargs.items():
+        if key not in valid:
+            raise ConfigError(
+                f"policy_kwargs: unknown key {key!r}; TokenMaskPolicy takes {', '.join(valid)}. "
+                f"Fix: drop {key!r} or use one of those.",
+                key=f"policy_kwargs.{key}",
+            )
+        if key in _CLASS_VALUED and not isinstance(value, type):
+            raise ConfigError(
+                f"policy_kwargs: {key} must be a Python class, got {value!r}; a config file cannot name one. "
+                f"Fix: drop {key!r} (or pass the class through the Python API).",
+                key=f"policy_kwargs.{key}",
+            )
+    extractor_kwargs = policy_kwargs.get("features_extractor_kwargs")
+    if extractor_kwargs is None:
+        return
+    extractor = policy_kwargs.get("features_extractor_class", TokenMaskExtractor)
+    if not isinstance(extractor_kwargs, dict):
+        raise ConfigError(
+            f"policy_kwargs: features_extractor_kwargs must be a JSON object, got {extractor_kwargs!r}. "
+            'Fix: e.g. {"features_extractor_kwargs": {"d_model": 64}}.',
+            key="policy_kwargs.features_extractor_kwargs",
+        )
+    valid_extractor = constructor_keys(extractor, skip=("observation_space",))
+    for key in extractor_kwargs:
+        if key not in valid_extractor:
+            raise ConfigError(
+                f"policy_kwargs: unknown features_extractor_kwargs key {key!r}; {extractor.__name__} takes "
+                f"{', '.join(valid_extractor)}. Fix: drop {key!r} or use one of those.",
+                key=f"policy_kwargs.features_extractor_kwargs.{key}",
+            )
 
 
 def nest_flat_layout(values: dict[str, Any]) -> dict[str, Any]:

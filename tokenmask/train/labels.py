@@ -6,7 +6,7 @@ and every rate ``r``, the search picks the keep mask of the context that maximis
 
     J = recoverability + retention_weight * retention
 
-with the per-document forms of EVALUATION.md's metrics, computed with the judge NLLs of
+with the per-document forms of docs/evaluation.md's metrics, computed with the judge NLLs of
 :mod:`tokenmask.evaluate.metrics` on the kept ids (no re-tokenization):
 ``recoverability = (R(empty) - R(kept)) / (R(empty) - R(context))``, ``R(p) = NLL(context | BOS + p + sep)``;
 ``retention = (F(empty) - F(kept)) / (F(empty) - F(context))``, ``F(p) = NLL(continuation | BOS + p)``.
@@ -558,7 +558,7 @@ def labels_dataset(labels: Sequence[DocumentLabel], config: LabelConfig | None =
 
 
 def summary(labels: Sequence[DocumentLabel], rates: Sequence[float]) -> list[dict[str, Any]]:
-    """Per rate, corpus recoverability / retention (ratios of sums, as EVALUATION.md) of the labels and each structured baseline.
+    """Per rate, corpus recoverability / retention (ratios of sums, as docs/evaluation.md) of the labels and each structured baseline.
 
     Plus the mean per-document objective of the labels before and after the swap rounds.
     """

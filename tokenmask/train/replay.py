@@ -48,6 +48,10 @@ def documents_env(
         "target_rate": rate,
         "target_rate_range": None,
         "recoverability_weight": recoverability_weight,
+        # the documents are whole contexts: none of their ids is a continuation, and the bonus is paid once
+        "continuation_tokens": 0,
+        "retention_weight": 0.0,
+        "judge_credit": "terminal",
         **overrides,
     }
     return TokenMaskVectorEnv(
