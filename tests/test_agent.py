@@ -187,16 +187,18 @@ def test_exact_bits_prices_the_masked_prefix_as_in_training(agent, monkeypatch):
 
 
 def test_agent_default_is_the_shipped_agent(run_dir, tiny_recon, monkeypatch, tmp_path):
+    from tokenmask.errors import InputError
     from tokenmask.evaluate.runner import check_methods
 
     monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
-    for name in ("agent", "agent:default"):
-        with pytest.raises(api.AgentNotFoundError, match="no agent ships") as info:
-            check_methods([name])
-        assert "Fix:" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(api.AgentNotFoundError, match="no agent ships") as info:
+        check_methods(["agent:default"])
+    assert "Fix:" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="needs a run folder.*agent:default"):
+        check_methods(["agent"])
     monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", run_dir)
     check_methods(["agent:default"])
-    method = build_method("agent", MethodContext(judge=tiny_recon, device="cpu"))
+    method = build_method("agent:default", MethodContext(judge=tiny_recon, device="cpu"))
     assert isinstance(method, AgentCompressor) and method.name == "agent:default"
 
 

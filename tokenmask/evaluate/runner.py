@@ -9,8 +9,8 @@ tokens, scores every method at every rate with the metrics of docs/evaluation.md
 
 Everything that can be checked without a model is checked first: the output folder (a non-empty
 folder tokenmask did not write is refused unless ``--overwrite``; it stays locked for the run),
-the method names and their arguments (a factory registered with a ``check`` attribute, as the
-agent plug-in's is, checks its own: an ``agent:`` run folder must hold an agent), the corpus;
+the method names and their arguments (an ``agent:`` run folder must hold an agent: the agent
+plug-in's own check, :func:`tokenmask.train.check_agent_argument`), the corpus;
 then the judge loads. Heavy modules load only then, so argument errors answer at once.
 
 At the end the command prints the table once, what its columns mean (:data:`COLUMNS_EXPLAINED`)
@@ -81,11 +81,14 @@ class EvaluateConfig:
         default=60, metadata={"help": "first N long-enough documents (rate, retention, recon_*)"}
     )
     recoverability_documents: int | None = field(
-        default=30, metadata={"help": "recoverability on the first N of them (docs/evaluation.md: 30; None = all)"}
+        default=30,
+        metadata={"help": "recoverability on the first N of them (docs/evaluation.md: 30; None = all)"},
     )
     seed: int = field(default=0, metadata={"help": "seed passed to every method"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
-    dtype: str = field(default="float32", metadata={"help": "judge dtype (docs/evaluation.md scores in float32)"})
+    dtype: str = field(
+        default="float32", metadata={"help": "judge dtype (docs/evaluation.md scores in float32)"}
+    )
     batch_size: int | None = field(default=None, metadata={"help": "judge sequences per forward pass"})
     recon_metrics: bool = field(default=True, metadata={"help": "compute recon_bits_per_masked / recon_top1"})
     skip_unavailable: bool = field(
@@ -127,6 +130,13 @@ class EvaluateConfig:
             )
 
 
+def _check_agent_argument(argument: str) -> None:
+    # the agent plug-in's own check; tokenmask.train is light to import (its policy and SB3 load with the agent)
+    from tokenmask.train import check_agent_argument
+
+    check_agent_argument(argument)
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -137,10 +147,10 @@ def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     return check
 
 
-#: Checks of a method's argument that need no model, by prefix; run before the judge loads. A plug-in
-#: whose prefix is not listed here can attach its check to its factory as ``factory.check``.
+#: Checks of a method's argument that need no model, by prefix; run before the judge loads.
 ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     **BASELINE_ARGUMENT_CHECKS,
+    "agent": _check_agent_argument,
     "activation": _check_path_argument(
         "activation", "a folder saved by `tokenmask activation train` or a JSON compression config"
     ),
@@ -157,9 +167,7 @@ def check_methods(names: Sequence[str]) -> None:
         check = ARGUMENT_CHECKS.get(prefix)
         if check is not None:
             check(argument)
-        factory = method_factory(name)  # imports the prefix's plug-in, whose factory may carry its check
-        if check is None and callable(getattr(factory, "check", None)):
-            factory.check(argument)  # type: ignore[attr-defined]
+        method_factory(name)
 
 
 def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:

@@ -3,10 +3,9 @@ and the trained agent as a compressor (``agent:RUN_DIR`` in ``tokenmask evaluate
 ``tokenmask compress --agent RUN_DIR``).
 
 Importing this package registers the ``agent`` method with :mod:`tokenmask.evaluate`; the heavy
-modules load when the method is built. ``agent`` and ``agent:default`` name the agent shipped in
-the package (:data:`tokenmask.api.DEFAULT_AGENT_DIR`). The factory carries the method's argument
-check as its ``check`` attribute (:func:`check_agent_argument`): ``tokenmask evaluate`` runs it
-before any model loads, without importing anything from this package itself.
+modules load when the method is built. ``agent:default`` names the agent shipped in the package
+(:data:`tokenmask.api.DEFAULT_AGENT_DIR`). :func:`check_agent_argument` is the method's argument
+check, which ``tokenmask evaluate`` runs before any model loads (importing this package is light).
 """
 
 from __future__ import annotations
@@ -20,20 +19,28 @@ if TYPE_CHECKING:
     from tokenmask.train.agent import AgentCompressor
 
 DEFAULT_AGENT = "default"
-"""The ``agent:`` argument (also the empty one) naming the agent shipped in the package."""
+"""The ``agent:`` argument naming the agent shipped in the package."""
 
 
 def agent_dir(argument: str) -> Path:
-    """The run folder an ``agent:`` argument names: the shipped agent for ``""`` or ``default``, else the path.
+    """The run folder an ``agent:`` argument names: the shipped agent for ``default``, else the path.
 
     :raises AgentNotFoundError: for ``default`` when no agent ships with this install.
+    :raises InputError: for an empty argument.
     """
     from tokenmask.api import DEFAULT_AGENT_DIR, AgentNotFoundError
+    from tokenmask.errors import InputError
 
-    if argument in ("", DEFAULT_AGENT):
+    if not argument:
+        raise InputError(
+            "The agent method needs a run folder.",
+            fix="name it as agent:RUN_DIR, or agent:default for the agent shipped in the package.",
+            key="methods",
+        )
+    if argument == DEFAULT_AGENT:
         if not (DEFAULT_AGENT_DIR / "config.json").is_file():
             raise AgentNotFoundError(
-                f"agent:{argument or DEFAULT_AGENT}: no agent ships with this install of tokenmask yet "
+                f"agent:{DEFAULT_AGENT}: no agent ships with this install of tokenmask yet "
                 f"(looked in {DEFAULT_AGENT_DIR}). Fix: name a run folder as agent:RUN_DIR (`tokenmask train`), "
                 "or use another method such as span_self_information."
             )
@@ -44,12 +51,11 @@ def agent_dir(argument: str) -> Path:
 def check_agent_argument(argument: str) -> None:
     """``agent:RUN_DIR`` must name a run folder holding a saved agent (checked before any model loads).
 
-    :raises AgentNotFoundError: no shipped agent for ``agent`` / ``agent:default``.
-    :raises InputError: no such folder.
+    :raises AgentNotFoundError: no shipped agent for ``agent:default``.
+    :raises InputError: no argument, or no such folder.
     :raises RunFolderError: a folder without a readable config or agent.
     """
     from tokenmask.errors import InputError
-    from tokenmask.train.run_folder import RunFolder
 
     path = agent_dir(argument)
     if not path.is_dir():
@@ -58,6 +64,8 @@ def check_agent_argument(argument: str) -> None:
             fix="pass a folder written by `tokenmask train` (its run_dir).",
             path=argument,
         )
+    from tokenmask.train.run_folder import RunFolder  # imports torch: only once a folder is there to read
+
     run = RunFolder(path)
     run.read_config()
     run.require_agent()
@@ -67,11 +75,9 @@ def _agent_method(argument: str, context: MethodContext) -> AgentCompressor:
     """``agent:RUN_DIR``: the trained agent of a run folder, measured with the judge's tokenizer."""
     from tokenmask.train.agent import AgentCompressor
 
-    name = f"agent:{argument}" if argument else f"agent:{DEFAULT_AGENT}"
     return AgentCompressor.load(
-        str(agent_dir(argument)), judge=context.judge, device=context.device, name=name
+        str(agent_dir(argument)), judge=context.judge, device=context.device, name=f"agent:{argument}"
     )
 
 
-_agent_method.check = check_agent_argument  # type: ignore[attr-defined]  # read by tokenmask evaluate's checks
 register_method("agent", _agent_method, overwrite=True)
