@@ -46,3 +46,23 @@ def pydocs_path() -> Path:
     from tokenmask.data import sample_corpus_path
 
     return sample_corpus_path()
+
+
+@pytest.fixture(scope="session")
+def labels_dir(tiny_recon, tmp_path_factory) -> Path:
+    """`tokenmask label` output for 4 documents at 2 rates, searched with the tiny random judge (C = 32, 8-token spans)."""
+    from tokenmask.train.labels import LabelConfig, make_labels, write_labels
+
+    config = LabelConfig(
+        context_tokens=32,
+        continuation_tokens=8,
+        span=8,
+        rates=[0.3, 0.5],
+        candidates=4,
+        swap_rounds=0,
+        max_documents=4,
+        documents_per_batch=4,
+        device="cpu",
+        output_dir=str(tmp_path_factory.mktemp("labels") / "out"),
+    )
+    return Path(write_labels(make_labels(config, judge=tiny_recon, progress=False), config))

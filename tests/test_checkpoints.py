@@ -512,24 +512,6 @@ def test_keep_checkpoints_and_superseded_steps(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- behaviour cloning first
-@pytest.fixture(scope="module")
-def labels_dir(tiny_recon, tmp_path_factory) -> Path:
-    """Labels of 4 documents at 2 rates from the tiny random judge (C = 32, 8-token spans), as tests/test_cloning.py makes them."""
-    from tokenmask.train.labels import LabelConfig, make_labels, write_labels
-
-    config = LabelConfig(
-        context_tokens=32,
-        continuation_tokens=8,
-        span=8,
-        rates=[0.3, 0.5],
-        candidates=4,
-        swap_rounds=0,
-        max_documents=4,
-        documents_per_batch=4,
-        device="cpu",
-        output_dir=str(tmp_path_factory.mktemp("labels") / "out"),
-    )
-    return Path(write_labels(make_labels(config, judge=tiny_recon, progress=False), config))
 
 
 def test_pretrain_clones_the_labels_before_ppo(labels_dir, tiny_recon, tmp_path, capsys):

@@ -11,28 +11,10 @@ from tokenmask.envs.episodes import GLOBAL_FEATURES
 from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.train.cloning import clone_policy, collect_demonstrations, demonstration_nll, label_actions
-from tokenmask.train.labels import LabelConfig, load_labels, make_labels, span_keep_from_keep, write_labels
+from tokenmask.train.labels import load_labels, span_keep_from_keep
 
 ENV = TokenMaskConfig(window=16, span=8, context_size=4, max_tokens=64)
 RATE_SO_FAR = GLOBAL_FEATURES.index("rate_so_far")
-
-
-@pytest.fixture(scope="module")
-def labels_dir(tiny_recon, tmp_path_factory):
-    """Labels of 4 documents at 2 rates, searched with the tiny random judge (C = 32, 8-token spans)."""
-    config = LabelConfig(
-        context_tokens=32,
-        continuation_tokens=8,
-        span=8,
-        rates=[0.3, 0.5],
-        candidates=4,
-        swap_rounds=0,
-        max_documents=4,
-        documents_per_batch=4,
-        device="cpu",
-        output_dir=str(tmp_path_factory.mktemp("labels") / "out"),
-    )
-    return write_labels(make_labels(config, judge=tiny_recon, progress=False), config)
 
 
 @pytest.fixture
