@@ -1,32 +1,75 @@
 #!/usr/bin/env bash
-# The agent recipe of issue 12 and its ablation, on one GPU, in steps that each fit a 10-minute call and are
-# skipped when their output exists (a call cut short resumes with the next call on the same machine).
-#   bash benchmarks/agent_recipe.sh train      # corpus, labels, then 4 variants side by side on the GPU
-#   bash benchmarks/agent_recipe.sh evaluate   # the test-split table: variants beside the text baselines
-# Variants: untrained policy, behaviour cloning only, PPO only, cloning + PPO (same config, same seed).
+# The agent recipe of issue 12 and its ablation on one GPU, in steps that each fit a 10-minute call. Every
+# step skips what exists, and a PPO run that exists resumes from its newest checkpoint, so a call cut
+# short continues with the next call. After `source .gpu/setup.sh` on the GPU machine:
+#   bash benchmarks/agent_recipe.sh label      # corpus, labels (judge search on the train split), step-0 agents
+#   bash benchmarks/agent_recipe.sh train      # the PPO variants side by side on the GPU
+#   bash benchmarks/agent_recipe.sh evaluate   # validation (model choice) and test tables beside the text baselines
+#   bash benchmarks/agent_recipe.sh collect    # small artefacts to $OUT: labels, policy-only agents, results
+# Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
+# pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
+#   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
+#   *_bc_ppo: cloning then PPO (dense judge credit); lm_bc_ppo_terminal: the same with the bonus paid at the end.
 set -euo pipefail
-CONFIG=${CONFIG:-configs/prod/gpu_pareto.json}
+LM=${LM_CONFIG:-configs/prod/gpu_pareto.json}
+POS=${POS_CONFIG:-configs/prod/gpu_pareto_position.json}
+MINUTES=${TRAIN_MINUTES:-6}
 TM="python3 -m tokenmask.cli"
 step=${1:-all}
-if [[ $step == train || $step == all ]]; then
-  [[ -d data_out/pydocs ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
+
+if [[ $step == label || $step == all ]]; then
+  [[ -f data_out/pydocs/stats.json ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
   [[ -f runs/labels/label_config.json ]] || $TM label --data_path data_out/pydocs --split train --span 32 \
-    --retention_weight 0.25 --candidates 64 --swap_rounds 0 --max_documents "${LABEL_DOCS:-256}" \
-    --judge_dtype bfloat16 --output_dir runs/labels
-  [[ -f runs/untrained/config.json ]] || python3 benchmarks/untrained_agent.py --config "$CONFIG" --run_dir runs/untrained
-  [[ -f runs/bc/config.json ]] || python3 benchmarks/untrained_agent.py --config "$CONFIG" --run_dir runs/bc --pretrain runs/labels
-  pids=()
-  for v in ppo bc_ppo; do
-    extra=(); [[ $v == bc_ppo ]] && extra=(--pretrain runs/labels)
-    if [[ -f runs/$v/config.json ]]; then extra=(--resume runs/$v); fi
-    $TM train --config "$CONFIG" --run_dir runs/$v "${extra[@]}" > runs/train_$v.log 2>&1 &
-    pids+=($!)
-  done
-  for p in "${pids[@]}"; do wait "$p"; done
-  tail -n 3 runs/train_ppo.log runs/train_bc_ppo.log
+    --retention_weight "${LABEL_LAMBDA:-0.5}" --candidates 64 --swap_rounds 0 ${LABEL_DOCS:+--max_documents $LABEL_DOCS} \
+    --judge_dtype bfloat16 --no_progress --output_dir runs/labels
+  [[ -f runs/lm_untrained/config.json ]] || python3 benchmarks/untrained_agent.py --config "$LM" --run_dir runs/lm_untrained
+  [[ -f runs/lm_bc/config.json ]] || python3 benchmarks/untrained_agent.py --config "$LM" --run_dir runs/lm_bc --pretrain runs/labels
+  [[ -f runs/pos_bc/config.json ]] || python3 benchmarks/untrained_agent.py --config "$POS" --run_dir runs/pos_bc --pretrain runs/labels
 fi
+
+train() {  # name config extra-args...: train (or resume) one variant in the background
+  local name=$1 config=$2; shift 2
+  local args=(--config "$config" --run_dir "runs/$name" --max_train_minutes "$MINUTES" "$@")
+  if [[ -f runs/$name/config.json ]]; then args=(--resume "runs/$name" --max_train_minutes "$MINUTES"); fi
+  $TM train "${args[@]}" > "runs/train_$name.log" 2>&1 &
+}
+
+if [[ $step == train || $step == all ]]; then
+  mkdir -p runs
+  train lm_bc_ppo "$LM" --pretrain runs/labels
+  train pos_bc_ppo "$POS" --pretrain runs/labels
+  train lm_ppo "$LM"
+  train lm_bc_ppo_terminal "$LM" --pretrain runs/labels --env.judge_credit terminal
+  wait
+  tail -n 4 runs/train_*.log
+fi
+
+AGENTS=agent:runs/lm_untrained,agent:runs/lm_bc,agent:runs/lm_ppo,agent:runs/lm_bc_ppo,agent:runs/lm_bc_ppo_terminal,agent:runs/pos_bc,agent:runs/pos_bc_ppo
 if [[ $step == evaluate || $step == all ]]; then
-  $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 --rates 0.3,0.5,0.7 --device cuda \
-    --methods agent:runs/untrained,agent:runs/bc,agent:runs/ppo,agent:runs/bc_ppo,truncation,truncation_first,span_self_information,self_information,frequency,length,random \
+  [[ -f runs/eval_validation/results.json ]] || $TM evaluate --corpus data_out/pydocs --split validation --num_documents 30 \
+    --rates 0.3,0.5,0.7 --device cuda --methods "$AGENTS,truncation,truncation_first,span_self_information" \
+    --output_dir runs/eval_validation --overwrite
+  [[ -f runs/eval_test/results.json ]] || $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 \
+    --rates 0.3,0.5,0.7 --device cuda \
+    --methods "$AGENTS,truncation,truncation_first,span_self_information,self_information,frequency,length,random" \
     --output_dir runs/eval_test --overwrite
+fi
+
+if [[ $step == collect || $step == all ]]; then
+  out=${OUT:-runs/collected}
+  mkdir -p "$out"
+  python3 - "$out" <<'EOF'
+import sys, pathlib
+from stable_baselines3 import PPO
+out = pathlib.Path(sys.argv[1])
+for run in sorted(pathlib.Path("runs").glob("*_*")):
+    if (run / "agent.zip").is_file():
+        PPO.load(run / "agent.zip", device="cpu").policy.save(str(run / "policy.pt"))  # weights only, no optimizer
+EOF
+  tar czf "$out/labels.tgz" runs/labels
+  tar czf "$out/results.tgz" runs/eval_* runs/train_*.log runs/*/config.json runs/*/*.json 2>/dev/null || true
+  tar czf "$out/policies_pos.tgz" runs/pos_*/policy.pt
+  tar czf "$out/policies_lm.tgz" runs/lm_bc/policy.pt runs/lm_bc_ppo/policy.pt runs/lm_bc_ppo_terminal/policy.pt
+  tar czf "$out/policies_lm2.tgz" runs/lm_ppo/policy.pt runs/lm_untrained/policy.pt
+  ls -la "$out"
 fi

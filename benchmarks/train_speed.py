@@ -1,138 +1,270 @@
-"""Training throughput of ``tokenmask train``'s pieces: env steps/s and PPO rollouts+updates/s.
+"""Samples per second of ``tokenmask train``: PPO's tokens decided per second beside the env's alone.
 
-Uses a randomly initialised Llama of the SmolLM2-135M shape (same cost per token as the real
-model, no download needed) unless ``--model`` names a real one. Prints a table naming the machine.
+Both are measured in one run, on one machine, with one training config (the env as the trainer
+builds it: reconstructor, judge bonus and its credit, span, corpus; PPO with the config's
+``n_steps``, ``batch_size``, ``n_epochs`` and, when the config has it, joint reconstructor
+fine-tuning):
 
-    python benchmarks/train_speed.py --n_envs 16,64,128 --window 32 --steps 32
+- **env alone**: the training vector env stepped with random actions, no policy; tokens decided
+  per second = ``n_envs x window x`` env steps per second (one step decides one window);
+- **PPO**: ``learn()`` over ``--rollouts`` whole rollouts + updates after one warm-up rollout,
+  with the trainer's joint fine-tuning callback; the same token count per second, split into the
+  rollout (policy forward + env) and the rest (PPO update, fine-tuning).
+
+The evaluation against the baselines (every ``eval_freq`` steps) and checkpoints are not timed.
+The ratio PPO / env is what issue 12 asks to raise to at least 0.5. The table names the machine.
+
+    python benchmarks/train_speed.py --tiny                         # CPU, tiny random LMs, a minute
+    python benchmarks/train_speed.py --config configs/prod/gpu_pareto.json --n_envs 256,1024
+    python benchmarks/train_speed.py --config configs/prod/gpu_pareto.json --set env.data_path=data/pydocs.jsonl
+
+``--tiny`` keeps the config (default ``configs/prod/gpu_pareto.json``) and replaces only the
+reconstructor and judge (tiny random Llamas with the real tokenizer), the corpus (the shipped
+sample), the device (CPU) and the sizes (``n_envs`` 8, ``n_steps`` 8, ``batch_size`` 32), so its
+figures test the tooling, not the recipe.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import json
+import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import LlamaConfig
 
-from tokenmask.reconstructors import Reconstructor, load_tokenizer, pick_device, pick_dtype
+DEFAULT_CONFIG = "configs/prod/gpu_pareto.json"
+TINY_OVERRIDES: dict[str, Any] = {
+    "reconstructor": "tiny-random",
+    "env.judge_name": "tiny-random",
+    "env.data_path": "sample",
+    "device": "cpu",
+    "n_envs": 8,
+    "n_steps": 8,
+    "batch_size": 32,
+}
+"""What ``--tiny`` changes in the config (everything else, the env options included, stays)."""
 
 
-def smollm2_shape() -> LlamaConfig:
-    """The architecture of SmolLM2-135M (30 layers, hidden 576, 9 heads, 3 KV heads)."""
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        rope_theta=100000.0,
-        bos_token_id=1,
-        eos_token_id=2,
+@dataclass
+class SpeedRow:
+    """One ``n_envs`` setting's figures (tokens decided per second)."""
+
+    n_envs: int
+    env_tokens_per_s: float
+    ppo_tokens_per_s: float
+    rollout_s: float
+    update_s: float
+
+    @property
+    def ratio(self) -> float:
+        """PPO's tokens per second over the env's alone."""
+        return self.ppo_tokens_per_s / self.env_tokens_per_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``env.key`` for an env option); a value is read as JSON where it parses."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(
+                f"--set {pair!r}: expected KEY=VALUE, e.g. --set env.data_path=data/pydocs.jsonl"
+            )
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def time_env(venv: Any, window: int, steps: int, device: torch.device, seed: int) -> float:
+    """Tokens decided per second of the vector env alone, random actions (one warm-up step first)."""
+    rng = np.random.default_rng(seed)
+    shape = (venv.num_envs, *venv.action_space.shape)
+    venv.reset()
+    venv.step(rng.integers(0, 2, size=shape, dtype=np.int8))  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        venv.step(rng.integers(0, 2, size=shape, dtype=np.int8))
+    _sync(device)
+    return venv.num_envs * window * steps / (time.perf_counter() - start)
+
+
+def time_ppo(
+    config: Any, venv: Any, reconstructor: Any, rollouts: int, device: torch.device
+) -> tuple[float, float, float]:
+    """(tokens decided per second, rollout seconds, update seconds) of ``rollouts`` PPO iterations."""
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+    from tokenmask.policies import TokenMaskPolicy
+    from tokenmask.train.callbacks import JointReconstructorCallback
+    from tokenmask.train.loading import algorithm_class
+    from tokenmask.train.trainer import algorithm_kwargs
+
+    class RolloutTimer(BaseCallback):
+        """Seconds spent collecting rollouts (policy forward + env), first in the list so fine-tuning is not counted."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds, self._start = 0.0, 0.0
+
+        def _on_rollout_start(self) -> None:
+            _sync(device)
+            self._start = time.perf_counter()
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            _sync(device)
+            self.seconds += time.perf_counter() - self._start
+
+    kwargs = {**algorithm_kwargs(config), "verbose": 0}
+    model = algorithm_class(config.algo)(TokenMaskPolicy, venv, device=device, **kwargs)
+    timer = RolloutTimer()
+    callbacks: list[BaseCallback] = [timer]
+    if config.joint_training:
+        callbacks.append(
+            JointReconstructorCallback(
+                reconstructor,
+                period=config.joint_period,
+                learning_rate=config.recon_learning_rate,
+                grad_accum_steps=config.recon_grad_accum_steps,
+                batch_documents=config.recon_batch_docs,
+                micro_batches=config.recon_micro_batches,
+                buffer_size=config.recon_buffer,
+                mode=config.env.mask_mode,
+                seed=config.seed,
+            )
+        )
+    callback = CallbackList(callbacks)
+    model.learn(config.rollout_size, callback=callback)  # warm-up: one rollout + update
+    timer.seconds = 0.0
+    steps_before = model.num_timesteps
+    _sync(device)
+    start = time.perf_counter()
+    model.learn(rollouts * config.rollout_size, callback=callback, reset_num_timesteps=False)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    tokens = (model.num_timesteps - steps_before) * config.env.window
+    return tokens / seconds, timer.seconds, seconds - timer.seconds
+
+
+def describe(config: Any, tiny: bool) -> str:
+    """The config's throughput-relevant options, in one line."""
+    env = config.env
+    bonus = (
+        f"judge bonus rec {env.recoverability_weight} / ret {getattr(env, 'retention_weight', 0.0)} "
+        f"({getattr(env, 'judge_credit', 'terminal')} credit, judge {env.judge_name} {env.judge_dtype})"
+        if env.recoverability_weight > 0
+        else "no judge bonus"
+    )
+    joint = (
+        f"joint fine-tuning every {config.joint_period} rollouts"
+        if config.joint_training
+        else "no joint fine-tuning"
+    )
+    return (
+        f"{'TINY: ' if tiny else ''}reconstructor {config.reconstructor} ({config.reconstructor_dtype}), "
+        f"corpus {env.data_path}; window {env.window}, span {getattr(env, 'span', 1)}, documents of "
+        f"{env.max_tokens} tokens, {bonus}; {config.algo.upper()} n_steps {config.n_steps}, batch {config.batch_size}, "
+        f"{config.n_epochs} epochs; {joint}"
     )
 
 
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the table; returns the exit status."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="tokenmask train config (JSON)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random LMs, sample corpus, CPU (see above)")
     parser.add_argument(
-        "--model", default=None, help="real model name (default: random SmolLM2-shaped weights)"
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
     )
     parser.add_argument(
-        "--tokenizer", default="default", help="tokenizer of the random model (a name or a saved folder)"
+        "--n_envs", default=None, help="comma-separated n_envs settings (default: the config's)"
     )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--n_envs", default="16,64")
-    parser.add_argument("--window", type=int, default=32)
-    parser.add_argument("--context_size", type=int, default=16)
-    parser.add_argument("--max_tokens", type=int, default=256)
-    parser.add_argument("--reward_type", default="information")
-    parser.add_argument("--steps", type=int, default=32, help="env steps timed per setting")
+    parser.add_argument("--env_steps", type=int, default=32, help="env steps timed for the env alone")
     parser.add_argument(
-        "--documents", type=int, default=256, help="documents of the shipped sample corpus used"
+        "--rollouts", type=int, default=2, help="PPO rollouts + updates timed after the warm-up"
     )
-    parser.add_argument("--ppo", action="store_true", help="also time PPO learn() over the same steps")
-    args = parser.parse_args()
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file (atomically)")
+    args = parser.parse_args(argv)
 
-    from stable_baselines3 import PPO
+    from tokenmask.config import load_config
+    from tokenmask.evaluate.reports import device_description
+    from tokenmask.io import atomic_write_json
+    from tokenmask.reconstructors import pick_device
+    from tokenmask.train.config import TrainConfig
+    from tokenmask.train.loading import load_judge, load_reconstructor
+    from tokenmask.train.trainer import make_training_env
 
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.envs.vector_env import TokenMaskVectorEnv
-    from tokenmask.policies import TokenMaskPolicy
-
-    device = pick_device(args.device)
-    if args.model:
-        recon = Reconstructor.load(args.model, device=device, dtype=args.dtype)
-    else:
-        recon = Reconstructor.from_config(smollm2_shape(), load_tokenizer(args.tokenizer), device=device)
-        recon.model.to(pick_dtype(device, args.dtype))
-    from tokenmask.data import load_texts
-
-    texts = [r["text"] for r in load_texts("sample")]
-    rows = []
-    for n_envs in [int(x) for x in args.n_envs.split(",")]:
-        recon.batch_size = max(n_envs, 8)
-        options = dict(
-            window=args.window,
-            context_size=args.context_size,
-            max_tokens=args.max_tokens,
-            reward_type=args.reward_type,
+    overrides = {**(TINY_OVERRIDES if args.tiny else {}), **parse_overrides(args.set), "verbose": 0}
+    base = load_config(TrainConfig, args.config, overrides)
+    device = pick_device(base.device)
+    settings = [int(n) for n in args.n_envs.split(",")] if args.n_envs else [base.n_envs]
+    torch.manual_seed(base.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer does
+    rows: list[SpeedRow] = []
+    for n_envs in settings:
+        config = load_config(TrainConfig, args.config, {**overrides, "n_envs": n_envs})
+        # fresh models per setting: joint fine-tuning changes the reconstructor
+        reconstructor = load_reconstructor(config, device, trainable=config.joint_training)
+        judge = load_judge(config, device)
+        venv = make_training_env(config, reconstructor, judge)
+        env_rate = time_env(venv, config.env.window, args.env_steps, device, config.seed)
+        ppo_rate, rollout_s, update_s = time_ppo(config, venv, reconstructor, args.rollouts, device)
+        venv.close()
+        rows.append(SpeedRow(n_envs, env_rate, ppo_rate, rollout_s, update_s))
+        print(
+            f"n_envs {n_envs}: env {env_rate:,.0f} tokens/s, PPO {ppo_rate:,.0f} tokens/s",
+            file=sys.stderr,
+            flush=True,
         )
-        env = TokenMaskVectorEnv(num_envs=n_envs, reconstructor=recon, documents=texts, **options)
-        env.corpus.documents = env.corpus.documents[: args.documents]
-        env.corpus.sources = env.corpus.sources[: args.documents]
-        env.corpus.precompute_features(recon)
-        env.reset(seed=0)
-        rng = np.random.default_rng(0)
-        env.step(rng.random((n_envs, args.window)) < 0.5)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            env.step(rng.random((n_envs, args.window)) < 0.5)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        env_rate = n_envs * args.steps / (time.perf_counter() - start)
-        ppo_rate = float("nan")
-        if args.ppo:
-            venv = TokenMaskSB3VecEnv(env)
-            model = PPO(
-                TokenMaskPolicy,
-                venv,
-                n_steps=args.steps,
-                batch_size=min(512, n_envs * args.steps),
-                n_epochs=4,
-                device=device,
-                seed=0,
-            )
-            model.learn(n_envs * args.steps)  # warm-up rollout + update
-            start = time.perf_counter()
-            model.learn(n_envs * args.steps, reset_num_timesteps=False)
-            ppo_rate = n_envs * args.steps / (time.perf_counter() - start)
-        rows.append((n_envs, env_rate, ppo_rate))
+    machine = device_description(device)
+    print(f"\nmachine: {machine}")
+    print(f"config: {args.config}{' ' + ' '.join('--set ' + s for s in args.set) if args.set else ''}")
+    print(describe(base, args.tiny))
     print(
-        f"\nmachine: {machine_name(device)}; model: {args.model or 'random SmolLM2-135M shape'} {next(recon.model.parameters()).dtype}"
+        f"env alone: {args.env_steps} steps, random actions; PPO: {args.rollouts} rollouts + updates after a warm-up; "
+        "tokens decided = env steps x window"
     )
     print(
-        f"window {args.window}, context {args.context_size}, documents of {args.max_tokens} tokens, reward {args.reward_type}"
+        "| n_envs | env alone tokens/s | PPO tokens/s | PPO / env | PPO rollout s | PPO update + fine-tuning s |"
     )
-    print("| n_envs | env steps/s (random actions) | PPO env steps/s (rollout + 4 epochs) |")
-    print("| --- | --- | --- |")
-    for n_envs, env_rate, ppo_rate in rows:
-        print(f"| {n_envs} | {env_rate:,.1f} | {ppo_rate:,.1f} |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(
+            f"| {r.n_envs} | {r.env_tokens_per_s:,.0f} | {r.ppo_tokens_per_s:,.0f} | {r.ratio:.2f} | "
+            f"{r.rollout_s:.2f} | {r.update_s:.2f} |"
+        )
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {
+                "machine": machine,
+                "config": args.config,
+                "overrides": overrides,
+                "tiny": args.tiny,
+                "env_steps": args.env_steps,
+                "rollouts": args.rollouts,
+                "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows],
+            },
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -211,3 +211,38 @@ def test_evaluate_checks_agent_folders_before_loading_a_model(tmp_path):
         check_methods([f"agent:{tmp_path / 'missing'}"])
     with pytest.raises(RunFolderError):
         check_methods([f"agent:{tmp_path}"])
+
+
+def test_position_agent_compresses_without_any_lm_pass(tmp_path, monkeypatch):
+    """token_features="position": the env observes no LM output, so the compressor runs no LM forward at all."""
+    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+    from tokenmask.envs.episodes import GLOBAL_FEATURES
+    from tokenmask.policies import TokenMaskPolicy
+    from tokenmask.reconstructors import Reconstructor
+
+    config = load_config(
+        TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.token_features": "position"}
+    )
+    recon = tiny_reconstructor(seed=config.seed)
+    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
+    obs = env.reset()
+    feats, valid = obs["token_features"], obs["valid"].astype(bool)
+    assert np.all(feats[..., :4] == 0) and np.all(feats[..., 4][valid] >= 0)
+    assert np.all(obs["global_features"][:, GLOBAL_FEATURES.index("mean_masked_bits")] == 0)
+    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
+    run = RunFolder(tmp_path / "run")
+    run.save_config(config)
+    run.save_agent(model)
+    agent = AgentCompressor.load(str(tmp_path / "run"), device="cpu")
+
+    def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a position agent ran an LM forward")
+
+    monkeypatch.setattr(Reconstructor, "last_hidden_state", forbidden)
+    monkeypatch.setattr(Reconstructor, "forward", forbidden, raising=False)
+    contexts = [agent.reconstructor.encode(t) for t in TEXTS]
+    outputs = agent.compress(contexts, 0.5)
+    kept = len(agent.tokenizer(outputs[0].text, add_special_tokens=False)["input_ids"])
+    assert abs(1 - kept / len(contexts[0]) - 0.5) <= 0.01
+    with pytest.raises(ValueError, match="token_features"):
+        load_config(TrainConfig, QUICK, {"env.token_features": "bogus"})

@@ -1,24 +1,36 @@
-"""Joint reconstructor fine-tuning and the episode records it learns from (terminal infos; tiny random LMs)."""
+"""The training callbacks: joint reconstructor fine-tuning and the episode records it learns from
+(terminal infos), the evaluation against the baselines in TensorBoard, checkpoints, limits, signals
+(tiny random LMs)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
+from tokenmask.data import load_texts
+from tokenmask.envs import TokenMaskConfig
 from tokenmask.envs.episodes import RECORD_KEY, EpisodeRecord
 from tokenmask.envs.episodes import RECOVERABILITY_KEY as GAIN_KEY
 from tokenmask.envs.recoverability import RecoverabilityBonus
 from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
 from tokenmask.envs.scoring import weights_fingerprint
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.evaluator import Evaluator
+from tokenmask.evaluate.metrics import select_documents
+from tokenmask.evaluate.reports import SAMPLES_TAG
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.testing import tiny_reconstructor
+from tokenmask.train.agent import AgentCompressor
 from tokenmask.train.callbacks import (
+    BaselineComparisonCallback,
     JointReconstructorCallback,
     RunCheckpointCallback,
     StopOnSignalCallback,
@@ -26,7 +38,7 @@ from tokenmask.train.callbacks import (
 )
 from tokenmask.train.replay import replay_episodes, replay_returns
 
-ENV = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
+ENV: dict[str, Any] = {"window": 16, "context_size": 4, "max_tokens": 32, "target_rate": 0.5}
 SMALL_POLICY = {
     "features_extractor_kwargs": {"d_model": 32, "num_layers": 1, "num_buckets": 256, "embed_dim": 16}
 }
@@ -210,3 +222,76 @@ def test_joint_callback_state_round_trips_through_json(tiny_recon):
     resumed.load_state_dict(state)
     assert (resumed.rollouts, resumed.rounds, resumed.finetuner.optimizer_steps) == (7, 3, 12)
     assert resumed.rng.random(4).tolist() == callback.rng.random(4).tolist()
+
+
+def _events(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
+    """(scalars: tag -> [(step, value)], text tags) of a TensorBoard run folder, read back as TensorBoard does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    scalars = {t: [(e.step, e.value) for e in accumulator.Scalars(t)] for t in tags["scalars"]}
+    return scalars, set(tags["tensors"])  # add_text is stored as a text-plugin tensor
+
+
+def test_agent_and_baselines_draw_both_metrics_on_the_same_tensorboard_charts(tiny_recon, tmp_path: Path):
+    """Recoverability and retention of the agent at each evaluation, each baseline a flat line under the same tags."""
+    judge = tiny_reconstructor(seed=1)
+    texts = [row["text"] for row in load_texts("sample")]
+    evaluator = Evaluator(judge, select_documents(texts, judge, 32, 8, 2))
+    context = MethodContext(judge=judge, seed=0, device="cpu", train_texts=texts)
+    baselines = {name: build_method(name, context) for name in ("truncation", "span_self_information:8")}
+    env_config = TokenMaskConfig(**ENV)
+    venv = TokenMaskSB3VecEnv(num_envs=2, reconstructor=tiny_recon, config=env_config)
+    tb = tmp_path / "tb"
+    model = PPO(
+        TokenMaskPolicy,
+        venv,
+        n_steps=4,
+        batch_size=8,
+        n_epochs=1,
+        policy_kwargs=SMALL_POLICY,
+        seed=0,
+        device="cpu",
+        tensorboard_log=str(tb),
+    )
+    callback = BaselineComparisonCallback(
+        evaluator,
+        make_agent=lambda m: AgentCompressor(m.policy, tiny_recon, env_config, name="agent"),
+        baselines=baselines,  # type: ignore[arg-type]
+        rate=0.5,
+        eval_freq=6,  # mid-rollout (rollouts of 8 steps): the point must still sit at the evaluation's step
+        tensorboard_dir=tb,
+        text_samples=2,
+    )
+    model.learn(16, callback=callback, tb_log_name="agent")
+    callback.close()
+    steps = [step for step, _ in callback.agent_history]
+    assert steps == [0, 6, 12, 16]  # start, every 6 steps (checked at each env step of 2 envs), end
+    agent, agent_text = _events(tb / "agent_1")
+    runs = {name: _events(tb / folder) for name, folder in
+            (("truncation", "baseline_truncation"), ("span_self_information:8", "baseline_span_self_information_8"))}  # fmt: skip
+    assert sorted(p.name for p in tb.iterdir()) == [
+        "agent_1",
+        "baseline_span_self_information_8",
+        "baseline_truncation",
+    ]
+    for metric in ("eval/recoverability", "eval/retention", "eval/rate"):
+        assert [s for s, _ in agent[metric]] == steps
+        history = [values[metric.split("/")[1]] for _, values in callback.agent_history]
+        assert [v for _, v in agent[metric]] == pytest.approx(history, abs=1e-6)
+        for name, (scalars, _) in runs.items():
+            assert [s for s, _ in scalars[metric]] == steps  # a point at every evaluation ...
+            values = {v for _, v in scalars[metric]}
+            assert len(values) == 1  # ... of one value: a flat line
+            assert values.pop() == pytest.approx(
+                callback.baseline_scores[name][metric.split("/")[1]], abs=1e-6
+            )
+    assert all(
+        np.isfinite(v) for metric in ("eval/recoverability", "eval/retention") for _, v in agent[metric]
+    )
+    # the baselines' scalar tags are the agent's (one spelling), and text samples share one tag in every run
+    for scalars, text in runs.values():
+        assert {t for t in scalars if t.startswith("eval/")} <= set(agent)
+        assert text == agent_text == {f"{SAMPLES_TAG}/text_summary"}  # torch's add_text appends /text_summary

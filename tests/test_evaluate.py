@@ -25,11 +25,13 @@ from tokenmask.evaluate.compressor import (
 from tokenmask.evaluate.evaluator import Evaluator
 from tokenmask.evaluate.metrics import continuation_nlls, recovery_nlls, select_documents
 from tokenmask.evaluate.reports import (
+    PARETO_PLOT,
     RECOVERABILITY_PLOT,
     RESULTS_FILE,
     RETENTION_PLOT,
     TABLE_FILE,
     load_results,
+    plot_pareto,
 )
 from tokenmask.evaluate.runner import EvaluateConfig
 
@@ -141,9 +143,10 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
         ]
     )  # fmt: skip
     assert code == 0
-    for name in (RESULTS_FILE, TABLE_FILE, RECOVERABILITY_PLOT, RETENTION_PLOT):
+    for name in (RESULTS_FILE, TABLE_FILE, RECOVERABILITY_PLOT, RETENTION_PLOT, PARETO_PLOT):
         assert (out / name).stat().st_size > 0
-    assert (out / RECOVERABILITY_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in (RECOVERABILITY_PLOT, PARETO_PLOT):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert runs == ["frequency", "random", "truncation"]
     assert all(
@@ -219,3 +222,61 @@ def test_damaged_results_file_is_a_clear_error(tmp_path: Path, content: str) -> 
     (tmp_path / RESULTS_FILE).write_text(content)
     with pytest.raises(CorruptFileError, match=r"results.json is damaged.*Fix: run tokenmask evaluate again"):
         load_results(tmp_path)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG that Pillow reads whole (``verify`` checks every chunk's CRC)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+    with Image.open(path) as image:
+        image.load()
+        return image.size
+
+
+def test_pareto_plot_of_a_small_results_dict(tmp_path: Path) -> None:
+    """One panel per rate: a wider image for two rates; rows without a figure are no error; the script redraws it."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pareto_plot.py"
+
+    def pareto_main(args: list[str]) -> int:
+        return subprocess.run([sys.executable, str(script), *args], check=False).returncode
+
+    def row(
+        method: str, asked: float, rate: float, rec: float | None, ret: float | None
+    ) -> dict[str, object]:
+        return {
+            "method": method,
+            "requested_rate": asked,
+            "rate": rate,
+            "recoverability": rec,
+            "retention": ret,
+        }
+
+    rows = [
+        row("truncation", 0.3, 0.30, 0.67, 0.96),
+        row("agent:runs/x", 0.3, 0.30, 0.70, 0.95),
+        row("span_self_information", 0.3, 0.30, 0.70, 0.79),
+        row("truncation", 0.5, 0.50, 0.48, 0.93),
+        row("agent:runs/x", 0.5, 0.50, 0.49, 0.91),
+        row("activation:cfg", 0.5, 0.10, None, 0.99),  # no recoverability: listed, not drawn
+    ]
+    setting = {"judge": "tiny", "documents": 3}
+    one = tmp_path / "one.png"
+    one.write_bytes(plot_pareto([r for r in rows if r["requested_rate"] == 0.5], setting))
+    two = tmp_path / "two.png"
+    two.write_bytes(plot_pareto(rows, setting))
+    (w1, h1), (w2, h2) = _png_size(one), _png_size(two)
+    assert w2 > 1.5 * w1 and h1 == h2 and h1 > 100
+    assert plot_pareto([row("random", 0.5, 0.5, 0.1, 0.3)])[:8] == b"\x89PNG\r\n\x1a\n"  # no truncation row
+    with pytest.raises(ValueError, match="No result row"):
+        plot_pareto([])
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"setting": setting, "results": rows}))
+    out = tmp_path / "docs" / "pareto.png"
+    assert pareto_main([str(tmp_path / RESULTS_FILE), str(out)]) == 0
+    assert _png_size(out) == (w2, h2)
+    assert pareto_main([str(tmp_path), str(out)]) == 0  # the folder holding results.json works too
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pareto.png"]  # no temporary left

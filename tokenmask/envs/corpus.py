@@ -30,7 +30,7 @@ from tokenmask.data import (
     load_prepared_split,
     load_texts,
 )
-from tokenmask.envs.scoring import document_features, weights_fingerprint
+from tokenmask.envs.scoring import position_features, document_features, weights_fingerprint
 from tokenmask.reconstructors import Reconstructor
 
 CorpusSource = Any
@@ -174,12 +174,16 @@ class DocumentCorpus:
 
     # ------------------------------------------------------------------ features
     def features(
-        self, indices: Sequence[int], reconstructor: Reconstructor, cache: bool = True
+        self, indices: Sequence[int], reconstructor: Reconstructor, cache: bool = True, kind: str = "lm"
     ) -> list[np.ndarray]:
         """Per-token features of documents ``indices`` (computed in one batched pass for those missing).
 
         :param cache: keep them for later episodes; the cache is dropped when the weights change.
+        :param kind: ``"lm"`` (the reconstructor's pass, :func:`document_features`) or ``"position"``
+            (:func:`position_features`: no LM pass, nothing cached).
         """
+        if kind == "position":
+            return position_features([self.documents[int(i)] for i in indices])
         fingerprint = weights_fingerprint(reconstructor.model)
         if fingerprint != self._fingerprint:
             self._features.clear()

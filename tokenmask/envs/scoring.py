@@ -103,6 +103,21 @@ class HeadPlan:
         return out
 
 
+def position_features(documents: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The features of ``token_features="position"``: only the ``position`` column (``i / n``), the rest 0.
+
+    No LM pass: an agent trained on these observes token ids and positions alone, so at inference it
+    needs no reconstructor forward (see ``TokenMaskConfig.token_features``).
+    """
+    results = []
+    for doc in documents:
+        n = len(doc)
+        feats = np.zeros((n, len(TOKEN_FEATURES)), dtype=np.float32)
+        feats[:, 4] = np.arange(n, dtype=np.float32) / max(n, 1)
+        results.append(feats)
+    return results
+
+
 def document_features(reconstructor: Reconstructor, documents: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per-token features of unmasked documents, one ``(n, len(TOKEN_FEATURES))`` float32 array each.
 

@@ -162,7 +162,9 @@ class TokenMaskEnv(EpisodeBatchMixin, gym.Env[dict[str, np.ndarray], np.ndarray]
         "token_features":  Box(-inf, inf, (window, 5), float32)   per token, from ONE reconstructor
                            pass over the unmasked document at reset: surprisal_bits -log2 p(x_i|x_<i),
                            entropy_bits of p(.|x_<i), is_top1, next_surprisal_bits, position i/n
-                           (0 at padding)
+                           (0 at padding). With token_features="position" only the position
+                           is filled (the rest 0, and mean_masked_bits 0): no LM pass, so a
+                           compressor made of that agent runs without one
         "valid":           MultiBinary(window)            1 = real token, 0 = padding past the end
         "global_features": Box(-inf, inf, (6,), float32)  progress (decided/n), target_rate,
                            rate_so_far, required_rate (rate the rest needs), window_fill,

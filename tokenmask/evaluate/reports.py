@@ -1,8 +1,11 @@
-"""Reports of an evaluation: ``results.json``, a Markdown table, rate-vs-quality PNGs and TensorBoard runs.
+"""Reports of an evaluation: ``results.json``, a Markdown table, rate-vs-quality PNGs, the Pareto
+plot and TensorBoard runs.
 
 Every file is written atomically (:mod:`tokenmask.io`); the TensorBoard runs (one folder per
 method under ``tensorboard/``, so they overlay in the UI) use the requested rate in percent as
-the step, which makes the x-axis the rate.
+the step, which makes the x-axis the rate. Their tags are those of the training callbacks
+(``eval/<metric>``, text samples under :data:`SAMPLES_TAG`): one spelling everywhere, the method
+being the run.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,17 @@ RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
 RECOVERABILITY_PLOT = "rate_vs_recoverability.png"
 RETENTION_PLOT = "rate_vs_retention.png"
+PARETO_PLOT = "pareto.png"
 TENSORBOARD_DIR = "tensorboard"
+SAMPLES_TAG = "eval/samples"
+"""TensorBoard text tag of compressed samples (``tokenmask evaluate`` and the training callbacks)."""
+
+TRUNCATION = "truncation"
+"""The method every learned compressor must dominate (keep the last tokens; docs/evaluation.md)."""
+RECOVERABILITY_MARGIN = 0.02
+"""Issue 12's bar: dominating truncation needs recoverability at least this much higher ..."""
+RETENTION_MARGIN = 0.01
+"""... and retention no more than this much lower."""
 
 #: scalars logged to TensorBoard, one tag each under ``eval/``
 SCALARS: tuple[str, ...] = (
@@ -131,9 +144,28 @@ def markdown_table(report: EvaluationReport) -> str:
             f"{_fmt(sc.retention, 2)} | {_fmt(sc.recon_bits_per_masked, 2)} | {_fmt(sc.recon_top1, 2)} | "
             f"{_fmt(sc.compress_ms_per_1k_tokens, 1)} |"
         )
+    layered = [r for r in report.results if r.scores.kept_per_layer]
+    if layered:  # in-model methods: the rate counts KV entries of all layers; show where they are kept
+        lines.append("\nIn-model methods, fraction of the context's positions (KV entries) kept per layer:")
+        for r in layered:
+            lines.append(
+                f"- {r.method} at {r.scores.requested_rate:.2f}: {layer_runs(r.scores.kept_per_layer)}"
+            )
     for method, reason in report.skipped.items():
         lines.append(f"\nSkipped {method}: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def layer_runs(fractions: Sequence[float]) -> str:
+    """Per-layer fractions in a line, runs of equal values joined: ``1.00 (layers 0-3), 0.60 (4-29)``."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(fractions) + 1):
+        if i == len(fractions) or f"{fractions[i]:.2f}" != f"{fractions[start]:.2f}":
+            span = f"{start}-{i - 1}" if i - 1 > start else f"{start}"
+            parts.append(f"{fractions[start]:.2f} ({'' if parts else 'layers '}{span})")
+            start = i
+    return ", ".join(parts)
 
 
 def plot_rate_vs(report: EvaluationReport, metric: str) -> bytes:
@@ -164,6 +196,141 @@ def plot_rate_vs(report: EvaluationReport, metric: str) -> bytes:
     return buffer.getvalue()
 
 
+def _figure(value: Any) -> float:
+    # a results.json figure: None (NaN written as null) and non-numbers become NaN
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _truncation_region(
+    ax: Any, rec: float, ret: float, xlim: tuple[float, float], ylim: tuple[float, float]
+) -> None:
+    """Shade where a point dominates truncation by issue 12's bar, and mark its corner."""
+    x0, y0 = rec + RECOVERABILITY_MARGIN, ret - RETENTION_MARGIN
+    if x0 < xlim[1] and y0 < ylim[1]:
+        ax.fill_between(
+            [x0, xlim[1]],
+            max(y0, ylim[0]),
+            ylim[1],
+            color="tab:green",
+            alpha=0.12,
+            linewidth=0,
+            label=f"dominates truncation (rec ≥ +{RECOVERABILITY_MARGIN}, ret ≥ −{RETENTION_MARGIN})",
+        )
+        ax.plot([x0, x0, xlim[1]], [ylim[1], y0, y0], color="tab:green", linestyle="--", linewidth=0.8)
+
+
+def _limits(values: list[float], pad: float = 0.03) -> tuple[float, float]:
+    low, high = min(values), max(values)
+    margin = max(pad, 0.08 * (high - low))
+    return low - margin, high + margin
+
+
+def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | None = None) -> bytes:
+    """PNG bytes of the Pareto plot: per asked rate, recoverability (x) vs retention (y).
+
+    One panel per asked rate, one labelled point per method (the label gives the achieved rate);
+    :data:`TRUNCATION`'s point is drawn as a star, and the region of points that dominate it by
+    issue 12's bar (recoverability at least :data:`RECOVERABILITY_MARGIN` higher, retention no
+    more than :data:`RETENTION_MARGIN` lower) is shaded. Rows without recoverability or retention
+    are listed under the panel instead of drawn.
+
+    :param rows: the ``"results"`` rows of a ``results.json`` (:meth:`MethodResult.to_dict`).
+    :param setting: the ``"setting"`` of the same file (judge, documents), for the title.
+    :raises ValueError: when ``rows`` holds no row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("No result row to plot. Fix: pass the rows of a tokenmask evaluate results.json.")
+    by_rate: dict[float, list[Mapping[str, Any]]] = {}
+    methods: list[str] = []
+    for row in rows:
+        by_rate.setdefault(round(_figure(row.get("requested_rate")), 6), []).append(row)
+        if str(row.get("method")) not in methods:
+            methods.append(str(row.get("method")))
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    rates = sorted(by_rate)
+    fig, axes = plt.subplots(1, len(rates), figsize=(4.8 * len(rates), 4.6), dpi=120, squeeze=False)
+    try:
+        for ax, asked in zip(axes[0], rates):
+            points, missing = [], []
+            for row in by_rate[asked]:
+                method = str(row.get("method"))
+                rec, ret = _figure(row.get("recoverability")), _figure(row.get("retention"))
+                if math.isfinite(rec) and math.isfinite(ret):
+                    points.append((method, rec, ret, _figure(row.get("rate"))))
+                else:
+                    missing.append(method)
+            truncation = next((p for p in points if p[0] == TRUNCATION), None)
+            xs, ys = [p[1] for p in points], [p[2] for p in points]
+            if truncation is not None:  # room for the shaded region beyond truncation's corner
+                xs.append(truncation[1] + RECOVERABILITY_MARGIN + 0.03)
+                ys.append(truncation[2] + 0.04)
+            xlim = _limits(xs) if xs else (0.0, 1.0)
+            ylim = _limits(ys) if ys else (0.0, 1.0)
+            if truncation is not None:
+                _truncation_region(ax, truncation[1], truncation[2], xlim, ylim)
+            placed: list[tuple[float, float]] = []
+            for method, rec, ret, rate in points:
+                is_truncation = method == TRUNCATION
+                ax.scatter(
+                    [rec],
+                    [ret],
+                    s=160 if is_truncation else 40,
+                    marker="*" if is_truncation else "o",
+                    color=colors[method],
+                    edgecolors="black",
+                    linewidths=0.8 if is_truncation else 0.4,
+                    zorder=3,
+                )
+                label = f"{method} ({rate:.2f})" if math.isfinite(rate) else method
+                # labels of points within 4 % of the axes of an earlier one go below it, one line each
+                near = sum(
+                    abs(rec - x) < 0.04 * (xlim[1] - xlim[0]) and abs(ret - y) < 0.04 * (ylim[1] - ylim[0])
+                    for x, y in placed
+                )
+                placed.append((rec, ret))
+                ax.annotate(
+                    label, (rec, ret), xytext=(6, 4 - 9 * near), textcoords="offset points", fontsize=7
+                )
+            ax.set_xlim(*xlim)
+            ax.set_ylim(*ylim)
+            ax.set_title(
+                f"asked rate {asked:.2f}" + ("" if truncation else " (no truncation row)"), fontsize=10
+            )
+            ax.set_xlabel("recoverability")
+            ax.set_ylabel("retention")
+            ax.grid(alpha=0.3)
+            if truncation is not None:
+                ax.legend(fontsize=7, loc="best")
+            if missing:
+                ax.text(
+                    0.0,
+                    -0.2,
+                    "not drawn (no figure): " + ", ".join(missing),
+                    transform=ax.transAxes,
+                    fontsize=7,
+                )
+        s = setting or {}
+        fig.suptitle(
+            f"Pareto plot: one point per method (label: achieved rate); judge {s.get('judge', '?')}, "
+            f"{s.get('documents', '?')} documents",
+            fontsize=10,
+        )
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
 def run_folder_name(method: str) -> str:
     """A file-system-safe TensorBoard run name for a method (``agent:runs/x`` -> ``agent_runs_x``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", method).strip("_") or "method"
@@ -185,13 +352,13 @@ def write_tensorboard(report: EvaluationReport, folder: Path) -> None:
                     if not math.isnan(value):
                         writer.add_scalar(f"eval/{name}", value, global_step=step)
                 if r.sample:
-                    writer.add_text("eval/sample", r.sample.replace("\n", "  \n"), global_step=step)
+                    writer.add_text(SAMPLES_TAG, r.sample.replace("\n", "  \n"), global_step=step)
         finally:
             writer.close()
 
 
 def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool = True) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md``, the two PNGs and (optionally) the TensorBoard runs.
+    """Write ``results.json``, ``results.md``, the three PNGs and (optionally) the TensorBoard runs.
 
     :param report: what to write.
     :param folder: the output folder (created).
@@ -207,6 +374,9 @@ def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool
             out / RECOVERABILITY_PLOT, plot_rate_vs(report, "recoverability")
         ),
         "retention_plot": atomic_write_bytes(out / RETENTION_PLOT, plot_rate_vs(report, "retention")),
+        "pareto_plot": atomic_write_bytes(
+            out / PARETO_PLOT, plot_pareto([r.to_dict() for r in report.results], report.setting)
+        ),
     }
     if tensorboard:
         write_tensorboard(report, out / TENSORBOARD_DIR)

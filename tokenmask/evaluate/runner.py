@@ -4,7 +4,9 @@
 --rates 0.3,0.5,0.7`` selects the first ``num_documents`` documents with at least C+T judge
 tokens, scores every method at every rate with the metrics of docs/evaluation.md, and writes into
 ``output_dir``: ``results.json``, ``results.md``, ``rate_vs_recoverability.png``,
-``rate_vs_retention.png`` and ``tensorboard/<method>/`` (one run per method; step = rate in %).
+``rate_vs_retention.png``, ``pareto.png`` (recoverability vs retention, one panel per rate, the
+region that dominates truncation shaded) and ``tensorboard/<method>/`` (one run per method;
+step = rate in %).
 ``tokenmask baselines`` is the same command with the baselines as default methods.
 
 Everything that can be checked without a model is checked first: the output folder (a non-empty
@@ -137,6 +139,13 @@ def _check_agent_argument(argument: str) -> None:
     check_agent_argument(argument)
 
 
+def _check_kvpress_argument(argument: str) -> None:
+    # the kvpress plug-in's own check: a known press, and kvpress installed (kvpress itself is not imported)
+    from tokenmask.evaluate.kvpress_peer import check_kvpress_argument
+
+    check_kvpress_argument(argument)
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -154,6 +163,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     "activation": _check_path_argument(
         "activation", "a folder saved by `tokenmask activation train` or a JSON compression config"
     ),
+    "kvpress": _check_kvpress_argument,
 }
 
 

@@ -31,12 +31,15 @@ from tokenmask.envs.episodes import RECORD_KEY, RECOVERABILITY_KEY
 from tokenmask.evaluate.compressor import Compressor
 from tokenmask.evaluate.evaluator import Evaluator, MethodEvaluation
 from tokenmask.evaluate.metrics import reconstruction_quality
-from tokenmask.evaluate.reports import SCALARS
+from tokenmask.evaluate.reports import SAMPLES_TAG, SCALARS, run_folder_name
 from tokenmask.reconstructors import MaskMode, Reconstructor, ReconstructorFinetuner
 from tokenmask.train.text_samples import markdown_escape, strike_through
 
 EVAL_METRICS: tuple[str, ...] = SCALARS
 """Fields of :class:`~tokenmask.evaluate.metrics.Scores` logged as ``eval/<name>`` (the tags of ``tokenmask evaluate``)."""
+
+BASELINE_RUN_PREFIX = "baseline_"
+"""A baseline's TensorBoard run is ``<tensorboard_dir>/baseline_<name>`` (name made file-system safe)."""
 
 _TEXT_ONLY = ("stdout", "log", "json", "csv")  # text samples go to TensorBoard only
 
@@ -188,14 +191,18 @@ class BaselineComparisonCallback(BaseCallback):
     """Evaluates the agent and the baselines on validation documents with the metrics of docs/evaluation.md.
 
     Every ``eval_freq`` env steps (and at the start and the end of training) the agent compresses
-    the :class:`~tokenmask.evaluate.evaluator.Evaluator`'s documents at ``rate`` and its scores are
-    logged as ``eval/<metric>`` in the agent's TensorBoard run. The baselines are scored once (they
-    do not learn) and their scores are written under the *same tags* at the same steps into one
-    TensorBoard run per baseline (``<tensorboard_dir>/baseline_<name>``), so each baseline is a
-    flat line on the agent's charts. ``eval/env_return`` (the env's own reward of each method's
-    masks, see :func:`~tokenmask.train.replay.replay_returns`) is logged too when ``replay`` is
-    given. A few of the agent's compressed contexts, removed tokens struck through, go to the
-    text tab (``eval/samples``).
+    the :class:`~tokenmask.evaluate.evaluator.Evaluator`'s documents at ``rate`` and its scores
+    (recoverability, retention, rate, ... of docs/evaluation.md) are logged as ``eval/<metric>``
+    in the agent's TensorBoard run, and dumped at once, so the point sits at the evaluation's step.
+    The baselines are scored once (they do not learn) and their scores are written under the
+    *same tags* at the same steps into one TensorBoard run per baseline
+    (``<tensorboard_dir>/baseline_<name>``): TensorBoard draws the runs sharing a tag on one chart,
+    so ``eval/recoverability`` and ``eval/retention`` show the agent's curve with each baseline as
+    a flat line beside it (the tags and the method-as-run layout of ``tokenmask evaluate``'s
+    TensorBoard output). ``eval/env_return`` (the env's own reward of each method's masks, see
+    :func:`~tokenmask.train.replay.replay_returns`) is logged too when ``replay`` is given. A few
+    compressed contexts, removed tokens struck through, go to the text tab under the same tag
+    for every run (:data:`~tokenmask.evaluate.reports.SAMPLES_TAG`, ``eval/samples``).
 
     :param evaluator: the judge and the validation documents.
     :param make_agent: builds the agent's compressor from the model being trained.
@@ -261,13 +268,11 @@ class BaselineComparisonCallback(BaseCallback):
                 self.baseline_scores[name] = self._values(result)
                 if result.keep_masks is not None:
                     self._baseline_masks[name] = result.keep_masks
-                keep = result.outputs[0].keep if result.outputs else None
-                if self.tensorboard_dir is not None and keep is not None:
-                    sample = strike_through(self.evaluator.judge, self.evaluator.docs[0].context, keep)
-                    self._writer(name).add_text("eval/samples", markdown_escape(sample), self.num_timesteps)
+                samples = self._samples(result)
+                if self.tensorboard_dir is not None and samples:
+                    self._writer(name).add_text(SAMPLES_TAG, samples, self.num_timesteps)
         self._next_eval = self.num_timesteps
-        self.evaluate()
-        self.logger.dump(self.num_timesteps)  # the agent's first point at the baselines' first step
+        self.evaluate()  # the agent's first point at the baselines' first step
 
     def _on_step(self) -> bool:
         if self.eval_freq and self.num_timesteps >= self._next_eval:
@@ -277,7 +282,8 @@ class BaselineComparisonCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self.final_evaluation and self._last_eval_step != self.num_timesteps:
             self.evaluate()
-        self.logger.dump(self.num_timesteps)
+        if self.logger.name_to_value:  # the last update's train/ figures (SB3 dumps before it updates)
+            self.logger.dump(self.num_timesteps)
         for writer in self._writers.values():
             writer.flush()
 
@@ -292,6 +298,22 @@ class BaselineComparisonCallback(BaseCallback):
             values["env_return"] = float(np.mean(self.replay(result.keep_masks)))
         return values
 
+    def _samples(self, result: MethodEvaluation) -> str:
+        """The first ``text_samples`` compressed contexts, removed tokens struck through, as one Markdown text.
+
+        One text per step and tag: TensorBoard shows one text of a tag per step, so the samples
+        of the agent and of each baseline are the same documents under the same tag.
+        """
+        parts = [
+            f"**document {i}**\n\n"
+            + markdown_escape(
+                strike_through(self.evaluator.judge, self.evaluator.docs[i].context, output.keep)
+            )
+            for i, output in enumerate(result.outputs[: self.text_samples])
+            if output.keep is not None
+        ]
+        return "\n\n---\n\n".join(parts)
+
     def evaluate(self) -> dict[str, Any]:
         """Score the agent now; log it and the baselines' lines at the current step."""
         step = self.num_timesteps
@@ -301,10 +323,11 @@ class BaselineComparisonCallback(BaseCallback):
         for key, value in values.items():
             if math.isfinite(value):
                 self.logger.record(f"eval/{key}", value)
-        for i, output in enumerate(evaluation.outputs[: self.text_samples]):
-            if output.keep is not None:
-                sample = strike_through(self.evaluator.judge, self.evaluator.docs[i].context, output.keep)
-                self.logger.record(f"eval/samples/{i}", markdown_escape(sample), exclude=_TEXT_ONLY)
+        samples = self._samples(evaluation)
+        if samples:
+            self.logger.record(SAMPLES_TAG, samples, exclude=_TEXT_ONLY)
+        # written now, at this step (SB3 would dump them after the rollout, at a later step than the baselines')
+        self.logger.dump(step)
         if self.replay is not None and self.reprice_baselines and self._last_eval_step >= 0:
             # the env prices with the jointly fine-tuned reconstructor: re-price the baselines' fixed masks
             for name, masks in self._baseline_masks.items():
@@ -316,6 +339,7 @@ class BaselineComparisonCallback(BaseCallback):
             for key, value in scores.items():
                 if math.isfinite(value):
                     writer.add_scalar(f"eval/{key}", value, step)
+            writer.flush()  # the flat lines are visible while training runs
         self.agent_history.append((step, values))
         self._last_eval_step = step
         if self.eval_freq:
@@ -330,9 +354,15 @@ class BaselineComparisonCallback(BaseCallback):
         }
         if self.verbose:
             best = max(self.baseline_scores.items(), key=lambda kv: kv[1]["recoverability"], default=None)
-            line = f"eval @ {step}: agent recoverability {values['recoverability']:.3f} (rate {values['rate']:.3f})"
+            line = (
+                f"eval @ {step}: agent recoverability {values['recoverability']:.3f}, "
+                f"retention {values['retention']:.3f} (rate {values['rate']:.3f})"
+            )
             if best is not None:
-                line += f", best baseline {best[0]} {best[1]['recoverability']:.3f}"
+                line += (
+                    f"; best baseline by recoverability {best[0]} {best[1]['recoverability']:.3f}, "
+                    f"retention {best[1]['retention']:.3f}"
+                )
             print(line)
         if self.on_evaluation is not None:
             self.on_evaluation(result)
@@ -344,7 +374,8 @@ class BaselineComparisonCallback(BaseCallback):
         if name not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writers[name] = SummaryWriter(log_dir=str(self.tensorboard_dir / f"baseline_{name}"))
+            folder = self.tensorboard_dir / f"{BASELINE_RUN_PREFIX}{run_folder_name(name)}"
+            self._writers[name] = SummaryWriter(log_dir=str(folder))
         return self._writers[name]
 
     def close(self) -> None:
