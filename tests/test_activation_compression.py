@@ -136,10 +136,12 @@ def test_shapes_counts_and_ratio(recon: Reconstructor) -> None:
     assert torch.equal(out.origin, torch.arange(32).expand(3, 32))
     level1, level2 = out.clusters
     assert bool((level2 <= level1).all()) and bool((level1 < 32).all())
-    # layers 1-2 hold level-1 clusters, layer 3 level-2 clusters, out of 3 layers x 32 positions
-    assert torch.equal(out.positions_kept, 2 * level1 + level2)
-    assert torch.equal(out.positions_total, torch.full((3,), 96))
-    assert out.ratio == pytest.approx(96 * 3 / float(out.positions_kept.sum()))
+    # layer 0 holds every position, layers 1-2 level-1 clusters, layer 3 level-2 clusters; 4 x 32 in all
+    assert torch.equal(out.positions_kept, 32 + 2 * level1 + level2)
+    assert torch.equal(out.positions_total, torch.full((3,), 128))
+    assert out.rate == pytest.approx(1 - float(out.positions_kept.sum()) / (3 * 128))
+    # the ratio counts the compressed layers only
+    assert out.ratio == pytest.approx(96 * 3 / float((2 * level1 + level2).sum()))
 
 
 def test_budget_mode_hits_the_requested_rate(recon: Reconstructor) -> None:

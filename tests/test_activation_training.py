@@ -75,6 +75,12 @@ def test_parachute_backs_off_under_a_high_loss_and_recovers(
     for _ in range(30):
         parachute.update(compressed_loss=3.0, uncompressed_loss=3.0)
     assert float(model.threshold_offset) < 0.4
+    # a layer plan trained for a rate caps how far the parachute may move it
+    capped = QualityParachute(model, tolerance=0.03, step=0.1, momentum=0.5, max_offset=0.15)
+    model.threshold_offset.fill_(0.0)
+    for _ in range(4):
+        capped.update(compressed_loss=5.0, uncompressed_loss=3.0)
+    assert float(model.threshold_offset) == pytest.approx(0.15)
 
 
 def test_save_and_load_round_trip(recon: Reconstructor, sequences: list[list[int]], tmp_path: Path) -> None:
@@ -97,8 +103,12 @@ def test_save_and_load_round_trip(recon: Reconstructor, sequences: list[list[int
         CompressedCausalLM.from_pretrained(tmp_path, device="cpu")
 
 
-def test_in_model_method_of_tokenmask_evaluate(recon: Reconstructor, sequences: list[list[int]]) -> None:
-    method = build_method("activation", MethodContext(judge=recon))
+def test_in_model_method_of_tokenmask_evaluate(
+    recon: Reconstructor, sequences: list[list[int]], tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan.json"  # compression from layer 1 of 4: rates up to 0.75 of the KV cache
+    plan.write_text(json.dumps({"compression_layers": [1, 2], "layer_thresholds": [0.6, 0.6]}))
+    method = build_method(f"activation:{plan}", MethodContext(judge=recon))
     assert isinstance(method, InModelCompressor)
     contexts = [s[1:31] for s in sequences[:3]]
     continuations = [s[31:39] for s in sequences[:3]]
@@ -139,8 +149,14 @@ def test_cli_train_then_evaluate(recon: Reconstructor, tmp_path: Path) -> None:
     rows = report["sweeps"]["trained layers"]
     assert rows[1]["ratio"] > rows[0]["ratio"] > 1.0
     assert rows[1]["kv_bytes_saved"] > rows[0]["kv_bytes_saved"] > 0
-    assert (report_dir / "ratio_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| threshold |" in (report_dir / "report.md").read_text()
+    assert rows[1]["rate"] > rows[0]["rate"] > 0.0  # whole-model rate: layer 0 of 4 keeps everything
+    assert rows[1]["rate"] < 0.75 and rows[1]["kept_per_layer"][0] == 1.0
+    assert (report_dir / "rate_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    # the picture of merged positions per layer, as a PNG and as a TensorBoard image
+    assert (report_dir / "merged_positions.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(p.name.startswith("events.out.tfevents") for p in (report_dir / "tensorboard").iterdir())
+    text = (report_dir / "report.md").read_text()
+    assert "| threshold | rate (all layers) |" in text and "kept per layer: 1.00 (layers 0)" in text
 
 
 def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,20 +7,35 @@ positions. See ``docs/activation_compression.md``.
 Importing the package registers the ``activation`` method of ``tokenmask evaluate``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tokenmask.activation_compression.config import (
     ActivationConfigError,
     ActivationEvaluateConfig,
     ActivationTrainConfig,
     CompressionConfig,
 )
-from tokenmask.activation_compression.in_model import ActivationInModelCompressor, build_activation_method
-from tokenmask.activation_compression.model import (
-    CompressedCausalLM,
-    CompressionLayer,
-    CompressionOutput,
-    RestoreGate,
-)
-from tokenmask.evaluate.compressor import register_method
+from tokenmask.evaluate.compressor import MethodContext, register_method
+
+if TYPE_CHECKING:  # torch-heavy: loaded on first use, so `tokenmask activation --help` stays quick
+    from tokenmask.activation_compression.in_model import ActivationInModelCompressor
+    from tokenmask.activation_compression.model import (
+        CompressedCausalLM,
+        CompressionLayer,
+        CompressionOutput,
+        RestoreGate,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "ActivationInModelCompressor": "tokenmask.activation_compression.in_model",
+    "CompressedCausalLM": "tokenmask.activation_compression.model",
+    "CompressionLayer": "tokenmask.activation_compression.model",
+    "CompressionOutput": "tokenmask.activation_compression.model",
+    "RestoreGate": "tokenmask.activation_compression.model",
+}
 
 __all__ = [
     "ActivationInModelCompressor",
@@ -35,4 +50,17 @@ __all__ = [
 ]
 
 
-register_method("activation", build_activation_method)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tokenmask.activation_compression' has no attribute {name!r}")
+
+
+def _activation_method(argument: str, context: MethodContext) -> ActivationInModelCompressor:
+    """``activation:CFG``: :func:`~tokenmask.activation_compression.in_model.build_activation_method`, loaded on use."""
+    from tokenmask.activation_compression.in_model import build_activation_method
+
+    return build_activation_method(argument, context)
+
+
+register_method("activation", _activation_method)

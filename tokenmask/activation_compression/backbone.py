@@ -210,7 +210,15 @@ class GPT2Backbone(Backbone):
         q, k, _ = attn.c_attn(x).split(attn.split_size, dim=2)
         q = q.view(b, s, -1, attn.head_dim).transpose(1, 2)
         k = k.view(b, s, -1, attn.head_dim).transpose(1, 2)
-        return q, k, float(attn.scaling)
+        return q, k, _gpt2_scaling(attn)
+
+
+def _gpt2_scaling(attn: Any) -> float:
+    # recent transformers store the softmax scale as `scaling`; 5.2 (the kvpress extra's line) computes it inline
+    if hasattr(attn, "scaling"):
+        return float(attn.scaling)
+    scaling = float(attn.head_dim) ** -0.5 if attn.scale_attn_weights else 1.0
+    return scaling / float(attn.layer_idx + 1) if attn.scale_attn_by_inverse_layer_idx else scaling
 
 
 def backbone_for(model: PreTrainedModel) -> Backbone:

@@ -6,6 +6,7 @@ overrides on the command line).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -56,7 +57,15 @@ class CompressionConfig:
         adjacent states merge. With it on, the quantile of the sequence's own similarity
         distribution (causal: the similarities seen so far) above which they merge, so ``0.5``
         merges about half of the adjacent pairs (about 2x fewer positions), ``0.33`` about 3x.
+    :param layer_thresholds: the layer plan's per-layer thresholds, one per compression layer
+        (same meaning as ``similarity_threshold``, which they replace). With the adaptive
+        threshold each is about the fraction of its units that layer keeps, so the plan's
+        whole-model rate is :meth:`plan_rate`. ``None``: ``similarity_threshold`` everywhere.
     :param adaptive_threshold: adapt the threshold to each sequence (see above).
+    :param steered_threshold: with ``adaptive_threshold``, steer the quantile chunk by chunk so
+        that each layer merges ``1 - threshold`` of its eligible pairs (causal; see
+        :func:`~tokenmask.activation_compression.clustering.steered_quantile`); the plan's rate
+        then holds in ``full`` mode too. Models saved before it existed load with it off.
     :param use_residuals: restore each position with a learned gated residual of its own state at
         the first compression layer before the LM head.
     :param max_cluster_size: longest run of states merged into one.
@@ -67,7 +76,9 @@ class CompressionConfig:
 
     compression_layers: list[int] | None = None
     similarity_threshold: float = 0.5
+    layer_thresholds: list[float] | None = None
     adaptive_threshold: bool = True
+    steered_threshold: bool = True
     use_residuals: bool = True
     max_cluster_size: int = 8
     protected_tokens: int = 1
@@ -95,6 +106,17 @@ class CompressionConfig:
             raise ActivationConfigError(
                 f"similarity_threshold {self.similarity_threshold} is not a cosine similarity in [-1, 1] (1.01 disables merging)."
             )
+        if self.layer_thresholds is not None:
+            values = [float(x) for x in self.layer_thresholds]
+            if self.compression_layers is None or len(values) != len(self.compression_layers):
+                raise ActivationConfigError(
+                    f"layer_thresholds {values} needs one threshold per compression layer "
+                    f"(compression_layers {self.compression_layers}). Fix: e.g. --compression_layers 4,12,20 "
+                    "--layer_thresholds 0.6,0.6,0.6.",
+                    key="layer_thresholds",
+                )
+            check_thresholds("layer_thresholds", values, self.adaptive_threshold)
+            self.layer_thresholds = values
         if self.max_cluster_size < 1:
             raise ActivationConfigError(f"max_cluster_size must be >= 1, got {self.max_cluster_size}.")
         if self.protected_tokens < 0:
@@ -110,6 +132,26 @@ class CompressionConfig:
                 "compression_layers is not resolved yet. Fix: call resolved(num_layers)."
             )
         return list(self.compression_layers)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The plan's threshold of each compression layer (:meth:`resolved` first)."""
+        if self.layer_thresholds is not None:
+            return list(self.layer_thresholds)
+        return [self.similarity_threshold] * len(self.layers)
+
+    def plan_rate(self, num_layers: int) -> float:
+        """Nominal whole-model rate of the plan (docs/evaluation.md's in-model rate; NaN for fixed thresholds).
+
+        With the adaptive threshold each compression layer keeps about its threshold's fraction of
+        its units; see :func:`tokenmask.activation_compression.plan.plan_rate`.
+        """
+        from tokenmask.activation_compression.plan import plan_rate  # torch-heavy module: on use
+
+        if not self.adaptive_threshold:
+            return math.nan
+        resolved = self.resolved(num_layers)
+        return plan_rate(resolved.layers, resolved.thresholds, num_layers)
 
     def resolved(self, num_layers: int) -> CompressionConfig:
         """A copy with the default compression layer filled in for a model of ``num_layers`` layers, checked.
@@ -160,6 +202,12 @@ class ActivationTrainConfig:
     similarity_threshold: float = field(
         default=0.5, metadata={"help": "cosine threshold, or the quantile when adaptive"}
     )
+    layer_thresholds: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "layer plan: one threshold per compression layer, e.g. 0.6,0.6,0.6 (default: similarity_threshold)"
+        },
+    )
     use_residuals: bool = field(default=True, metadata={"help": "learned gated residual before the LM head"})
     adaptive_threshold: bool = field(
         default=True, metadata={"help": "per-sequence (causal running quantile) threshold"}
@@ -177,6 +225,12 @@ class ActivationTrainConfig:
         default=0.03, metadata={"help": "relative perplexity increase tolerated before backing off"}
     )
     parachute_step: float = field(default=0.02, metadata={"help": "how far the threshold moves per back-off"})
+    parachute_max_offset: float | None = field(
+        default=None,
+        metadata={
+            "help": "highest threshold offset of the parachute (default: until nothing merges); caps the rate lost"
+        },
+    )
     warmup_steps: int = field(default=20, metadata={"help": "steps of linear learning-rate warm-up"})
     threshold_jitter: float = field(
         default=0.0, metadata={"help": "draw each step's threshold within this distance of the target"}
@@ -216,6 +270,11 @@ class ActivationTrainConfig:
             raise ActivationConfigError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}.")
         if self.parachute_tolerance <= 0 or self.parachute_step < 0:
             raise ActivationConfigError("parachute_tolerance must be > 0 and parachute_step >= 0.")
+        if self.parachute_max_offset is not None and self.parachute_max_offset < 0:
+            raise ActivationConfigError(
+                f"parachute_max_offset must be >= 0, got {self.parachute_max_offset}. Fix: e.g. 0.05, or leave it unset.",
+                key="parachute_max_offset",
+            )
         self.compression()  # validates the compression settings early
 
     def compression(self) -> CompressionConfig:
@@ -223,6 +282,7 @@ class ActivationTrainConfig:
         return CompressionConfig(
             compression_layers=None if self.compression_layers is None else list(self.compression_layers),
             similarity_threshold=self.similarity_threshold,
+            layer_thresholds=None if self.layer_thresholds is None else list(self.layer_thresholds),
             adaptive_threshold=self.adaptive_threshold,
             use_residuals=self.use_residuals,
             max_cluster_size=self.max_cluster_size,
@@ -256,6 +316,10 @@ class ActivationEvaluateConfig:
     )
     similarity_threshold: float | None = field(
         default=None, metadata={"help": "operating threshold (default: the model's)"}
+    )
+    layer_thresholds: list[float] | None = field(
+        default=None,
+        metadata={"help": "operating layer plan: one threshold per compression layer (default: the model's)"},
     )
     use_residuals: bool | None = field(default=None, metadata={"help": "for an untrained model"})
     adaptive_threshold: bool | None = field(default=None, metadata={"help": "for an untrained model"})
@@ -293,3 +357,4 @@ class ActivationEvaluateConfig:
             None if self.similarity_threshold is None else [self.similarity_threshold],
             self.adaptive_threshold,
         )
+        check_thresholds("layer_thresholds", self.layer_thresholds, self.adaptive_threshold)

@@ -1,6 +1,10 @@
 """Measuring activation compression: perplexity with and without it, ratio, memory, bytes saved, time.
 
-All figures are corpus figures (ratios of sums over sequences). Perplexity is over every token
+All figures are corpus figures (ratios of sums over sequences). ``rate`` is docs/evaluation.md's
+in-model rate: ``1 - Σ positions kept / Σ positions``, summed over **all** decoder layers (the
+fraction of the KV cache saved); ``ratio`` is positions / positions kept in the compressed layers
+only (how hard those layers merge); ``kept_per_layer`` lists the fraction kept by each layer.
+Perplexity is over every token
 after BOS, each predicted from the compressed past (``full`` mode: closed clusters plus the raw
 states of the position's own open cluster). Memory and time are measured on a pre-fill of the
 whole sequence (``prefill`` mode: the compressed layers run on the clusters alone), the
@@ -8,8 +12,8 @@ uncompressed reference running the same code with ``compress=False``:
 
 * ``peak_memory_*``: peak bytes of tensors allocated during the forward pass (CUDA allocator
   statistics on a GPU; on the CPU, allocations traced by the torch profiler);
-* ``kv_bytes_*`` / ``hidden_bytes_*``: bytes of keys+values and of hidden states held in the
-  compressed layers (exact counts times the dtype's size);
+* ``kv_bytes_*`` / ``hidden_bytes_*``: bytes of keys+values and of hidden states held by the
+  pre-fill, summed over **all** layers (exact counts times the dtype's size);
 * ``forward_ms_*``: wall time of the pre-fill, warm, median over ``repeats`` (compressed and
   uncompressed runs interleaved); ``forward_cpu_ms_*``: the process's CPU time for it (steadier
   than the wall clock on a shared machine).
@@ -31,7 +35,9 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm.auto import tqdm
 
 from tokenmask.activation_compression.config import ActivationEvaluateConfig, CompressionConfig
+from tokenmask.activation_compression.merge_map import merge_map, write_merge_map
 from tokenmask.activation_compression.model import META_FILE, CompressedCausalLM, kv_bytes
+from tokenmask.activation_compression.plan import plan_rate
 from tokenmask.activation_compression.report import write_report
 from tokenmask.activation_compression.sequences import load_sequences
 from tokenmask.reconstructors import Reconstructor, pad_batch
@@ -71,24 +77,27 @@ def perplexity_comparison(
     model: CompressedCausalLM,
     sequences: Sequence[Sequence[int]],
     batch_size: int = 4,
-    similarity_threshold: float | None = None,
+    similarity_threshold: float | Sequence[float] | None = None,
     reference_nll: float | None = None,
     lower: Sequence[torch.Tensor] | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Perplexity with and without compression on the same sequences, and the ratio achieved.
 
     :param model: the compressed model.
     :param sequences: BOS-started token sequences.
     :param batch_size: sequences per forward pass.
-    :param similarity_threshold: operating threshold (default: the model's).
+    :param similarity_threshold: operating threshold, one or one per compression layer (default: the model's plan).
     :param reference_nll: :func:`uncompressed_nll` of the same sequences, if already known.
     :param lower: cached :func:`lower_states` of the same sequences and batch size, if already known.
     :return: ``compressed_perplexity``, ``uncompressed_perplexity``, ``perplexity_increase``
-        (relative), ``ratio`` (Σ positions / Σ kept in the compressed layers), ``rate``, ``tokens``.
+        (relative), ``rate`` (whole model, all layers), ``ratio`` (Σ positions / Σ kept in the
+        compressed layers), ``kept_per_layer`` (list), ``tokens``.
     """
     compressed = 0.0
     tokens = 0
-    kept = total = 0.0
+    layers = model.backbone.num_layers
+    kept = torch.zeros(layers, dtype=torch.float64)
+    total = torch.zeros(layers, dtype=torch.float64)
     with torch.no_grad():
         for k, batch in enumerate(_batches(sequences, batch_size)):
             ids, mask = pad_batch(batch, model.reconstructor.pad_token_id)
@@ -102,18 +111,20 @@ def perplexity_comparison(
             )
             compressed += float(model.token_nlls(output, ids, score).sum())
             tokens += int(score.sum())
-            kept += float(output.positions_kept.sum())
-            total += float(output.positions_total.sum())
+            kept += output.layer_kept.sum(0).double().cpu()
+            total += output.layer_total.sum(0).double().cpu()
     uncompressed = (
         uncompressed_nll(model, sequences, batch_size, lower) if reference_nll is None else reference_nll
     )
     c, u = compressed / tokens, uncompressed / tokens
+    first = model.layer_indices[0]
     return {
         "compressed_perplexity": math.exp(c),
         "uncompressed_perplexity": math.exp(u),
         "perplexity_increase": math.exp(c - u) - 1.0,
-        "ratio": total / kept if kept else 1.0,
-        "rate": 1.0 - kept / total if total else 0.0,
+        "rate": 1.0 - float(kept.sum() / total.sum()) if float(total.sum()) else 0.0,
+        "ratio": float(total[first:].sum() / kept[first:].sum()) if float(kept[first:].sum()) else 1.0,
+        "kept_per_layer": [float(k / t) if t else 1.0 for k, t in zip(kept.tolist(), total.tolist())],
         "tokens": float(tokens),
     }
 
@@ -167,7 +178,7 @@ def measure_prefill(
     model: CompressedCausalLM,
     sequences: Sequence[Sequence[int]],
     batch_size: int = 4,
-    similarity_threshold: float | None = None,
+    similarity_threshold: float | Sequence[float] | None = None,
     repeats: int = 3,
 ) -> dict[str, float]:
     """Memory, bytes and time of pre-filling ``sequences`` with and without compression.
@@ -175,8 +186,9 @@ def measure_prefill(
     Uses the first ``batch_size`` sequences as one batch. Returns ``forward_ms_compressed``,
     ``forward_ms_uncompressed``, ``peak_memory_compressed`` / ``_uncompressed`` (bytes),
     ``kv_bytes_compressed`` / ``_uncompressed`` and ``hidden_bytes_compressed`` /
-    ``_uncompressed`` (bytes held in the compressed layers), ``kv_bytes_saved``,
-    ``hidden_bytes_saved`` and ``prefill_ratio`` (the ratio of this batch).
+    ``_uncompressed`` (bytes held over all layers), ``kv_bytes_saved``, ``hidden_bytes_saved``,
+    ``kv_saved_fraction_of_model`` (the rate of this batch) and ``prefill_ratio`` (its ratio in
+    the compressed layers).
     """
     ids, mask = pad_batch(list(sequences[:batch_size]), model.reconstructor.pad_token_id)
 
@@ -204,17 +216,15 @@ def measure_prefill(
             "kv_bytes_uncompressed": kv_bytes(model, total),
             "hidden_bytes_compressed": kept * width,
             "hidden_bytes_uncompressed": total * width,
-            "prefill_ratio": total / kept if kept else 1.0,
+            "prefill_ratio": output.ratio,
             "batch": float(ids.shape[0]),
             "tokens": float(mask.sum()),
         }
     )
     result["kv_bytes_saved"] = result["kv_bytes_uncompressed"] - result["kv_bytes_compressed"]
     result["hidden_bytes_saved"] = result["hidden_bytes_uncompressed"] - result["hidden_bytes_compressed"]
-    layers = model.backbone.num_layers
-    compressed_layers = layers - model.layer_indices[0]
-    # share of the whole model's KV cache saved (the layers before the first compression keep everything)
-    result["kv_saved_fraction_of_model"] = (1.0 - kept / total) * compressed_layers / layers if total else 0.0
+    # kept and total count every layer: the layers before the first compression keep everything
+    result["kv_saved_fraction_of_model"] = 1.0 - kept / total if total else 0.0
     return result
 
 
@@ -227,7 +237,7 @@ def sweep_thresholds(
     progress: bool = True,
     timing_thresholds: Sequence[float] | None = None,
     lower: Sequence[torch.Tensor] | None = None,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """One row per threshold: :func:`perplexity_comparison` plus :func:`measure_prefill` figures.
 
     :param repeats: timed repetitions of each pre-fill; 0 measures no memory or time.
@@ -240,7 +250,7 @@ def sweep_thresholds(
     reference = uncompressed_nll(model, sequences, batch_size, lower)
     rows = []
     for threshold in tqdm(list(thresholds), desc="thresholds", disable=not progress):
-        row: dict[str, float] = {"threshold": float(threshold)}
+        row: dict[str, Any] = {"threshold": float(threshold)}
         row.update(perplexity_comparison(model, sequences, batch_size, threshold, reference, lower))
         timed = timing_thresholds is None or any(abs(threshold - t) < 1e-9 for t in timing_thresholds)
         if repeats > 0 and timed:
@@ -270,12 +280,25 @@ def load_for_evaluation(config: ActivationEvaluateConfig) -> tuple[CompressedCau
     return CompressedCausalLM(recon, untrained_config(config)), False
 
 
+def operating_thresholds(config: ActivationEvaluateConfig) -> float | list[float] | None:
+    """The operating point's threshold override: the config's layer plan, its single threshold, or ``None`` (the model's)."""
+    if config.layer_thresholds is not None:
+        return list(config.layer_thresholds)
+    return config.similarity_threshold
+
+
 def untrained_config(
     config: ActivationEvaluateConfig, base: CompressionConfig | None = None
 ) -> CompressionConfig:
     """Compression settings of fresh layers: ``base`` (a trained model's) overridden by the config's options."""
     values = (base or CompressionConfig()).to_dict()
-    for key in ("compression_layers", "use_residuals", "adaptive_threshold", "similarity_threshold"):
+    for key in (
+        "compression_layers",
+        "use_residuals",
+        "adaptive_threshold",
+        "similarity_threshold",
+        "layer_thresholds",
+    ):
         if getattr(config, key) is not None:
             values[key] = getattr(config, key)
     return CompressionConfig(**values)
@@ -298,8 +321,13 @@ def evaluate(config: ActivationEvaluateConfig, progress: bool = True) -> dict[st
     )
     with torch.no_grad():
         lower = lower_states(model, sequences, config.batch_size)
-    operating = perplexity_comparison(
-        model, sequences, config.batch_size, config.similarity_threshold, lower=lower
+    override = operating_thresholds(config)
+    operating = perplexity_comparison(model, sequences, config.batch_size, override, lower=lower)
+    thresholds = model.effective_thresholds(override)
+    plan = (  # the rate the plan nominally gives (None: fixed cosine thresholds, no nominal rate)
+        plan_rate(model.layer_indices, thresholds, model.backbone.num_layers)
+        if model.config.adaptive_threshold
+        else None
     )
     main = sweep_thresholds(
         model,
@@ -335,9 +363,15 @@ def evaluate(config: ActivationEvaluateConfig, progress: bool = True) -> dict[st
         "num_layers": model.backbone.num_layers,
         "compression": model.config.to_dict(),
         "device": machine_description(model.device),
-        "operating_point": {"threshold": model.effective_threshold(config.similarity_threshold), **operating},
+        "operating_point": {"thresholds": thresholds, "plan_rate": plan, **operating},
         "sweeps": sweeps,
     }
     paths = write_report(config.output_dir, report)
+    sample = merge_map(model, sequences[0], override)
+    paths["merge_map"] = write_merge_map(
+        sample,
+        config.output_dir,
+        f"{config.model_name}, layers {model.layer_indices}, thresholds {thresholds}",
+    )
     report["files"] = {k: str(v) for k, v in paths.items()}
     return report

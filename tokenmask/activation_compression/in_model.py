@@ -7,10 +7,13 @@ with the default settings on the judge's own LM), a folder saved by ``tokenmask 
 :class:`~tokenmask.activation_compression.config.CompressionConfig` keys.
 
 Per document: ``BOS + context`` is pre-filled through the compressing judge, with the clusters of
-each compression layer chosen to remove the requested fraction of positions; the continuation
+each compression layer chosen so the KV entries kept over **all** layers are the requested
+fraction of the uncompressed context's (docs/evaluation.md's in-model rate; the layer plan's shape
+is followed, :func:`~tokenmask.activation_compression.plan.cluster_targets`); the continuation
 (retention) and ``sep + context`` (recoverability) are then scored against what was kept, their
 position ids continuing after the full context. The last context token stays an uncompressed
-position (it is the query that predicts the next token) and counts as kept.
+position (it is the query that predicts the next token) and counts as kept; the layers before the
+first compression layer keep every position. Each score carries the positions kept per layer.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class ActivationInModelCompressor:
     def _score_batch(
         self, contexts: Sequence[TokenIds], tails: Sequence[TokenIds], rate: float, skip: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """NLL of ``tails[b][skip:]`` after the compressed ``BOS + context``, and kept / total positions."""
+        """NLL of ``tails[b][skip:]`` after the compressed ``BOS + context``, and the ``(B, L)`` positions
+        of ``BOS + context`` kept / held uncompressed per layer."""
         model = self.model
         bos = model.reconstructor.bos_token_id
         ids, mask = pad_batch(
@@ -57,10 +61,16 @@ class ActivationInModelCompressor:
             score[row, 1 + len(c) + skip : 1 + len(c) + len(t)] = True
         with torch.no_grad():
             # the last context token is kept raw: it is the query predicting the first tail token
-            output = model(ids, mask, compress_lengths=prefix - 1, mode="prefill", target_rate=rate)
+            output = model(
+                ids,
+                mask,
+                compress_lengths=prefix - 1,
+                mode="prefill",
+                target_rate=rate,
+                cache_lengths=prefix,
+            )
             nll = model.token_nlls(output, ids, score).sum(1)
-        spans = model.backbone.num_layers - model.layer_indices[0]
-        return nll.cpu(), output.positions_kept.cpu() + spans, output.positions_total.cpu() + spans
+        return nll.cpu(), output.layer_kept.cpu(), output.layer_total.cpu()
 
     def _prefill_seconds(self, contexts: Sequence[TokenIds], rate: float) -> float:
         """Wall time of the compressing pre-fill of ``BOS + context`` alone."""
@@ -109,8 +119,10 @@ class ActivationInModelCompressor:
                     InModelScore(
                         context_nll=float(recover_nll[row]),
                         continuation_nll=float(cont_nll[row]),
-                        positions_kept=int(kept[row]),
-                        positions_total=int(total[row]),
+                        positions_kept=int(kept[row].sum()),
+                        positions_total=int(total[row].sum()),
+                        layer_kept=[int(x) for x in kept[row].tolist()],
+                        layer_total=[int(x) for x in total[row].tolist()],
                     )
                 )
         return InModelResult(scores=scores, compress_seconds=seconds)

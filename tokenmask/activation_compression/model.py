@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,9 +53,11 @@ from tokenmask.activation_compression.clustering import (
     merge_units,
     received_attention,
     running_quantile,
+    steered_quantile,
 )
 from tokenmask.activation_compression.config import ActivationConfigError, CompressionConfig
 from tokenmask.activation_compression.layout import TokenLayout
+from tokenmask.activation_compression.plan import UNIFORM_KEEP, cluster_targets, positions_per_layer
 from tokenmask.io import atomic_write_json, read_folder_meta, replace_dir, reraise_as, temporary_dir_beside
 from tokenmask.reconstructors import CorruptCheckpointError, Reconstructor
 
@@ -163,33 +166,82 @@ class CompressionOutput:
 
     :param hidden: ``(B, P, d)`` final-normed states of the computed positions (read them with ``origin``).
     :param origin: ``(B, P)`` original position of each row of ``hidden`` (``-1`` = padding).
-    :param positions_kept: ``(B,)`` positions held in the compressed layers, summed over those layers
-        (clusters of the compressible prefix).
-    :param positions_total: ``(B,)`` positions those layers would hold uncompressed.
+    :param layer_kept: ``(B, L)`` positions each decoder layer keeps of the cached sequence (every
+        valid position, or ``cache_lengths``): all of them before the first compression layer, the
+        clusters of the compressible prefix plus the raw positions after it from there on. Every
+        position of a layer holds the same number of KV entries, so these count KV entries.
+    :param layer_total: ``(B, L)`` positions each layer would hold uncompressed.
     :param clusters: per compression layer, ``(B,)`` clusters formed.
     :param contrastive: contrastive clustering loss (mean over compression layers), float32 scalar.
     :param thresholds: per compression layer, the mean threshold in force (NaN for budget mode).
+    :param assignments: per compression layer, ``(B, U)`` cluster id of each of its units (original
+        positions at the first layer, the previous layer's clusters after it; ``-1``: not merged
+        by this layer). :meth:`position_clusters` composes them.
+    :param compression_layers: the compression layers that ran (empty: nothing compressed).
     """
 
     hidden: torch.Tensor
     origin: torch.Tensor
-    positions_kept: torch.Tensor
-    positions_total: torch.Tensor
+    layer_kept: torch.Tensor
+    layer_total: torch.Tensor
     clusters: list[torch.Tensor] = field(default_factory=list)
     contrastive: torch.Tensor | None = None
     thresholds: list[float] = field(default_factory=list)
+    assignments: list[torch.Tensor] = field(default_factory=list)
+    compression_layers: list[int] = field(default_factory=list)
 
     @property
-    def ratio(self) -> float:
-        """Corpus compression ratio: Σ positions uncompressed / Σ positions kept, in the compressed layers."""
-        kept = float(self.positions_kept.sum())
-        return float(self.positions_total.sum()) / kept if kept else 1.0
+    def first_layer(self) -> int | None:
+        """The first compression layer that ran (``None``: nothing compressed)."""
+        return self.compression_layers[0] if self.compression_layers else None
+
+    @property
+    def positions_kept(self) -> torch.Tensor:
+        """``(B,)`` positions (KV entries / entries per position) kept, summed over **all** layers."""
+        return self.layer_kept.sum(1)
+
+    @property
+    def positions_total(self) -> torch.Tensor:
+        """``(B,)`` positions the uncompressed model holds, summed over all layers."""
+        return self.layer_total.sum(1)
 
     @property
     def rate(self) -> float:
-        """``1 - Σ kept / Σ total`` positions in the compressed layers only (docs/evaluation.md's in-model rate counts KV entries over all layers)."""
-        total = float(self.positions_total.sum())
-        return 1.0 - float(self.positions_kept.sum()) / total if total else 0.0
+        """docs/evaluation.md's in-model rate: ``1 - Σ kept / Σ total`` over the KV entries of all layers."""
+        total = float(self.layer_total.sum())
+        return 1.0 - float(self.layer_kept.sum()) / total if total else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Positions / positions kept in the compressed layers only (how hard those layers merge; not the rate)."""
+        if self.first_layer is None:
+            return 1.0
+        kept = float(self.layer_kept[:, self.first_layer :].sum())
+        return float(self.layer_total[:, self.first_layer :].sum()) / kept if kept else 1.0
+
+    def position_clusters(self) -> torch.Tensor:
+        """``(B, L, N)`` per decoder layer, the cluster each original position belongs to there.
+
+        Layers before the first compression layer and positions that are never merged (padding,
+        positions after the compressible prefix) read ``-1``; cluster ids count from 0 per layer
+        and row, in order.
+        """
+        layers = self.layer_kept.shape[1]
+        if not self.assignments:
+            b = self.layer_kept.shape[0]
+            return torch.full((b, layers, self.origin.shape[1]), -1, dtype=torch.long)
+        first = self.assignments[0]
+        b, n = first.shape
+        out = torch.full((b, layers, n), -1, dtype=torch.long, device=first.device)
+        current = first
+        bounds = [*self.compression_layers, layers]
+        for k, cid in enumerate(self.assignments):
+            if k > 0:
+                current = torch.where(
+                    current >= 0, torch.gather(cid, 1, current.clamp(min=0)), torch.full_like(current, -1)
+                )
+            out[:, bounds[k] : bounds[k + 1]] = current[:, None]
+        return out
 
 
 class CompressedCausalLM(nn.Module):
@@ -243,35 +295,56 @@ class CompressedCausalLM(nn.Module):
         return self.reconstructor.device
 
     def effective_threshold(self, similarity_threshold: float | None = None) -> float:
-        """The threshold in force: ``similarity_threshold`` if given, else the configured one plus the
-        quality parachute's offset (clamped to the valid range)."""
+        """The base threshold in force: ``similarity_threshold`` if given, else the configured one plus the
+        quality parachute's offset (clamped to the valid range). A layer plan's thresholds: :meth:`effective_thresholds`."""
         if similarity_threshold is None:
             value = self.config.similarity_threshold + float(self.threshold_offset)
         else:
             value = float(similarity_threshold)
+        return self._clamp_threshold(value)
+
+    def effective_thresholds(
+        self, similarity_threshold: float | Sequence[float] | None = None
+    ) -> list[float]:
+        """The threshold in force at each compression layer.
+
+        :param similarity_threshold: ``None``: the layer plan (``layer_thresholds``, else
+            ``similarity_threshold`` everywhere) plus the quality parachute's offset; a number: that
+            threshold at every layer (sweeps); a sequence: one threshold per compression layer.
+        :raises ValueError: for a sequence of the wrong length.
+        """
+        count = len(self.layer_indices)
+        if similarity_threshold is None:
+            offset = float(self.threshold_offset)
+            return [self._clamp_threshold(t + offset) for t in self.config.thresholds]
+        if isinstance(similarity_threshold, (int, float)):
+            return [self._clamp_threshold(float(similarity_threshold))] * count
+        values = [float(t) for t in similarity_threshold]
+        if len(values) != count:
+            raise ValueError(
+                f"{len(values)} thresholds for {count} compression layers {self.layer_indices}. Fix: give one per layer."
+            )
+        return [self._clamp_threshold(t) for t in values]
+
+    def _clamp_threshold(self, value: float) -> float:
         return (
             min(max(value, 0.0), 1.0) if self.config.adaptive_threshold else min(value, MAX_FIXED_THRESHOLD)
         )
 
-    def level_merge_fraction(self, target_rate: float) -> float:
-        """Fraction of units each compression layer removes so the overall rate is ``target_rate``.
+    @property
+    def plan_keep(self) -> list[float]:
+        """Per compression layer, the fraction of its units the plan keeps (the shape budget mode follows).
 
-        With compression layers ``l_1 < ... < l_K`` of an ``L``-layer model, every layer keeps the
-        same fraction ``1 - f`` of its units, so ``rate = 1 - Σ_k (l_{k+1} - l_k) (1 - f)^k / (L - l_1)``.
+        The adaptive thresholds themselves; with fixed cosine thresholds the keep fraction is not
+        known in advance, so every layer keeps the same share.
         """
-        if not 0.0 <= float(target_rate) < 1.0:
-            raise ValueError(f"target_rate {target_rate!r} is outside [0, 1). Fix: e.g. 0.5.")
-        bounds = [*self.layer_indices, self.backbone.num_layers]
-        spans = [bounds[k + 1] - bounds[k] for k in range(len(bounds) - 1)]
+        if not self.config.adaptive_threshold:
+            return [UNIFORM_KEEP] * len(self.layer_indices)
+        return self.config.thresholds
 
-        def rate_of(f: float) -> float:
-            return 1.0 - sum(span * (1.0 - f) ** (k + 1) for k, span in enumerate(spans)) / sum(spans)
-
-        low, high = 0.0, 1.0
-        for _ in range(60):
-            mid = (low + high) / 2
-            low, high = (mid, high) if rate_of(mid) < target_rate else (low, mid)
-        return (low + high) / 2
+    def plan_rate(self) -> float:
+        """Nominal whole-model rate of the configured plan (:meth:`CompressionConfig.plan_rate`)."""
+        return self.config.plan_rate(self.backbone.num_layers)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -280,10 +353,11 @@ class CompressedCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         compress_lengths: torch.Tensor | None = None,
         mode: Mode = "full",
-        similarity_threshold: float | None = None,
+        similarity_threshold: float | Sequence[float] | None = None,
         target_rate: float | None = None,
         compress: bool = True,
         lower_hidden: torch.Tensor | None = None,
+        cache_lengths: torch.Tensor | None = None,
     ) -> CompressionOutput:
         """Run the LM with compression.
 
@@ -293,14 +367,19 @@ class CompressedCausalLM(nn.Module):
             tokens). The rest are never merged (the continuation to score).
         :param mode: ``full`` (every position computed) or ``prefill`` (only positions after the
             compressible prefix; the compressed layers run on the clusters alone).
-        :param similarity_threshold: override of the configured threshold (sweeps).
-        :param target_rate: ``prefill`` only: merge each sequence's most similar pairs until this
-            fraction of its compressible positions is removed (per compression layer; not causal
-            inside the prefix, which is never scored in this mode).
+        :param similarity_threshold: override of the layer plan's thresholds: one number for every
+            compression layer (sweeps) or one per layer (:meth:`effective_thresholds`).
+        :param target_rate: ``prefill`` only: merge each sequence's most similar pairs until the
+            whole-model rate (docs/evaluation.md: KV entries kept over all layers, counted over
+            ``cache_lengths``) is this, following the plan's shape (:func:`~tokenmask.activation_compression.plan.cluster_targets`;
+            not causal inside the prefix, which is never scored in this mode).
         :param compress: ``False`` runs the unmodified layers (same code path, no merges).
         :param lower_hidden: ``(B, N, d)`` states entering the first compression layer, from
             :meth:`lower_states` of the same inputs; the layers before it are then skipped (they
             do not depend on compression, so a frozen base's states can be cached).
+        :param cache_lengths: ``(B,)`` leading positions the counts of :class:`CompressionOutput`
+            (and ``target_rate``) cover, at least ``compress_lengths`` (default: every real token).
+            The evaluation caches ``BOS + context`` while scoring tokens after it.
         """
         if mode not in ("full", "prefill"):
             raise ValueError(f"mode must be 'full' or 'prefill', got {mode!r}.")
@@ -318,6 +397,11 @@ class CompressedCausalLM(nn.Module):
         if compress_lengths is None:
             compress_lengths = lengths
         compress_lengths = torch.minimum(compress_lengths.to(device).long(), lengths)
+        cache_lengths = (
+            lengths
+            if cache_lengths is None
+            else torch.maximum(torch.minimum(cache_lengths.to(device).long(), lengths), compress_lengths)
+        )
         layout = TokenLayout.positions(valid, compress_lengths, self.config.protected_tokens)
         blocks: list[tuple[int, int]] = [(0, n)]  # (start, width) of each level's columns
         position_ids = torch.arange(n, device=device).expand(b, n)
@@ -334,14 +418,29 @@ class CompressedCausalLM(nn.Module):
                 hidden = self.backbone.embed(input_ids, position_ids)
         bias, positions = self._attention_inputs(layout, hidden)
         levels = [i for i in self.layer_indices if compress]
+        level_thresholds = self.effective_thresholds(similarity_threshold)
+        targets: list[torch.Tensor | None] = [None] * len(levels)
+        if target_rate is not None and levels:
+            targets = list(
+                cluster_targets(
+                    self.backbone.num_layers,
+                    levels,
+                    self.plan_keep,
+                    target_rate,
+                    cache_lengths,
+                    compress_lengths,
+                    self.config.protected_tokens,
+                )
+            )
         clusters: list[torch.Tensor] = []
+        assignments: list[torch.Tensor] = []
         thresholds: list[float] = []
         losses: list[torch.Tensor] = []
         own: torch.Tensor | None = None
         for index in range(first if lower_hidden is not None else 0, self.backbone.num_layers):
             if index in levels:
                 level = levels.index(index) + 1
-                hidden, layout, blocks, count, threshold, loss = self._compress(
+                hidden, layout, blocks, count, cid, threshold, loss = self._compress(
                     index,
                     level,
                     hidden,
@@ -349,10 +448,11 @@ class CompressedCausalLM(nn.Module):
                     blocks,
                     compress_lengths,
                     mode,
-                    similarity_threshold,
-                    target_rate,
+                    level_thresholds[level - 1],
+                    targets[level - 1],
                 )
                 clusters.append(count)
+                assignments.append(cid)
                 thresholds.append(threshold)
                 losses.append(loss)
                 if own is None:
@@ -367,9 +467,13 @@ class CompressedCausalLM(nn.Module):
             final = self.restore(final, own)
         final = self.backbone.final_norm(final)
         origin = layout.origin[:, :width]
-        kept, total = self._kept_positions(clusters, compress_lengths, levels)
+        kept, total = positions_per_layer(
+            self.backbone.num_layers, levels, clusters, cache_lengths, compress_lengths
+        )
         contrastive = torch.stack(losses).mean() if losses else None
-        return CompressionOutput(final, origin, kept, total, clusters, contrastive, thresholds)
+        return CompressionOutput(
+            final, origin, kept, total, clusters, contrastive, thresholds, assignments, levels
+        )
 
     def lower_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -398,20 +502,6 @@ class CompressedCausalLM(nn.Module):
         bias = self.backbone.attention_bias(layout.visibility())
         return bias, self.backbone.position_context(hidden, layout.position)
 
-    def _kept_positions(
-        self, clusters: list[torch.Tensor], compress_lengths: torch.Tensor, levels: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        num_layers = self.backbone.num_layers
-        if not levels:
-            zero = torch.zeros_like(compress_lengths)
-            return zero, zero
-        kept = torch.zeros_like(compress_lengths)
-        bounds = [*levels, num_layers]
-        for k, count in enumerate(clusters):
-            kept = kept + count * (bounds[k + 1] - bounds[k])
-        total = compress_lengths * (num_layers - levels[0])
-        return kept, total
-
     def _compress(
         self,
         index: int,
@@ -421,10 +511,17 @@ class CompressedCausalLM(nn.Module):
         blocks: list[tuple[int, int]],
         compress_lengths: torch.Tensor,
         mode: Mode,
-        similarity_threshold: float | None,
-        target_rate: float | None,
-    ) -> tuple[torch.Tensor, TokenLayout, list[tuple[int, int]], torch.Tensor, float, torch.Tensor]:
-        """Cluster the units of the previous level before decoder layer ``index``; append the clusters."""
+        threshold_value: float,
+        target_count: torch.Tensor | None,
+    ) -> tuple[
+        torch.Tensor, TokenLayout, list[tuple[int, int]], torch.Tensor, torch.Tensor, float, torch.Tensor
+    ]:
+        """Cluster the units of the previous level before decoder layer ``index``; append the clusters.
+
+        :param threshold_value: this layer's threshold (quantile or cosine).
+        :param target_count: budget mode: ``(B,)`` clusters to form (the most similar pairs merge).
+        :return: ``(hidden, layout, blocks, count, cid, mean threshold, contrastive loss)``.
+        """
         layer = self.layers[str(index)]
         assert isinstance(layer, CompressionLayer)
         start, width = blocks[level - 1]
@@ -451,16 +548,16 @@ class CompressedCausalLM(nn.Module):
         similarity = adjacent_similarity(features)
         sim = similarity.detach()
         eligible = merge_eligible(member, meta.protected)
-        if target_rate is not None:
-            fraction = self.level_merge_fraction(target_rate)
-            merges = torch.floor(fraction * member.sum(1).float() + 0.5).long()
+        if target_count is not None:
+            merges = (member.sum(1) - target_count).clamp(min=0)
             starts = budget_starts(sim, eligible, merges, self.config.max_cluster_size)
             threshold = torch.full_like(sim, float("nan"))
         elif self.config.adaptive_threshold:
-            threshold = running_quantile(sim, eligible, self.effective_threshold(similarity_threshold))
+            quantile = steered_quantile if self.config.steered_threshold else running_quantile
+            threshold = quantile(sim, eligible, threshold_value)
             starts = cluster_starts(sim, threshold, eligible, self.config.max_cluster_size)
         else:
-            threshold = torch.full_like(sim, self.effective_threshold(similarity_threshold))
+            threshold = torch.full_like(sim, threshold_value)
             starts = cluster_starts(sim, threshold, eligible, self.config.max_cluster_size)
         cid, count = cluster_index(starts, member)
         m = max(int(count.max()), 1)
@@ -521,7 +618,7 @@ class CompressedCausalLM(nn.Module):
         mean_threshold = (
             float(torch.nanmean(threshold[eligible]).item()) if bool(eligible.any()) else float("nan")
         )
-        return hidden, layout, blocks, count, mean_threshold, loss
+        return hidden, layout, blocks, count, cid, mean_threshold, loss
 
     @staticmethod
     def _drop_for_prefill(
@@ -678,7 +775,8 @@ class CompressedCausalLM(nn.Module):
             CorruptCheckpointError,
             f"The activation model folder {folder} is corrupt or incomplete. Fix: re-save it",
         ):
-            config = CompressionConfig(**meta["compression"])
+            # saved before the threshold was steered: keep the plain running quantile it was trained with
+            config = CompressionConfig(**{"steered_threshold": False, **meta["compression"]})
             state = load_file(str(folder / WEIGHTS_FILE))
         if meta.get("base_included"):
             reconstructor = Reconstructor.from_pretrained(folder / BASE_DIR, device=device, dtype=dtype)
@@ -707,7 +805,7 @@ class CompressedCausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def extra_repr(self) -> str:
-        return f"compression_layers={self.layer_indices}, threshold={self.config.similarity_threshold}, adaptive={self.config.adaptive_threshold}"
+        return f"compression_layers={self.layer_indices}, thresholds={self.config.thresholds}, adaptive={self.config.adaptive_threshold}"
 
 
 def kv_bytes(model: CompressedCausalLM, positions: float) -> float:

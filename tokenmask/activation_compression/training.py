@@ -1,6 +1,8 @@
 """Training the compression layers: LM loss + contrastive clustering loss, with a quality parachute.
 
 ``loss = LM loss with compression (mean nats per token) + contrastive_weight * contrastive loss``.
+The layer plan (``compression_layers`` and ``layer_thresholds``) sets how much each layer merges;
+the step's ``rate`` is the whole-model rate of docs/evaluation.md.
 With ``freeze_base`` only the compression layers learn (the layers before the first compression
 layer then run without autograd). The :class:`QualityParachute` compares a running mean of the
 compressed LM loss with the uncompressed loss of the same batches and raises the threshold (fewer
@@ -42,12 +44,20 @@ class QualityParachute:
     :param tolerance: relative perplexity increase tolerated (0.03 = 3 %).
     :param step: threshold change per back-off.
     :param momentum: weight of the past in the running means.
+    :param max_offset: the highest offset (``None``: up to where no layer merges); a layer plan
+        trained for a rate caps it so the rate the layers learn stays near the plan's.
     """
 
     def __init__(
-        self, model: CompressedCausalLM, tolerance: float = 0.03, step: float = 0.02, momentum: float = 0.9
+        self,
+        model: CompressedCausalLM,
+        tolerance: float = 0.03,
+        step: float = 0.02,
+        momentum: float = 0.9,
+        max_offset: float | None = None,
     ) -> None:
         self.model = model
+        self.max_offset = max_offset
         self.tolerance = tolerance
         self.step = step
         self.momentum = momentum
@@ -74,9 +84,12 @@ class QualityParachute:
             else m * self.uncompressed + (1 - m) * uncompressed_loss
         )
         offset = float(self.model.threshold_offset)
-        limit = (
-            1.0 if self.model.config.adaptive_threshold else MAX_FIXED_THRESHOLD
-        ) - self.model.config.similarity_threshold
+        # enough offset to stop every layer of the plan from merging, no more
+        limit = (1.0 if self.model.config.adaptive_threshold else MAX_FIXED_THRESHOLD) - min(
+            self.model.config.thresholds
+        )
+        if self.max_offset is not None:
+            limit = min(limit, self.max_offset)
         if self.increase > self.tolerance and offset < limit:
             self.model.threshold_offset.fill_(min(offset + self.step, limit))
             self.backoffs += 1
@@ -88,7 +101,12 @@ class QualityParachute:
 
 @dataclass
 class StepMetrics:
-    """One optimizer step's figures (losses in nats per token)."""
+    """One optimizer step's figures (losses in nats per token).
+
+    :param rate: docs/evaluation.md's in-model rate of the batch (KV entries saved over all layers).
+    :param ratio: positions / positions kept in the compressed layers only.
+    :param threshold: mean over compression layers of the thresholds in force.
+    """
 
     loss: float
     lm_loss: float
@@ -96,6 +114,7 @@ class StepMetrics:
     uncompressed_loss: float
     ratio: float
     threshold: float
+    rate: float = 0.0
 
     @property
     def perplexity(self) -> float:
@@ -206,13 +225,12 @@ class ActivationTrainer:
         ids, mask = ids.to(model.device), mask.to(model.device)
         score = mask.bool().clone()
         score[:, 0] = False
-        threshold = model.effective_threshold()
-        if self.threshold_jitter > 0:
-            threshold = model.effective_threshold(
-                threshold + self._rng.uniform(-self.threshold_jitter, self.threshold_jitter)
-            )
+        thresholds = model.effective_thresholds()
+        if self.threshold_jitter > 0:  # the whole plan moves together
+            shift = self._rng.uniform(-self.threshold_jitter, self.threshold_jitter)
+            thresholds = model.effective_thresholds([t + shift for t in thresholds])
         lower = self.lower_states(sequences, ids, mask)
-        output = model(ids, mask, similarity_threshold=threshold, lower_hidden=lower)
+        output = model(ids, mask, similarity_threshold=thresholds, lower_hidden=lower)
         nll = model.token_nlls(output, ids, score)
         lm_loss = nll.sum() / score.sum()
         contrastive = output.contrastive if output.contrastive is not None else lm_loss * 0.0
@@ -233,7 +251,8 @@ class ActivationTrainer:
             contrastive=contrastive.item(),
             uncompressed_loss=base,
             ratio=output.ratio,
-            threshold=threshold,
+            threshold=sum(thresholds) / len(thresholds),
+            rate=output.rate,
         )
         if self.parachute is not None:
             self.parachute.update(metrics.lm_loss, base)
@@ -278,7 +297,9 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
         config.max_documents,
         config.text_column,
     )
-    parachute = QualityParachute(model, config.parachute_tolerance, config.parachute_step)
+    parachute = QualityParachute(
+        model, config.parachute_tolerance, config.parachute_step, max_offset=config.parachute_max_offset
+    )
     trainer = ActivationTrainer(
         model,
         config.learning_rate,
@@ -311,6 +332,7 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
             "uncompressed_perplexity": math.exp(metrics.uncompressed_loss),
             "perplexity_increase": metrics.perplexity_increase,
             "compression_ratio": metrics.ratio,
+            "rate": metrics.rate,
             "threshold": metrics.threshold,
             "parachute_increase": parachute.increase,
         }
@@ -320,7 +342,7 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
         bar.set_postfix(
             ppl=f"{metrics.perplexity:.2f}",
             base=f"{math.exp(metrics.uncompressed_loss):.2f}",
-            ratio=f"{metrics.ratio:.2f}",
+            rate=f"{metrics.rate:.2f}",
         )
         bar.update(1)
     bar.close()
@@ -334,7 +356,7 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
         config.text_column,
     )
     result = perplexity_comparison(model, validation, config.batch_size)
-    for key in ("compressed_perplexity", "uncompressed_perplexity", "ratio"):
+    for key in ("compressed_perplexity", "uncompressed_perplexity", "ratio", "rate"):
         writer.add_scalar(f"validation/{key}", result[key], step)
     writer.close()
     summary = {
@@ -343,7 +365,12 @@ def train(config: ActivationTrainConfig, progress: bool = True) -> dict[str, Any
         "sequences": len(sequences),
         "trainable_parameters": model.num_trainable_parameters(),
         "parachute_backoffs": parachute.backoffs,
-        "final_threshold": model.effective_threshold(),
+        "final_thresholds": model.effective_thresholds(),
+        "plan": {
+            "compression_layers": model.layer_indices,
+            "thresholds": model.config.thresholds,
+            "plan_rate": model.plan_rate() if model.config.adaptive_threshold else None,
+        },
         "validation": result,
         "model_dir": str(model_dir),
         "history_tail": history[-20:],

@@ -371,18 +371,43 @@ def check_rate(rate: float) -> float:
 class InModelScore:
     """What an in-model compressor reports for one document (NLLs in nats, summed over tokens).
 
+    The counts are of the KV cache of the pre-fill ``BOS + context``, summed over **all** decoder
+    layers (docs/evaluation.md): ``rate = 1 - Σ positions_kept / Σ positions_total``. A position of
+    a layer holds that layer's keys and values of every head, so counting positions counts KV
+    entries; a method that prunes heads unevenly counts entries (kept heads x positions) instead.
+
     :param context_nll: ``-Σ log p(context ids | kept state of BOS + context, then sep)`` — the
         recoverability numerator's ``R(compressed)``.
     :param continuation_nll: ``-Σ log p(continuation | kept state of BOS + context)`` — ``F(compressed)``.
-    :param positions_kept: positions (tokens, merged states or KV entries) kept, summed over the
-        compressed layers.
-    :param positions_total: positions those layers would hold uncompressed.
+    :param positions_kept: KV entries (positions: tokens, merged states) kept, summed over all layers.
+    :param positions_total: KV entries the uncompressed context holds, summed over all layers.
+    :param layer_kept: per decoder layer, the entries kept (empty when the method does not say);
+        they sum to ``positions_kept``.
+    :param layer_total: per decoder layer, the entries of the uncompressed context; they sum to
+        ``positions_total``.
+    :raises ValueError: when the per-layer counts do not sum to the totals.
     """
 
     context_nll: float
     continuation_nll: float
     positions_kept: int
     positions_total: int
+    layer_kept: list[int] = field(default_factory=list)
+    layer_total: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.layer_kept) != len(self.layer_total):
+            raise ValueError(
+                f"{len(self.layer_kept)} per-layer kept counts for {len(self.layer_total)} totals; give both or neither."
+            )
+        if self.layer_kept and (
+            sum(self.layer_kept) != self.positions_kept or sum(self.layer_total) != self.positions_total
+        ):
+            raise ValueError(
+                f"per-layer counts sum to {sum(self.layer_kept)} / {sum(self.layer_total)}, not "
+                f"positions_kept {self.positions_kept} / positions_total {self.positions_total}. "
+                "Fix: sum the per-layer counts over all layers."
+            )
 
 
 @dataclass
@@ -405,7 +430,7 @@ class InModelCompressor(Protocol):
     Per ``docs/evaluation.md``: pre-fill ``BOS + context`` through the compressing model, then score the
     continuation (retention) and ``sep + context`` (recoverability; only the context tokens are
     scored) against what was kept, position ids continuing after the full context.
-    ``rate = 1 - Σ positions_kept / Σ positions_total``.
+    ``rate = 1 - Σ positions_kept / Σ positions_total``, KV entries summed over all layers.
 
     :attr name: the method's name in reports.
     """
@@ -463,6 +488,7 @@ _REGISTRY: dict[str, MethodFactory] = {}
 PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
     "agent": ("tokenmask.train", "tokenmask.policies"),
     "activation": ("tokenmask.activation_compression",),
+    "kvpress": ("tokenmask.evaluate.kvpress_peer",),
 }
 
 #: Modules holding the built-in methods (imported on first use of the registry).

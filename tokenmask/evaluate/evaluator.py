@@ -170,6 +170,8 @@ class Evaluator:
             rate,
             self.reference,
             self.context_tokens,
+            [s.layer_kept for s in result.scores],
+            [s.layer_total for s in result.scores],
         )
         seconds = result.compress_seconds if result.compress_seconds is not None else elapsed
         scores.compress_ms_per_1k_tokens = seconds * 1e6 / self.context_tokens

@@ -191,6 +191,8 @@ class Scores:
     context_tokens: int = 0
     kept_tokens: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    #: in-model methods: per decoder layer, the fraction of the context's positions (KV entries) kept
+    kept_per_layer: list[float] = field(default_factory=list)
 
 
 def score_compressed_texts(
@@ -258,18 +260,27 @@ def score_in_model(
     requested_rate: float,
     reference: ReferenceNLLs,
     context_tokens: int,
+    layer_kept: Sequence[Sequence[int]] = (),
+    layer_total: Sequence[Sequence[int]] = (),
 ) -> Scores:
-    """Scores of an in-model compressor from its per-document NLLs and kept positions.
+    """Scores of an in-model compressor from its per-document NLLs and kept KV entries.
 
     :param context_nlls: per document, ``R(compressed)`` (only the first ``reference.recover_documents`` are used).
     :param continuation_nlls_: per document, ``F(compressed)``.
-    :param positions_kept: per document, positions kept over the compressed layers.
-    :param positions_total: per document, positions those layers hold uncompressed.
+    :param positions_kept: per document, KV entries kept, summed over all layers.
+    :param positions_total: per document, KV entries of the uncompressed context, summed over all layers.
     :param requested_rate: the rate asked for.
     :param reference: the judge's reference NLLs of the same documents.
     :param context_tokens: Σ C over the documents (reported beside the figures).
+    :param layer_kept: per document, the entries kept per layer (empty: not reported).
+    :param layer_total: per document, the entries per layer uncompressed.
     """
     rate = compression_rate(positions_kept, positions_total)
+    kept_per_layer: list[float] = []
+    if layer_kept and all(len(k) for k in layer_kept):
+        kept_sum = np.sum(np.asarray(layer_kept, dtype=np.float64), axis=0)
+        total_sum = np.sum(np.asarray(layer_total, dtype=np.float64), axis=0)
+        kept_per_layer = [float(k / t) if t else 1.0 for k, t in zip(kept_sum, total_sum)]
     return Scores(
         requested_rate=float(requested_rate),
         rate=rate,
@@ -284,6 +295,7 @@ def score_in_model(
         recoverability_documents=reference.recover_documents,
         context_tokens=context_tokens,
         kept_tokens=int(sum(positions_kept)),
+        kept_per_layer=kept_per_layer,
     )
 
 
