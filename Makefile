@@ -71,8 +71,9 @@ demo: install
 	@echo "== 2/3 evaluate beside the baselines: $(DEMO_METHODS), $(DEMO_DOCUMENTS) documents of the sample corpus"
 	tokenmask evaluate --corpus sample --methods $(DEMO_METHODS) --rates 0.5 --num_documents $(DEMO_DOCUMENTS) \
 		--recoverability_documents $(DEMO_DOCUMENTS) --device cpu --tensorboard false --output_dir $(DEMO_DIR)/eval
-	@echo "== 3/3 train the tiny debug agent (the whole pipeline on a tiny budget; it learns little)"
-	tokenmask train --config configs/dev/debug.json --run_dir $(DEMO_DIR)/agent
+	@echo "== 3/3 train the tiny debug agent (the whole pipeline on a tiny budget; it learns little): SB3's tables show"
+	@echo "   the agent scored beside truncation before and after PPO (eval/), the joint reconstructor rounds and the rollouts"
+	tokenmask train --config configs/dev/debug.json --run_dir $(DEMO_DIR)/agent --verbose 1
 
 clean:
 	rm -rf build dist *.egg-info runs data_out .mypy_cache .ruff_cache .pytest_cache

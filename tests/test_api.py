@@ -184,3 +184,32 @@ def test_the_agent_compresses_many_texts_in_one_pass(run_dir) -> None:  # type: 
     assert [r.tokens for r in whole] == [r.tokens for r in split]
     for one, other in zip(whole, split):
         assert one.kept_tokens > 0 and abs(one.rate - other.rate) <= 2 / one.tokens + 0.01
+
+
+def test_the_shipped_agent_folder_goes_into_the_wheel() -> None:
+    """setup.cfg's package data carries tokenmask/agents/default/ (the folder ``agent="default"`` reads)."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    patterns = [p.strip() for p in setup["options.package_data"]["tokenmask"].split(",")]
+    assert "agents/default/*" in patterns
+    assert Path(tokenmask.__file__).resolve().parent / "agents" / "default" == api.DEFAULT_AGENT_DIR
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not (api.DEFAULT_AGENT_DIR / "config.json").is_file(), reason="no agent ships with this checkout yet"
+)
+def test_the_shipped_agent_compresses_offline() -> None:
+    """The agent in tokenmask/agents/default/: a small exported folder with its provenance, usable at once."""
+    from tokenmask.train.export import AGENT_INFO_FILE, POLICY_FILE, read_agent_info
+
+    folder = api.DEFAULT_AGENT_DIR
+    assert (folder / POLICY_FILE).is_file() and not (folder / "agent.zip").exists()
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 20_000_000
+    info = read_agent_info(folder)
+    assert {"source_run", "step", "git_commit", "date", "machine", "figures"} <= set(info), AGENT_INFO_FILE
+    text = TEXTS[0] * 3
+    result = tokenmask.compress(text, rate=0.5, device="cpu")
+    assert 0 < result.kept_tokens < result.tokens and abs(result.rate - 0.5) <= 0.02

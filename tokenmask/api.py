@@ -16,7 +16,7 @@ What compresses, in this order:
   judge ``judge``;
 * ``agent=`` a :class:`~tokenmask.evaluate.Compressor` object (e.g. an ``AgentCompressor``, or any
   method built once and reused across calls);
-* ``agent=RUN_DIR``: the agent of a folder written by ``tokenmask train``;
+* ``agent=RUN_DIR``: the agent of a folder written by ``tokenmask train`` or ``tokenmask export``;
 * ``agent="default"``: the agent shipped inside the package, in :data:`DEFAULT_AGENT_DIR`.
 
 Only the light standard library loads with this module; models load when :func:`compress` runs.
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from tokenmask.reconstructors import Reconstructor
 
 DEFAULT_AGENT_DIR = Path(__file__).resolve().parent / "agents" / "default"
-"""Where the package's shipped agent lives (a run-folder layout: ``config.json`` and ``agent.zip``)."""
+"""Where the package's shipped agent lives: a folder of ``tokenmask export`` (``policy.pt``, ``config.json``,
+``agent.json``), put there by ``tokenmask export RUN_DIR --output_dir tokenmask/agents/default``."""
 
 
 class AgentNotFoundError(ValueError):
@@ -102,9 +103,11 @@ def compress(
     """Compress one text or a list of texts, removing the fraction ``rate`` of their tokens.
 
     :param texts: a text, or a list of texts (each non-empty).
-    :param rate: fraction of each text's judge tokens to remove, in ``[0, 1)``.
-    :param agent: ``"default"`` (the agent shipped in :data:`DEFAULT_AGENT_DIR`), a run folder
-        written by ``tokenmask train``, or a :class:`~tokenmask.evaluate.Compressor` object (an
+    :param rate: fraction of each text's judge tokens to remove, in ``[0, 1)``. A text always keeps
+        at least one token: where the rate would remove them all (a very short text), the method is
+        asked for the rate that leaves one.
+    :param agent: ``"default"`` (the agent shipped in :data:`DEFAULT_AGENT_DIR`), a folder
+        written by ``tokenmask train`` or ``tokenmask export``, or a :class:`~tokenmask.evaluate.Compressor` object (an
         ``AgentCompressor``, a baseline, ...); leave it at ``"default"`` when giving ``method``.
     :param method: a registered method name (``span_self_information``, ``truncation``,
         ``self_information:MODEL``, ``agent:RUN_DIR``, ...) to use instead of an agent.
@@ -130,7 +133,20 @@ def compress(
     results: list[CompressionResult] = []
     for start in range(0, len(batch), batch_size):
         results.extend(_compress_batch(compressor, batch[start : start + batch_size], rate, seed))
+    for i, result in enumerate(results):
+        # a very short text the rate would erase: never return nothing
+        if result.kept_tokens == 0 and result.tokens:
+            results[i] = _keep_one_token(compressor, batch[i], result.tokens, seed)
     return results[0] if single else results
+
+
+def _keep_one_token(compressor: Compressor, text: str, tokens: int, seed: int) -> CompressionResult:
+    """``text`` at the rate that leaves one of its ``tokens`` (the method still picks which), else at rate 0."""
+    for rate in ((tokens - 1) / tokens, 0.0):
+        result = _compress_batch(compressor, [text], rate, seed)[0]
+        if result.kept_tokens:
+            break  # (the one token kept may emit no text of its own: part of a character)
+    return result
 
 
 def _check_texts(texts: object) -> list[str]:
@@ -156,6 +172,13 @@ def _check_texts(texts: object) -> list[str]:
             raise ValueError(
                 f"texts[{i}] is empty or only whitespace: there is nothing to compress. Fix: drop it or pass text."
             )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: bytes decoded with errors="surrogateescape"
+            raise ValueError(
+                f"texts[{i}] is not valid Unicode (character {exc.start} is a lone surrogate, left by bytes that "
+                "were not UTF-8). Fix: decode the bytes with their real encoding first."
+            ) from None
     return batch
 
 
@@ -223,7 +246,7 @@ def _agent_dir(agent: str | os.PathLike[str]) -> Path:
     if not path.is_dir():
         raise AgentNotFoundError(
             f"agent {str(agent)!r} is neither 'default' nor a folder. "
-            "Fix: pass a run folder written by `tokenmask train`, or method='span_self_information'."
+            "Fix: pass a folder written by `tokenmask train` or `tokenmask export`, or method='span_self_information'."
         )
     return path
 

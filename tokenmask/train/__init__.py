@@ -64,8 +64,13 @@ def check_agent_argument(argument: str) -> None:
             fix="pass a folder written by `tokenmask train` (its run_dir).",
             path=argument,
         )
-    from tokenmask.train.run_folder import RunFolder  # imports torch: only once a folder is there to read
+    # these import torch: only once a folder is there to read
+    from tokenmask.train.export import check_policy_folder, is_policy_folder
+    from tokenmask.train.run_folder import RunFolder
 
+    if is_policy_folder(path):  # an exported agent (tokenmask export): policy.pt, no agent.zip
+        check_policy_folder(path)
+        return
     run = RunFolder(path)
     run.read_config()
     run.require_agent()

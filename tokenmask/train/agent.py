@@ -15,6 +15,8 @@ Speed: with the ``information`` reward, training prices every masked token under
 episode with the ``simple`` reward instead: ``mean_masked_bits`` is then the masked tokens' surprisal
 from the features pass, so a context costs one LM pass and no per-window pass. ``exact_bits=True``
 reproduces the training observations exactly, at about twice to three times the cost on a CPU.
+An agent trained with ``token_features="position"`` observes no LM output at all: its compressor runs
+no LM pass (the policy alone, a few ms per context on a CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tokenmask.evaluate.compressor import (
 from tokenmask.policies import TokenMaskPolicy
 from tokenmask.reconstructors import MaskMode, Reconstructor
 from tokenmask.train.config import TrainConfig
+from tokenmask.train.export import check_policy_folder, is_policy_folder, load_policy
 from tokenmask.train.loading import algorithm_class, load_run_config, load_run_reconstructor
 from tokenmask.train.replay import documents_env
 
@@ -111,21 +114,33 @@ class AgentCompressor(MaskingCompressor):
         name: str | None = None,
         exact_bits: bool = False,
     ) -> AgentCompressor:
-        """The agent of a run folder, with the run's (fine-tuned) reconstructor.
+        """The agent of a run folder or of an exported (policy-only) agent folder, with its reconstructor.
 
-        :param run_dir: a folder written by ``tokenmask train``.
+        A run folder gives its newest checkpoint's agent and its fine-tuned reconstructor (joint
+        training), else the configured one. An exported folder (``tokenmask export``: ``policy.pt``,
+        ``config.json``, ``agent.json``) gives ``TokenMaskPolicy.load`` of ``policy.pt`` and its
+        ``reconstructor/`` when it carries one, else the base model its config names.
+
+        :param run_dir: a folder written by ``tokenmask train`` or ``tokenmask export``.
         :param judge: the judge whose tokenizer measures the rate (default: the reconstructor's).
         :param device: device of the policy and the reconstructor.
         :param name: name in reports (default ``agent:RUN_DIR``).
         :param exact_bits: see :class:`AgentCompressor`.
-        :raises RunFolderError: if the folder holds no config or no agent.
+        :raises RunFolderError: if the folder holds no config or no agent, or they are damaged.
         """
         if not run_dir:
             raise ValueError("The agent method needs a run folder. Fix: name it as agent:RUN_DIR.")
+        exported = is_policy_folder(run_dir)
+        if exported:
+            check_policy_folder(run_dir)  # a damaged policy.pt is named before the reconstructor loads
         config, run = load_run_config(run_dir)
         reconstructor = load_run_reconstructor(config, run, device=device, trainable=False)
-        model = algorithm_class(config.algo).load(run.require_agent(), device=reconstructor.device)
-        policy = model.policy
+        if exported:
+            policy: Any = load_policy(run_dir, device=reconstructor.device)
+        else:
+            policy = (
+                algorithm_class(config.algo).load(run.require_agent(), device=reconstructor.device).policy
+            )
         if not isinstance(policy, TokenMaskPolicy):
             raise ValueError(f"{run_dir} holds a {type(policy).__name__}, not a TokenMaskPolicy.")
         return cls(
@@ -188,7 +203,7 @@ class AgentCompressor(MaskingCompressor):
         # rows that end early restart on their own document: its cached features, no second LM pass;
         # without exact_bits no reward needs the masked prefix priced, so the env runs no LM pass per window
         overrides: dict[str, Any] = {"cache_features": True}
-        if not self.exact_bits:
+        if not self.exact_bits or self.env_options.get("token_features") == "position":
             overrides["reward_type"] = "simple"
         env = documents_env(documents, self._reconstructor, self.env_options, rate, **overrides)
         expected = self.policy.observation_space
