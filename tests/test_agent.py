@@ -215,13 +215,15 @@ def test_evaluate_checks_agent_folders_before_loading_a_model(tmp_path):
 
 def test_position_agent_compresses_without_any_lm_pass(tmp_path, monkeypatch):
     """token_features="position": the env observes no LM output, so the compressor runs no LM forward at all."""
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
     from tokenmask.envs.episodes import GLOBAL_FEATURES
+    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
     from tokenmask.policies import TokenMaskPolicy
     from tokenmask.reconstructors import Reconstructor
 
     config = load_config(
-        TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.token_features": "position"}
+        TrainConfig,
+        QUICK,
+        {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.token_features": "position"},
     )
     recon = tiny_reconstructor(seed=config.seed)
     env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)

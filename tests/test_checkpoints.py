@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 
 from tokenmask.cli import main
 from tokenmask.config import build_config, load_config
+from tokenmask.envs.episodes import RECORD_KEY
 from tokenmask.errors import ConfigError, CorruptFileError, OutputExistsError
 from tokenmask.io import atomic_write_json
 from tokenmask.reconstructors import Reconstructor
@@ -494,6 +496,58 @@ def test_a_run_of_the_flat_layout_resumes_into_checkpoints(finished_run, tmp_pat
     assert trainer.train() == "finished"
     assert [c.step for c in run.checkpoints()] == [12] and run.read_state()["num_timesteps"] == 12
     assert check_consistent(old) is not None and list(old.glob(".reconstructor.tmp-*")) == []
+
+
+class EpisodeRecorder(BaseCallback):
+    """Records every finished episode as ``(num_timesteps, sub-env, document, target_rate)``."""
+
+    def __init__(self, episodes: list[tuple[int, int, int, float]]) -> None:
+        super().__init__()
+        self.episodes = episodes
+
+    def _on_step(self) -> bool:
+        for row, (done, info) in enumerate(zip(self.locals["dones"], self.locals["infos"])):
+            if done:
+                record = info[RECORD_KEY]
+                self.episodes.append((self.num_timesteps, row, record.document, record.target_rate))
+        return True
+
+
+class RecordingTrainer(Trainer):
+    """A trainer whose finished episodes are recorded in :attr:`episodes`."""
+
+    episodes: list[tuple[int, int, int, float]]
+
+    def callbacks(self) -> list[BaseCallback]:
+        self.episodes = []
+        return [*super().callbacks(), EpisodeRecorder(self.episodes)]
+
+
+def test_resume_plays_the_episodes_of_the_uninterrupted_run(tmp_path, capsys):
+    """The env's draws are saved in the checkpoint, not reseeded: a run stopped at a checkpoint and
+    resumed plays, per sub-env, the same documents at the same target rates as the run that never
+    stopped (the episode in flight at the checkpoint again from its start, then the next ones)."""
+    stop, total = 16, 48
+
+    def config_for(name: str, steps: int) -> TrainConfig:
+        values = tiny_values(tmp_path / name, steps)
+        values.update(n_envs=2, joint_period=0, checkpoint_freq=0)
+        values["env"] = {**values["env"], "target_rate_range": [0.2, 0.8], "shuffle": True}
+        return build_config(TrainConfig, values)
+
+    uninterrupted = RecordingTrainer(config_for("a", total))
+    assert uninterrupted.train() == "finished"
+    assert Trainer(config_for("b", stop)).train() == "finished"
+    saved = RunFolder(tmp_path / "b").latest_checkpoint()
+    assert saved is not None and saved.step == stop and len(saved.read_rng()["env"]) == 2
+    config, _ = load_run_config(tmp_path / "b", {"total_timesteps": total})
+    resumed = RecordingTrainer(config, resume=True)
+    assert resumed.train() == "finished"
+    for row in range(2):
+        after = [(d, r) for step, i, d, r in uninterrupted.episodes if i == row and step > stop]
+        replayed = [(d, r) for _, i, d, r in resumed.episodes if i == row]
+        assert len(replayed) >= 3 and len({r for _, r in replayed}) > 1, replayed
+        assert replayed == after[: len(replayed)], (row, replayed, after)
 
 
 def test_keep_checkpoints_and_superseded_steps(tmp_path):

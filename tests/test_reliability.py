@@ -248,3 +248,100 @@ def test_help_and_argument_errors_import_no_heavy_module(tmp_path: Path) -> None
     codes = [line.split()[1] for line in lines if line.startswith("CODE ")]
     assert codes == ["0", "2", "2", "2", "2", "2", "2", "2", "2", "0"], result.stdout
     assert "Traceback" not in result.stderr
+
+
+_ONE_COMMAND = """
+import sys
+from tokenmask.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:  # argparse's own errors and --help
+    code = exit.code
+print("CODE", code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["train", "--bogus"], 2),
+        (["train", "--config", "missing.json"], 2),
+        (["train", "--env.window", "0"], 2),
+        (["train", "--resume", "no-such-run"], 2),
+        (["activation", "--help"], 0),
+        (["activation", "train", "--help"], 0),
+        (["activation", "train", "--max_steps", "-1"], 2),
+        (["activation", "evaluate", "--thresholds", "1.5"], 2),
+        (["compress", "--rate", "2"], 2),
+    ],
+)
+def test_each_argument_error_answers_before_torch_loads(tmp_path: Path, argv: list[str], code: int) -> None:
+    """Each command in a fresh interpreter: torch is not imported when the error (or help) is given."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ONE_COMMAND, *argv],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"CODE {code} False", (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- found by benchmarks/bad_inputs.py
+def test_config_values_of_the_wrong_json_kind_are_refused(tmp_path: Path) -> None:
+    """``true`` is not an int (it was read as 1); a bad JSON value names its key; a folder is no config file."""
+    from tokenmask.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"Config key 'n_envs': expected int, got True"):
+        load_config(TrainConfig, None, {"n_envs": True})
+    with pytest.raises(ConfigError, match=r"Config key 'policy_kwargs': '\{foo' is not valid JSON"):
+        load_config(TrainConfig, None, {"policy_kwargs": "{foo"})
+    with pytest.raises(ConfigError, match=r"Config key 'rates'"):
+        from tokenmask.evaluate.runner import EvaluateConfig
+
+        load_config(EvaluateConfig, None, {"rates": "[0.5,"})
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_config(TrainConfig, tmp_path)
+
+
+class _BytesStdin:
+    """A stdin whose bytes are not UTF-8, as a pipe gives them."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self.buffer = io.BytesIO(data)
+
+
+def test_compress_names_stdin_bytes_that_are_not_utf8(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", _BytesStdin(b"caf\xe9 au lait " * 5))
+    assert main(["compress", "--method", "truncation", "--judge", MISSING_JUDGE]) == 2
+    line = _error_line(capsys, "compress")
+    assert "stdin is not UTF-8 text (byte 3" in line and "Fix:" in line
+
+
+def test_text_api_refuses_what_is_not_text_and_keeps_short_texts(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    """Lone surrogates and non-int ids are one clear error, not a tokenizer's or numpy's; a one-token
+    text is kept whole (as ``tokenmask compress`` does), not returned empty."""
+    import tokenmask
+
+    with pytest.raises(ValueError, match=r"texts\[0\] is not valid Unicode \(character 3"):
+        tokenmask.compress("caf\udce9 au lait", rate=0.5, method="truncation", judge=tiny_recon)
+    with pytest.raises(InputError, match="Token ids must be integers"):
+        tiny_recon.token_bits(["hello"])
+    with pytest.raises(InputError, match="Token ids must be integers"):
+        tiny_recon.token_bits([[1.5, 2.0]])
+    with pytest.raises(TypeError, match="encode takes a str, got a NoneType"):
+        tiny_recon.encode(None)
+    short, long = tokenmask.compress(
+        ["Hi", TEXT_OF_40_WORDS], rate=0.5, method="truncation", judge=tiny_recon
+    )
+    assert (short.text, short.kept_tokens, short.rate) == ("Hi", 1, 0.0)
+    assert 0.4 < long.rate < 0.6 and long.text
+
+
+TEXT_OF_40_WORDS = " ".join(f"word{i}" for i in range(40))

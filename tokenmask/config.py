@@ -67,6 +67,14 @@ def _moved_key_error(cls: type, key: str) -> ConfigError | None:
     )
 
 
+def _json_value(name: str, raw: str) -> Any:
+    """A JSON value given as text for key ``name`` (an error names the key)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"Config key {name!r}: {raw!r} is not valid JSON ({exc}).", key=name) from None
+
+
 def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
     """Coerce a JSON or command-line value to the field's annotated type."""
     origin = typing.get_origin(annotation)
@@ -90,7 +98,11 @@ def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
         return raw
     if origin in (list, tuple):
         if isinstance(raw, str):
-            raw = json.loads(raw) if raw.strip().startswith("[") else [x for x in raw.split(",") if x.strip()]
+            raw = (
+                _json_value(name, raw)
+                if raw.strip().startswith("[")
+                else [x for x in raw.split(",") if x.strip()]
+            )
         if not isinstance(raw, (list, tuple)):
             raise ConfigError(f"Config key {name!r}: expected a list, got {raw!r}.")
         inner = args[0] if args else Any
@@ -107,6 +119,8 @@ def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
             return False
         raise ConfigError(f"Config key {name!r}: expected true or false, got {raw!r}.")
     if annotation in (int, float, str):
+        if annotation is not str and isinstance(raw, bool):  # int(True) would silently be 1
+            raise ConfigError(f"Config key {name!r}: expected {annotation.__name__}, got {raw!r}.")
         if annotation is int and isinstance(raw, float) and not raw.is_integer():
             raise ConfigError(f"Config key {name!r}: expected an integer, got {raw!r}.")
         try:
@@ -117,7 +131,7 @@ def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
         if isinstance(raw, annotation):
             return raw
         if isinstance(raw, str):
-            raw = json.loads(raw)
+            raw = _json_value(name, raw)
         if not isinstance(raw, dict):
             raise ConfigError(
                 f"Config key {name!r}: expected a JSON object of {annotation.__name__} keys, got {raw!r}."
@@ -125,7 +139,7 @@ def _parse_value(name: str, annotation: Any, raw: Any) -> Any:
         return build_config(annotation, raw, section=name)
     if annotation is dict or origin is dict:
         if isinstance(raw, str):
-            raw = json.loads(raw)
+            raw = _json_value(name, raw)
         if not isinstance(raw, dict):
             raise ConfigError(f"Config key {name!r}: expected a JSON object, got {raw!r}.")
         return raw
@@ -195,8 +209,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """
     file = Path(path)
     if not file.is_file():
+        what = "is a folder, not a file" if file.is_dir() else "does not exist"
         raise ConfigError(
-            f"Config file {file} does not exist. Fix: pass an existing JSON file, e.g. configs/dev/debug.json."
+            f"Config file {file} {what}. Fix: pass an existing JSON file, e.g. configs/dev/debug.json."
         )
     try:
         data = json.loads(file.read_text(encoding="utf-8"))

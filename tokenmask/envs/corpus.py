@@ -30,7 +30,7 @@ from tokenmask.data import (
     load_prepared_split,
     load_texts,
 )
-from tokenmask.envs.scoring import position_features, document_features, weights_fingerprint
+from tokenmask.envs.scoring import document_features, position_features, weights_fingerprint
 from tokenmask.reconstructors import Reconstructor
 
 CorpusSource = Any

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
-from tokenmask.envs.judge_bonus import JUDGE_CREDITS
+from tokenmask.envs.judge_credit import JUDGE_CREDITS
 from tokenmask.envs.rewards import REWARD_TYPES
-from tokenmask.reconstructors import MASK_MODES
+from tokenmask.reconstructors.options import MASK_MODES
+
+TOKEN_FEATURE_KINDS: tuple[str, ...] = ("lm", "position")
+"""Values of ``TokenMaskConfig.token_features``."""
 
 
 @dataclass
@@ -88,6 +91,12 @@ class TokenMaskConfig:
     shuffle: bool = field(
         default=True, metadata={"help": "draw documents in a seeded random order (else in corpus order)"}
     )
+    token_features: str = field(
+        default="lm",
+        metadata={
+            "help": "what the token_features observation holds: lm (surprisal, entropy, top-1, next surprisal from one reconstructor pass; mean_masked_bits too) or position (the position alone, the rest 0: an agent that needs no LM pass at inference)"
+        },
+    )
     cache_features: bool = field(
         default=True,
         metadata={"help": "keep per-document features across episodes (recomputed when the weights change)"},
@@ -120,6 +129,10 @@ class TokenMaskConfig:
                 f"Unknown reward_type {self.reward_type!r}. Fix: use one of {sorted(REWARD_TYPES)}."
             )
         self._check_judge_bonus()
+        if self.token_features not in TOKEN_FEATURE_KINDS:
+            raise ValueError(
+                f"Unknown token_features {self.token_features!r}. Fix: use one of {list(TOKEN_FEATURE_KINDS)}."
+            )
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"Unknown mask_mode {self.mask_mode!r}. Fix: use one of {list(MASK_MODES)}.")
         if self.max_tokens is not None and self.max_tokens < 1:

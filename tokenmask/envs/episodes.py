@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -178,6 +178,10 @@ class EpisodeBatch:
         self.rngs: list[np.random.Generator | None] = [None] * n
         self._orders: list[np.ndarray | None] = [None] * n
         self._cursor = np.zeros(n, dtype=np.int64)
+        # for checkpoints: the generator's state before each row's current permutation was drawn,
+        # and each row's draw state at the start of its current episode (see draw_state)
+        self._order_rng: list[Mapping[str, Any] | None] = [None] * n
+        self._episode_draws: list[dict[str, Any] | None] = [None] * n
         self.completed: deque[EpisodeRecord] = deque(maxlen=keep_episodes)
         self.scorer = (
             IncrementalScorer(reconstructor, n, self.length, config.mask_mode)
@@ -209,6 +213,7 @@ class EpisodeBatch:
         """Give row ``row`` its random generator; its document order restarts from it."""
         self.rngs[row] = rng
         self._orders[row] = None
+        self._order_rng[row] = None
         self._cursor[row] = 0
 
     def _rng(self, row: int) -> np.random.Generator:
@@ -227,11 +232,60 @@ class EpisodeBatch:
             return doc
         order = self._orders[row]
         if order is None or self._cursor[row] >= count:
-            order = self._orders[row] = self._rng(row).permutation(count)
+            rng = self._rng(row)
+            self._order_rng[row] = rng.bit_generator.state
+            order = self._orders[row] = rng.permutation(count)
             self._cursor[row] = 0
         doc = int(order[self._cursor[row]])
         self._cursor[row] += 1
         return doc
+
+    def _row_draw_state(self, row: int) -> dict[str, Any]:
+        rng = self.rngs[row]
+        return {
+            "rng": None if rng is None else rng.bit_generator.state,
+            "order_rng": self._order_rng[row],
+            "cursor": int(self._cursor[row]),
+        }
+
+    def draw_state(self) -> list[dict[str, Any]]:
+        """Per row, what draws its episodes (documents and target rates), as JSON-able values.
+
+        Taken at the start of each row's current episode, so that :meth:`restore_draw_state`
+        followed by a reset of every row plays the episodes in flight again from their first
+        window, then the very episodes the rows would have played next. (A row whose current
+        episode was forced by the ``document`` reset option draws a document there instead.)
+        """
+        return [
+            dict(saved) if saved is not None else self._row_draw_state(row)
+            for row, saved in enumerate(self._episode_draws)
+        ]
+
+    def restore_draw_state(self, state: Sequence[dict[str, Any]]) -> None:
+        """Restore what :meth:`draw_state` returned (e.g. from a checkpoint), row by row.
+
+        :raises ValueError: if ``state`` does not hold one entry per row.
+        """
+        if len(state) != self.num_rows:
+            raise ValueError(
+                f"The draw state holds {len(state)} rows, this env has {self.num_rows}. Fix: restore it "
+                "into an env with as many sub-envs as the one it was taken from."
+            )
+        for row, saved in enumerate(state):
+            if saved.get("rng") is None:
+                continue
+            rng = self.rngs[row]
+            if rng is None:
+                rng = self.rngs[row] = np.random.default_rng()
+            order = None
+            if saved.get("order_rng") is not None:
+                rng.bit_generator.state = saved["order_rng"]
+                order = rng.permutation(len(self.corpus))
+            rng.bit_generator.state = saved["rng"]
+            self._orders[row] = order
+            self._order_rng[row] = saved.get("order_rng")
+            self._cursor[row] = int(saved["cursor"])
+            self._episode_draws[row] = dict(saved)
 
     def _draw_rate(self, row: int) -> float:
         bounds = self.config.target_rate_range
@@ -251,6 +305,7 @@ class EpisodeBatch:
         self._sync_weights()
         docs: list[int] = []
         for row, opts in zip(rows, options):
+            self._episode_draws[row] = self._row_draw_state(int(row))
             opts = opts or {}
             unknown = sorted(set(opts) - set(RESET_OPTIONS))
             if unknown:
@@ -269,7 +324,9 @@ class EpisodeBatch:
             _check_rate("reset option target_rate", rate)
             docs.append(doc)
             self.target_rate[row] = float(rate)
-        feats = self.corpus.features(docs, self.reconstructor, cache=self.config.cache_features)
+        feats = self.corpus.features(
+            docs, self.reconstructor, cache=self.config.cache_features, kind=self.config.token_features
+        )
         c = self.context_size
         for row, doc, f in zip(rows, docs, feats):
             ids = self.corpus.documents[doc]
@@ -311,7 +368,10 @@ class EpisodeBatch:
         if self._fingerprint is not None and fingerprint != self._fingerprint and self.active.any():
             rows = np.nonzero(self.active)[0]
             feats = self.corpus.features(
-                self.doc_index[rows].tolist(), self.reconstructor, cache=self.config.cache_features
+                self.doc_index[rows].tolist(),
+                self.reconstructor,
+                cache=self.config.cache_features,
+                kind=self.config.token_features,
             )
             for row, f in zip(rows, feats):
                 self.features[row, : len(f)] = f
@@ -493,7 +553,8 @@ class EpisodeBatch:
                 np.where(decided > 0, masked / np.maximum(decided, 1), 0.0),
                 np.where(remaining > 0, (target * n - masked) / np.maximum(remaining, 1), 0.0),
                 valid.sum(axis=1) / w,
-                self.bits[rows] / np.maximum(masked, 1),
+                # LM-derived: 0 when the observation holds no LM features (token_features="position")
+                self.bits[rows] / np.maximum(masked, 1) * (self.config.token_features == "lm"),
             ],
             axis=1,
         ).astype(np.float32)

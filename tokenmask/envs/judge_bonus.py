@@ -30,15 +30,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tokenmask.envs.judge_credit import (
+    JUDGE_CREDITS as JUDGE_CREDITS,  # re-exported (a light module for configs)
+)
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.reconstructors.judge import (
     document_recoverability,
     recovery_and_continuation_nlls,
     separator_ids,
 )
-
-JUDGE_CREDITS: tuple[str, ...] = ("terminal", "dense")
-"""``judge_credit`` values: the bonus at the last step, or its change at every step."""
 
 
 def vocabulary_without_mask(reconstructor: Reconstructor) -> dict[str, int]:

@@ -67,6 +67,15 @@ class TokenMaskSB3VecEnv(VecEnv):
         self._reset_options()
         return obs
 
+    def draw_state(self) -> list[dict[str, Any]]:
+        """The batched env's :meth:`~TokenMaskVectorEnv.draw_state` (what draws each sub-env's episodes)."""
+        return self.vector_env.draw_state()
+
+    def restore_draw_state(self, state: Sequence[dict[str, Any]]) -> None:
+        """Restore a :meth:`draw_state` and drop seeds given by ``seed()``, so the next reset keeps it."""
+        self.vector_env.restore_draw_state(state)
+        self._reset_seeds()
+
     def step_async(self, actions: np.ndarray) -> None:
         """Store the actions for :meth:`step_wait`."""
         self._actions = actions

@@ -9,6 +9,7 @@ and the last observation and info of the finished episode are in ``infos["final_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,19 @@ class TokenMaskVectorEnv(EpisodeBatchMixin, VectorEnv):
         infos["final_info"] = _vector_infos(step_infos, terminated)
         infos["_final_info"] = terminated.copy()
         return self._batch.observe(), rewards, terminated, truncated, infos
+
+    def draw_state(self) -> list[dict[str, Any]]:
+        """Per sub-env, what draws its documents and target rates, JSON-able (saved in a checkpoint).
+
+        Restored with :meth:`restore_draw_state` and followed by ``reset()`` (no seed), each sub-env
+        replays its episode in flight from its first window, then the episodes it would have played
+        next (see :meth:`~tokenmask.envs.episodes.EpisodeBatch.draw_state`).
+        """
+        return self._batch.draw_state()
+
+    def restore_draw_state(self, state: Sequence[dict[str, Any]]) -> None:
+        """Restore what :meth:`draw_state` returned; reset next without a seed, which would replace it."""
+        self._batch.restore_draw_state(state)
 
     def render(self) -> tuple[Any, ...] | None:
         """``ansi``: each sub-env's document decided so far, masked tokens shown as the mask token."""

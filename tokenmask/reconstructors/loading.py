@@ -21,8 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tokenmask.errors import ConfigError
+from tokenmask.reconstructors.options import DEFAULT_MODEL  # re-exported: a light module for configs
 
-DEFAULT_MODEL = "default"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

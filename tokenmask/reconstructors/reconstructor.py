@@ -14,7 +14,7 @@ import shutil
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,8 @@ from tokenmask.reconstructors.loading import (
     pick_device,
     pick_dtype,
 )
+from tokenmask.reconstructors.options import MASK_MODES, MaskMode  # re-exported: a light module for configs
 
-MaskMode = Literal["placeholder", "delete"]
-MASK_MODES: tuple[str, ...] = ("placeholder", "delete")
 MASK_TOKEN = "<mask>"
 RECONSTRUCTOR_FILE = "tokenmask_reconstructor.json"
 LN2 = math.log(2.0)
@@ -286,7 +285,14 @@ class Reconstructor:
 
     # ------------------------------------------------------------------ text helpers
     def encode(self, text: str) -> list[int]:
-        """Token ids of a text, without BOS (tokenmask adds BOS itself where needed)."""
+        """Token ids of a text, without BOS (tokenmask adds BOS itself where needed).
+
+        :raises TypeError: if ``text`` is not a str.
+        """
+        if not isinstance(text, str):
+            raise TypeError(
+                f"encode takes a str, got a {type(text).__name__}. Fix: pass the text (decode bytes first)."
+            )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -322,7 +328,15 @@ class Reconstructor:
 
     def _check_all(self, sequences: Sequence[TokenIds | np.ndarray]) -> None:
         """:meth:`check_ids` of every id of ``sequences`` at once."""
-        arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in sequences]
+        arrays = []
+        for sequence in sequences:
+            array = np.asarray(sequence)
+            if array.size and not np.issubdtype(array.dtype, np.integer):
+                raise InputError(
+                    f"Token ids must be integers, got {array.dtype} values (e.g. {array.reshape(-1)[0]!r}).",
+                    fix="pass token ids (reconstructor.encode(text)), not texts or floats.",
+                )
+            arrays.append(array.astype(np.int64, copy=False).reshape(-1))
         self.check_ids(np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64))
 
     @property

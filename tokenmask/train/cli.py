@@ -97,19 +97,23 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """``tokenmask train``: exit status 0 when finished, 130 when interrupted (the run folder is saved)."""
-    from tokenmask.train.loading import load_run_config
-    from tokenmask.train.trainer import Trainer
-
     if args.resume is not None:
         if args.config is not None:
             raise ValueError(
                 "--resume reads the run's own config.json; drop --config (override single keys instead)."
             )
+        from tokenmask.train.run_folder import RunFolder
+
+        RunFolder(args.resume).read_config()  # not a run folder: said before SB3 and torch load
+        from tokenmask.train.loading import load_run_config
+
         names = [n for n in config_keys(TrainConfig) if n != "run_dir"]
         overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
         config, _ = load_run_config(args.resume, overrides)
     else:
-        config = config_from_args(TrainConfig, args)
+        config = config_from_args(TrainConfig, args)  # a bad file or value fails here, before torch loads
+    from tokenmask.train.trainer import Trainer
+
     trainer = Trainer(config, resume=args.resume is not None)
     print(
         f"agent: TokenMaskPolicy, {trainer.policy_parameters:,} trainable parameters; run folder {trainer.run.path}"
@@ -125,19 +129,15 @@ def run_compress(args: argparse.Namespace) -> int:
     from tokenmask.evaluate.compressor import check_rate
 
     check_rate(args.rate)
-    text = sys.stdin.read()
+    text = read_stdin_text()
     if not text.strip():
         raise ValueError(
             "No text on stdin: there is nothing to compress. Fix: e.g. echo 'some text' | tokenmask compress --rate 0.5."
         )
     compressor = load_compressor(args.agent, args.method, args.judge, args.device)
-    result = tokenmask.compress(text, rate=args.rate, agent=compressor)
+    result = tokenmask.compress(text, rate=args.rate, agent=compressor)  # keeps one token at least
     note = ""
-    if result.kept_tokens == 0:
-        # every token removed: ask for the rate that leaves one token (the method still picks which one)
-        result = tokenmask.compress(text, rate=(result.tokens - 1) / result.tokens, agent=compressor)
-        if result.kept_tokens == 0:  # the one token kept emits no text of its own (part of a character)
-            result = tokenmask.compress(text, rate=0.0, agent=compressor)
+    if result.tokens * (1.0 - args.rate) < 1.0:
         note = "; at least one token kept, as --rate would have removed every token"
     if args.show:
         print(show_removed(compressor, text, result.keep))
@@ -149,6 +149,26 @@ def run_compress(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def read_stdin_text() -> str:
+    """All of stdin as text, decoded as UTF-8.
+
+    :raises InputError: for bytes that are not UTF-8 (naming the first bad byte).
+    """
+    from tokenmask.errors import InputError
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (e.g. io.StringIO)
+        return sys.stdin.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark is not part of the text
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"stdin is not UTF-8 text (byte {exc.start}: {exc.reason}).",
+            fix="convert it first, e.g. iconv -f LATIN1 -t UTF-8 < file | tokenmask compress ...",
+        ) from None
 
 
 def load_compressor(

@@ -9,7 +9,9 @@ Layout::
         state.json                        status and step counters (timesteps, fine-tuning rounds, pretraining)
         config.json                       the resolved config it was trained with
         rng.json                          RNG states: python, numpy, torch (and CUDA), the fine-tuning sampler,
-                                          and the seed the env is reset with when the run resumes from here
+                                          and each sub-env's episode draws (``env``): a resumed run replays
+                                          the episodes in flight from their start, then the same episodes
+                                          (documents, target rates) as the uninterrupted run
         reconstructor/                    the fine-tuned reconstructor (joint training only)
         checkpoint.json                   the manifest, written last: the step, every file's size and sha256
     RUN_DIR/evaluation.json               the last evaluation of the agent and the baselines (when run)
@@ -45,7 +47,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from tokenmask.errors import CorruptFileError
 from tokenmask.io import (
@@ -116,6 +117,8 @@ def check_agent_file(path: str | os.PathLike[str], fix: str) -> Path:
         )
         return RunFolderError(f"{path} is damaged: {what}{detail}. Fix: {fix}", path=path)
 
+    import torch  # here, not at the top: reading a run's config needs no torch
+
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -143,6 +146,8 @@ def check_agent_file(path: str | os.PathLike[str], fix: str) -> Path:
 # ---------------------------------------------------------------------------------------- RNG states
 def capture_rng_state() -> dict[str, Any]:
     """The process's RNG states as JSON-able values: python ``random``, numpy's global RNG, torch (and CUDA)."""
+    import torch
+
     version, internal, gauss = random.getstate()
     numpy_state = np.random.get_state(legacy=False)
     assert isinstance(numpy_state, dict)
@@ -161,6 +166,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`capture_rng_state` captured (the parts present)."""
+    import torch
+
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))

@@ -224,9 +224,12 @@ class Trainer:
         rng = self.checkpoint.read_rng() if self.checkpoint is not None else {}
         if self.resume:
             restore_rng_state(rng)
-            # the episodes in flight are not saved: the resumed env starts fresh ones, from a seed
-            # of the checkpoint's step (not the run's seed, which would replay the first documents)
-            self.env.seed(int(rng.get("env_seed", config.seed + int(self.model.num_timesteps))))
+            if rng.get("env") is not None:
+                # each sub-env replays its episode in flight from its start, then plays the episodes
+                # the uninterrupted run would have played (same documents, same target rates)
+                self.token_env.restore_draw_state(rng["env"])
+            else:  # a checkpoint of an earlier version: fresh episodes from a seed of its step
+                self.env.seed(int(rng.get("env_seed", config.seed + int(self.model.num_timesteps))))
         self._joint_state: dict[str, Any] = {
             **saved_state.get("joint_training", {}),
             "rng": rng.get("joint_sampling"),
@@ -336,6 +339,14 @@ class Trainer:
         self.save("pretrained")
 
     @property
+    def token_env(self) -> TokenMaskSB3VecEnv:
+        """The run's batched env under its ``VecMonitor`` (its episode draws are saved in checkpoints)."""
+        env = self.env.venv if isinstance(self.env, VecMonitor) else self.env
+        if not isinstance(env, TokenMaskSB3VecEnv):
+            raise TypeError(f"The training env is a {type(env).__name__}, not a TokenMaskSB3VecEnv.")
+        return env
+
+    @property
     def policy_parameters(self) -> int:
         """Trainable parameters of the agent."""
         return count_trainable_parameters(self.model.policy)
@@ -423,7 +434,8 @@ class Trainer:
             "elapsed_s": round(self._elapsed_before + time.perf_counter() - self._started, 1),
         }
         rng = capture_rng_state()
-        rng["env_seed"] = self.config.seed + steps
+        rng["env"] = self.token_env.draw_state()
+        rng["env_seed"] = self.config.seed + steps  # read by versions that saved no env state
         if self._joint is not None:
             joint = self._joint.state_dict()
             rng["joint_sampling"] = joint.pop("rng")
