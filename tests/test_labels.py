@@ -246,3 +246,32 @@ def test_a_documents_label_does_not_depend_on_the_other_documents(labels, config
     for a, b in zip(alone, labels):
         assert np.array_equal(a.keep, b.keep)
         assert a.objective == pytest.approx(b.objective, rel=1e-5, abs=1e-6)
+
+
+def test_user_folder_and_missing_corpus_are_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """`tokenmask label` checks its output folder and corpus first: a user's files survive, no judge is loaded."""
+    from tokenmask.train import labels as labels_module
+
+    def no_judge(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the judge loaded before the inputs were checked")
+
+    monkeypatch.setattr(labels_module, "load_judge", no_judge)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "important.txt").write_text("x")
+    assert main(["--output_dir", str(user), "--device", "cpu", "--no_progress"]) == 2
+    assert (user / "important.txt").read_text() == "x"
+    assert (
+        main(
+            [
+                "--data_path",
+                str(tmp_path / "missing.jsonl"),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "out").exists()

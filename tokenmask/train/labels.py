@@ -59,7 +59,7 @@ from tokenmask.evaluate.metrics import (
     select_documents,
     separator_ids,
 )
-from tokenmask.io import atomic_write_json, replace_dir, temporary_dir_beside
+from tokenmask.io import atomic_write_json, check_output_dir, replace_dir, temporary_dir_beside
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -148,6 +148,10 @@ class LabelConfig:
     output_dir: str = field(
         default="runs/labels",
         metadata={"help": "output folder: labels/ (datasets) and label_config.json, replaced atomically"},
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace output_dir even if tokenmask did not write it (its files are deleted)"},
     )
 
     def __post_init__(self) -> None:
@@ -630,7 +634,7 @@ def write_labels(
             **(extra or {}),
         },
     )
-    return replace_dir(tmp, target)
+    return replace_dir(tmp, target, overwrite=config.overwrite)
 
 
 def load_labels(path: str | Path) -> Dataset:
@@ -655,10 +659,31 @@ def load_labels(path: str | Path) -> Dataset:
     return dataset
 
 
+def check_label_inputs(config: LabelConfig) -> None:
+    """Refuse, before any model loads, an output folder tokenmask may not replace and a corpus without text.
+
+    :raises OutputExistsError: see :func:`~tokenmask.io.check_output_dir`.
+    :raises InputError: when ``data_path``'s ``split`` holds no text (a missing path raises its own clear error).
+    """
+    from tokenmask.data import iter_texts
+    from tokenmask.errors import InputError
+
+    check_output_dir(config.output_dir, config.overwrite)
+    if (
+        next(iter(iter_texts(config.data_path, split=config.split, text_column=config.text_column)), None)
+        is None
+    ):
+        raise InputError(
+            f"{config.data_path} (split {config.split!r}) holds no text to label. Fix: pass a corpus with texts "
+            "(a prepared corpus folder, a .jsonl/.txt file, or 'sample')."
+        )
+
+
 def run_labels(config: LabelConfig, progress: bool = True) -> list[DocumentLabel]:
-    """Search (all processes), then write and print the summary (main process); returns the labels."""
+    """Check the inputs, search (all processes), then write and print the summary (main process); returns the labels."""
     from accelerate import Accelerator
 
+    check_label_inputs(config)
     accelerator = Accelerator(cpu=config.device == "cpu")
     started = time.perf_counter()
     labels = make_labels(config, accelerator=accelerator, progress=progress)
@@ -709,9 +734,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _add_arguments(parser)
     args = parser.parse_args(argv)
+    from tokenmask.errors import TokenmaskError
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, TokenmaskError) as exc:
         print(f"tokenmask label: error: {exc}", file=sys.stderr)
         return 2
 
