@@ -264,6 +264,11 @@ class BaselineComparisonCallback(BaseCallback):
     def _on_training_start(self) -> None:
         if not self.baseline_scores:
             for name, method in self.baselines.items():
+                if self.verbose:
+                    print(
+                        f"eval: scoring baseline {name} on {len(self.evaluator.docs)} documents ...",
+                        flush=True,
+                    )
                 result = self._run(method)
                 self.baseline_scores[name] = self._values(result)
                 if result.keep_masks is not None:
@@ -317,6 +322,8 @@ class BaselineComparisonCallback(BaseCallback):
     def evaluate(self) -> dict[str, Any]:
         """Score the agent now; log it and the baselines' lines at the current step."""
         step = self.num_timesteps
+        if self.verbose:
+            print(f"eval @ {step}: scoring the agent on {len(self.evaluator.docs)} documents ...", flush=True)
         agent = self.make_agent(self.model)
         evaluation = self._run(agent)
         values = self._values(evaluation)
