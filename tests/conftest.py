@@ -66,3 +66,32 @@ def labels_dir(tiny_recon, tmp_path_factory) -> Path:
         output_dir=str(tmp_path_factory.mktemp("labels") / "out"),
     )
     return Path(write_labels(make_labels(config, judge=tiny_recon, progress=False), config))
+
+
+QUICK_CONFIG = REPO_ROOT / "configs" / "dev" / "quick_test.json"
+
+
+def save_tiny_run(path: Path, overrides: dict[str, object] | None = None) -> Path:
+    """Write a run folder holding an untrained PPO agent on the tiny random reconstructor, as ``tokenmask train`` does.
+
+    The config is ``configs/dev/quick_test.json`` with ``joint_period`` 0 and ``overrides`` (e.g.
+    ``{"env.span": 4}``): enough for the compressor's mechanics, in about a second.
+    """
+    from stable_baselines3 import PPO
+
+    from tokenmask.config import load_config
+    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
+    from tokenmask.policies import TokenMaskPolicy
+    from tokenmask.train.config import TrainConfig
+    from tokenmask.train.run_folder import RunFolder
+
+    config = load_config(
+        TrainConfig, QUICK_CONFIG, {"run_dir": str(path), "joint_period": 0, **(overrides or {})}
+    )
+    recon = tiny_reconstructor(seed=config.seed)
+    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
+    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
+    run = RunFolder(path)
+    run.save_config(config)
+    run.save_agent(model)
+    return Path(path)

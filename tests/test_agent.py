@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stable_baselines3 import PPO
+from conftest import save_tiny_run
 
 from tokenmask import api
 from tokenmask.cli import main
@@ -18,7 +18,6 @@ from tokenmask.testing import tiny_reconstructor
 from tokenmask.train import agent as agent_module
 from tokenmask.train.agent import AgentCompressor
 from tokenmask.train.config import TrainConfig
-from tokenmask.train.run_folder import RunFolder
 from tokenmask.train.text_samples import STROKE, strike_through
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "dev" / "quick_test.json"
@@ -32,18 +31,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run folder holding an untrained agent (tiny random reconstructor): enough for the compressor's mechanics."""
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.policies import TokenMaskPolicy
-
-    path = tmp_path_factory.mktemp("agent") / "run"
-    config = load_config(TrainConfig, QUICK, {"run_dir": str(path), "joint_period": 0})
-    recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
-    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
-    run = RunFolder(path)
-    run.save_config(config)
-    run.save_agent(model)
-    return path
+    return save_tiny_run(tmp_path_factory.mktemp("agent") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +95,9 @@ def test_strike_through_marks_removed_tokens_only(tiny_recon):
 
 def test_span_agent_scores_whole_runs_and_hits_the_rate(tmp_path):
     """An agent trained with span=4 decides runs of 4 tokens: its scores are constant on each run of a window."""
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.policies import TokenMaskPolicy
-
-    config = load_config(
-        TrainConfig, QUICK, {"run_dir": str(tmp_path / "run"), "joint_period": 0, "env.span": 4}
-    )
-    recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
-    assert env.action_space.n == config.env.window // 4
-    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
-    run = RunFolder(tmp_path / "run")
-    run.save_config(config)
-    run.save_agent(model)
+    save_tiny_run(tmp_path / "run", {"env.span": 4})
     agent = AgentCompressor.load(str(tmp_path / "run"), device="cpu")
+    assert agent.policy.action_space.n == agent.env_options["window"] // 4
     contexts = [agent.reconstructor.encode(TEXTS[0])]
     scores = agent.mask_scores(contexts, 0.5)[0]
     full = len(scores) - len(scores) % 4
@@ -217,7 +194,6 @@ def test_position_agent_compresses_without_any_lm_pass(tmp_path, monkeypatch):
     """token_features="position": the env observes no LM output, so the compressor runs no LM forward at all."""
     from tokenmask.envs.episodes import GLOBAL_FEATURES
     from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.policies import TokenMaskPolicy
     from tokenmask.reconstructors import Reconstructor
 
     config = load_config(
@@ -231,10 +207,7 @@ def test_position_agent_compresses_without_any_lm_pass(tmp_path, monkeypatch):
     feats, valid = obs["token_features"], obs["valid"].astype(bool)
     assert np.all(feats[..., :4] == 0) and np.all(feats[..., 4][valid] >= 0)
     assert np.all(obs["global_features"][:, GLOBAL_FEATURES.index("mean_masked_bits")] == 0)
-    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
-    run = RunFolder(tmp_path / "run")
-    run.save_config(config)
-    run.save_agent(model)
+    save_tiny_run(tmp_path / "run", {"env.token_features": "position"})
     agent = AgentCompressor.load(str(tmp_path / "run"), device="cpu")
 
     def forbidden(*args, **kwargs):  # type: ignore[no-untyped-def]

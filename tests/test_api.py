@@ -126,24 +126,9 @@ def test_a_compressor_object_is_used_as_it_is(tiny_recon) -> None:  # type: igno
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run folder holding an untrained agent (tiny random reconstructor), as ``tokenmask train`` writes it."""
-    from stable_baselines3 import PPO
+    from conftest import save_tiny_run
 
-    from tokenmask.config import load_config
-    from tokenmask.envs.sb3_vec_env import TokenMaskSB3VecEnv
-    from tokenmask.policies import TokenMaskPolicy
-    from tokenmask.testing import tiny_reconstructor
-    from tokenmask.train.config import TrainConfig
-    from tokenmask.train.run_folder import RunFolder
-
-    path = tmp_path_factory.mktemp("api") / "run"
-    config = load_config(TrainConfig, QUICK, {"run_dir": str(path), "joint_period": 0})
-    recon = tiny_reconstructor(seed=config.seed)
-    env = TokenMaskSB3VecEnv(num_envs=2, config=config.env, reconstructor=recon, judge=recon)
-    model = PPO(TokenMaskPolicy, env, n_steps=8, batch_size=16, seed=0, device="cpu")
-    run = RunFolder(path)
-    run.save_config(config)
-    run.save_agent(model)
-    return path
+    return save_tiny_run(tmp_path_factory.mktemp("api") / "run")
 
 
 def test_a_run_folder_or_its_agent_compresses(run_dir) -> None:  # type: ignore[no-untyped-def]

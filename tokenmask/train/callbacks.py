@@ -152,9 +152,12 @@ class JointReconstructorCallback(BaseCallback):
             self.logger.record("reconstructor/probe_bits_before", before)
             self.logger.record("reconstructor/probe_bits_after", after)
         if self.verbose:
-            print(
-                f"reconstructor round {self.rounds}: loss {loss:.3f} nats, probe bits {before:.3f} -> {after:.3f}"
+            probed = (
+                f", probe bits {before:.3f} -> {after:.3f}"
+                if probe
+                else " (no probe: too few episodes held out yet)"
             )
+            print(f"reconstructor round {self.rounds}: loss {loss:.3f} nats{probed}")
         return loss
 
     def state_dict(self) -> dict[str, Any]:
