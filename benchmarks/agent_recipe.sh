@@ -56,20 +56,17 @@ if [[ $step == evaluate || $step == all ]]; then
 fi
 
 if [[ $step == collect || $step == all ]]; then
+  # policy-only agent folders (`tokenmask export`, float16, a few MB each: what comes back from the GPU machine);
+  # the shipped agent is `tokenmask export runs/pos_bc --output_dir tokenmask/agents/default --float16`
   out=${OUT:-runs/collected}
-  mkdir -p "$out"
-  python3 - "$out" <<'EOF'
-import sys, pathlib
-from stable_baselines3 import PPO
-out = pathlib.Path(sys.argv[1])
-for run in sorted(pathlib.Path("runs").glob("*_*")):
-    if (run / "agent.zip").is_file():
-        PPO.load(run / "agent.zip", device="cpu").policy.save(str(run / "policy.pt"))  # weights only, no optimizer
-EOF
+  mkdir -p "$out" runs/export
+  for run in runs/lm_* runs/pos_*; do
+    name=$(basename "$run")
+    [[ -d runs/export/$name ]] || $TM export "$run" --output_dir "runs/export/$name" --float16 --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+  done
   tar czf "$out/labels.tgz" runs/labels
-  tar czf "$out/results.tgz" runs/eval_* runs/train_*.log runs/*/config.json runs/*/*.json 2>/dev/null || true
-  tar czf "$out/policies_pos.tgz" runs/pos_*/policy.pt
-  tar czf "$out/policies_lm.tgz" runs/lm_bc/policy.pt runs/lm_bc_ppo/policy.pt runs/lm_bc_ppo_terminal/policy.pt
-  tar czf "$out/policies_lm2.tgz" runs/lm_ppo/policy.pt runs/lm_untrained/policy.pt
+  tar czf "$out/results.tgz" runs/eval_* runs/train_*.log
+  tar czf "$out/agents_pos.tgz" runs/export/pos_*
+  tar czf "$out/agents_lm.tgz" runs/export/lm_*
   ls -la "$out"
 fi
