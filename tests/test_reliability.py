@@ -273,6 +273,9 @@ print("CODE", code, "torch" in sys.modules)
         (["activation", "train", "--max_steps", "-1"], 2),
         (["activation", "evaluate", "--thresholds", "1.5"], 2),
         (["compress", "--rate", "2"], 2),
+        (["label", "--bogus"], 2),
+        (["label", "--rates", "1.5"], 2),
+        (["label", "--help"], 0),
     ],
 )
 def test_each_argument_error_answers_before_torch_loads(tmp_path: Path, argv: list[str], code: int) -> None:

@@ -48,23 +48,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenmask.config import add_config_arguments, config_from_args
-from tokenmask.evaluate.baselines import SpanSelfInformationDrop, Truncation, drop_lowest, span_means
 from tokenmask.evaluate.compressor import check_rate
-from tokenmask.evaluate.metrics import (
-    EvalDocument,
-    ReferenceNLLs,
-    continuation_nlls,
-    information_ratio,
-    recovery_nlls,
-    select_documents,
-    separator_ids,
-)
 from tokenmask.io import atomic_write_json, check_output_dir, replace_dir, temporary_dir_beside
 
+# the judge-side modules (torch, transformers) are imported where they are used, so that
+# `tokenmask label --help` and its argument errors answer before torch loads
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from datasets import Dataset
 
+    from tokenmask.evaluate.metrics import EvalDocument, ReferenceNLLs
     from tokenmask.reconstructors import Reconstructor
 
 LABELS_SUBDIR = "labels"
@@ -206,6 +199,8 @@ def span_priority_mask(priority: np.ndarray, length: int, span: int, rate: float
     priority = np.asarray(priority, dtype=np.float64)
     if priority.shape != (spans,):
         raise ValueError(f"priority needs one value per span ({spans}), got shape {priority.shape}.")
+    from tokenmask.evaluate.baselines import drop_lowest, span_means
+
     return drop_lowest(span_means(np.repeat(priority, span)[:length], span), rate)
 
 
@@ -340,6 +335,9 @@ class LabelSearch:
     """
 
     def __init__(self, judge: Reconstructor, config: LabelConfig) -> None:
+        from tokenmask.evaluate.baselines import SpanSelfInformationDrop, Truncation
+        from tokenmask.evaluate.metrics import separator_ids
+
         self.judge = judge
         self.config = config
         self.sep = separator_ids(judge)
@@ -352,6 +350,8 @@ class LabelSearch:
         self, reference: ReferenceNLLs, docs: Sequence[EvalDocument], candidates: Sequence[_Candidate]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(J, recoverability, retention, R(kept), F(kept))`` per candidate, from two batched judge passes."""
+        from tokenmask.evaluate.metrics import continuation_nlls, information_ratio, recovery_nlls
+
         if not candidates:
             empty = np.zeros(0)
             return empty, empty, empty, empty, empty
@@ -388,6 +388,8 @@ class LabelSearch:
         :param docs: the documents (context and continuation in judge ids).
         :param doc_indices: their indices among the selected documents (they seed the candidates).
         """
+        from tokenmask.evaluate.metrics import ReferenceNLLs, information_ratio
+
         config = self.config
         reference = ReferenceNLLs.compute(self.judge, docs, self.sep)
         candidates: list[_Candidate] = []
@@ -501,6 +503,7 @@ def load_judge(config: LabelConfig, device: Any) -> Reconstructor:
 def select_label_documents(config: LabelConfig, judge: Reconstructor) -> list[EvalDocument]:
     """The documents to label: as ``tokenmask evaluate`` selects them, from ``data_path``'s ``split``."""
     from tokenmask.data import iter_texts
+    from tokenmask.evaluate.metrics import select_documents
 
     texts = list(iter_texts(config.data_path, split=config.split, text_column=config.text_column))
     return select_documents(
@@ -566,6 +569,8 @@ def summary(labels: Sequence[DocumentLabel], rates: Sequence[float]) -> list[dic
 
     Plus the mean per-document objective of the labels before and after the swap rounds.
     """
+    from tokenmask.evaluate.metrics import information_ratio
+
     rows: list[dict[str, Any]] = []
     for rate in rates:
         chosen = [label for label in labels if label.rate == rate]
