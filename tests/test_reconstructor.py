@@ -251,3 +251,26 @@ def test_embedded_model_masked_bits_cost_more(smollm: Reconstructor) -> None:
     plain = smollm.token_bits([ids])[0]
     deleted = smollm.token_bits([ids], [mask], mode="delete")[0]
     assert deleted[15:].sum() > plain[15:].sum()
+
+
+@pytest.mark.integration
+def test_a_gguf_is_converted_once_and_the_cached_copy_loads_the_same_weights(tmp_path, monkeypatch):
+    """The first load of the embedded GGUF keeps a float32 save_pretrained copy; later loads read it, same tensors."""
+    from tokenmask.reconstructors import loading
+
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
+    gguf = loading.embedded_model_dir() / loading.DEFAULT_GGUF_FILE
+    folder = loading.gguf_cache_dir(gguf)
+    assert folder is not None and not folder.exists()
+    first = loading.load_causal_lm("default", device="cpu", dtype="float32")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert loading._source_kwargs("default") == (str(folder), {})
+    second = loading.load_causal_lm("default", device="cpu", dtype="float32")
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tokenizer = loading.load_tokenizer(str(folder), cache=False)
+    text = "Café naïve — 日本語.\n\tx = [1, 2]  # done"
+    assert tokenizer(text)["input_ids"] == loading.load_tokenizer("default")(text)["input_ids"]
+    monkeypatch.setenv(loading.CACHE_ENV, "off")
+    assert loading.gguf_cache_dir(gguf) is None
+    assert loading._source_kwargs("default")[1] == {"gguf_file": loading.DEFAULT_GGUF_FILE}

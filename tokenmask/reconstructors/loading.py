@@ -7,13 +7,23 @@ Accepted names:
 - a path to a ``.gguf`` file;
 - a local folder (a ``save_pretrained`` folder, or a saved tokenmask reconstructor);
 - a Hugging Face hub id (needs the network, or a warm hub cache).
+
+A GGUF file (the embedded default included) is parsed and de-quantized on its first load (about
+20 s on 2 CPU cores: its metadata is read three times, for the tokenizer, the config and the
+weights); the result, float32 weights and the tokenizer, is then kept as a ``save_pretrained``
+folder in the converted-model cache (:func:`gguf_cache_dir`, ``~/.cache/tokenmask/gguf`` or
+``$TOKENMASK_CACHE_DIR/gguf``; ``TOKENMASK_CACHE_DIR=off`` turns it off), from which later loads take
+a second or two. The copy holds the same float32 tensors, so it scores exactly as the GGUF does.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +130,85 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -
     return resolved
 
 
-def _source_kwargs(name: str) -> tuple[str, dict[str, Any]]:
-    """Map a model name to the ``from_pretrained`` location and extra kwargs (``gguf_file``)."""
+CACHE_ENV = "TOKENMASK_CACHE_DIR"
+"""Environment variable: root of tokenmask's caches (default ``~/.cache/tokenmask``); ``off`` disables them."""
+_CONVERTED_MARKER = "tokenmask_gguf.json"
+
+
+def gguf_cache_dir(gguf: Path) -> Path | None:
+    """The converted-model folder of a GGUF file (keyed by its name, size and mtime), or ``None`` when caching is off."""
+    root = os.environ.get(CACHE_ENV, "")
+    if root.lower() in ("off", "0", "false", "no"):
+        return None
+    base = (
+        Path(root).expanduser()
+        if root
+        else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tokenmask"
+    )
+    stat = gguf.stat()
+    return base / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def _gguf_path(name: str) -> Path | None:
+    """The GGUF file a model name reads (the embedded default or a ``.gguf`` path), else ``None``."""
     if name == DEFAULT_MODEL:
-        return str(embedded_model_dir()), {"gguf_file": DEFAULT_GGUF_FILE}
+        return embedded_model_dir() / DEFAULT_GGUF_FILE
     path = Path(os.path.expanduser(name))
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(
                 f"GGUF file {name!r} does not exist. Fix: pass an existing .gguf file path."
             )
-        return str(path.parent), {"gguf_file": path.name}
+        return path
+    return None
+
+
+def _converted(gguf: Path) -> Path | None:
+    folder = gguf_cache_dir(gguf)
+    return folder if folder is not None and (folder / _CONVERTED_MARKER).is_file() else None
+
+
+def _save_converted(gguf: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Keep a float32 ``save_pretrained`` copy of a GGUF-loaded model and its tokenizer (best effort, atomic)."""
+    folder = gguf_cache_dir(gguf)
+    if folder is None or (folder / _CONVERTED_MARKER).is_file():
+        return
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        # a GGUF-loaded model refuses save_pretrained: its tensors go into a fresh model of the same config
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        fresh.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()})
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CONVERTED_MARKER).write_text(
+            json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}) + "\n"
+        )
+        os.rename(tmp, folder)  # fails if another process finished first: its copy is as good
+    except Exception as exc:  # noqa: BLE001 - a cache must never break a load
+        if not (folder / _CONVERTED_MARKER).is_file():
+            warnings.warn(
+                f"tokenmask could not keep a converted copy of {gguf.name} in {folder} ({type(exc).__name__}: {exc}); "
+                f"later loads parse the GGUF again. Set {CACHE_ENV} to a writable folder, or to 'off'.",
+                stacklevel=3,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _source_kwargs(name: str) -> tuple[str, dict[str, Any]]:
+    """Map a model name to the ``from_pretrained`` location and extra kwargs (``gguf_file``).
+
+    A GGUF source whose converted copy is cached (:func:`gguf_cache_dir`) maps to that folder.
+    """
+    gguf = _gguf_path(name)
+    if gguf is not None:
+        converted = _converted(gguf)
+        if converted is not None:
+            return str(converted), {}
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    path = Path(os.path.expanduser(name))
     if path.is_dir():
         return str(path), {}
     if path.exists():
@@ -176,11 +254,17 @@ def load_causal_lm(
     location, kwargs = _source_kwargs(name)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
+    from_gguf = "gguf_file" in kwargs
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs)
+        # a GGUF de-quantizes to float32 (its fastest path); the cached copy keeps those float32 tensors
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch.float32 if from_gguf else torch_dtype, **kwargs
+        )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(_not_found_message(name, exc)) from exc
-    model.to(torch_device)  # type: ignore[arg-type]
+    if from_gguf:
+        _save_converted(Path(location) / kwargs["gguf_file"], model, load_tokenizer(name))
+    model.to(device=torch_device, dtype=torch_dtype)  # type: ignore[arg-type,call-arg]
     return model.eval()
 
 

@@ -614,13 +614,14 @@ def _ensure_mask_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         return int(tokenizer.mask_token_id)
     tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
     mask_id = int(tokenizer.convert_tokens_to_ids(MASK_TOKEN))  # type: ignore[arg-type]
-    embeddings: Any = model.get_input_embeddings()
-    if mask_id >= embeddings.weight.shape[0]:
-        # mean_resizing starts new rows at the mean embedding, which keeps the LM's outputs sane.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    else:
-        with torch.no_grad():
-            emb = embeddings.weight
-            emb[mask_id] = emb[: len(tokenizer) - 1].float().mean(0).to(emb.dtype)
+    if mask_id >= int(model.get_input_embeddings().weight.shape[0]):  # type: ignore[index]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    # the new row is exactly the mean of the others (input and, when untied, output embeddings): it keeps
+    # the LM's outputs sane and is deterministic (transformers' mean_resizing samples it at random)
+    with torch.no_grad():
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            weight = getattr(layer, "weight", None)
+            if weight is not None and weight.shape[0] > mask_id:
+                weight[mask_id] = weight[:mask_id].float().mean(0).to(weight.dtype)
     mark_weights_changed(model)
     return mask_id
