@@ -19,6 +19,7 @@ a second or two. The copy holds the same float32 tensors, so it scores exactly a
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import os
@@ -136,7 +137,11 @@ _CONVERTED_MARKER = "tokenmask_gguf.json"
 
 
 def gguf_cache_dir(gguf: Path) -> Path | None:
-    """The converted-model folder of a GGUF file (keyed by its name, size and mtime), or ``None`` when caching is off."""
+    """The converted-model folder of a GGUF file, or ``None`` when caching is off.
+
+    Keyed by the file's name, size and a hash of its first and last MiB: the same file installed in
+    two virtual environments shares one copy; a changed file gets a new one.
+    """
     root = os.environ.get(CACHE_ENV, "")
     if root.lower() in ("off", "0", "false", "no"):
         return None
@@ -145,8 +150,13 @@ def gguf_cache_dir(gguf: Path) -> Path | None:
         if root
         else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tokenmask"
     )
-    stat = gguf.stat()
-    return base / "gguf" / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    size = gguf.stat().st_size
+    digest = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return base / "gguf" / f"{gguf.stem}-{size}-{digest.hexdigest()[:16]}"
 
 
 def _gguf_path(name: str) -> Path | None:
