@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -107,9 +107,8 @@ def time_ppo(
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
     from tokenmask.policies import TokenMaskPolicy
-    from tokenmask.train.callbacks import JointReconstructorCallback
     from tokenmask.train.loading import algorithm_class
-    from tokenmask.train.trainer import algorithm_kwargs
+    from tokenmask.train.trainer import algorithm_kwargs, joint_callback
 
     class RolloutTimer(BaseCallback):
         """Seconds spent collecting rollouts (policy forward + env), first in the list so fine-tuning is not counted."""
@@ -134,19 +133,7 @@ def time_ppo(
     timer = RolloutTimer()
     callbacks: list[BaseCallback] = [timer]
     if config.joint_training:
-        callbacks.append(
-            JointReconstructorCallback(
-                reconstructor,
-                period=config.joint_period,
-                learning_rate=config.recon_learning_rate,
-                grad_accum_steps=config.recon_grad_accum_steps,
-                batch_documents=config.recon_batch_docs,
-                micro_batches=config.recon_micro_batches,
-                buffer_size=config.recon_buffer,
-                mode=config.env.mask_mode,
-                seed=config.seed,
-            )
-        )
+        callbacks.append(joint_callback(replace(config, verbose=0), reconstructor))
     callback = CallbackList(callbacks)
     model.learn(config.rollout_size, callback=callback)  # warm-up: one rollout + update
     timer.seconds = 0.0

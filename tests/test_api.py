@@ -183,9 +183,6 @@ def test_the_shipped_agent_folder_goes_into_the_wheel() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not (api.DEFAULT_AGENT_DIR / "config.json").is_file(), reason="no agent ships with this checkout yet"
-)
 def test_the_shipped_agent_compresses_offline() -> None:
     """The agent in tokenmask/agents/default/: a small exported folder with its provenance, usable at once."""
     from tokenmask.train.export import AGENT_INFO_FILE, POLICY_FILE, read_agent_info

@@ -39,6 +39,11 @@ DEFAULT_AGENT_DIR = Path(__file__).resolve().parent / "agents" / "default"
 ``agent.json``), put there by ``tokenmask export RUN_DIR --output_dir tokenmask/agents/default``."""
 
 
+def shipped_agent_available() -> bool:
+    """Whether this install carries an agent in :data:`DEFAULT_AGENT_DIR` (its ``config.json`` is there)."""
+    return (DEFAULT_AGENT_DIR / "config.json").is_file()
+
+
 class AgentNotFoundError(ValueError):
     """Raised when ``agent`` names no shipped agent and no run folder."""
 
@@ -235,7 +240,7 @@ def _build_compressor(
 
 def _agent_dir(agent: str | os.PathLike[str]) -> Path:
     if str(agent) == "default":
-        if not (DEFAULT_AGENT_DIR / "config.json").is_file():
+        if not shipped_agent_available():
             raise AgentNotFoundError(
                 f"No agent ships with this install of tokenmask yet (looked in {DEFAULT_AGENT_DIR}). "
                 "Fix: pass method='span_self_information' (or another of tokenmask.evaluate.registered_methods()), "

@@ -11,7 +11,6 @@ installed, as the image ``activation/merged_positions`` under ``<output_dir>/ten
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from tokenmask.activation_compression.model import CompressedCausalLM
+from tokenmask.evaluate.reports import figure_png
 from tokenmask.io import atomic_write_bytes
 
 MERGE_MAP_FILE = "merged_positions.png"
@@ -109,14 +109,12 @@ def merge_map_png(mmap: MergeMap, title: str = "") -> tuple[bytes, np.ndarray]:
             + f"positions merged per layer (coloured runs = clusters); rate {mmap.rate:.3f} of the KV cache",
             fontsize=8,
         )
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
+        png = figure_png(fig)
         fig.canvas.draw()
         pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
     finally:
         plt.close(fig)
-    return buffer.getvalue(), pixels
+    return png, pixels
 
 
 def write_merge_map(mmap: MergeMap, output_dir: str | Path, title: str = "") -> Path:

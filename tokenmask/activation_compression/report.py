@@ -6,12 +6,11 @@ counts the compressed layers only. The picture of merged positions is :mod:`.mer
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenmask.evaluate.reports import layer_runs
+from tokenmask.evaluate.reports import figure_png, layer_runs
 from tokenmask.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MB = 1024.0 * 1024.0
@@ -94,12 +93,9 @@ def rate_plot_png(sweeps: dict[str, Sequence[dict[str, Any]]], title: str) -> by
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=120)
+        return figure_png(fig, dpi=120)
     finally:
         plt.close(fig)
-    return buffer.getvalue()
 
 
 def write_report(output_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:

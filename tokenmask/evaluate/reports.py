@@ -188,12 +188,9 @@ def plot_rate_vs(report: EvaluationReport, metric: str) -> bytes:
         ax.set_title(f"{metric} vs rate ({docs} docs, judge {report.setting.get('judge')})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
+        return figure_png(fig)
     finally:
         plt.close(fig)
-    return buffer.getvalue()
 
 
 def _figure(value: Any) -> float:
@@ -323,11 +320,16 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
             f"{s.get('documents', '?')} documents",
             fontsize=10,
         )
-        buffer = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
+        return figure_png(fig)
     finally:
         plt.close(fig)
+
+
+def figure_png(fig: Any, dpi: int | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes, laid out tight (the caller closes the figure)."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 

@@ -28,7 +28,7 @@ def agent_dir(argument: str) -> Path:
     :raises AgentNotFoundError: for ``default`` when no agent ships with this install.
     :raises InputError: for an empty argument.
     """
-    from tokenmask.api import DEFAULT_AGENT_DIR, AgentNotFoundError
+    from tokenmask.api import DEFAULT_AGENT_DIR, AgentNotFoundError, shipped_agent_available
     from tokenmask.errors import InputError
 
     if not argument:
@@ -38,7 +38,7 @@ def agent_dir(argument: str) -> Path:
             key="methods",
         )
     if argument == DEFAULT_AGENT:
-        if not (DEFAULT_AGENT_DIR / "config.json").is_file():
+        if not shipped_agent_available():
             raise AgentNotFoundError(
                 f"agent:{DEFAULT_AGENT}: no agent ships with this install of tokenmask yet "
                 f"(looked in {DEFAULT_AGENT_DIR}). Fix: name a run folder as agent:RUN_DIR (`tokenmask train`), "

@@ -126,6 +126,22 @@ def algorithm_kwargs(config: TrainConfig) -> dict[str, Any]:
     return common
 
 
+def joint_callback(config: TrainConfig, reconstructor: Reconstructor) -> JointReconstructorCallback:
+    """The joint fine-tuning callback of a config (call it only when ``config.joint_training``)."""
+    return JointReconstructorCallback(
+        reconstructor,
+        period=config.joint_period,
+        learning_rate=config.recon_learning_rate,
+        grad_accum_steps=config.recon_grad_accum_steps,
+        batch_documents=config.recon_batch_docs,
+        micro_batches=config.recon_micro_batches,
+        buffer_size=config.recon_buffer,
+        mode=config.env.mask_mode,  # type: ignore[arg-type]
+        seed=config.seed,
+        verbose=config.verbose,
+    )
+
+
 def build_evaluation(
     config: TrainConfig, judge: Reconstructor, reconstructor: Reconstructor, device: str
 ) -> tuple[Evaluator, dict[str, Compressor]]:
@@ -361,20 +377,7 @@ class Trainer:
         config = self.config
         callbacks: list[BaseCallback] = [RecoverabilityCallback()]
         if config.joint_training:
-            callbacks.append(
-                JointReconstructorCallback(
-                    self.reconstructor,
-                    period=config.joint_period,
-                    learning_rate=config.recon_learning_rate,
-                    grad_accum_steps=config.recon_grad_accum_steps,
-                    batch_documents=config.recon_batch_docs,
-                    micro_batches=config.recon_micro_batches,
-                    buffer_size=config.recon_buffer,
-                    mode=config.env.mask_mode,  # type: ignore[arg-type]
-                    seed=config.seed,
-                    verbose=config.verbose,
-                )
-            )
+            callbacks.append(joint_callback(config, self.reconstructor))
         evaluator, baselines = build_evaluation(config, self.judge, self.reconstructor, self.device)
         env_options = asdict(config.env)
         contexts = [d.context for d in evaluator.docs]
