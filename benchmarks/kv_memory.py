@@ -23,20 +23,20 @@ Methods (``--methods``, comma-separated):
   it (``ARG``: a JSON of ``CompressionConfig`` keys with a layer plan, a trained folder, or empty).
   The pre-fill is ``CompressedCausalLM.forward(mode="prefill", target_rate=rate)``: the clusters
   follow the plan's shape and remove ``rate`` of the KV entries over all layers (``--rates plan``:
-  the plan's own causal thresholds instead). ``CompressedCausalLM`` has no cache or generation API
-  of its own, so this script hands a ``DynamicCache`` to its decoder layers (a forward pre-hook
-  adds the cache argument to the calls the model makes itself): the cache then stores exactly the
-  keys and values the compressed pre-fill computed, every position below the first compression
-  layer and the last level's clusters plus the raw last context token from there on. Decode
-  steps read those clusters (padded cluster slots of rows that formed fewer are masked) and end
-  with the model's restore gate; ``tests/test_kv_memory.py`` checks that they predict what the
-  model's own pre-fill forward predicts for the same tokens.
+  the plan's own causal thresholds instead), through the model's own cache API:
+  ``CompressedCausalLM.prefill`` returns the ``DynamicCache`` its pre-fill filled (every position
+  below the first compression layer; the last level's clusters plus the raw last context token
+  from there on) and ``CompressedCausalLM.decode_step`` decodes from it (padded cluster slots of
+  rows that formed fewer are masked; the restore gate runs on the new token);
+  ``tests/test_kv_memory.py`` checks that the decode predicts what the model's own pre-fill
+  forward predicts for the same tokens.
 - ``kvpress:<press>`` (``tokenmask.evaluate.kvpress_peer.PRESSES``) where kvpress is importable
   (kvpress 0.5.x needs transformers < 5.3: run it in ``.venv-kvpress``): the pre-fill runs with the
   press attached (``compression_ratio`` = rate), decoding runs without it, as kvpress's pipeline does.
 
-Decoding is one loop for every method (embeddings, the decoder layers with the cache, final norm,
-LM head; positions continue after the full context), so only the cache differs.
+Decoding: the uncompressed and kvpress caches are read by one loop here (embeddings, the decoder
+layers with the cache, final norm, LM head); activation's ``decode_step`` is the same loop plus the
+restore gate on the new token. Positions continue after the full context.
 
 Weights: ``--random-weights`` builds a ``LlamaForCausalLM`` of the SmolLM2-135M shape from a
 config (random ids; no GGUF, no tokenizer file needed), else ``--model`` (the embedded SmolLM2)
@@ -53,20 +53,18 @@ import argparse
 import ctypes
 import gc
 import importlib.metadata
-import inspect
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tokenmask.activation_compression.backbone import Backbone, backbone_for
+from tokenmask.activation_compression.backbone import Backbone, backbone_for, cache_argument
 from tokenmask.evaluate.reports import device_description
 from tokenmask.reconstructors import Reconstructor
 
@@ -123,32 +121,6 @@ def random_reconstructor(
 
 
 # ---------------------------------------------------------------------------------------- the cache
-def cache_argument(function: Callable[..., Any]) -> str:
-    """The keyword a transformers forward takes its cache by: ``cache`` (5.24 on) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
-
-
-@contextmanager
-def cache_in_layers(layers: torch.nn.ModuleList | Sequence[torch.nn.Module], cache: Any) -> Iterator[None]:
-    """Every call of these decoder layers appends its keys and values to ``cache`` (a forward pre-hook).
-
-    The layers' attention rotates the keys, then calls ``cache.update``; what the caller computes
-    (full sequences, clusters, one new token) is therefore what the cache stores.
-    """
-    name = cache_argument(layers[0].forward)
-
-    def add_cache(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        kwargs[name] = cache
-        return args, kwargs
-
-    handles = [layer.register_forward_pre_hook(add_cache, with_kwargs=True) for layer in layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @dataclass
 class Prefilled:
     """What a pre-fill leaves for decoding.
@@ -158,6 +130,7 @@ class Prefilled:
     :param first_logits: ``(B, V)`` float32 logits of the first new token.
     :param next_position: position id of the first new token (the full context length).
     :param counted_rate: the method's own count of the in-model rate, when it reports one.
+    :param state: activation: the model's ``DecodeState`` (its ``decode_step`` decodes), else ``None``.
     """
 
     cache: Any
@@ -165,6 +138,7 @@ class Prefilled:
     first_logits: torch.Tensor
     next_position: int
     counted_rate: float | None = None
+    state: Any = None
 
 
 def held_kv_bytes(cache: Any) -> int:
@@ -212,9 +186,18 @@ def join_prefilled(parts: list[Prefilled]) -> Prefilled:
         if any(r is None for r in rates)
         else sum(float(r) * n for r, n in zip(rates, rows) if r is not None) / sum(rows)
     )
-    return Prefilled(
-        cache, readable, torch.cat([p.first_logits for p in parts]), parts[0].next_position, counted
-    )
+    logits = torch.cat([p.first_logits for p in parts])
+    state = None
+    if parts[0].state is not None:
+        first = parts[0].state
+        output = replace(
+            first.output,
+            layer_kept=torch.cat([p.state.output.layer_kept for p in parts]),
+            layer_total=torch.cat([p.state.output.layer_total for p in parts]),
+        )
+        position = torch.cat([p.state.next_position for p in parts])
+        state = type(first)(cache, readable, position, logits, output)
+    return Prefilled(cache, readable, logits, parts[0].next_position, counted, state)
 
 
 # ---------------------------------------------------------------------------------------- methods
@@ -224,9 +207,6 @@ class BenchMethod:
     :param name: the method as given on the command line.
     :param rate: rate asked (``None``: uncompressed, or the activation plan's own thresholds).
     """
-
-    restore: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    restore_layer: int | None = None
 
     def __init__(self, name: str, rate: float | None) -> None:
         self.name = name
@@ -254,7 +234,7 @@ class Uncompressed(BenchMethod):
 
         cache = DynamicCache()
         decoder = recon.model.base_model
-        arguments = {"input_ids": ids, "use_cache": True, cache_argument(decoder.forward): cache}
+        arguments = {"input_ids": ids, "use_cache": True, cache_argument(decoder): cache}
         if self.press is None:
             out = decoder(**arguments)
         else:
@@ -273,7 +253,7 @@ def kvpress_method(name: str, press: str, rate: float) -> Uncompressed:
 
 
 class ActivationPrefill(BenchMethod):
-    """Activation clustering: ``CompressedCausalLM``'s pre-fill with a cache handed to its decoder layers.
+    """Activation clustering through ``CompressedCausalLM.prefill`` (its own KV cache) and ``decode_step``.
 
     :param model: the compressed model (``tokenmask.activation_compression.CompressedCausalLM``).
     """
@@ -281,56 +261,16 @@ class ActivationPrefill(BenchMethod):
     def __init__(self, name: str, rate: float | None, model: Any) -> None:
         super().__init__(name, rate)
         self.model = model
-        self.restore = model.restore
-        self.restore_layer = int(model.layer_indices[0])
 
     @property
     def rate_label(self) -> str:
         return "plan" if self.rate is None else f"{self.rate:g}"
 
     def prefill(self, recon: Reconstructor, ids: torch.Tensor) -> Prefilled:
-        from transformers import DynamicCache
-
-        b, n = ids.shape
-        cache = DynamicCache()
-        model = self.model
-        with cache_in_layers(model.backbone.layers, cache):
-            # the last context token stays raw: it is the query that predicts the first new token
-            out = model(
-                ids,
-                compress_lengths=torch.full((b,), n - 1),
-                mode="prefill",
-                target_rate=self.rate,
-                cache_lengths=torch.full((b,), n),
-            )
-        column = (out.origin == n - 1).float().argmax(1)
-        logits = recon.head_logits(out.hidden[torch.arange(b, device=column.device), column])
-        return Prefilled(cache, self._readable(cache, out, n), logits, n, float(out.rate))
-
-    def _readable(self, cache: Any, out: Any, n: int) -> list[torch.Tensor | None]:
-        """Per layer, the entries a query after the context reads: every valid cluster and the raw token.
-
-        From the first compression layer on, a layer holds ``[raw positions after the prefix, the
-        level's clusters]`` with ``max(clusters)`` cluster slots; rows that formed fewer clusters
-        have padding slots at the end.
-        """
-        lengths = cache_lengths(cache)
-        readable: list[torch.Tensor | None] = [None] * len(lengths)
-        bounds = [*out.compression_layers, len(lengths)]
-        for level, count in enumerate(out.clusters):
-            slots = max(int(count.max()), 1)
-            for index in range(bounds[level], bounds[level + 1]):
-                raw = lengths[index] - slots
-                if raw != 1:
-                    raise RuntimeError(
-                        f"Layer {index} caches {lengths[index]} entries for {slots} cluster slots: the compressed "
-                        "pre-fill's layout is not [last context token, clusters]. Fix: update "
-                        "benchmarks/kv_memory.py to the layout of CompressedCausalLM._drop_for_prefill."
-                    )
-                column = torch.arange(lengths[index], device=count.device)[None]
-                mask = (column < raw) | (column - raw < count[:, None])
-                readable[index] = None if bool(mask.all()) else mask
-        return readable
+        state = self.model.prefill(ids, target_rate=self.rate)
+        return Prefilled(
+            state.cache, state.readable, state.logits, int(ids.shape[1]), float(state.output.rate), state
+        )
 
 
 def build_methods(
@@ -373,8 +313,8 @@ def greedy_decode(
     """Feed ``steps`` greedy tokens, one per row and step, each reading and extending ``state.cache``.
 
     The first token is the argmax of the pre-fill's logits; step ``t`` runs at position
-    ``next_position + t``. With ``method.restore`` (activation) the state entering
-    ``method.restore_layer`` restores the final state before the norm, as in the model's forward.
+    ``next_position + t``. Activation (``state.state``) decodes with the model's own
+    ``decode_step`` (restore gate on the new token); the others through the decoder layers here.
 
     :return: ``(B, steps)`` the tokens fed, and (``keep_logits``) the logits that chose each token
         and the one after the last.
@@ -382,33 +322,27 @@ def greedy_decode(
     token = state.first_logits.argmax(-1)
     b = token.shape[0]
     readable = list(state.readable)
-    restore = None if method is None else method.restore
-    restore_layer = None if method is None else method.restore_layer
     fed: list[torch.Tensor] = []
     logits_seen = [state.first_logits] if keep_logits else []
-    with cache_in_layers(backbone.layers, state.cache):
-        for step in range(steps):
-            fed.append(token)
+    model = getattr(method, "model", None)
+    for step in range(steps):
+        fed.append(token)
+        if state.state is not None and model is not None:
+            logits = model.decode_step(state.state, token)
+        else:
             position = torch.full((b, 1), state.next_position + step, device=token.device)
             hidden = backbone.embed(token[:, None], position)
             rotary = backbone.position_context(hidden, position)
-            own = hidden
             for index in range(backbone.num_layers):
-                if index == restore_layer:
-                    own = hidden
-                bias: Any = None  # no bias: the query reads every cached entry
                 mask = readable[index]
                 if mask is not None:
                     mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
                     readable[index] = mask
-                    bias = backbone.attention_bias(mask[:, None, :])
-                hidden = backbone.run_layer(index, hidden, bias, rotary)
-            if restore is not None:
-                hidden = restore(hidden, own)
+                hidden = backbone.run_layer(index, hidden, backbone.decode_bias(mask), rotary, state.cache)
             logits = recon.head_logits(backbone.final_norm(hidden)[:, -1])
-            token = logits.argmax(-1)
-            if keep_logits:
-                logits_seen.append(logits)
+        token = logits.argmax(-1)
+        if keep_logits:
+            logits_seen.append(logits)
     return torch.stack(fed, 1), logits_seen
 
 

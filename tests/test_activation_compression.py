@@ -252,3 +252,120 @@ def test_smollm2_compresses_causally_and_exactly(smollm: Reconstructor, pydocs_p
     assert 1.5 < out.ratio < 3.5
     assert math.isfinite(compressed) and compressed > 0.9 * base
     assert torch.allclose(a[0, :60], b[0, :60], atol=1e-4)
+
+
+def _padded(recon: Reconstructor, lengths: list[int], seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = random_ids(recon, len(lengths), max(lengths), seed)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+        ids[row, length:] = recon.pad_token_id
+    return ids, mask
+
+
+@pytest.mark.parametrize("rate", [0.5, None], ids=["budget", "plan_thresholds"])
+def test_decoding_from_the_compressed_cache_predicts_as_the_forward(
+    recon: Reconstructor, rate: float | None
+) -> None:
+    """prefill + decode_step on a right-padded batch give the logits of the model's own pre-fill forward,
+    and each layer's cache holds ``layer_kept`` readable entries per row."""
+    model = CompressedCausalLM(
+        recon, CompressionConfig(compression_layers=[1, 2], layer_thresholds=[0.6, 0.6], max_cluster_size=4)
+    )
+    lengths = [48, 35, 41]
+    ids, mask = _padded(recon, lengths)
+    steps = 3
+    with torch.no_grad():
+        state = model.prefill(ids, mask, target_rate=rate)
+        readable = [
+            torch.full((len(lengths),), n) if r is None else r.sum(1)
+            for r, n in zip(state.readable, state.cache_lengths())
+        ]
+        assert torch.equal(torch.stack(readable, 1), state.layer_kept)
+        assert state.cache_lengths()[0] == max(lengths)
+        assert max(state.cache_lengths()[2:]) < max(lengths) / 2
+        logits, fed = [state.logits], []
+        for _ in range(steps):
+            fed.append(logits[-1].argmax(-1))
+            logits.append(model.decode_step(state, fed[-1]))
+        assert state.cache_lengths() == [int(x) for x in state.layer_kept.amax(0) + steps]
+        longer = torch.full((len(lengths), max(lengths) + steps), recon.pad_token_id)
+        for row, n in enumerate(lengths):
+            longer[row, :n] = ids[row, :n]
+            longer[row, n : n + steps] = torch.stack(fed, 1)[row]
+        cached = torch.as_tensor(lengths)
+        out = model(
+            longer,
+            (torch.arange(longer.shape[1])[None] < (cached + steps)[:, None]).long(),
+            compress_lengths=cached - 1,
+            mode="prefill",
+            target_rate=rate,
+            cache_lengths=cached,
+        )
+    for row, n in enumerate(lengths):
+        for step in range(steps + 1):
+            column = int((out.origin[row] == n - 1 + step).nonzero())
+            reference = recon.head_logits(out.hidden[row, column])
+            torch.testing.assert_close(logits[step][row], reference, atol=1e-4, rtol=1e-4)
+
+
+def test_uncompressed_prefill_and_decode_match_the_base_model(recon: Reconstructor) -> None:
+    """Without merges the causal pre-fill and the cache decode are the plain LM (padding included)."""
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 2], similarity_threshold=0.5))
+    lengths = [30, 22]
+    ids, mask = _padded(recon, lengths, seed=5)
+    with torch.no_grad():
+        state = model.prefill(ids, mask, compress=False)
+        first = state.logits
+        token = torch.tensor([7, 9])
+        step_logits = model.decode_step(state, token)
+        longer = torch.cat([ids, torch.full((2, 1), recon.pad_token_id)], 1)
+        longer_mask = torch.cat([mask, torch.zeros(2, 1, dtype=mask.dtype)], 1)
+        for row, n in enumerate(lengths):
+            longer[row, n] = token[row]
+            longer_mask[row, n] = 1
+        base = recon.head_logits(recon.model.base_model(input_ids=longer, attention_mask=longer_mask)[0])
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(first[row], base[row, n - 1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(step_logits[row], base[row, n], atol=1e-4, rtol=1e-4)
+    assert state.output.rate == 0.0
+
+
+def test_generate_greedy_and_sampled(recon: Reconstructor) -> None:
+    model = CompressedCausalLM(recon, CompressionConfig(compression_layers=[1, 2], similarity_threshold=0.5))
+    ids = random_ids(recon, 2, 40)
+    with torch.no_grad():
+        greedy, state = model.generate(ids, max_new_tokens=4, target_rate=0.5)
+        again, _ = model.generate(ids, max_new_tokens=4, target_rate=0.5)
+        sampled, _ = model.generate(
+            ids, max_new_tokens=3, do_sample=True, top_k=5, generator=torch.Generator().manual_seed(0)
+        )
+    assert greedy.shape == (2, 4) and sampled.shape == (2, 3)
+    assert torch.equal(greedy, again)
+    assert torch.equal(state.next_position, torch.tensor([44, 44]))
+    assert state.output.rate == pytest.approx(0.5, abs=0.05)
+
+
+def test_clusters_closing_together_read_in_order() -> None:
+    """Two clusters of one level closed at the same time: the earlier does not read the later (plain causal order)."""
+    from tokenmask.activation_compression.clustering import NO_TIME
+    from tokenmask.activation_compression.layout import TokenLayout
+
+    def row(*values: int) -> torch.Tensor:
+        return torch.tensor([values])
+
+    layout = TokenLayout(
+        level=row(0, 2, 2, 2),
+        valid=row(1, 1, 1, 1).bool(),
+        avail=row(9, 4, 8, 8),
+        parent_avail=row(NO_TIME, NO_TIME, NO_TIME, NO_TIME),
+        position=row(9, 1, 5, 7).float(),
+        protected=row(0, 0, 0, 0).bool(),
+        origin=row(9, -1, -1, -1),
+        member=row(0, 1, 1, 1).bool(),
+    )
+    seen = layout.visibility()[0]
+    assert not seen[2, 3] and seen[3, 2] and seen[0].all()
+    order, keep = layout.causal_order()
+    assert order[0].tolist() == [1, 2, 3, 0] and bool(keep.all())
+    assert torch.equal(seen[order[0]][:, order[0]], torch.ones(4, 4, dtype=torch.bool).tril())

@@ -67,6 +67,8 @@ def test_decode_from_the_cache_predicts_as_the_model_forward(kv: ModuleType, rec
     steps = 4
     with torch.no_grad():
         state = method.prefill(recon, ids)
+        # the model's own cache: each layer holds the entries the model counts as kept
+        assert kv.cache_lengths(state.cache) == [int(x) for x in state.state.layer_kept.amax(0)]
         fed, logits = kv.greedy_decode(
             recon, backbone_for(recon.model), state, steps, method, keep_logits=True
         )
@@ -84,6 +86,16 @@ def test_decode_from_the_cache_predicts_as_the_model_forward(kv: ModuleType, rec
     )
     assert torch.equal(torch.gather(out.origin, 1, order)[0], torch.arange(n - 1, n + steps))
     torch.testing.assert_close(torch.stack(logits, 1), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_row_chunks_of_the_prefill_decode_as_one_batch(kv: ModuleType, recon, plan: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pre-filling row by row and joining the caches decodes the same tokens as one pre-fill."""
+    ids = kv.context_rows(recon, 3, CONTEXT, True, None, 2)
+    (method,) = kv.build_methods(f"activation:{plan}", [None], recon)[0]
+    whole, tokens = kv.measure(method, recon, ids, 3)
+    chunked, chunk_tokens = kv.measure(method, recon, ids, 3, prefill_rows=1)
+    assert torch.equal(tokens, chunk_tokens)
+    assert chunked.kv_bytes == whole.kv_bytes
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kvpress") is None, reason="kvpress is not installed")

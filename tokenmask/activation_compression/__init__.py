@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch-heavy: loaded on first use, so `tokenmask activation 
         CompressedCausalLM,
         CompressionLayer,
         CompressionOutput,
+        DecodeState,
         RestoreGate,
     )
 
@@ -34,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "CompressedCausalLM": "tokenmask.activation_compression.model",
     "CompressionLayer": "tokenmask.activation_compression.model",
     "CompressionOutput": "tokenmask.activation_compression.model",
+    "DecodeState": "tokenmask.activation_compression.model",
     "RestoreGate": "tokenmask.activation_compression.model",
 }
 
@@ -46,6 +48,7 @@ __all__ = [
     "CompressionConfig",
     "CompressionLayer",
     "CompressionOutput",
+    "DecodeState",
     "RestoreGate",
 ]
 

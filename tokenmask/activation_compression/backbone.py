@@ -12,6 +12,7 @@ the embeddings, fused ``c_attn``). :func:`backbone_for` picks the right one.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -21,6 +22,9 @@ from transformers import PreTrainedModel
 
 LLAMA_FAMILY: tuple[str, ...] = ("llama", "mistral", "qwen2")
 GPT2_FAMILY: tuple[str, ...] = ("gpt2",)
+# attention implementations that apply the causal mask themselves when given none (SDPA's is_causal)
+IMPLICIT_CAUSAL: tuple[str, ...] = ("sdpa", "flash_attention_2", "flash_attention_3")
+QUERY_CHUNK_ELEMENTS = 1 << 23  # query chunk of the importance scores: about 32 MiB of float32 per tensor
 
 
 class UnsupportedModelError(ValueError):
@@ -72,9 +76,19 @@ class Backbone(ABC):
 
     @abstractmethod
     def run_layer(
-        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        attention_bias: torch.Tensor | None,
+        positions: Any,
+        cache: Any = None,
     ) -> torch.Tensor:
-        """Run decoder layer ``index`` on ``(B, S, d)`` with an additive bias ``(B, 1, S, S)``."""
+        """Run decoder layer ``index`` on ``(B, S, d)``.
+
+        :param attention_bias: an additive bias ``(B, 1, S, K)`` or a bool mask (``True`` = read), or
+            ``None``: plain causal attention (:meth:`causal_bias` gives what to pass for that).
+        :param cache: a Hugging Face cache the layer appends its keys and values to (``None``: none).
+        """
 
     @abstractmethod
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -87,25 +101,77 @@ class Backbone(ABC):
         """Per-head queries and keys ``(B, H, S, hd)`` of layer ``index`` (rotated; keys repeated per group) and the score scale."""
 
     def local_attention(
-        self, index: int, hidden: torch.Tensor, allowed: torch.Tensor, positions: Any, band: int
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        avail: torch.Tensor,
+        valid: torch.Tensor,
+        positions: Any,
+        band: int,
+        chunk_elements: int = QUERY_CHUNK_ELEMENTS,
     ) -> torch.Tensor:
         """Head-averaged attention that layer ``index`` pays from each query to the ``band`` keys just before it.
 
         ``out[b, d, j]`` = probability that query ``j + d`` gives key ``j`` (0 past the end), float32
-        ``(B, band, S)``. Heads are processed one at a time so memory stays at one ``(B, S, S)`` map.
+        ``(B, band, S)``. Query ``q`` reads key ``k`` when ``avail[k] <= avail[q]`` and both are
+        valid (and always itself). The queries are taken a chunk at a time (``B x heads x chunk x S``
+        at most ``chunk_elements`` scores), so no ``(B, S, S)`` map is ever held.
 
-        :param allowed: ``(B, S, S)`` bool visibility (query, key).
+        :param avail: ``(B, S)`` time from which each token is readable (see :mod:`.layout`).
+        :param valid: ``(B, S)`` bool, ``False`` for padding.
         """
         q, keys, scale = self.queries_keys(index, hidden, positions)
         b, heads, s, _ = q.shape
-        out = torch.zeros(b, band, s, dtype=torch.float32, device=hidden.device)
+        lags = torch.arange(min(band, s), device=hidden.device)
+        by_query = torch.zeros(b, s, len(lags), dtype=torch.float32, device=hidden.device)
         blocked = torch.finfo(torch.float32).min
-        for h in range(heads):
-            scores = torch.matmul(q[:, h].float(), keys[:, h].float().transpose(1, 2)) * scale
-            probs = torch.softmax(scores.masked_fill(~allowed, blocked), dim=-1)
-            for d in range(min(band, s)):
-                out[:, d, : s - d] += torch.diagonal(probs, offset=-d, dim1=1, dim2=2)
+        keys_t = keys.float().transpose(2, 3)
+        # at most chunk_elements scores, and never more than one head's full (B, S, S) map
+        step = max(1, min(chunk_elements // max(1, b * heads * s), s // heads))
+        column = torch.arange(s, device=hidden.device)
+        for start in range(0, s, step):
+            stop = min(start + step, s)
+            rows = column[start:stop]
+            allowed = (
+                (avail[:, None, :] <= avail[:, start:stop, None])
+                & valid[:, None, :]
+                & valid[:, start:stop, None]
+            )
+            allowed |= rows[:, None] == column[None, :]
+            scores = torch.matmul(q[:, :, start:stop].float(), keys_t) * scale
+            probs = torch.softmax(scores.masked_fill_(~allowed[:, None], blocked), dim=-1).sum(1)
+            # by_query[:, q, d]: what query q gives key q - d
+            key = (rows[:, None] - lags[None, :]).clamp(min=0)
+            by_query[:, start:stop] = torch.gather(probs, 2, key[None].expand(b, -1, -1))
+        out = torch.zeros(b, band, s, dtype=torch.float32, device=hidden.device)
+        for d in range(len(lags)):
+            out[:, d, : s - d] = by_query[:, d:, d]
         return out / heads
+
+    def causal_bias(self, batch: int, length: int, device: torch.device) -> torch.Tensor | None:
+        """What :meth:`run_layer` needs for plain causal attention over ``length`` tokens.
+
+        ``None`` where the attention implementation applies the causal mask itself (SDPA, flash
+        attention: no ``(S, S)`` tensor at all), else an explicit additive bias ``(B, 1, S, S)``.
+        """
+        if str(getattr(self.config, "_attn_implementation", "eager")) in IMPLICIT_CAUSAL:
+            return None
+        allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return self.attention_bias(allowed[None].expand(batch, -1, -1))
+
+    def decode_bias(self, readable: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask of one new token reading a cache whose readable entries are ``readable`` ``(B, K)`` (``None``: all)."""
+        if readable is None:
+            return None
+        if str(getattr(self.config, "_attn_implementation", "eager")) in IMPLICIT_CAUSAL:
+            return readable[:, None, None, :]
+        return self.attention_bias(readable[:, None, :])
+
+    def _layer_call(self, layer: nn.Module, hidden: torch.Tensor, cache: Any, **kwargs: Any) -> torch.Tensor:
+        if cache is not None:
+            kwargs[cache_argument(layer)] = cache
+        out = layer(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits (float32) of final-normed hidden states."""
@@ -141,11 +207,16 @@ class LlamaBackbone(Backbone):
         return self.decoder.rotary_emb(hidden, position_ids=position_ids.float())
 
     def run_layer(
-        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        attention_bias: torch.Tensor | None,
+        positions: Any,
+        cache: Any = None,
     ) -> torch.Tensor:
-        layer: Any = self.layers[index]
-        out = layer(hidden, attention_mask=attention_bias, position_embeddings=positions)
-        return out[0] if isinstance(out, tuple) else out
+        return self._layer_call(
+            self.layers[index], hidden, cache, attention_mask=attention_bias, position_embeddings=positions
+        )
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder.norm(hidden)  # type: ignore[no-any-return]
@@ -191,11 +262,14 @@ class GPT2Backbone(Backbone):
         return None  # absolute positions were added to the embeddings
 
     def run_layer(
-        self, index: int, hidden: torch.Tensor, attention_bias: torch.Tensor, positions: Any
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        attention_bias: torch.Tensor | None,
+        positions: Any,
+        cache: Any = None,
     ) -> torch.Tensor:
-        layer: Any = self.layers[index]
-        out = layer(hidden, attention_mask=attention_bias)
-        return out[0] if isinstance(out, tuple) else out
+        return self._layer_call(self.layers[index], hidden, cache, attention_mask=attention_bias)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.decoder.ln_f(hidden)  # type: ignore[no-any-return]
@@ -211,6 +285,11 @@ class GPT2Backbone(Backbone):
         q = q.view(b, s, -1, attn.head_dim).transpose(1, 2)
         k = k.view(b, s, -1, attn.head_dim).transpose(1, 2)
         return q, k, _gpt2_scaling(attn)
+
+
+def cache_argument(layer: nn.Module) -> str:
+    """The keyword a decoder layer takes its cache by: ``cache`` (transformers 5.24 on) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
 
 
 def _gpt2_scaling(attn: Any) -> float:

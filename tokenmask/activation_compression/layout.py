@@ -15,7 +15,14 @@ own cluster at the next level is not closed at ``t``; once it is, the query read
 instead). Cluster tokens read only tokens of their own or higher levels, so the clusters of a
 pre-fill are computed exactly as on the short sequence; position tokens read everything they may.
 Hence no token reads information from a later position: a position reads closed clusters of the
-past plus the raw positions of its own, still open cluster.
+past plus the raw positions of its own, still open cluster. Two clusters of one level may close at
+the same time (the last two of a later level, both closed by the prefix's end); the earlier one
+then does not read the later one, so clusters of a level read only clusters up to themselves.
+
+In the ``prefill`` mode of the compressed model the sequence holds one level of clusters (in time
+order) and the positions after them, so :meth:`TokenLayout.causal_order` can put each row in the
+order ``[clusters, positions, padding]``, where the rule above is plain causal attention: no
+``(S, S)`` mask is needed, and a KV cache of that order is exactly what a decode step reads.
 """
 
 from __future__ import annotations
@@ -109,9 +116,53 @@ class TokenLayout:
     def visibility(self) -> torch.Tensor:
         """``(B, S, S)`` bool: query (row) may read key (column); see the module docstring."""
         q_time = self.avail[:, :, None]
-        readable = self.avail[:, None, :] <= q_time
+        column = torch.arange(self.width, device=self.avail.device)
+        same_level_later = (
+            (self.level[:, None, :] == self.level[:, :, None])
+            & (self.level[:, None, :] > 0)
+            & (column[None, None, :] > column[None, :, None])
+        )
+        readable = (self.avail[:, None, :] < q_time) | (
+            (self.avail[:, None, :] == q_time) & ~same_level_later
+        )
         not_superseded = self.parent_avail[:, None, :] > q_time
         level_ok = (self.level[:, None, :] >= self.level[:, :, None]) | (self.level[:, :, None] == 0)
         allowed = readable & not_superseded & level_ok & self.valid[:, None, :] & self.valid[:, :, None]
         eye = torch.eye(self.width, dtype=torch.bool, device=allowed.device)
         return allowed | eye[None]
+
+    def causal_order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the column order ``[valid clusters, valid positions, padding]`` in which :meth:`visibility` is plain causal.
+
+        Only for layouts with one level of clusters that nothing supersedes (the ``prefill`` mode;
+        a layout of positions alone too). Valid tokens then read exactly the valid tokens before
+        them in that order: clusters are in time order (ties: column order), every cluster is
+        readable before the first position after the prefix, and clusters do not read positions.
+
+        :return: ``(order, keep)``: ``(B, S)`` long, a permutation of the columns, and ``(B, S)``
+            bool, valid tokens in the new order (a prefix of each row).
+        :raises RuntimeError: if the layout is not one the order makes causal.
+        """
+        group = torch.where(
+            self.valid,
+            torch.where(self.level > 0, torch.zeros_like(self.level), torch.ones_like(self.level)),
+            torch.full_like(self.level, 2),
+        )
+        order = torch.argsort(group, dim=1, stable=True)
+        keep = torch.gather(self.valid, 1, order)
+        avail = torch.gather(self.avail, 1, order)
+        level = torch.gather(self.level, 1, order)
+        pairs = keep[:, 1:] & keep[:, :-1]
+        levels = torch.where(keep & (level > 0), level, torch.zeros_like(level))
+        one_level = levels.amax(1) == torch.where(
+            keep & (level > 0), level, levels.amax(1, keepdim=True)
+        ).amin(1)
+        sorted_times = bool(((avail[:, 1:] >= avail[:, :-1]) | ~pairs).all())
+        fresh = bool((self.parent_avail[self.valid] == NO_TIME).all())
+        if not (sorted_times and fresh and bool(one_level.all())):
+            raise RuntimeError(
+                "This token layout is not causal in any column order (several cluster levels, superseded "
+                "tokens or clusters out of time order). Fix: use the explicit mask of visibility() "
+                "(the 'full' mode does)."
+            )
+        return order, keep

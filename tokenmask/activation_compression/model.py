@@ -178,6 +178,9 @@ class CompressionOutput:
         positions at the first layer, the previous layer's clusters after it; ``-1``: not merged
         by this layer). :meth:`position_clusters` composes them.
     :param compression_layers: the compression layers that ran (empty: nothing compressed).
+    :param readable: per decoder layer run with causal attention (all of them in ``prefill``
+        mode), ``(B, K)`` bool of the entries a cache of that layer holds that are not padding
+        (``None``: all); empty where the layers ran with explicit masks.
     """
 
     hidden: torch.Tensor
@@ -189,6 +192,7 @@ class CompressionOutput:
     thresholds: list[float] = field(default_factory=list)
     assignments: list[torch.Tensor] = field(default_factory=list)
     compression_layers: list[int] = field(default_factory=list)
+    readable: list[torch.Tensor | None] = field(default_factory=list)
 
     @property
     def first_layer(self) -> int | None:
@@ -242,6 +246,43 @@ class CompressionOutput:
                 )
             out[:, bounds[k] : bounds[k + 1]] = current[:, None]
         return out
+
+
+@dataclass
+class DecodeState:
+    """What :meth:`CompressedCausalLM.prefill` leaves for decoding; :meth:`CompressedCausalLM.decode_step` advances it.
+
+    :param cache: the Hugging Face ``DynamicCache`` holding each layer's keys and values: every
+        position below the first compression layer, then per row ``[clusters, last context token]``
+        (the merged states are what is stored), each row right-padded to the batch's longest.
+    :param readable: per layer, ``(B, K)`` bool of the cache entries a new token reads (``None``:
+        all); rows of the batch that hold fewer entries than the longest have padding there.
+    :param next_position: ``(B,)`` position id of the next token fed (positions continue after the
+        full context, as for the uncompressed model).
+    :param logits: ``(B, V)`` float32 logits of the next token.
+    :param output: the pre-fill's :class:`CompressionOutput` (``layer_kept``, ``rate``, clusters).
+    """
+
+    cache: Any
+    readable: list[torch.Tensor | None]
+    next_position: torch.Tensor
+    logits: torch.Tensor
+    output: CompressionOutput
+
+    @property
+    def layer_kept(self) -> torch.Tensor:
+        """``(B, L)`` KV entries each layer keeps per row after the pre-fill (:attr:`CompressionOutput.layer_kept`)."""
+        return self.output.layer_kept
+
+    def cache_lengths(self) -> list[int]:
+        """Entries each layer's cache holds (padding included; the same for every row)."""
+        return [int(layer.keys.shape[-2]) for layer in self.cache.layers]
+
+    def kv_bytes(self) -> int:
+        """Bytes of the key and value tensors the cache holds, summed over the layers."""
+        return sum(
+            t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values)
+        )
 
 
 class CompressedCausalLM(nn.Module):
@@ -358,6 +399,7 @@ class CompressedCausalLM(nn.Module):
         compress: bool = True,
         lower_hidden: torch.Tensor | None = None,
         cache_lengths: torch.Tensor | None = None,
+        cache: Any = None,
     ) -> CompressionOutput:
         """Run the LM with compression.
 
@@ -380,9 +422,16 @@ class CompressedCausalLM(nn.Module):
         :param cache_lengths: ``(B,)`` leading positions the counts of :class:`CompressionOutput`
             (and ``target_rate``) cover, at least ``compress_lengths`` (default: every real token).
             The evaluation caches ``BOS + context`` while scoring tokens after it.
+        :param cache: ``prefill`` only: a Hugging Face cache (``DynamicCache``) each decoder layer
+            appends the keys and values it computed to (:meth:`prefill` uses it); the output's
+            ``readable`` then says which entries are padding.
         """
         if mode not in ("full", "prefill"):
             raise ValueError(f"mode must be 'full' or 'prefill', got {mode!r}.")
+        if cache is not None and (mode != "prefill" or lower_hidden is not None):
+            raise ValueError(
+                "A cache is filled only by a 'prefill' pass over every layer. Fix: pass mode='prefill' and no lower_hidden."
+            )
         if target_rate is not None and mode != "prefill":
             raise ValueError("target_rate reads the whole prefix, so it is only allowed in 'prefill' mode.")
         device = self.device
@@ -416,7 +465,6 @@ class CompressedCausalLM(nn.Module):
         else:
             with torch.set_grad_enabled(base_grad):
                 hidden = self.backbone.embed(input_ids, position_ids)
-        bias, positions = self._attention_inputs(layout, hidden)
         levels = [i for i in self.layer_indices if compress]
         level_thresholds = self.effective_thresholds(similarity_threshold)
         targets: list[torch.Tensor | None] = [None] * len(levels)
@@ -436,8 +484,10 @@ class CompressedCausalLM(nn.Module):
         assignments: list[torch.Tensor] = []
         thresholds: list[float] = []
         losses: list[torch.Tensor] = []
+        readable: list[torch.Tensor | None] = []
         own: torch.Tensor | None = None
-        for index in range(first if lower_hidden is not None else 0, self.backbone.num_layers):
+        index = first if lower_hidden is not None else 0
+        while index < self.backbone.num_layers:
             if index in levels:
                 level = levels.index(index) + 1
                 hidden, layout, blocks, count, cid, threshold, loss = self._compress(
@@ -457,10 +507,17 @@ class CompressedCausalLM(nn.Module):
                 losses.append(loss)
                 if own is None:
                     own = hidden[:, : blocks[0][1]]
-                bias, positions = self._attention_inputs(layout, hidden)
+            stop = min([i for i in levels if i > index] + [self.backbone.num_layers])
             grad = torch.is_grad_enabled() and (base_grad or own is not None)
-            with torch.set_grad_enabled(grad):
-                hidden = self.backbone.run_layer(index, hidden, bias, positions)
+            if mode == "prefill" or own is None:
+                # positions alone, or prefill's one level of clusters: plain causal attention
+                hidden = self._run_causal(index, stop, hidden, layout, grad, cache, readable)
+            else:
+                bias, positions = self._attention_inputs(layout, hidden)
+                with torch.set_grad_enabled(grad):
+                    for layer in range(index, stop):
+                        hidden = self.backbone.run_layer(layer, hidden, bias, positions)
+            index = stop
         width = blocks[0][1]
         final = hidden[:, :width]
         if own is not None and self.restore is not None:
@@ -472,7 +529,7 @@ class CompressedCausalLM(nn.Module):
         )
         contrastive = torch.stack(losses).mean() if losses else None
         return CompressionOutput(
-            final, origin, kept, total, clusters, contrastive, thresholds, assignments, levels
+            final, origin, kept, total, clusters, contrastive, thresholds, assignments, levels, readable
         )
 
     def lower_states(
@@ -493,10 +550,39 @@ class CompressedCausalLM(nn.Module):
         layout = TokenLayout.positions(valid, valid.sum(1), self.config.protected_tokens)
         with torch.no_grad():
             hidden = self.backbone.embed(input_ids, torch.arange(n, device=device).expand(b, n))
-            bias, positions = self._attention_inputs(layout, hidden)
-            for index in range(self.layer_indices[0]):
-                hidden = self.backbone.run_layer(index, hidden, bias, positions)
-        return hidden
+            return self._run_causal(0, self.layer_indices[0], hidden, layout, False, None, [])
+
+    def _run_causal(
+        self,
+        start: int,
+        stop: int,
+        hidden: torch.Tensor,
+        layout: TokenLayout,
+        grad: bool,
+        cache: Any,
+        readable: list[torch.Tensor | None],
+    ) -> torch.Tensor:
+        """Run decoder layers ``[start, stop)`` where the layout is plain causal in :meth:`TokenLayout.causal_order`.
+
+        The columns are put in that order (``[clusters, positions, padding]`` per row), the layers
+        run with causal attention (no ``(S, S)`` mask under SDPA), and the columns are put back.
+        A ``cache`` stores the keys and values in that order; ``readable`` gets, per layer, the
+        ``(B, S)`` bool of its valid entries (``None``: every entry).
+        """
+        if start >= stop:
+            return hidden
+        order, keep = layout.causal_order()
+        b, s, d = hidden.shape
+        packed = torch.gather(hidden, 1, order[..., None].expand(-1, -1, d))
+        positions = self.backbone.position_context(packed, torch.gather(layout.position, 1, order))
+        bias = self.backbone.causal_bias(b, s, hidden.device)
+        mask = None if bool(keep.all()) else keep
+        with torch.set_grad_enabled(grad):
+            for layer in range(start, stop):
+                packed = self.backbone.run_layer(layer, packed, bias, positions, cache)
+                readable.append(mask)
+        inverse = torch.argsort(order, dim=1)
+        return torch.gather(packed, 1, inverse[..., None].expand(-1, -1, d))
 
     def _attention_inputs(self, layout: TokenLayout, hidden: torch.Tensor) -> tuple[torch.Tensor, object]:
         bias = self.backbone.attention_bias(layout.visibility())
@@ -530,20 +616,15 @@ class CompressedCausalLM(nn.Module):
         member = meta.member & meta.valid
         # importance: the attention this layer pays each unit on the short (pre-fill) sequence
         with torch.no_grad():
-            causal = (
-                (meta.avail[:, None, :] <= meta.avail[:, :, None])
-                & meta.valid[:, None, :]
-                & meta.valid[:, :, None]
-            )
-            causal |= torch.eye(width, dtype=torch.bool, device=causal.device)[None]
             local = self.backbone.local_attention(
                 index,
                 units.detach(),
-                causal,
+                meta.avail,
+                meta.valid,
                 self.backbone.position_context(units, meta.position),
                 self.config.max_cluster_size,
             )
-            visible_keys = causal.sum(-1)
+            visible_keys = visible_key_counts(meta.avail, meta.valid)
         features = layer.similarity_features(units)
         similarity = adjacent_similarity(features)
         sim = similarity.detach()
@@ -642,6 +723,137 @@ class CompressedCausalLM(nn.Module):
         # every level below the new one is superseded for every query that is still computed
         new_blocks = [blocks[0]] + [(positions_width, 0)] * (level - 1)
         return parts_hidden, parts_layout, new_blocks
+
+    # ------------------------------------------------------------------ generation
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        target_rate: float | None = None,
+        similarity_threshold: float | Sequence[float] | None = None,
+        compress: bool = True,
+    ) -> DecodeState:
+        """Pre-fill a context with compression and keep the KV cache it leaves, for :meth:`decode_step`.
+
+        Every real token but the last of each row may be merged; the last stays raw (it is the
+        query that predicts the first new token). The cache stores exactly the keys and values the
+        ``prefill`` forward computed, so its layers hold ``layer_kept`` entries per row.
+
+        :param input_ids: ``(B, N)`` token ids, BOS first, right padding.
+        :param attention_mask: ``(B, N)`` 1 for real tokens (default: all).
+        :param target_rate: merge to this whole-model rate (see :meth:`forward`); ``None``: the
+            layer plan's own causal thresholds.
+        :param similarity_threshold: as :meth:`forward`.
+        :param compress: ``False``: the unmodified LM (the same code, no merges).
+        :raises ValueError: for a row without a real token.
+        """
+        from transformers import DynamicCache
+
+        input_ids = input_ids.to(self.device)
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask.to(self.device).bool()
+        )
+        lengths = valid.sum(1)
+        if bool((lengths < 1).any()):
+            raise ValueError("Every row needs at least one real token (BOS). Fix: drop empty rows.")
+        cache = DynamicCache()
+        with torch.no_grad():
+            output = self(
+                input_ids,
+                valid,
+                compress_lengths=lengths - 1,
+                mode="prefill",
+                similarity_threshold=similarity_threshold,
+                target_rate=target_rate,
+                compress=compress,
+                cache_lengths=lengths,
+                cache=cache,
+            )
+            column = (output.origin == (lengths - 1)[:, None]).long().argmax(1)
+            rows = torch.arange(input_ids.shape[0], device=self.device)
+            logits = self.reconstructor.head_logits(output.hidden[rows, column])
+        if len(output.readable) != self.backbone.num_layers:
+            raise RuntimeError("The pre-fill did not run every decoder layer with causal attention.")
+        return DecodeState(cache, list(output.readable), lengths.clone(), logits, output)
+
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row, reading and extending ``state``'s cache; return the next logits ``(B, V)``.
+
+        Costs what a step of the plain model costs: one token through every layer against the
+        (smaller) cache, a padding mask only where rows hold different numbers of entries, and
+        the restore gate on the new token alone.
+
+        :param state: from :meth:`prefill` (advanced in place).
+        :param tokens: ``(B,)`` token ids.
+        """
+        backbone = self.backbone
+        tokens = tokens.to(self.device).reshape(-1, 1)
+        position = state.next_position[:, None]
+        extended: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        masks: list[torch.Tensor | None] = []
+        biases: list[torch.Tensor | None] = []
+        for mask in state.readable:
+            if mask is None:
+                masks.append(None)
+                biases.append(None)
+                continue
+            if id(mask) not in extended:
+                longer = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                extended[id(mask)] = (longer, backbone.decode_bias(longer))
+            longer, bias = extended[id(mask)]
+            masks.append(longer)
+            biases.append(bias)
+        first = state.output.first_layer
+        with torch.no_grad():
+            hidden = backbone.embed(tokens, position)
+            rotary = backbone.position_context(hidden, position)
+            own = hidden
+            for index in range(backbone.num_layers):
+                if index == first:
+                    own = hidden
+                hidden = backbone.run_layer(index, hidden, biases[index], rotary, state.cache)
+            if first is not None and self.restore is not None:
+                hidden = self.restore(hidden, own)
+            logits = self.reconstructor.head_logits(backbone.final_norm(hidden)[:, -1])
+        state.readable = masks
+        state.next_position = state.next_position + 1
+        state.logits = logits
+        return logits
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        target_rate: float | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """Compress the context (:meth:`prefill`), then generate from the compressed cache.
+
+        :param max_new_tokens: tokens generated per row.
+        :param target_rate: as :meth:`prefill`.
+        :param do_sample: sample (with ``temperature`` and ``top_k``) instead of greedy argmax.
+        :param generator: random generator for sampling (on the model's device).
+        :return: ``(B, max_new_tokens)`` the new tokens, and the state after the last one was fed.
+        """
+        if max_new_tokens < 0 or temperature <= 0:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens}, temperature={temperature}: both must be positive. Fix: e.g. 32 and 1.0."
+            )
+        state = self.prefill(input_ids, attention_mask, target_rate=target_rate)
+        out: list[torch.Tensor] = []
+        logits = state.logits
+        for _ in range(max_new_tokens):
+            token = _next_token(logits, do_sample, temperature, top_k, generator)
+            out.append(token)
+            logits = self.decode_step(state, token)
+        tokens = torch.stack(out, 1) if out else torch.zeros(logits.shape[0], 0, dtype=torch.long)
+        return tokens, state
 
     # ------------------------------------------------------------------ scoring
     def token_nlls(
@@ -806,6 +1018,31 @@ class CompressedCausalLM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"compression_layers={self.layer_indices}, thresholds={self.config.thresholds}, adaptive={self.config.adaptive_threshold}"
+
+
+def _next_token(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Greedy argmax, or a sample of ``softmax(logits / temperature)`` over the ``top_k`` best."""
+    if not do_sample:
+        return logits.argmax(-1)
+    scaled = logits.float() / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        floor = torch.topk(scaled, top_k, dim=-1).values[..., -1:]
+        scaled = scaled.masked_fill(scaled < floor, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def visible_key_counts(avail: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` keys each query reads under ``avail[k] <= avail[q]`` among valid tokens (1 for padding queries: itself)."""
+    keys = torch.sort(torch.where(valid, avail, torch.full_like(avail, NO_TIME)), dim=1).values
+    counts = torch.searchsorted(keys, avail.contiguous(), right=True)
+    return torch.where(valid, counts, torch.ones_like(counts))
 
 
 def kv_bytes(model: CompressedCausalLM, positions: float) -> float:
