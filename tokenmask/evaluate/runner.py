@@ -146,6 +146,14 @@ def _check_kvpress_argument(argument: str) -> None:
     check_kvpress_argument(argument)
 
 
+def _check_refine_argument(argument: str) -> None:
+    # refine:BASE: the base method is checked as it would be on its own
+    from tokenmask.evaluate.refine import check_refine_argument
+
+    check_refine_argument(argument)
+    check_methods([argument])
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -164,6 +172,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
         "activation", "a folder saved by `tokenmask activation train` or a JSON compression config"
     ),
     "kvpress": _check_kvpress_argument,
+    "refine": _check_refine_argument,
 }
 
 

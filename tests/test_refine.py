@@ -1,0 +1,89 @@
+"""refine:BASE: moves keep the token count, the search picks the candidate of lowest R(p), bad names fail early."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenmask.evaluate.baselines import Truncation
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.refine import RecoverabilitySearch, move_variants
+from tokenmask.evaluate.runner import check_methods
+from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
+
+
+def test_move_variants_by_hand() -> None:
+    keep = np.array([False] * 4 + [True] * 4)
+    variants = move_variants(keep, moves=[2], stride=2)
+    # the first two kept tokens (4, 5) go; a run of two dropped tokens is kept at 0 or 2 (4 is the base mask)
+    expected = [
+        np.array([True, True, False, False, False, False, True, True]),
+        np.array([False, False, True, True, False, False, True, True]),
+    ]
+    assert len(variants) == 2
+    for got, want in zip(variants, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=40),
+    st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    st.integers(1, 9),
+)
+def test_move_variants_keep_the_count_and_are_distinct(keep, moves, stride) -> None:
+    keep = np.array(keep)
+    variants = move_variants(keep, moves, stride)
+    keys = {v.tobytes() for v in variants}
+    assert len(keys) == len(variants) and keep.tobytes() not in keys
+    assert all(v.sum() == keep.sum() for v in variants)
+
+
+def test_move_variants_reject_bad_settings() -> None:
+    with pytest.raises(ValueError, match="moves must be >= 1"):
+        move_variants(np.ones(4, bool), moves=[0], stride=1)
+
+
+def _contexts(judge, count: int = 3) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(100, 5000, size=48).tolist() for _ in range(count)]
+
+
+def test_search_picks_the_lowest_recovery_nll(tiny_recon) -> None:
+    contexts = _contexts(tiny_recon)
+    base = Truncation(tiny_recon.tokenizer)
+    search = RecoverabilitySearch(base, tiny_recon, moves=(8,), stride=8)
+    rate = 0.5
+    chosen = search.keep_masks(contexts, rate)
+    sep = separator_ids(tiny_recon)
+    for ids, keep, proposal in zip(contexts, chosen, base.keep_masks(contexts, rate)):
+        candidates = [proposal, *move_variants(proposal, (8,), 8)]
+        nlls = recovery_nlls(
+            tiny_recon, [np.asarray(ids)[c].tolist() for c in candidates], [ids] * len(candidates), sep
+        )
+        assert keep.sum() == proposal.sum()
+        np.testing.assert_array_equal(keep, candidates[int(np.argmin(nlls))])
+
+
+def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
+    method = build_method("refine:truncation", MethodContext(judge=tiny_recon))
+    assert isinstance(method, RecoverabilitySearch) and method.name == "refine:truncation"
+    text = " ".join(["The import system searches sys.path for a module."] * 6)
+    ids = tiny_recon.encode(text)[:64]
+    out = method.compress([ids], 0.5, texts=[tiny_recon.tokenizer.decode(ids)])[0]
+    assert abs(len(tiny_recon.encode(out.text)) / len(ids) - 0.5) <= 0.05
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("refine", "refine needs a base method"),
+        ("refine:refine:truncation", "refines a refined method"),
+        ("refine:no_such_method", "Unknown method"),
+    ],
+)
+def test_bad_refine_names_fail_before_any_model(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_methods([name])

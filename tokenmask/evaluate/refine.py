@@ -1,0 +1,169 @@
+"""``refine:BASE``: a masking method's masks, then a judge search on recoverability over moved runs.
+
+The base method (the agent, truncation, any :class:`~tokenmask.evaluate.compressor.MaskingCompressor`)
+proposes a keep mask. The search then tries *moves*: the first ``m`` kept tokens (the oldest kept
+text, which helps the continuation least) are dropped and a run of ``m`` dropped tokens is kept
+instead, at every ``stride``-th offset where one fits (:func:`move_variants`). Every candidate keeps
+as many tokens as the base mask, so the rate is unchanged. One batched judge pass scores
+``R(p) = NLL(context | BOS + p + sep)`` (docs/evaluation.md) of every candidate; the lowest wins,
+which is the highest recoverability, and ties keep the base mask.
+
+The search reads the context alone (never its continuation), so it is a compressor like any other;
+its judge passes are counted in its time. Its LM is the evaluation's judge by default, as for the
+self-information baselines: with another judge the gain can be smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tokenmask.evaluate.compressor import (
+    MaskingCompressor,
+    MethodContext,
+    TokenIds,
+    build_method,
+    check_rate,
+    register_method,
+)
+
+if TYPE_CHECKING:
+    from tokenmask.reconstructors import MaskMode, Reconstructor
+
+DEFAULT_MOVES: tuple[int, ...] = (16, 32)
+"""Run lengths moved by default (tokens)."""
+
+DEFAULT_STRIDE = 8
+"""Offsets tried for a moved run: every ``stride``-th token."""
+
+
+def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[np.ndarray]:
+    """Masks with the first ``m`` kept tokens dropped and ``m`` dropped tokens kept as one run, for each ``m``.
+
+    The run starts at a multiple of ``stride`` and covers ``m`` tokens that are all dropped once the
+    first ``m`` kept ones are; variants equal to ``keep`` or to an earlier variant are left out.
+
+    :param keep: per token, ``True`` = kept.
+    :param moves: run lengths to move (tokens, each >= 1).
+    :param stride: step between the offsets tried (>= 1).
+    :return: distinct masks, each keeping ``keep.sum()`` tokens.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if stride < 1 or any(m < 1 for m in moves):
+        raise ValueError(
+            f"moves must be >= 1 token and stride >= 1, got moves={list(moves)}, stride={stride}."
+        )
+    kept = np.flatnonzero(keep)
+    seen = {np.packbits(keep).tobytes()}
+    variants: list[np.ndarray] = []
+    for m in moves:
+        if m > len(kept) or m > len(keep) - len(kept) + m:
+            continue
+        base = keep.copy()
+        base[kept[:m]] = False
+        dropped = ~base
+        # runs of m dropped tokens: prefix sums give each window's dropped count
+        counts = np.concatenate([[0], np.cumsum(dropped)])
+        for start in range(0, len(keep) - m + 1, stride):
+            if counts[start + m] - counts[start] != m:
+                continue
+            variant = base.copy()
+            variant[start : start + m] = True
+            key = np.packbits(variant).tobytes()
+            if key not in seen:
+                seen.add(key)
+                variants.append(variant)
+    return variants
+
+
+class RecoverabilitySearch(MaskingCompressor):
+    """``refine:BASE``: the base method's masks improved by a judge search on recoverability (see the module doc).
+
+    :param base: the masking method that proposes the masks.
+    :param judge: the LM that scores ``R(p)`` (the evaluation's judge).
+    :param moves: run lengths moved (tokens).
+    :param stride: step between the offsets of a moved run.
+    :param name: name in reports (default ``refine:<base name>``).
+    """
+
+    default_name = "refine"
+
+    def __init__(
+        self,
+        base: MaskingCompressor,
+        judge: Reconstructor,
+        moves: Sequence[int] = DEFAULT_MOVES,
+        stride: int = DEFAULT_STRIDE,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(base, MaskingCompressor):
+            raise ValueError(
+                f"refine needs a masking method (one that keeps or drops context tokens), got {base.name!r}. "
+                "Fix: e.g. refine:truncation or refine:agent:default."
+            )
+        if not moves or stride < 1 or any(int(m) < 1 for m in moves):
+            raise ValueError(
+                f"refine needs moves >= 1 token and a stride >= 1, got {list(moves)} and {stride}."
+            )
+        super().__init__(judge.tokenizer, name or f"refine:{base.name}")
+        self.base = base
+        self.judge = judge
+        self.moves = tuple(int(m) for m in moves)
+        self.stride = int(stride)
+
+    @property
+    def reconstructor(self) -> Reconstructor | None:
+        return self.base.reconstructor
+
+    @property
+    def mask_mode(self) -> MaskMode:
+        return self.base.mask_mode
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
+
+        check_rate(rate)
+        proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
+        candidates: list[np.ndarray] = []
+        owners: list[int] = []
+        for d, keep in enumerate(proposals):
+            for mask in [keep, *move_variants(keep, self.moves, self.stride)]:
+                candidates.append(mask)
+                owners.append(d)
+        ids = [np.asarray(c) for c in contexts]
+        prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
+        nlls = recovery_nlls(
+            self.judge, prefixes, [ids[d].tolist() for d in owners], separator_ids(self.judge)
+        )
+        best = [(np.inf, 0)] * len(proposals)
+        for i, (d, nll) in enumerate(zip(owners, nlls)):
+            if nll < best[d][0]:  # strict: ties keep the earlier candidate (the base mask first)
+                best[d] = (float(nll), i)
+        return [candidates[i] for _, i in best]
+
+
+def check_refine_argument(argument: str) -> None:
+    """``refine:BASE`` needs a base method name; it is checked as that method's own name would be."""
+    if not argument:
+        raise ValueError("refine needs a base method. Fix: e.g. refine:truncation or refine:agent:default.")
+    from tokenmask.evaluate.compressor import split_method_name
+
+    if split_method_name(argument)[0] == "refine":
+        raise ValueError(f"refine:{argument} refines a refined method. Fix: name the base method once.")
+
+
+def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
+    """``refine:BASE``: :class:`RecoverabilitySearch` of the method ``BASE``, scored by the run's judge."""
+    check_refine_argument(argument)
+    base = build_method(argument, context)
+    if not isinstance(base, MaskingCompressor):
+        raise ValueError(
+            f"refine:{argument}: {argument!r} does not keep or drop context tokens, so there is no mask to refine. "
+            "Fix: refine a masking method, e.g. refine:truncation or refine:agent:default."
+        )
+    return RecoverabilitySearch(base, context.judge)
+
+
+register_method("refine", _refine, overwrite=True)
