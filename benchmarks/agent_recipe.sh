@@ -6,6 +6,7 @@
 #   bash benchmarks/agent_recipe.sh train      # the PPO variants side by side on the GPU
 #   bash benchmarks/agent_recipe.sh evaluate   # validation (model choice) and test tables beside the text baselines
 #   bash benchmarks/agent_recipe.sh collect    # small artefacts to $OUT: labels, policy-only agents, results
+#   bash benchmarks/agent_recipe.sh refine     # a policy cloned on refine:truncation's masks, judged alone and under refine
 # Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
 # pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
 #   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
@@ -42,6 +43,21 @@ if [[ $step == train || $step == all ]]; then
   train lm_bc_ppo_terminal "$LM" --pretrain runs/labels --env.judge_credit terminal
   wait
   tail -n 4 runs/train_*.log
+fi
+
+if [[ $step == refine ]]; then
+  # the policy taught refine:truncation's choice (labels need no continuation), then judged alone and as refine's base
+  [[ -f data_out/pydocs/stats.json ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
+  [[ -f runs/labels_refine/label_config.json ]] || $TM label --data_path data_out/pydocs --split train --span 8 \
+    --family refine --retention_weight 0 --candidates 0 --swap_rounds 0 ${LABEL_DOCS:+--max_documents $LABEL_DOCS} \
+    --judge_dtype bfloat16 --no_progress --output_dir runs/labels_refine
+  [[ -f runs/refine_bc/config.json ]] || python3 benchmarks/untrained_agent.py --config configs/prod/gpu_refine_clone.json \
+    --run_dir runs/refine_bc --pretrain runs/labels_refine
+  for split in validation test; do
+    [[ -f runs/eval_refine_bc_$split/results.json ]] || $TM evaluate --corpus data_out/pydocs --split $split --num_documents 30 \
+      --rates 0.3,0.5,0.7 --device "${DEVICE:-cuda}" --no_progress --output_dir runs/eval_refine_bc_$split --overwrite \
+      --methods agent:runs/refine_bc,refine:agent:runs/refine_bc,truncation,refine:truncation
+  done
 fi
 
 AGENTS=agent:runs/lm_untrained,agent:runs/lm_bc,agent:runs/lm_ppo,agent:runs/lm_bc_ppo,agent:runs/lm_bc_ppo_terminal,agent:runs/pos_bc,agent:runs/pos_bc_ppo

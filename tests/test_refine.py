@@ -87,3 +87,34 @@ def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
 def test_bad_refine_names_fail_before_any_model(name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_methods([name])
+
+
+def test_refine_labels_are_the_search_masks(tiny_recon) -> None:
+    """`tokenmask label --family refine --retention_weight 0` labels = refine:truncation's masks (no continuation used)."""
+    from tokenmask.evaluate.metrics import EvalDocument
+    from tokenmask.train.labels import LabelConfig, LabelSearch
+
+    rng = np.random.default_rng(1)
+    docs = [
+        EvalDocument(
+            context=rng.integers(100, 5000, 64).tolist(),
+            continuation=rng.integers(100, 5000, 8).tolist(),
+            text="",
+        )
+        for _ in range(3)
+    ]
+    config = LabelConfig(
+        context_tokens=64, continuation_tokens=8, span=8, rates=[0.5], family="refine", retention_weight=0.0
+    )
+    labels = LabelSearch(tiny_recon, config).label_group(docs, [0, 1, 2])
+    search = RecoverabilitySearch(Truncation(tiny_recon.tokenizer), tiny_recon)
+    for label, keep in zip(labels, search.keep_masks([d.context for d in docs], 0.5)):
+        np.testing.assert_array_equal(label.keep, keep)
+        assert label.origin in ("truncation", "moves")
+
+
+def test_unknown_label_family_is_refused() -> None:
+    from tokenmask.train.labels import LabelConfig
+
+    with pytest.raises(ValueError, match="Unknown family"):
+        LabelConfig(family="beam")

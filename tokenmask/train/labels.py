@@ -83,7 +83,10 @@ LABEL_COLUMNS: tuple[str, ...] = (
 STRUCTURED_CANDIDATES: tuple[str, ...] = ("truncation", "truncation_first", "span_self_information")
 """The baselines' masks that are always among the candidates (the label is never worse than them by J)."""
 RANDOM_ORIGIN = "random"
+MOVES_ORIGIN = "moves"
 SWAP_SUFFIX = "+swap"
+LABEL_FAMILIES: tuple[str, ...] = ("random", "refine")
+"""Values of ``LabelConfig.family``: which masks the label is chosen among."""
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -124,6 +127,12 @@ class LabelConfig:
     )
     retention_weight: float = field(
         default=0.5, metadata={"help": "lambda of J = recoverability + lambda * retention"}
+    )
+    family: str = field(
+        default="random",
+        metadata={
+            "help": "random: the baselines' masks + N random span masks (+ swaps); refine: truncation and its moves as refine:truncation tries them (tokenmask/evaluate/refine.py), so with retention_weight 0 the label is refine:truncation's mask and needs no continuation"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed of the random candidates (per document and rate)"})
     max_documents: int | None = field(
@@ -172,6 +181,8 @@ class LabelConfig:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0 (it seeds numpy generators), got {self.seed}.")
+        if self.family not in LABEL_FAMILIES:
+            raise ValueError(f"Unknown family {self.family!r}. Fix: use one of {list(LABEL_FAMILIES)}.")
         if self.max_documents is not None and self.max_documents < 1:
             raise ValueError(f"max_documents must be >= 1 or None, got {self.max_documents}.")
         if self.batch_size is not None and self.batch_size < 1:
@@ -398,13 +409,24 @@ class LabelSearch:
                 candidates.extend(
                     _Candidate(d, r, name, np.asarray(m, dtype=bool)) for d, m in enumerate(masks)
                 )
+            if config.family == "refine":
+                from tokenmask.evaluate.refine import DEFAULT_MOVES, DEFAULT_STRIDE, move_variants
+
+                for d, keep in enumerate(self._truncation.keep_masks([doc.context for doc in docs], rate)):
+                    variants = move_variants(np.asarray(keep, dtype=bool), DEFAULT_MOVES, DEFAULT_STRIDE)
+                    candidates.extend(_Candidate(d, r, MOVES_ORIGIN, m) for m in variants)
+                continue
             for d, (doc, index) in enumerate(zip(docs, doc_indices)):
                 rng = candidate_rng(config.seed, index, rate)
                 masks = random_span_masks(rng, len(doc.context), config.span, rate, config.candidates)
                 candidates.extend(_Candidate(d, r, RANDOM_ORIGIN, m) for m in masks)
         j, _, _, recover, cont = self.objectives(reference, docs, candidates)
+        # the refine family chooses among truncation and its moves only (the other baselines are scored for the summary)
+        allowed = {"truncation", MOVES_ORIGIN} if config.family == "refine" else None
         best: dict[tuple[int, int], int] = {}
         for i, c in enumerate(candidates):
+            if allowed is not None and c.origin not in allowed:
+                continue
             key = (c.doc, c.rate)
             if key not in best or _better(j[i], j[best[key]]):
                 best[key] = i
@@ -417,7 +439,9 @@ class LabelSearch:
             for i, c in enumerate(candidates)
             if c.origin in STRUCTURED_CANDIDATES
         }
-        for _ in range(config.swap_rounds):
+        for _ in range(
+            config.swap_rounds if config.family == "random" else 0
+        ):  # refine labels stay refine's masks
             variants = [
                 _Candidate(c.doc, c.rate, c.origin, v)
                 for c, *_ in chosen.values()
