@@ -413,8 +413,8 @@ class LabelSearch:
                 from tokenmask.evaluate.refine import DEFAULT_MOVES, DEFAULT_STRIDE, move_variants
 
                 for d, keep in enumerate(self._truncation.keep_masks([doc.context for doc in docs], rate)):
-                    variants = move_variants(np.asarray(keep, dtype=bool), DEFAULT_MOVES, DEFAULT_STRIDE)
-                    candidates.extend(_Candidate(d, r, MOVES_ORIGIN, m) for m in variants)
+                    moved = move_variants(np.asarray(keep, dtype=bool), DEFAULT_MOVES, DEFAULT_STRIDE)
+                    candidates.extend(_Candidate(d, r, MOVES_ORIGIN, m) for m in moved)
                 continue
             for d, (doc, index) in enumerate(zip(docs, doc_indices)):
                 rng = candidate_rng(config.seed, index, rate)
