@@ -118,3 +118,8 @@ def test_unknown_label_family_is_refused() -> None:
 
     with pytest.raises(ValueError, match="Unknown family"):
         LabelConfig(family="beam")
+
+
+def test_refine_refuses_an_in_model_method(tiny_recon) -> None:
+    with pytest.raises(ValueError, match="refine needs a masking method"):
+        build_method("refine:activation", MethodContext(judge=tiny_recon))

@@ -22,6 +22,7 @@ import numpy as np
 
 from tokenmask.evaluate.compressor import (
     MaskingCompressor,
+    Method,
     MethodContext,
     TokenIds,
     build_method,
@@ -59,7 +60,7 @@ def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[n
     seen = {np.packbits(keep).tobytes()}
     variants: list[np.ndarray] = []
     for m in moves:
-        if m > len(kept) or m > len(keep) - len(kept) + m:
+        if m > len(kept):
             continue
         base = keep.copy()
         base[kept[:m]] = False
@@ -81,7 +82,7 @@ def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[n
 class RecoverabilitySearch(MaskingCompressor):
     """``refine:BASE``: the base method's masks improved by a judge search on recoverability (see the module doc).
 
-    :param base: the masking method that proposes the masks.
+    :param base: the masking method that proposes the masks (another kind of method is refused).
     :param judge: the LM that scores ``R(p)`` (the evaluation's judge).
     :param moves: run lengths moved (tokens).
     :param stride: step between the offsets of a moved run.
@@ -92,7 +93,7 @@ class RecoverabilitySearch(MaskingCompressor):
 
     def __init__(
         self,
-        base: MaskingCompressor,
+        base: Method,
         judge: Reconstructor,
         moves: Sequence[int] = DEFAULT_MOVES,
         stride: int = DEFAULT_STRIDE,
@@ -157,13 +158,7 @@ def check_refine_argument(argument: str) -> None:
 def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
     """``refine:BASE``: :class:`RecoverabilitySearch` of the method ``BASE``, scored by the run's judge."""
     check_refine_argument(argument)
-    base = build_method(argument, context)
-    if not isinstance(base, MaskingCompressor):
-        raise ValueError(
-            f"refine:{argument}: {argument!r} does not keep or drop context tokens, so there is no mask to refine. "
-            "Fix: refine a masking method, e.g. refine:truncation or refine:agent:default."
-        )
-    return RecoverabilitySearch(base, context.judge)
+    return RecoverabilitySearch(build_method(argument, context), context.judge)
 
 
 register_method("refine", _refine, overwrite=True)

@@ -405,14 +405,15 @@ class LabelSearch:
         reference = ReferenceNLLs.compute(self.judge, docs, self.sep)
         candidates: list[_Candidate] = []
         for r, rate in enumerate(config.rates):
-            for name, masks in self.structured_candidates(docs, rate).items():
+            structured = self.structured_candidates(docs, rate)
+            for name, masks in structured.items():
                 candidates.extend(
                     _Candidate(d, r, name, np.asarray(m, dtype=bool)) for d, m in enumerate(masks)
                 )
             if config.family == "refine":
                 from tokenmask.evaluate.refine import DEFAULT_MOVES, DEFAULT_STRIDE, move_variants
 
-                for d, keep in enumerate(self._truncation.keep_masks([doc.context for doc in docs], rate)):
+                for d, keep in enumerate(structured["truncation"]):
                     moved = move_variants(np.asarray(keep, dtype=bool), DEFAULT_MOVES, DEFAULT_STRIDE)
                     candidates.extend(_Candidate(d, r, MOVES_ORIGIN, m) for m in moved)
                 continue
