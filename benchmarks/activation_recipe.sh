@@ -40,7 +40,7 @@ if [[ $step == evaluate || $step == all ]]; then
 fi
 
 if [[ $step == memory || $step == all ]]; then
-  kv python3 benchmarks/kv_memory.py --random-weights --contexts 4096,8192 --rates 0.3,0.5 --batch-size "${BATCH:-32}" \
+  kv python3 benchmarks/kv_memory.py --random-weights --contexts 4096,8192 --rates 0.3,0.5 --batch-size "${BATCH:-auto}" --fill "${FILL:-0.45}" \
     --methods "none,activation:configs/dev/activation_method_rate50.json,kvpress:expected_attention,kvpress:snapkv" \
     --time-limit "${TIME_LIMIT:-500}" --json runs/kv_memory_gpu.json
 fi

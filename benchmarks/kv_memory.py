@@ -21,22 +21,24 @@ Methods (``--methods``, comma-separated):
 - ``none``: the unmodified LM (its Hugging Face forward with a ``DynamicCache``).
 - ``activation[:ARG]``: tokenmask's activation clustering, built as ``tokenmask evaluate`` builds
   it (``ARG``: a JSON of ``CompressionConfig`` keys with a layer plan, a trained folder, or empty).
-  The pre-fill is ``CompressedCausalLM.forward(mode="prefill", target_rate=rate)``: the clusters
-  follow the plan's shape and remove ``rate`` of the KV entries over all layers (``--rates plan``:
-  the plan's own causal thresholds instead), through the model's own cache API:
-  ``CompressedCausalLM.prefill`` returns the ``DynamicCache`` its pre-fill filled (every position
-  below the first compression layer; the last level's clusters plus the raw last context token
-  from there on) and ``CompressedCausalLM.decode_step`` decodes from it (padded cluster slots of
-  rows that formed fewer are masked; the restore gate runs on the new token);
-  ``tests/test_kv_memory.py`` checks that the decode predicts what the model's own pre-fill
-  forward predicts for the same tokens.
+  The pre-fill is ``CompressedCausalLM.prefill(ids, target_rate=rate)``: the clusters follow the
+  plan's shape and remove ``rate`` of the KV entries over all layers (``--rates plan``: the plan's
+  own causal thresholds instead). Its cache holds every position below the first compression layer
+  and, from there on, the last level's clusters plus the raw last context token; padded cluster
+  slots of rows that formed fewer are masked. ``tests/test_kv_memory.py`` checks that the decode
+  predicts what the model's own pre-fill forward predicts for the same tokens.
 - ``kvpress:<press>`` (``tokenmask.evaluate.kvpress_peer.PRESSES``) where kvpress is importable
   (kvpress 0.5.x needs transformers < 5.3: run it in ``.venv-kvpress``): the pre-fill runs with the
   press attached (``compression_ratio`` = rate), decoding runs without it, as kvpress's pipeline does.
 
-Decoding: the uncompressed and kvpress caches are read by one loop here (embeddings, the decoder
-layers with the cache, final norm, LM head); activation's ``decode_step`` is the same loop plus the
-restore gate on the new token. Positions continue after the full context.
+Decoding: every method's cache is moved into a
+:class:`~tokenmask.activation_compression.decoding.StaticKVCache` (buffers with room for the new
+tokens, counted in the pre-fill time) and read by the same
+:class:`~tokenmask.activation_compression.decoding.CachedDecoder` (activation through the model's
+``decode_step``, which adds the restore gate on the new token): packed grouped-query attention and,
+on a GPU, the whole step replayed as a CUDA graph captured before the clock starts
+(``--no-cuda-graph``: eager steps). The note column gives the largest logit difference between the
+graphed and the eager decode of one row. Positions continue after the full context.
 
 Weights: ``--random-weights`` builds a ``LlamaForCausalLM`` of the SmolLM2-135M shape from a
 config (random ids; no GGUF, no tokenizer file needed), else ``--model`` (the embedded SmolLM2)
@@ -57,7 +59,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ from typing import Any
 import torch
 
 from tokenmask.activation_compression.backbone import Backbone, backbone_for, cache_argument
+from tokenmask.activation_compression.decoding import CachedDecoder, StaticKVCache
 from tokenmask.evaluate.reports import device_description
 from tokenmask.reconstructors import Reconstructor
 
@@ -125,60 +128,25 @@ def random_reconstructor(
 class Prefilled:
     """What a pre-fill leaves for decoding.
 
-    :param cache: ``DynamicCache`` with one layer per decoder layer.
-    :param readable: per layer, ``(B, K)`` bool of the entries a later query may read (``None``: all).
+    :param cache: the :class:`StaticKVCache` every method's decode reads (room for the new tokens).
     :param first_logits: ``(B, V)`` float32 logits of the first new token.
     :param next_position: position id of the first new token (the full context length).
     :param counted_rate: the method's own count of the in-model rate, when it reports one.
     :param state: activation: the model's ``DecodeState`` (its ``decode_step`` decodes), else ``None``.
     """
 
-    cache: Any
-    readable: list[torch.Tensor | None]
+    cache: StaticKVCache
     first_logits: torch.Tensor
     next_position: int
     counted_rate: float | None = None
     state: Any = None
 
 
-def held_kv_bytes(cache: Any) -> int:
-    """Bytes of the key and value tensors a ``DynamicCache`` holds, summed over its layers."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
-
-
-def cache_lengths(cache: Any) -> list[int]:
-    """Entries per layer (every row of a layer holds the same number, padding included)."""
-    return [int(layer.keys.shape[-2]) for layer in cache.layers]
-
-
-def join_prefilled(parts: list[Prefilled]) -> Prefilled:
-    """One cache of all rows from row chunks, layer by layer (shorter layers padded, padding unreadable).
-
-    Each part's tensors are released as soon as they are copied, so the join costs one layer extra.
-    """
+def join_prefilled(parts: list[Prefilled], reserve: int) -> Prefilled:
+    """One cache of all rows from row chunks (:meth:`StaticKVCache.concat`: one layer of extra memory)."""
     if len(parts) == 1:
         return parts[0]
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    readable: list[torch.Tensor | None] = []
-    for index in range(len(parts[0].cache.layers)):
-        layers = [p.cache.layers[index] for p in parts]
-        width = max(int(layer.keys.shape[-2]) for layer in layers)
-        keys, values, masks = [], [], []
-        for part, layer in zip(parts, layers):
-            k, v = layer.keys, layer.values
-            pad = width - int(k.shape[-2])
-            mask = part.readable[index]
-            if mask is None:
-                mask = torch.ones(k.shape[0], k.shape[-2], dtype=torch.bool, device=k.device)
-            keys.append(torch.nn.functional.pad(k, (0, 0, 0, pad)))
-            values.append(torch.nn.functional.pad(v, (0, 0, 0, pad)))
-            masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
-            layer.keys = layer.values = torch.empty(0)
-        cache.update(torch.cat(keys), torch.cat(values), index)
-        joined = torch.cat(masks)
-        readable.append(None if bool(joined.all()) else joined)
+    cache = StaticKVCache.concat([p.cache for p in parts], reserve)
     rates = [p.counted_rate for p in parts]
     rows = [p.first_logits.shape[0] for p in parts]
     counted = (
@@ -196,8 +164,8 @@ def join_prefilled(parts: list[Prefilled]) -> Prefilled:
             layer_total=torch.cat([p.state.output.layer_total for p in parts]),
         )
         position = torch.cat([p.state.next_position for p in parts])
-        state = type(first)(cache, readable, position, logits, output)
-    return Prefilled(cache, readable, logits, parts[0].next_position, counted, state)
+        state = type(first)(cache, position, logits, output)
+    return Prefilled(cache, logits, parts[0].next_position, counted, state)
 
 
 # ---------------------------------------------------------------------------------------- methods
@@ -217,8 +185,8 @@ class BenchMethod:
         """The rate column."""
         return "-" if self.rate is None else f"{self.rate:g}"
 
-    def prefill(self, recon: Reconstructor, ids: torch.Tensor) -> Prefilled:
-        """Pre-fill ``ids`` ``(B, N)`` (BOS first, no padding)."""
+    def prefill(self, recon: Reconstructor, ids: torch.Tensor, reserve: int) -> Prefilled:
+        """Pre-fill ``ids`` ``(B, N)`` (BOS first, no padding), leaving ``reserve`` cache slots free."""
         raise NotImplementedError
 
 
@@ -229,7 +197,7 @@ class Uncompressed(BenchMethod):
         super().__init__(name, rate)
         self.press = press
 
-    def prefill(self, recon: Reconstructor, ids: torch.Tensor) -> Prefilled:
+    def prefill(self, recon: Reconstructor, ids: torch.Tensor, reserve: int) -> Prefilled:
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -242,7 +210,8 @@ class Uncompressed(BenchMethod):
                 out = decoder(**arguments)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         logits = recon.head_logits(hidden[:, -1])
-        return Prefilled(cache, [None] * len(cache.layers), logits, int(ids.shape[1]))
+        static = StaticKVCache.from_cache(cache, [None] * len(cache.layers), reserve)
+        return Prefilled(static, logits, int(ids.shape[1]))
 
 
 def kvpress_method(name: str, press: str, rate: float) -> Uncompressed:
@@ -266,11 +235,9 @@ class ActivationPrefill(BenchMethod):
     def rate_label(self) -> str:
         return "plan" if self.rate is None else f"{self.rate:g}"
 
-    def prefill(self, recon: Reconstructor, ids: torch.Tensor) -> Prefilled:
-        state = self.model.prefill(ids, target_rate=self.rate)
-        return Prefilled(
-            state.cache, state.readable, state.logits, int(ids.shape[1]), float(state.output.rate), state
-        )
+    def prefill(self, recon: Reconstructor, ids: torch.Tensor, reserve: int) -> Prefilled:
+        state = self.model.prefill(ids, target_rate=self.rate, reserve=reserve)
+        return Prefilled(state.cache, state.logits, int(ids.shape[1]), float(state.output.rate), state)
 
 
 def build_methods(
@@ -302,6 +269,42 @@ def build_methods(
 
 
 # ---------------------------------------------------------------------------------------- decoding
+def decoder_for(
+    recon: Reconstructor,
+    backbone: Backbone,
+    state: Prefilled,
+    method: BenchMethod | None = None,
+    cuda_graph: bool | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The decode step of ``state``: ``(B,)`` tokens fed -> ``(B, V)`` next logits; its CUDA graph already captured.
+
+    Every method decodes through the same :class:`CachedDecoder` (activation through the model's
+    ``decode_step``, which adds the restore gate on the new token).
+
+    :param cuda_graph: replay the step as a CUDA graph (default: on a GPU).
+    """
+    model = getattr(method, "model", None)
+    if state.state is not None and model is not None:
+        decode_state = state.state
+        if decode_state.decoder is None:
+            decode_state.decoder = CachedDecoder(
+                backbone,
+                recon.head_logits,
+                state.cache,
+                decode_state.next_position,
+                restore=model.restore,
+                restore_from=decode_state.output.first_layer,
+                cuda_graph=cuda_graph,
+            )
+        decode_state.decoder.prepare()
+        return lambda tokens: model.decode_step(decode_state, tokens)  # type: ignore[no-any-return]
+    rows = state.first_logits.shape[0]
+    position = torch.full((rows,), state.next_position, device=state.first_logits.device)
+    decoder = CachedDecoder(backbone, recon.head_logits, state.cache, position, cuda_graph=cuda_graph)
+    decoder.prepare()
+    return decoder.step
+
+
 def greedy_decode(
     recon: Reconstructor,
     backbone: Backbone,
@@ -309,41 +312,43 @@ def greedy_decode(
     steps: int,
     method: BenchMethod | None = None,
     keep_logits: bool = False,
+    cuda_graph: bool | None = None,
+    step_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Feed ``steps`` greedy tokens, one per row and step, each reading and extending ``state.cache``.
 
     The first token is the argmax of the pre-fill's logits; step ``t`` runs at position
-    ``next_position + t``. Activation (``state.state``) decodes with the model's own
-    ``decode_step`` (restore gate on the new token); the others through the decoder layers here.
+    ``next_position + t``.
 
+    :param step_fn: the decode step (default: :func:`decoder_for` of ``state``).
     :return: ``(B, steps)`` the tokens fed, and (``keep_logits``) the logits that chose each token
         and the one after the last.
     """
+    step_fn = step_fn or decoder_for(recon, backbone, state, method, cuda_graph)
     token = state.first_logits.argmax(-1)
-    b = token.shape[0]
-    readable = list(state.readable)
     fed: list[torch.Tensor] = []
     logits_seen = [state.first_logits] if keep_logits else []
-    model = getattr(method, "model", None)
-    for step in range(steps):
+    for _ in range(steps):
         fed.append(token)
-        if state.state is not None and model is not None:
-            logits = model.decode_step(state.state, token)
-        else:
-            position = torch.full((b, 1), state.next_position + step, device=token.device)
-            hidden = backbone.embed(token[:, None], position)
-            rotary = backbone.position_context(hidden, position)
-            for index in range(backbone.num_layers):
-                mask = readable[index]
-                if mask is not None:
-                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-                    readable[index] = mask
-                hidden = backbone.run_layer(index, hidden, backbone.decode_bias(mask), rotary, state.cache)
-            logits = recon.head_logits(backbone.final_norm(hidden)[:, -1])
+        logits = step_fn(token)
         token = logits.argmax(-1)
         if keep_logits:
             logits_seen.append(logits)
     return torch.stack(fed, 1), logits_seen
+
+
+def graph_error(method: BenchMethod, recon: Reconstructor, ids: torch.Tensor, steps: int = 4) -> float:
+    """Largest logit difference between the graphed and the eager decode of the same pre-fill (GPU only)."""
+    backbone = backbone_for(recon.model)
+    seen = []
+    with torch.no_grad():
+        for graph in (False, True):
+            state = method.prefill(recon, ids.to(recon.device), steps)
+            _, logits = greedy_decode(
+                recon, backbone, state, steps, method, keep_logits=True, cuda_graph=graph
+            )
+            seen.append(torch.stack(logits))
+    return float((seen[0] - seen[1]).abs().max())
 
 
 # ---------------------------------------------------------------------------------------- measuring
@@ -439,10 +444,14 @@ def measure(
     new_tokens: int,
     prefill_rows: int | None = None,
     peak: PeakMemory | None = None,
+    cuda_graph: bool | None = None,
 ) -> tuple[Measurement, torch.Tensor]:
     """Pre-fill ``ids`` ``(B, N)`` with ``method``, decode ``new_tokens`` steps, and measure both (no warm-up).
 
+    The decode step's CUDA graph is captured before the decode's clock starts.
+
     :param prefill_rows: rows per pre-fill forward (default: all at once).
+    :param cuda_graph: as :func:`greedy_decode`.
     :return: the measurement and the ``(B, new_tokens)`` tokens fed.
     """
     device = recon.device
@@ -455,18 +464,22 @@ def measure(
     with torch.no_grad():
         peak.start()
         began = time.perf_counter()
-        state = join_prefilled([method.prefill(recon, ids[i : i + rows]) for i in range(0, b, rows)])
+        parts = [method.prefill(recon, ids[i : i + rows], new_tokens) for i in range(0, b, rows)]
+        state = join_prefilled(parts, new_tokens)
+        del parts
         _sync(device)
         row.prefill_seconds = time.perf_counter() - began
-        row.kv_bytes = held_kv_bytes(state.cache)
-        row.layer_entries = cache_lengths(state.cache)
+        row.kv_bytes = state.cache.filled_bytes()
+        row.layer_entries = list(state.cache.lengths)
         row.counted_rate = state.counted_rate
+        step_fn = decoder_for(recon, backbone, state, method, cuda_graph)
+        _sync(device)
         began = time.perf_counter()
-        tokens, _ = greedy_decode(recon, backbone, state, new_tokens, method)
+        tokens, _ = greedy_decode(recon, backbone, state, new_tokens, method, step_fn=step_fn)
         _sync(device)
         row.decode_seconds = time.perf_counter() - began
         row.peak_bytes = peak.peak_bytes()
-        grown = [after - before for after, before in zip(cache_lengths(state.cache), row.layer_entries)]
+        grown = [after - before for after, before in zip(state.cache.lengths, row.layer_entries)]
         if grown != [new_tokens] * len(grown):
             raise RuntimeError(f"The decode did not extend every layer's cache by {new_tokens}: {grown}.")
     row.kv_bytes_uncompressed = uncompressed_kv_bytes(recon, b, n)
@@ -476,11 +489,13 @@ def measure(
     return row, tokens.cpu()
 
 
-def warm_up(method: BenchMethod, recon: Reconstructor, ids: torch.Tensor) -> tuple[float, Measurement]:
+def warm_up(
+    method: BenchMethod, recon: Reconstructor, ids: torch.Tensor, cuda_graph: bool | None = None
+) -> tuple[float, Measurement]:
     """One untimed pre-fill of ``ids`` plus two decode steps: the peak bytes above the start (GPU) and its row."""
     device = recon.device
     before = float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0
-    row, _ = measure(method, recon, ids, WARMUP_STEPS)
+    row, _ = measure(method, recon, ids, WARMUP_STEPS, cuda_graph=cuda_graph)
     return (row.peak_bytes - before if device.type == "cuda" else row.peak_bytes), row
 
 
@@ -492,11 +507,16 @@ def bench_row(
     prefill_batch: str,
     peak: PeakMemory,
     deadline: float | None = None,
+    cuda_graph: bool | None = None,
 ) -> Measurement:
     """Warm up, then measure one (method, rate) on every row of ``ids``; a skipped or failed row says why.
 
+    On a GPU with CUDA graphs on, the note gives the largest logit difference between the graphed
+    and the eager decode of the first row (:func:`graph_error`).
+
     :param prefill_batch: rows per pre-fill forward, or ``auto``.
     :param deadline: ``time.perf_counter()`` value after which no row starts (estimated from the warm-up).
+    :param cuda_graph: as :func:`greedy_decode`.
     """
     b, n = ids.shape
     skipped = Measurement(n, method.name, method.rate_label, b, 0, new_tokens)
@@ -506,7 +526,9 @@ def bench_row(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            row_peak, warm = warm_up(method, recon, ids[:1])
+            row_peak, warm = warm_up(method, recon, ids[:1], cuda_graph)
+            graphed = recon.device.type == "cuda" and cuda_graph is not False
+            error = graph_error(method, recon, ids[:1]) if graphed else None
             rows = (
                 auto_prefill_rows(recon, b, n, new_tokens, row_peak)
                 if prefill_batch == "auto"
@@ -521,8 +543,16 @@ def bench_row(
             if deadline is not None and time.perf_counter() + estimate > deadline:
                 skipped.note = f"skipped: about {estimate:.0f} s would pass --time-limit"
                 return skipped
-            row, _ = measure(method, recon, ids, new_tokens, rows, peak)
-        notes = sorted({str(w.message).split(".")[0] for w in caught if "out of reach" in str(w.message)})
+            row, _ = measure(method, recon, ids, new_tokens, rows, peak, cuda_graph)
+        notes = sorted(
+            {
+                str(w.message).split(";")[0].split(".")[0]
+                for w in caught
+                if "out of reach" in str(w.message) or "CUDA graph" in str(w.message)
+            }
+        )
+        if error is not None:
+            notes.insert(0, f"graph vs eager logits max diff {error:.2g}")
         if row.counted_rate is not None:
             notes.insert(0, f"model counts rate {row.counted_rate:.3f}")
         row.note = "; ".join(notes)
@@ -650,6 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--new-tokens", type=int, default=128, help="greedy decode steps reading the cache")
     parser.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="decode eagerly on a GPU (default: a replayed CUDA graph)",
+    )
+    parser.add_argument(
         "--random-weights", action="store_true", help="random LlamaForCausalLM of SmolLM2-135M's shape"
     )
     parser.add_argument("--model", default="default", help="model name when weights are not random")
@@ -714,7 +749,16 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(Measurement(context, spec, "-", batch, 0, args.new_tokens, note=why))
                 continue
             for method in built:
-                row = bench_row(method, recon, ids, args.new_tokens, args.prefill_batch, peak, deadline)
+                row = bench_row(
+                    method,
+                    recon,
+                    ids,
+                    args.new_tokens,
+                    args.prefill_batch,
+                    peak,
+                    deadline,
+                    not args.no_cuda_graph,
+                )
                 results.append(row)
                 print(
                     f"  {method.name} rate {method.rate_label}: KV {row.kv_bytes / MIB:.1f} MiB (saved {row.kv_saved:.3f}), "

@@ -66,9 +66,9 @@ def test_decode_from_the_cache_predicts_as_the_model_forward(kv: ModuleType, rec
     (method,) = kv.build_methods(f"activation:{plan}", [rate], recon)[0]
     steps = 4
     with torch.no_grad():
-        state = method.prefill(recon, ids)
+        state = method.prefill(recon, ids, steps)
         # the model's own cache: each layer holds the entries the model counts as kept
-        assert kv.cache_lengths(state.cache) == [int(x) for x in state.state.layer_kept.amax(0)]
+        assert state.cache.lengths == [int(x) for x in state.state.layer_kept.amax(0)]
         fed, logits = kv.greedy_decode(
             recon, backbone_for(recon.model), state, steps, method, keep_logits=True
         )

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.evaluate.compressor import MethodContext, build_method
-from tokenmask.evaluate.refine import RecoverabilitySearch, move_variants
+from tokenmask.evaluate.refine import GUARD_TOKENS, GUARD_TOLERANCE, RecoverabilitySearch, move_variants
 from tokenmask.evaluate.runner import check_methods
 from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
 
@@ -67,6 +67,50 @@ def test_search_picks_the_lowest_recovery_nll(tiny_recon) -> None:
         np.testing.assert_array_equal(keep, candidates[int(np.argmin(nlls))])
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 0.2])
+def test_guard_admits_only_candidates_within_the_tolerance(tiny_recon, tolerance: float) -> None:
+    """With the guard, the winner is the lowest R among candidates whose stand-in continuation NLL
+    (the context's last k tokens) is at most the base's plus k * tolerance."""
+    from tokenmask.reconstructors.judge import continuation_nlls
+
+    contexts = _contexts(tiny_recon)
+    base = Truncation(tiny_recon.tokenizer)
+    k = 8
+    search = RecoverabilitySearch(base, tiny_recon, moves=(8,), stride=8, guard=k, guard_tolerance=tolerance)
+    rate = 0.5
+    chosen = search.keep_masks(contexts, rate)
+    sep = separator_ids(tiny_recon)
+    for ids, keep, proposal in zip(contexts, chosen, base.keep_masks(contexts, rate)):
+        array = np.asarray(ids)
+        candidates = [proposal, *move_variants(proposal, (8,), 8)]
+        nlls = recovery_nlls(
+            tiny_recon, [array[c].tolist() for c in candidates], [ids] * len(candidates), sep
+        )
+        stand_in = continuation_nlls(
+            tiny_recon, [array[:-k][c[:-k]].tolist() for c in candidates], [ids[-k:]] * len(candidates)
+        )
+        admitted = stand_in <= stand_in[0] + k * tolerance + 1e-4
+        want = int(np.flatnonzero(admitted)[np.argmin(nlls[admitted])])
+        np.testing.assert_array_equal(keep, candidates[want])
+
+
+def test_guard_rejects_bad_settings(tiny_recon) -> None:
+    with pytest.raises(ValueError, match="guard"):
+        RecoverabilitySearch(Truncation(tiny_recon.tokenizer), tiny_recon, guard=-1)
+
+
+@pytest.mark.parametrize(
+    ("name", "guard", "tolerance"),
+    [("refine_guard:truncation", GUARD_TOKENS, GUARD_TOLERANCE), ("refine_guard:8@0.25:truncation", 8, 0.25)],
+)
+def test_refine_guard_names(tiny_recon, name: str, guard: int, tolerance: float) -> None:
+    check_methods([name])
+    method = build_method(name, MethodContext(judge=tiny_recon))
+    assert isinstance(method, RecoverabilitySearch) and method.name == name
+    assert (method.guard, method.guard_tolerance) == (guard, tolerance)
+    assert method.base.name == "truncation"
+
+
 def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
     method = build_method("refine:truncation", MethodContext(judge=tiny_recon))
     assert isinstance(method, RecoverabilitySearch) and method.name == "refine:truncation"
@@ -82,6 +126,10 @@ def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
         ("refine", "refine needs a base method"),
         ("refine:refine:truncation", "refines a refined method"),
         ("refine:no_such_method", "Unknown method"),
+        ("refine_guard:0@0.1:truncation", "TOKENS@TOLERANCE"),
+        ("refine_guard:16@x:truncation", "TOKENS@TOLERANCE"),
+        ("refine_guard:16@0.1:refine:truncation", "refines a refined method"),
+        ("refine_guard:no_such_method", "Unknown method"),
     ],
 )
 def test_bad_refine_names_fail_before_any_model(name: str, message: str) -> None:

@@ -56,6 +56,7 @@ from tokenmask.activation_compression.clustering import (
     steered_quantile,
 )
 from tokenmask.activation_compression.config import ActivationConfigError, CompressionConfig
+from tokenmask.activation_compression.decoding import DEFAULT_RESERVE, CachedDecoder, StaticKVCache
 from tokenmask.activation_compression.layout import TokenLayout
 from tokenmask.activation_compression.plan import UNIFORM_KEEP, cluster_targets, positions_per_layer
 from tokenmask.io import atomic_write_json, read_folder_meta, replace_dir, reraise_as, temporary_dir_beside
@@ -252,37 +253,41 @@ class CompressionOutput:
 class DecodeState:
     """What :meth:`CompressedCausalLM.prefill` leaves for decoding; :meth:`CompressedCausalLM.decode_step` advances it.
 
-    :param cache: the Hugging Face ``DynamicCache`` holding each layer's keys and values: every
+    :param cache: the :class:`~.decoding.StaticKVCache` holding each layer's keys and values: every
         position below the first compression layer, then per row ``[clusters, last context token]``
-        (the merged states are what is stored), each row right-padded to the batch's longest.
-    :param readable: per layer, ``(B, K)`` bool of the cache entries a new token reads (``None``:
-        all); rows of the batch that hold fewer entries than the longest have padding there.
+        (the merged states are what is stored), each row right-padded to the batch's longest, with
+        room for the new tokens.
     :param next_position: ``(B,)`` position id of the next token fed (positions continue after the
         full context, as for the uncompressed model).
     :param logits: ``(B, V)`` float32 logits of the next token.
     :param output: the pre-fill's :class:`CompressionOutput` (``layer_kept``, ``rate``, clusters).
+    :param decoder: the :class:`~.decoding.CachedDecoder` reading ``cache`` (built by the first
+        :meth:`CompressedCausalLM.decode_step`).
     """
 
-    cache: Any
-    readable: list[torch.Tensor | None]
+    cache: StaticKVCache
     next_position: torch.Tensor
     logits: torch.Tensor
     output: CompressionOutput
+    decoder: CachedDecoder | None = None
 
     @property
     def layer_kept(self) -> torch.Tensor:
         """``(B, L)`` KV entries each layer keeps per row after the pre-fill (:attr:`CompressionOutput.layer_kept`)."""
         return self.output.layer_kept
 
+    @property
+    def readable(self) -> list[torch.Tensor]:
+        """Per layer, ``(B, K)`` bool of the filled cache entries a new token reads (``False``: padding)."""
+        return [self.cache.readable(layer) for layer in range(len(self.cache.lengths))]
+
     def cache_lengths(self) -> list[int]:
         """Entries each layer's cache holds (padding included; the same for every row)."""
-        return [int(layer.keys.shape[-2]) for layer in self.cache.layers]
+        return list(self.cache.lengths)
 
     def kv_bytes(self) -> int:
-        """Bytes of the key and value tensors the cache holds, summed over the layers."""
-        return sum(
-            t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values)
-        )
+        """Bytes of the filled key and value entries, summed over the layers (reserved slots excluded)."""
+        return self.cache.filled_bytes()
 
 
 class CompressedCausalLM(nn.Module):
@@ -732,6 +737,7 @@ class CompressedCausalLM(nn.Module):
         target_rate: float | None = None,
         similarity_threshold: float | Sequence[float] | None = None,
         compress: bool = True,
+        reserve: int = DEFAULT_RESERVE,
     ) -> DecodeState:
         """Pre-fill a context with compression and keep the KV cache it leaves, for :meth:`decode_step`.
 
@@ -745,6 +751,7 @@ class CompressedCausalLM(nn.Module):
             layer plan's own causal thresholds.
         :param similarity_threshold: as :meth:`forward`.
         :param compress: ``False``: the unmodified LM (the same code, no merges).
+        :param reserve: cache slots set aside for new tokens (the cache grows when they run out).
         :raises ValueError: for a row without a real token.
         """
         from transformers import DynamicCache
@@ -776,48 +783,29 @@ class CompressedCausalLM(nn.Module):
             logits = self.reconstructor.head_logits(output.hidden[rows, column])
         if len(output.readable) != self.backbone.num_layers:
             raise RuntimeError("The pre-fill did not run every decoder layer with causal attention.")
-        return DecodeState(cache, list(output.readable), lengths.clone(), logits, output)
+        static = StaticKVCache.from_cache(cache, output.readable, reserve)
+        return DecodeState(static, lengths.clone(), logits, output)
 
     def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, reading and extending ``state``'s cache; return the next logits ``(B, V)``.
 
-        Costs what a step of the plain model costs: one token through every layer against the
-        (smaller) cache, a padding mask only where rows hold different numbers of entries, and
-        the restore gate on the new token alone.
+        Costs what a step of the plain model costs (the same :class:`~.decoding.CachedDecoder`):
+        one token through every layer against the (smaller) cache, and the restore gate on the
+        new token alone. On a GPU the step is a replayed CUDA graph.
 
         :param state: from :meth:`prefill` (advanced in place).
         :param tokens: ``(B,)`` token ids.
         """
-        backbone = self.backbone
-        tokens = tokens.to(self.device).reshape(-1, 1)
-        position = state.next_position[:, None]
-        extended: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        masks: list[torch.Tensor | None] = []
-        biases: list[torch.Tensor | None] = []
-        for mask in state.readable:
-            if mask is None:
-                masks.append(None)
-                biases.append(None)
-                continue
-            if id(mask) not in extended:
-                longer = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-                extended[id(mask)] = (longer, backbone.decode_bias(longer))
-            longer, bias = extended[id(mask)]
-            masks.append(longer)
-            biases.append(bias)
-        first = state.output.first_layer
-        with torch.no_grad():
-            hidden = backbone.embed(tokens, position)
-            rotary = backbone.position_context(hidden, position)
-            own = hidden
-            for index in range(backbone.num_layers):
-                if index == first:
-                    own = hidden
-                hidden = backbone.run_layer(index, hidden, biases[index], rotary, state.cache)
-            if first is not None and self.restore is not None:
-                hidden = self.restore(hidden, own)
-            logits = self.reconstructor.head_logits(backbone.final_norm(hidden)[:, -1])
-        state.readable = masks
+        if state.decoder is None:
+            state.decoder = CachedDecoder(
+                self.backbone,
+                self.reconstructor.head_logits,
+                state.cache,
+                state.next_position,
+                restore=self.restore,
+                restore_from=state.output.first_layer,
+            )
+        logits = state.decoder.step(tokens.to(self.device))
         state.next_position = state.next_position + 1
         state.logits = logits
         return logits
@@ -845,7 +833,7 @@ class CompressedCausalLM(nn.Module):
             raise ValueError(
                 f"max_new_tokens={max_new_tokens}, temperature={temperature}: both must be positive. Fix: e.g. 32 and 1.0."
             )
-        state = self.prefill(input_ids, attention_mask, target_rate=target_rate)
+        state = self.prefill(input_ids, attention_mask, target_rate=target_rate, reserve=max_new_tokens)
         out: list[torch.Tensor] = []
         logits = state.logits
         for _ in range(max_new_tokens):

@@ -18,17 +18,17 @@ only the tokens in the input, so the LM sees exactly the compressed sequence.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AttentionInterface, Cache, PretrainedConfig, PreTrainedModel
+from transformers import Cache
 
 from tokenmask.reconstructors import Reconstructor, weights_version
+from tokenmask.reconstructors.attention import PACKED_GQA_ATTENTION, attention_implementation, query_groups
 
 LN2 = math.log(2.0)
 TOKEN_FEATURES: tuple[str, ...] = (
@@ -216,74 +216,6 @@ class SlotKVCache(Cache):
         return self.capacity
 
 
-PACKED_GQA_ATTENTION = "tokenmask_packed_gqa_sdpa"
-
-
-def packed_gqa_sdpa(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Scaled-dot-product attention for grouped-query attention, without repeating keys and values.
-
-    Transformers' SDPA path copies every key/value head ``groups`` times when a mask is given; over
-    a vector env's long slot buffers that copy and the reads of the copies dominated the step on a
-    GPU. Here the ``groups`` query heads that share a key/value head are stacked along the query
-    axis instead, so keys and values are read once per key/value head. The mask must already be
-    stacked the same way: ``(batch, 1, groups * q, kv)`` (see :meth:`IncrementalScorer._forward`).
-    Used only for the environment's own forward passes, never for training.
-    """
-    batch, heads, q, dim = query.shape
-    kv_heads = key.shape[1]
-    packed = query.reshape(batch, kv_heads, (heads // kv_heads) * q, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        packed, key, value, attn_mask=attention_mask, scale=scaling
-    )
-    return out.reshape(batch, heads, q, dim).transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(PACKED_GQA_ATTENTION, packed_gqa_sdpa)
-
-
-def _query_groups(config: PretrainedConfig) -> int:
-    """Query heads per key/value head when packed attention applies (plain SDPA, GQA), else 1."""
-    # transformers has no public getter of the attention in force (4.56 to 5.24); its docs read this attribute
-    heads = getattr(config, "num_attention_heads", None)
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if (
-        config._attn_implementation != "sdpa"
-        or not heads
-        or not kv_heads
-        or heads == kv_heads
-        or heads % kv_heads
-    ):
-        return 1
-    if getattr(config, "attn_logit_softcapping", None) is not None:
-        return 1
-    return heads // kv_heads
-
-
-@contextlib.contextmanager
-def _attention_implementation(model: PreTrainedModel, name: str) -> Iterator[bool]:
-    """Use attention implementation ``name`` inside the block, then restore the previous one.
-
-    Switches through ``model.set_attn_implementation`` (transformers >= 4.56). Yields whether
-    ``name`` is in force: a model whose attention does not go through ``AttentionInterface``
-    keeps its own (transformers logs why).
-    """
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        yield model.config._attn_implementation == name
-    finally:
-        model.set_attn_implementation(previous)
-
-
 def _cache_argument(model: torch.nn.Module) -> str:
     """The name of the base model's cache argument (``past_key_values`` before transformers 5.2x, then ``cache``)."""
     params = inspect.signature(model.forward).parameters
@@ -385,10 +317,10 @@ class IncrementalScorer:
     ) -> torch.Tensor:
         """Run the base model over ``tokens`` (on the device) written at ``slots``; ``allowed`` = (rows, q, kv)."""
         model = self.reconstructor.model
-        groups = _query_groups(model.config) if self._packed_attention else 1
+        groups = query_groups(model.config) if self._packed_attention else 1
         if groups == 1:
             return self._run_base(cache, tokens, positions, slots, allowed)
-        with _attention_implementation(model, PACKED_GQA_ATTENTION) as packed:
+        with attention_implementation(model, PACKED_GQA_ATTENTION) as packed:
             if packed:  # rows stacked as packed_gqa_sdpa stacks the query heads
                 return self._run_base(cache, tokens, positions, slots, allowed.repeat(1, groups, 1))
         self._packed_attention = False

@@ -8,6 +8,11 @@ as many tokens as the base mask, so the rate is unchanged. One batched judge pas
 ``R(p) = NLL(context | BOS + p + sep)`` (docs/evaluation.md) of every candidate; the lowest wins,
 which is the highest recoverability, and ties keep the base mask.
 
+*Retention guard* (``guard=k``, off by default): a move can cost the continuation what it gains in
+recoverability. With the guard on, the context's last ``k`` tokens stand in for the continuation:
+each candidate's ``G = NLL(last k | BOS + kept tokens before them)`` is scored in the same judge
+pass, and only candidates with ``G <= G(base) + k * guard_tolerance`` (nats) compete on ``R``.
+
 The search reads the context alone (never its continuation), so it is a compressor like any other;
 its judge passes are counted in its time. Its LM is the evaluation's judge by default, as for the
 self-information baselines: with another judge the gain can be smaller.
@@ -38,6 +43,18 @@ DEFAULT_MOVES: tuple[int, ...] = (16, 32)
 
 DEFAULT_STRIDE = 8
 """Offsets tried for a moved run: every ``stride``-th token."""
+
+DEFAULT_GUARD = 0
+"""Context tokens standing in for the continuation in the retention guard (0: no guard)."""
+
+DEFAULT_GUARD_TOLERANCE = 0.0
+"""Nats per guard token a candidate may lose against the base mask on the stand-in continuation."""
+
+GUARD_TOKENS = 16
+"""``refine_guard:BASE``'s guard: stand-in continuation length (tokens)."""
+
+GUARD_TOLERANCE = 0.1
+"""``refine_guard:BASE``'s guard tolerance (nats per stand-in token)."""
 
 
 def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[np.ndarray]:
@@ -86,6 +103,8 @@ class RecoverabilitySearch(MaskingCompressor):
     :param judge: the LM that scores ``R(p)`` (the evaluation's judge).
     :param moves: run lengths moved (tokens).
     :param stride: step between the offsets of a moved run.
+    :param guard: context tokens standing in for the continuation (0: no retention guard).
+    :param guard_tolerance: nats per guard token a candidate may lose against the base mask.
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -97,6 +116,8 @@ class RecoverabilitySearch(MaskingCompressor):
         judge: Reconstructor,
         moves: Sequence[int] = DEFAULT_MOVES,
         stride: int = DEFAULT_STRIDE,
+        guard: int = DEFAULT_GUARD,
+        guard_tolerance: float = DEFAULT_GUARD_TOLERANCE,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -108,11 +129,17 @@ class RecoverabilitySearch(MaskingCompressor):
             raise ValueError(
                 f"refine needs moves >= 1 token and a stride >= 1, got {list(moves)} and {stride}."
             )
+        if guard < 0 or guard_tolerance < 0:
+            raise ValueError(
+                f"refine's guard needs guard >= 0 tokens and guard_tolerance >= 0, got {guard} and {guard_tolerance}."
+            )
         super().__init__(judge.tokenizer, name or f"refine:{base.name}")
         self.base = base
         self.judge = judge
         self.moves = tuple(int(m) for m in moves)
         self.stride = int(stride)
+        self.guard = int(guard)
+        self.guard_tolerance = float(guard_tolerance)
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -123,7 +150,7 @@ class RecoverabilitySearch(MaskingCompressor):
         return self.base.mask_mode
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
-        from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
+        from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
 
         check_rate(rate)
         proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
@@ -135,12 +162,31 @@ class RecoverabilitySearch(MaskingCompressor):
                 owners.append(d)
         ids = [np.asarray(c) for c in contexts]
         prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
-        nlls = recovery_nlls(
-            self.judge, prefixes, [ids[d].tolist() for d in owners], separator_ids(self.judge)
+        guarded = [self.guard if 0 < self.guard < len(ids[d]) else 0 for d in owners]
+        stand_in = [
+            ids[d][: len(mask) - k][mask[: len(mask) - k]].tolist()
+            for d, mask, k in zip(owners, candidates, guarded)
+            if k
+        ]
+        tails = [ids[d][len(ids[d]) - k :].tolist() for d, k in zip(owners, guarded) if k]
+        nlls, guard_nlls = recovery_and_continuation_nlls(
+            self.judge,
+            prefixes,
+            [ids[d].tolist() for d in owners],
+            stand_in,
+            tails,
+            separator_ids(self.judge),
         )
+        guard_of = np.full(len(candidates), -np.inf)
+        guard_of[np.asarray(guarded) > 0] = guard_nlls
+        allowed = np.zeros(len(proposals))
+        for i, d in enumerate(owners):
+            if i == 0 or owners[i - 1] != d:  # each document's base mask comes first and sets its bound
+                allowed[d] = guard_of[i] + guarded[i] * self.guard_tolerance
         best = [(np.inf, 0)] * len(proposals)
         for i, (d, nll) in enumerate(zip(owners, nlls)):
-            if nll < best[d][0]:  # strict: ties keep the earlier candidate (the base mask first)
+            # strict: ties keep the earlier candidate (the base mask first)
+            if nll < best[d][0] and guard_of[i] <= allowed[d]:
                 best[d] = (float(nll), i)
         return [candidates[i] for _, i in best]
 
@@ -151,8 +197,34 @@ def check_refine_argument(argument: str) -> None:
         raise ValueError("refine needs a base method. Fix: e.g. refine:truncation or refine:agent:default.")
     from tokenmask.evaluate.compressor import split_method_name
 
-    if split_method_name(argument)[0] == "refine":
+    if split_method_name(argument)[0] in ("refine", "refine_guard"):
         raise ValueError(f"refine:{argument} refines a refined method. Fix: name the base method once.")
+
+
+def split_guard_argument(argument: str) -> tuple[int, float, str]:
+    """``refine_guard``'s argument: ``K@TOL:BASE`` -> ``(K, TOL, BASE)``; ``BASE`` -> the default guard.
+
+    :raises ValueError: for a guard that is not ``K@TOL`` with ``K >= 1`` tokens and ``TOL >= 0``.
+    """
+    head, _, rest = argument.partition(":")
+    if "@" not in head:
+        return GUARD_TOKENS, GUARD_TOLERANCE, argument
+    tokens, _, tolerance = head.partition("@")
+    try:
+        k, tol = int(tokens), float(tolerance)
+    except ValueError:
+        k, tol = 0, -1.0
+    if k < 1 or tol < 0:
+        raise ValueError(
+            f"refine_guard:{argument}: the guard must be TOKENS@TOLERANCE (>= 1 token, tolerance >= 0 nats per token). "
+            "Fix: e.g. refine_guard:16@0.1:truncation, or refine_guard:truncation for the default guard."
+        )
+    return k, tol, rest
+
+
+def check_guard_argument(argument: str) -> None:
+    """``refine_guard:[K@TOL:]BASE``: the guard parses and the base is checked as ``refine``'s."""
+    check_refine_argument(split_guard_argument(argument)[2])
 
 
 def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
@@ -161,4 +233,18 @@ def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
     return RecoverabilitySearch(build_method(argument, context), context.judge)
 
 
+def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch:
+    """``refine_guard:[K@TOL:]BASE``: ``refine`` with the retention guard (default :data:`GUARD_TOKENS` @ :data:`GUARD_TOLERANCE`)."""
+    k, tol, base = split_guard_argument(argument)
+    check_refine_argument(base)
+    return RecoverabilitySearch(
+        build_method(base, context),
+        context.judge,
+        guard=k,
+        guard_tolerance=tol,
+        name=f"refine_guard:{argument}",
+    )
+
+
 register_method("refine", _refine, overwrite=True)
+register_method("refine_guard", _refine_guard, overwrite=True)

@@ -154,6 +154,14 @@ def _check_refine_argument(argument: str) -> None:
     check_methods([argument])
 
 
+def _check_refine_guard_argument(argument: str) -> None:
+    # refine_guard:[K@TOL:]BASE: the guard parses, the base is checked as refine's
+    from tokenmask.evaluate.refine import check_guard_argument, split_guard_argument
+
+    check_guard_argument(argument)
+    check_methods([split_guard_argument(argument)[2]])
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -173,6 +181,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     ),
     "kvpress": _check_kvpress_argument,
     "refine": _check_refine_argument,
+    "refine_guard": _check_refine_guard_argument,
 }
 
 
