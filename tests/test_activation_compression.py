@@ -181,6 +181,43 @@ def test_cap_and_budget_respect_the_cluster_size() -> None:
         assert int(torch.bincount(cid[row]).max()) <= 3
 
 
+def _budget_starts_row_by_row(sim: np.ndarray, ok: np.ndarray, want: np.ndarray, cap: int) -> np.ndarray:
+    """The greedy budget clustering written plainly, one row at a time (the reference of budget_starts)."""
+    starts = np.ones(sim.shape, dtype=bool)
+    for row in range(sim.shape[0]):
+        order = [
+            int(i) for i in np.argsort(-np.nan_to_num(sim[row], nan=-np.inf), kind="stable") if ok[row, i]
+        ]
+        left, right = np.arange(sim.shape[1]), np.arange(sim.shape[1])
+        done = 0
+        for b in order:
+            if done >= want[row]:
+                break
+            lo, hi = left[b - 1], right[b]
+            if hi - lo + 1 > cap:
+                continue
+            starts[row, b] = False
+            right[lo], left[hi] = hi, lo
+            done += 1
+    return starts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_budget_starts_equals_the_row_by_row_greedy(seed: int) -> None:
+    """The rows-together budget clustering merges exactly what the plain per-row greedy merges (NaN, ties, caps)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, units = 5, 1 + 13 * seed
+    sim = torch.randint(0, 6, (rows, units), generator=g).float() / 5  # ties on purpose
+    sim[torch.rand(rows, units, generator=g) < 0.1] = float("nan")
+    eligible = torch.rand(rows, units, generator=g) < 0.8
+    eligible[:, 0] = False
+    merges = torch.randint(0, units + 1, (rows,), generator=g)
+    cap = 1 + seed % 4
+    got = budget_starts(sim, eligible, merges, cap).numpy()
+    want = _budget_starts_row_by_row(sim.numpy(), eligible.numpy(), merges.numpy(), cap)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_running_quantile_is_causal_and_exact() -> None:
     g = torch.Generator().manual_seed(0)
     sim = torch.rand(1, 30, generator=g)

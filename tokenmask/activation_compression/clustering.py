@@ -174,23 +174,33 @@ def budget_starts(
     sim = similarity.detach().float().cpu().numpy()
     ok = eligible.cpu().numpy()
     want = merges.cpu().numpy()
+    rows, units = sim.shape
     starts = np.ones(sim.shape, dtype=bool)
-    for row in range(sim.shape[0]):
-        order = [
-            int(i) for i in np.argsort(-np.nan_to_num(sim[row], nan=-np.inf), kind="stable") if ok[row, i]
-        ]
-        left = np.arange(sim.shape[1])  # left[i]: first unit of the run ending at i (valid at run ends)
-        right = np.arange(sim.shape[1])  # right[i]: last unit of the run starting at i (valid at run starts)
-        done = 0
-        for b in order:
-            if done >= want[row]:
+    if rows == 0 or units == 0:
+        return torch.from_numpy(starts).to(similarity.device)
+    # each row's pairs, most similar first; the rows advance together, rank by rank (the greedy
+    # order within a row is sequential, the rows are independent)
+    order = np.argsort(-np.nan_to_num(sim, nan=-np.inf), axis=1, kind="stable")
+    ranked_ok = np.take_along_axis(ok, order, axis=1)
+    left = np.tile(np.arange(units), (rows, 1))  # left[r, i]: first unit of the run ending at i
+    right = left.copy()  # right[r, i]: last unit of the run starting at i
+    done = np.zeros(rows, dtype=np.int64)
+    row_ids = np.arange(rows)
+    for rank in range(units):
+        active = ranked_ok[:, rank] & (done < want)
+        if not active.any():
+            if (done >= want).all():
                 break
-            lo, hi = left[b - 1], right[b]
-            if hi - lo + 1 > max_cluster_size:
-                continue
-            starts[row, b] = False
-            right[lo], left[hi] = hi, lo
-            done += 1
+            continue
+        r = row_ids[active]
+        b = order[active, rank]
+        lo, hi = left[r, b - 1], right[r, b]
+        fits = hi - lo + 1 <= max_cluster_size
+        r, b, lo, hi = r[fits], b[fits], lo[fits], hi[fits]
+        starts[r, b] = False
+        right[r, lo] = hi
+        left[r, hi] = lo
+        done[r] += 1
     return torch.from_numpy(starts).to(similarity.device)
 
 
