@@ -1,0 +1,125 @@
+"""Judge every candidate of ``refine``'s search on a split: recovery AND continuation NLLs per candidate.
+
+For each document of ``--split`` (``select_documents``: C context + T continuation tokens) and each
+rate, the base method's keep mask (truncation by default) and every move of
+:func:`tokenmask.evaluate.refine.move_variants` are scored by the judge in batched passes:
+``R = NLL(context | BOS + p + sep)`` and ``F = NLL(continuation | BOS + p)`` (nats,
+docs/evaluation.md), plus each document's ``R``/``F`` of the empty and of the full context (the
+metric's denominators). The continuation is read here on purpose: these are training labels for a
+learned run pointer (``tokenmask.evaluate.pointer``), which is judged only on other documents.
+
+One JSON (atomic), the machine named::
+
+    python benchmarks/run_candidates.py --split train --device cuda --json runs/candidates_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="data_out/pydocs")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--max_documents", type=int, default=None, help="default: every long-enough document")
+    parser.add_argument("--rates", default="0.3,0.5,0.7")
+    parser.add_argument("--base", default="truncation")
+    parser.add_argument("--moves", default="16,32")
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--chunk", type=int, default=16, help="documents per batched judge call")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from tokenmask.data import iter_texts
+    from tokenmask.evaluate.compressor import MethodContext, build_method
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.refine import move_variants
+    from tokenmask.evaluate.reports import device_description
+    from tokenmask.io import atomic_write_json
+    from tokenmask.reconstructors import Reconstructor
+    from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
+
+    judge = Reconstructor.load("default", device=args.device, add_mask_token=False)
+    docs = select_documents(
+        list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
+    )
+    base = build_method(args.base, MethodContext(judge=judge, device=args.device))
+    rates = [float(r) for r in args.rates.split(",")]
+    moves = tuple(int(m) for m in args.moves.split(","))
+    sep = separator_ids(judge)
+    began = time.perf_counter()
+    contexts = [list(d.context) for d in docs]
+    continuations = [list(d.continuation) for d in docs]
+    # the denominators: empty and full context
+    reference_r, reference_f = recovery_and_continuation_nlls(
+        judge,
+        [[] for _ in docs] + contexts,
+        contexts + contexts,
+        [[] for _ in docs] + contexts,
+        continuations + continuations,
+        sep,
+    )
+    n = len(docs)
+    out_docs = [
+        {
+            "context": contexts[i],
+            "continuation": continuations[i],
+            "r_empty": float(reference_r[i]),
+            "r_full": float(reference_r[n + i]),
+            "f_empty": float(reference_f[i]),
+            "f_full": float(reference_f[n + i]),
+            "rates": {},
+        }
+        for i in range(n)
+    ]
+    for rate in rates:
+        proposals = [np.asarray(m, dtype=bool) for m in base.keep_masks(contexts, rate)]
+        for start in range(0, n, args.chunk):
+            owners, masks = [], []
+            for d in range(start, min(start + args.chunk, n)):
+                for mask in [proposals[d], *move_variants(proposals[d], moves, args.stride)]:
+                    owners.append(d)
+                    masks.append(mask)
+            prefixes = [np.asarray(contexts[d])[m].tolist() for d, m in zip(owners, masks)]
+            r, f = recovery_and_continuation_nlls(
+                judge,
+                prefixes,
+                [contexts[d] for d in owners],
+                prefixes,
+                [continuations[d] for d in owners],
+                sep,
+            )
+            for d in sorted(set(owners)):
+                rows = [i for i, o in enumerate(owners) if o == d]
+                out_docs[d]["rates"][str(rate)] = {
+                    "keep": ["".join("1" if k else "0" for k in masks[i]) for i in rows],
+                    "r": [float(r[i]) for i in rows],
+                    "f": [float(f[i]) for i in rows],
+                }
+        print(f"rate {rate}: {n} documents scored, {time.perf_counter() - began:.0f} s", flush=True)
+    atomic_write_json(
+        args.json,
+        {
+            "split": args.split,
+            "corpus": args.corpus,
+            "base": args.base,
+            "moves": list(moves),
+            "stride": args.stride,
+            "machine": device_description(judge.device),
+            "seconds": time.perf_counter() - began,
+            "documents": out_docs,
+        },
+    )
+    print(
+        f"{n} documents, {len(rates)} rates, {time.perf_counter() - began:.0f} s on {device_description(judge.device)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
