@@ -5,7 +5,8 @@ rate, the base method's keep mask (truncation by default) and every move of
 :func:`tokenmask.evaluate.refine.move_variants` are scored by the judge in batched passes:
 ``R = NLL(context | BOS + p + sep)`` and ``F = NLL(continuation | BOS + p)`` (nats,
 docs/evaluation.md), plus each document's ``R``/``F`` of the empty and of the full context (the
-metric's denominators). The continuation is read here on purpose: these are training labels for a
+metric's denominators); with ``--guards``, also the retention guard's stand-in NLL of each candidate
+(``refine_guard``). The continuation is read here on purpose: these are training labels for a
 learned run pointer (``tokenmask.evaluate.pointer``), which is judged only on other documents.
 
 One JSON (atomic), the machine named::
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moves", default="16,32")
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--chunk", type=int, default=16, help="documents per batched judge call")
+    parser.add_argument(
+        "--guards",
+        default="",
+        help="stand-in lengths k (comma-separated): also score NLL(last k context tokens | BOS + kept tokens before them)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     base = build_method(args.base, MethodContext(judge=judge, device=args.device))
     rates = [float(r) for r in args.rates.split(",")]
     moves = tuple(int(m) for m in args.moves.split(","))
+    guards = [int(k) for k in args.guards.split(",") if k.strip()]
     sep = separator_ids(judge)
     began = time.perf_counter()
     contexts = [list(d.context) for d in docs]
@@ -86,21 +93,25 @@ def main(argv: list[str] | None = None) -> int:
                     owners.append(d)
                     masks.append(mask)
             prefixes = [np.asarray(contexts[d])[m].tolist() for d, m in zip(owners, masks)]
-            r, f = recovery_and_continuation_nlls(
-                judge,
-                prefixes,
-                [contexts[d] for d in owners],
-                prefixes,
-                [continuations[d] for d in owners],
-                sep,
+            # F items: the real continuation, then per guard k the context's last k tokens after the kept ones before them
+            f_prefixes, f_targets = list(prefixes), [continuations[d] for d in owners]
+            for k in guards:
+                f_prefixes += [np.asarray(contexts[d])[:-k][m[:-k]].tolist() for d, m in zip(owners, masks)]
+                f_targets += [contexts[d][-k:] for d in owners]
+            r, f_all = recovery_and_continuation_nlls(
+                judge, prefixes, [contexts[d] for d in owners], f_prefixes, f_targets, sep
             )
+            count = len(owners)
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
-                out_docs[d]["rates"][str(rate)] = {
+                entry = {
                     "keep": ["".join("1" if k else "0" for k in masks[i]) for i in rows],
                     "r": [float(r[i]) for i in rows],
-                    "f": [float(f[i]) for i in rows],
+                    "f": [float(f_all[i]) for i in rows],
                 }
+                for g, k in enumerate(guards):
+                    entry[f"g{k}"] = [float(f_all[(g + 1) * count + i]) for i in rows]
+                out_docs[d]["rates"][str(rate)] = entry
         print(f"rate {rate}: {n} documents scored, {time.perf_counter() - began:.0f} s", flush=True)
     atomic_write_json(
         args.json,
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             "base": args.base,
             "moves": list(moves),
             "stride": args.stride,
+            "guards": guards,
             "machine": device_description(judge.device),
             "seconds": time.perf_counter() - began,
             "documents": out_docs,
