@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.evaluate.compressor import MethodContext, build_method
-from tokenmask.evaluate.refine import GUARD_TOKENS, GUARD_TOLERANCE, RecoverabilitySearch, move_variants
+from tokenmask.evaluate.refine import (
+    GUARD_MOVES,
+    GUARD_TOKENS,
+    GUARD_TOLERANCE,
+    RecoverabilitySearch,
+    move_variants,
+)
 from tokenmask.evaluate.runner import check_methods
 from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
 
@@ -108,6 +114,7 @@ def test_refine_guard_names(tiny_recon, name: str, guard: int, tolerance: float)
     method = build_method(name, MethodContext(judge=tiny_recon))
     assert isinstance(method, RecoverabilitySearch) and method.name == name
     assert (method.guard, method.guard_tolerance) == (guard, tolerance)
+    assert method.moves == GUARD_MOVES
     assert method.base.name == "truncation"
 
 

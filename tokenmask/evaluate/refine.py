@@ -50,11 +50,19 @@ DEFAULT_GUARD = 0
 DEFAULT_GUARD_TOLERANCE = 0.0
 """Nats per guard token a candidate may lose against the base mask on the stand-in continuation."""
 
-GUARD_TOKENS = 16
+GUARD_MOVES: tuple[int, ...] = (8, 16, 24, 32, 48)
+"""``refine_guard``'s run lengths (tokens): more candidates than ``refine``'s, the guard keeps retention."""
+
+GUARD_TOKENS = 32
 """``refine_guard:BASE``'s guard: stand-in continuation length (tokens)."""
 
-GUARD_TOLERANCE = 0.1
-"""``refine_guard:BASE``'s guard tolerance (nats per stand-in token)."""
+GUARD_TOLERANCE = 0.5
+"""``refine_guard:BASE``'s guard tolerance (nats per stand-in token).
+
+:data:`GUARD_MOVES`, :data:`GUARD_TOKENS` and this were chosen from every candidate's judged ``R``
+and ``F`` on the train and validation splits pooled (604 documents, ``benchmarks/run_candidates.py``;
+the setting whose worst rate of 0.3 / 0.5 / 0.7 is furthest above the bar of docs/evaluation.md:
+recoverability +0.02 over the base, retention at most 0.01 below it), see docs/results.md."""
 
 
 def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[np.ndarray]:
@@ -234,12 +242,13 @@ def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
 
 
 def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch:
-    """``refine_guard:[K@TOL:]BASE``: ``refine`` with the retention guard (default :data:`GUARD_TOKENS` @ :data:`GUARD_TOLERANCE`)."""
+    """``refine_guard:[K@TOL:]BASE``: ``refine`` over :data:`GUARD_MOVES` with the retention guard (default :data:`GUARD_TOKENS` @ :data:`GUARD_TOLERANCE`)."""
     k, tol, base = split_guard_argument(argument)
     check_refine_argument(base)
     return RecoverabilitySearch(
         build_method(base, context),
         context.judge,
+        moves=GUARD_MOVES,
         guard=k,
         guard_tolerance=tol,
         name=f"refine_guard:{argument}",
