@@ -7,7 +7,7 @@
 #   bash benchmarks/agent_recipe.sh evaluate   # validation (model choice) and test tables beside the text baselines
 #   bash benchmarks/agent_recipe.sh collect    # small artefacts to $OUT: labels, policy-only agents, results
 #   bash benchmarks/agent_recipe.sh refine     # a policy cloned on refine:truncation's masks, judged alone and under refine
-#   bash benchmarks/agent_recipe.sh guard      # refine's retention guard: chosen on validation, judged on test
+#   bash benchmarks/agent_recipe.sh guard      # refine_guard: settings from train+validation candidates, judged on test
 # Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
 # pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
 #   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
@@ -62,17 +62,18 @@ if [[ $step == refine ]]; then
 fi
 
 if [[ $step == guard ]]; then
-  # refine's retention guard: settings swept and chosen on validation by a fixed rule (refine_sweep.py's choose),
-  # then only the chosen one is judged on test beside every text baseline
+  # refine_guard's settings: every candidate's judged R and F on train and validation (the continuation is read
+  # only to choose the settings, never by the method), the pick printed by candidate_analysis.py (its defaults are
+  # refine.GUARD_*), then the test split beside every text baseline
   [[ -f data_out/pydocs/stats.json ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
-  [[ -f runs/refine_guard_sweep.json ]] || python3 benchmarks/refine_sweep.py --split validation --num_documents 30 \
-    --device "${DEVICE:-cuda}" --bases truncation --moves 16,32 --guards "${GUARDS:-0;16@0.05;16@0.1;16@0.2;32@0.1}" \
-    --json runs/refine_guard_sweep.json 2>&1 | grep -v "it/s\]" | tail -n 20
-  chosen=$(python3 -c "import json; print(json.load(open('runs/refine_guard_sweep.json'))['chosen']['truncation'][0])")
-  echo "chosen on validation: $chosen"
+  for split in validation train; do
+    [[ -f runs/cand2_$split.json ]] || python3 benchmarks/run_candidates.py --split $split --device "${DEVICE:-cuda}" \
+      --moves 8,16,24,32,48 --stride 8 --guards 8,16,32 --chunk 8 --json runs/cand2_$split.json
+  done
+  python3 benchmarks/candidate_analysis.py guard --files runs/cand2_train.json,runs/cand2_validation.json --top 4
   [[ -f runs/eval_guard_test/results.json ]] || $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 \
     --rates 0.3,0.5,0.7 --device "${DEVICE:-cuda}" --no_progress --output_dir runs/eval_guard_test --overwrite \
-    --methods "$(python3 benchmarks/refine_sweep.py --method_of "$chosen"),truncation,refine:truncation,truncation_first,span_self_information,self_information,frequency,length,random"
+    --methods refine_guard:truncation,truncation,refine:truncation,truncation_first,span_self_information,self_information,frequency,length,random
 fi
 
 AGENTS=agent:runs/lm_untrained,agent:runs/lm_bc,agent:runs/lm_ppo,agent:runs/lm_bc_ppo,agent:runs/lm_bc_ppo_terminal,agent:runs/pos_bc,agent:runs/pos_bc_ppo

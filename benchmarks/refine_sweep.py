@@ -36,15 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", default=None, help="write the rows here (atomically)")
-    parser.add_argument(
-        "--method_of",
-        default=None,
-        help="print the method name of a setting of the table (default moves) and exit",
-    )
     args = parser.parse_args(argv)
-    if args.method_of is not None:
-        print(method_of(args.method_of, args.bases.split(",")[0]))
-        return 0
 
     from tqdm.auto import tqdm
 
@@ -113,16 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             args.json, {"documents": len(docs), "split": args.split, "rows": rows, "chosen": chosen}
         )
     return 0
-
-
-def method_of(setting: str, base: str) -> str:
-    """``"16,32 guard 16@0.1"`` -> ``refine_guard:16@0.1:BASE``; ``"16,32"`` -> ``refine:BASE`` (default moves only)."""
-    from tokenmask.evaluate.refine import DEFAULT_MOVES
-
-    moves, _, guard = setting.partition(" guard ")
-    if tuple(int(m) for m in moves.split(",")) != DEFAULT_MOVES:
-        raise SystemExit(f"{setting!r}: method names carry refine's default moves {DEFAULT_MOVES} only.")
-    return f"refine_guard:{guard}:{base}" if guard else f"refine:{base}"
 
 
 def choose(rows: list[dict], gain: float = 0.02, slack: float = 0.01) -> dict[str, tuple[str, float]]:

@@ -1,0 +1,323 @@
+"""What ``refine``'s candidates can give, read from their judged R and F (``benchmarks/run_candidates.py``).
+
+Every figure here is exact for the documents of the JSON files: the corpus metric of a choice of
+one candidate per document is a ratio of sums of their judged NLLs (docs/evaluation.md), so no
+judge runs here. Three reports, each a Markdown table (deltas over the base mask, i.e. truncation):
+
+- ``oracle``: the search on ``R`` alone (``refine``), and choices that also read the continuation
+  (``argmax dR + mu * dF``): how much retention the choice of run could give with the continuation known.
+- ``guard``: every (moves, guard k, tolerance) of ``refine_guard`` on the pooled files; the setting
+  whose worst rate is furthest above the bar (recoverability +0.02, retention >= -0.01), and the
+  probability that a draw of ``--draw`` documents passes at each rate (bootstrap, without replacement).
+- ``pointer``: a learned run pointer without the judge. A small MLP reads per-candidate features
+  (the LM's per-token surprisal/entropy of the run and of the dropped tokens, positions, token-id
+  overlaps) and predicts ``dR`` and ``dF``. It is fitted on ``--train`` and scored on
+  ``--validation`` (the correlations and the metrics of its choices).
+
+Example (the files of docs/results.md)::
+
+    python benchmarks/candidate_analysis.py guard --files runs/cand2_train.json,runs/cand2_validation.json
+    python benchmarks/candidate_analysis.py pointer --train runs/candidates_train.json --validation runs/candidates_validation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RATES = ("0.3", "0.5", "0.7")
+GAIN, SLACK = 0.02, 0.01  # the bar of docs/evaluation.md over truncation
+MOVE_SETS: tuple[tuple[int, ...], ...] = (
+    (16, 32),
+    (8, 16, 32),
+    (16, 32, 48),
+    (8, 16, 24, 32),
+    (8, 16, 24, 32, 48),
+    (16, 24, 32, 48),
+    (8, 16, 32, 48),
+)
+"""The run-length sets the guard report compares (refine's default first)."""
+
+
+# ---------------------------------------------------------------------------------------- reading
+def load(path: str) -> list[dict[str, Any]]:
+    """Documents of a run_candidates JSON, with numpy arrays per rate and each candidate's moved length ``m``."""
+    docs = json.loads(Path(path).read_text())["documents"]
+    for x in docs:
+        for c in x["rates"].values():
+            keeps = [np.frombuffer(k.encode(), dtype=np.uint8) == ord("1") for k in c["keep"]]
+            c["masks"] = keeps
+            for key in [k for k in c if k == "r" or k == "f" or k.startswith("g")]:
+                c[key] = np.asarray(c[key], dtype=np.float64)
+    return docs
+
+
+def metric(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[float, float]:
+    """(recoverability, retention) deltas over the base mask of one candidate per document."""
+    d_r = sum(x["r_empty"] - x["r_full"] for x in docs)
+    d_f = sum(x["f_empty"] - x["f_full"] for x in docs)
+    gain_r = sum(x["rates"][rate]["r"][0] - x["rates"][rate]["r"][c] for x, c in zip(docs, choice))
+    gain_f = sum(x["rates"][rate]["f"][0] - x["rates"][rate]["f"][c] for x, c in zip(docs, choice))
+    return gain_r / d_r, gain_f / d_f
+
+
+def allowed_moves(c: dict[str, Any], moves: tuple[int, ...]) -> np.ndarray:
+    """Which candidates ``refine`` over ``moves`` tries: the base mask and ``move_variants(base, moves, stride)``.
+
+    Matched by mask, not by moved length: a run may overlap the kept tokens it replaces, so the
+    tokens a candidate adds can be fewer than its ``m``.
+    """
+    from tokenmask.evaluate.refine import DEFAULT_STRIDE, move_variants
+
+    cache = c.setdefault("allowed", {})
+    if moves not in cache:
+        keys = {v.tobytes() for v in move_variants(c["masks"][0], moves, DEFAULT_STRIDE)}
+        cache[moves] = np.array([i == 0 or m.tobytes() in keys for i, m in enumerate(c["masks"])])
+    return cache[moves]  # type: ignore[no-any-return]
+
+
+def guarded_choice(
+    docs: list[dict[str, Any]], rate: str, moves: tuple[int, ...], guard: int, tolerance: float
+) -> list[int]:
+    """``refine_guard``'s choice per document: lowest R among the allowed moves within the guard."""
+    out = []
+    for x in docs:
+        c = x["rates"][rate]
+        ok = allowed_moves(c, moves)
+        if guard:
+            g = c[f"g{guard}"]
+            ok = ok & (g <= g[0] + guard * tolerance)
+        out.append(int(np.argmin(np.where(ok, c["r"], np.inf))))
+    return out
+
+
+def pass_probability(
+    docs: list[dict[str, Any]], rate: str, choice: list[int], draw: int, rng: np.random.Generator, boots: int
+) -> float:
+    """Share of ``draw``-document subsets (without replacement) on which the choice meets the bar."""
+    c = [x["rates"][rate] for x in docs]
+    gain_r = np.array([v["r"][0] - v["r"][k] for v, k in zip(c, choice)])
+    gain_f = np.array([v["f"][0] - v["f"][k] for v, k in zip(c, choice)])
+    d_r = np.array([x["r_empty"] - x["r_full"] for x in docs])
+    d_f = np.array([x["f_empty"] - x["f_full"] for x in docs])
+    hits = 0
+    for _ in range(boots):
+        i = rng.choice(len(docs), min(draw, len(docs)), replace=False)
+        hits += bool(gain_r[i].sum() / d_r[i].sum() >= GAIN and gain_f[i].sum() / d_f[i].sum() >= -SLACK)
+    return hits / boots
+
+
+# ---------------------------------------------------------------------------------------- reports
+def oracle(docs: list[dict[str, Any]]) -> None:
+    print("| choice | " + " | ".join(f"{r} (d rec / d ret)" for r in RATES) + " |")
+    print("| --- |" + " --- |" * len(RATES))
+    rows: list[tuple[str, Any]] = [("refine (R only, no continuation)", None)]
+    rows += [(f"oracle dR + {mu} dF (reads the continuation)", mu) for mu in (0.1, 0.25, 0.5, 1.0)]
+    for name, mu in rows:
+        cells = []
+        for rate in RATES:
+            if mu is None:
+                choice = [int(np.argmin(x["rates"][rate]["r"])) for x in docs]
+            else:
+                d_r = np.mean([x["r_empty"] - x["r_full"] for x in docs])
+                d_f = np.mean([x["f_empty"] - x["f_full"] for x in docs])
+                choice = []
+                for x in docs:
+                    c = x["rates"][rate]
+                    choice.append(
+                        int(np.argmax((c["r"][0] - c["r"]) / d_r + mu * (c["f"][0] - c["f"]) / d_f))
+                    )
+            r, f = metric(docs, rate, choice)
+            cells.append(f"{r:+.3f} / {f:+.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def guard(docs: list[dict[str, Any]], draw: int, seed: int, top: int) -> None:
+    guards = sorted({int(k[1:]) for k in docs[0]["rates"][RATES[0]] if k.startswith("g") and k[1:].isdigit()})
+    move_sets = list(MOVE_SETS)
+    settings = [(0, 0.0)] + [(k, t) for k in guards for t in (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)]
+    rows = []
+    for moves, (k, t) in itertools.product(move_sets, settings):
+        cells, margins = [], []
+        for rate in RATES:
+            r, f = metric(docs, rate, guarded_choice(docs, rate, moves, k, t))
+            cells.append((r, f))
+            margins.append(min(r - GAIN, f + SLACK))
+        rows.append((min(margins), moves, k, t, cells))
+    rows.sort(key=lambda row: -row[0])
+    rng = np.random.default_rng(seed)
+    print(
+        f"{len(docs)} documents; margin = worst rate's min(d rec - {GAIN}, d ret + {SLACK}); "
+        f"P(pass) over {draw}-document draws\n"
+    )
+    print("| moves | guard | margin | " + " | ".join(f"{r}: d rec / d ret, P(pass)" for r in RATES) + " |")
+    print("| --- | --- | --- |" + " --- |" * len(RATES))
+    for margin, moves, k, t, cells in rows[:top]:
+        probs = [
+            pass_probability(docs, rate, guarded_choice(docs, rate, moves, k, t), draw, rng, 500)
+            for rate in RATES
+        ]
+        text = " | ".join(f"{r:+.3f} / {f:+.3f}, {p:.2f}" for (r, f), p in zip(cells, probs))
+        print(f"| {','.join(map(str, moves))} | {f'{k}@{t:g}' if k else '-'} | {margin:+.4f} | {text} |")
+
+
+# ---------------------------------------------------------------------------------------- learned pointer
+def candidate_features(
+    ctx: np.ndarray, feats: np.ndarray, base: np.ndarray, mask: np.ndarray, rate: float
+) -> list[float]:
+    """What a judge-free pointer sees of one candidate (context and the LM's one-pass features only)."""
+    n = len(ctx)
+    added, dropped = mask & ~base, base & ~mask
+    run, gone = np.flatnonzero(added), np.flatnonzero(dropped)
+    surprisal, entropy, top1 = feats[:, 0], feats[:, 1], feats[:, 2]
+    rest = set(ctx[mask & ~added].tolist())
+    last = set(ctx[-32:].tolist())
+    counts: dict[int, int] = {}
+    for t in ctx.tolist():
+        counts[t] = counts.get(t, 0) + 1
+    run_ids, gone_ids = ctx[run].tolist(), ctx[gone].tolist()
+    return [
+        len(run) / 32,
+        rate,
+        run[0] / n,
+        (np.flatnonzero(base)[0] - run[0]) / n,
+        surprisal[run].mean() / 10,
+        surprisal[run].max() / 20,
+        entropy[run].mean() / 10,
+        top1[run].mean(),
+        surprisal[gone].mean() / 10,
+        entropy[gone].mean() / 10,
+        top1[gone].mean(),
+        (surprisal[run].sum() - surprisal[gone].sum()) / 200,
+        np.mean([t in rest for t in run_ids]),
+        np.mean([t in last for t in run_ids]),
+        np.mean([t in rest for t in gone_ids]),
+        np.mean([t in last for t in gone_ids]),
+        np.log1p(np.mean([counts[t] - 1 for t in run_ids])),
+        np.log1p(np.mean([counts[t] - 1 for t in gone_ids])),
+        len(set(run_ids) - rest) / 32,
+    ]
+
+
+def token_features(path: str, docs: list[dict[str, Any]]) -> np.ndarray:
+    """The environment's per-token LM features of every context (cached beside the JSON as ``.features.npy``)."""
+    cache = Path(path).with_suffix(".features.npy")
+    if cache.is_file():
+        return np.load(cache)
+    from tokenmask.envs.scoring import document_features
+    from tokenmask.reconstructors import Reconstructor
+
+    judge = Reconstructor.load("default", add_mask_token=False)
+    feats = np.stack(document_features(judge, [np.asarray(x["context"]) for x in docs]))
+    np.save(cache, feats)
+    return feats
+
+
+def pointer_rows(
+    path: str,
+) -> tuple[list[dict[str, Any]], list[tuple[int, str, int]], np.ndarray, np.ndarray]:
+    docs = load(path)
+    feats = token_features(path, docs)
+    d_r = np.mean([x["r_empty"] - x["r_full"] for x in docs])
+    d_f = np.mean([x["f_empty"] - x["f_full"] for x in docs])
+    keys, x_rows, y_rows = [], [], []
+    for i, x in enumerate(docs):
+        ctx = np.asarray(x["context"])
+        for rate in RATES:
+            c = x["rates"][rate]
+            for j in range(1, len(c["masks"])):
+                keys.append((i, rate, j))
+                x_rows.append(candidate_features(ctx, feats[i], c["masks"][0], c["masks"][j], float(rate)))
+                y_rows.append(((c["r"][0] - c["r"][j]) / d_r, (c["f"][0] - c["f"][j]) / d_f))
+    return docs, keys, np.asarray(x_rows, dtype=np.float32), np.asarray(y_rows, dtype=np.float32)
+
+
+def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
+    import torch
+
+    _, _, x_train, y_train = pointer_rows(train)
+    docs, keys, x_val, y_val = pointer_rows(validation)
+    mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
+    y_scale = y_train.std(0)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x_train.shape[1], 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 2),
+    )
+    opt = torch.optim.Adam(net.parameters(), 1e-3, weight_decay=1e-4)
+    xt, yt = torch.tensor((x_train - mean) / scale), torch.tensor(y_train / y_scale)
+    for _ in range(epochs):
+        order = torch.randperm(len(xt))
+        for start in range(0, len(xt), 1024):
+            batch = order[start : start + 1024]
+            loss = ((net(xt[batch]) - yt[batch]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = net(torch.tensor((x_val - mean) / scale)).numpy() * y_scale
+    print(
+        f"fitted on {train} ({len(x_train)} candidates), scored on {validation} ({len(x_val)} candidates)\n"
+    )
+    print(
+        f"- correlation with the judged gains: d rec {np.corrcoef(pred[:, 0], y_val[:, 0])[0, 1]:.2f}, "
+        f"d ret {np.corrcoef(pred[:, 1], y_val[:, 1])[0, 1]:.2f}\n"
+    )
+    print("| choice | " + " | ".join(f"{r} (d rec / d ret)" for r in RATES) + " |")
+    print("| --- |" + " --- |" * len(RATES))
+    variants: list[tuple[str, Any]] = [("refine (judge search on R)", None)]
+    variants += [(f"pointer: predicted d rec + {mu} x predicted d ret", mu) for mu in (0.0, 0.5, 1.0)]
+    variants += [(f"judged d rec + {mu} x predicted d ret", -mu) for mu in (0.5, 1.0)]
+    for name, mu in variants:
+        cells = []
+        for rate in RATES:
+            if mu is None:
+                choice = [int(np.argmin(x["rates"][rate]["r"])) for x in docs]
+            else:
+                best: dict[int, tuple[float, int]] = {}
+                for (i, r, j), p, y in zip(keys, pred, y_val):
+                    if r != rate:
+                        continue
+                    score = (p[0] + mu * p[1]) if mu >= 0 else (y[0] - mu * p[1])
+                    if score > best.get(i, (0.0, 0))[0]:
+                        best[i] = (float(score), j)
+                choice = [best.get(i, (0.0, 0))[1] for i in range(len(docs))]
+            r_gain, f_gain = metric(docs, rate, choice)
+            cells.append(f"{r_gain:+.3f} / {f_gain:+.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", choices=["oracle", "guard", "pointer"])
+    parser.add_argument(
+        "--files", default="runs/cand2_train.json,runs/cand2_validation.json", help="oracle/guard: pooled"
+    )
+    parser.add_argument("--train", default="runs/candidates_train.json")
+    parser.add_argument("--validation", default="runs/candidates_validation.json")
+    parser.add_argument("--draw", type=int, default=30, help="guard: documents per bootstrap draw")
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.report == "pointer":
+        pointer(args.train, args.validation, args.epochs, args.seed)
+        return 0
+    docs = [x for path in args.files.split(",") for x in load(path)]
+    if args.report == "oracle":
+        oracle(docs)
+    else:
+        guard(docs, args.draw, args.seed, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
