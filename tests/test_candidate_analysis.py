@@ -1,0 +1,78 @@
+"""benchmarks/candidate_analysis.py reads a candidate file as refine_guard chooses (tiny model, no times)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tokenmask.evaluate.baselines import Truncation
+from tokenmask.evaluate.refine import RecoverabilitySearch, move_variants
+from tokenmask.reconstructors.judge import continuation_nlls, recovery_nlls, separator_ids
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "candidate_analysis.py"
+MOVES = (8, 16)
+
+
+@pytest.fixture(scope="module")
+def analysis() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("candidate_analysis", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["candidate_analysis"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _candidate_file(judge, contexts: list[list[int]], rate: float, guard: int, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What run_candidates.py writes, for one rate (F left at 0: only R and the guard matter here)."""
+    sep = separator_ids(judge)
+    docs = []
+    for ids, base in zip(contexts, Truncation(judge.tokenizer).keep_masks(contexts, rate)):
+        masks = [np.asarray(base), *move_variants(np.asarray(base), MOVES, 8)]
+        array = np.asarray(ids)
+        r = recovery_nlls(judge, [array[m].tolist() for m in masks], [ids] * len(masks), sep)
+        g = continuation_nlls(
+            judge, [array[:-guard][m[:-guard]].tolist() for m in masks], [ids[-guard:]] * len(masks)
+        )
+        entry = {
+            "keep": ["".join("1" if k else "0" for k in m) for m in masks],
+            "r": r.tolist(),
+            "f": [0.0] * len(masks),
+            f"g{guard}": g.tolist(),
+        }
+        docs.append(
+            {
+                "context": ids,
+                "r_empty": 1.0,
+                "r_full": 0.0,
+                "f_empty": 1.0,
+                "f_full": 0.0,
+                "rates": {str(rate): entry},
+            }
+        )
+    path.write_text(json.dumps({"documents": docs}))
+
+
+@pytest.mark.parametrize(("moves", "tolerance"), [(MOVES, 0.1), ((16,), 0.0)])
+def test_guarded_choice_is_refine_guards_choice(
+    analysis: ModuleType, tiny_recon, tmp_path: Path, moves, tolerance
+) -> None:  # type: ignore[no-untyped-def]
+    """The analysis picks, from the judged file, the very masks the method picks (a subset of moves included)."""
+    rng = np.random.default_rng(4)
+    contexts = [rng.integers(100, 5000, size=48).tolist() for _ in range(3)]
+    rate, guard = 0.5, 8
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, rate, guard, path)
+    docs = analysis.load(str(path))
+    choice = analysis.guarded_choice(docs, str(rate), moves, guard, tolerance)
+    method = RecoverabilitySearch(
+        Truncation(tiny_recon.tokenizer), tiny_recon, moves, 8, guard=guard, guard_tolerance=tolerance
+    )
+    for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
+        np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
