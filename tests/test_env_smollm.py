@@ -136,5 +136,8 @@ def test_masking_predictable_tokens_costs_fewer_bits(smollm: Reconstructor, text
     assert returns[0] > returns[1]
     records = vec.pop_completed_episodes()
     reference = smollm.token_bits([r.ids.tolist() for r in records], [r.mask.tolist() for r in records])
+    # the env scores window by window, token_bits whole documents: float32 log-softmax noise of about
+    # 3e-5 bits per token (2e-4-3e-4 bits per 8 masked tokens on an AVX2 CPU), whatever the sum is
     for record, ref in zip(records, reference):
-        assert record.bits == pytest.approx(float(ref[record.mask].sum()), rel=1e-4)
+        expected = float(ref[record.mask].sum())
+        assert record.bits == pytest.approx(expected, rel=1e-4, abs=1e-4 * int(record.mask.sum()))

@@ -169,12 +169,22 @@ def test_dense_credit_is_one_judge_pass_per_step(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(judge, "gather_log_probs", counting)
+    # a document's references (keep all, keep none) get one pass of their own, the first time it is seen
+    first_seen: list[int] = []
+    fill = JudgeBonus._fill_references
+
+    def counting_fill(self: JudgeBonus, documents: list[int]) -> None:
+        first_seen.extend(documents)
+        fill(self, documents)
+
+    monkeypatch.setattr(JudgeBonus, "_fill_references", counting_fill)
     rng = np.random.default_rng(0)
     for _ in range(12):
-        before = len(calls)
+        before, seen_before = len(calls), len(first_seen)
         actions = rng.integers(0, 2, size=(4, 4))
         vec.step(actions)
-        assert len(calls) - before <= 1
+        assert len(calls) - before <= 1 + int(len(first_seen) > seen_before)
+    assert sorted(first_seen) == sorted(set(first_seen))  # each document's references once
     assert calls and max(calls) > 2  # several rows' R and F parts share each pass
 
 

@@ -133,6 +133,36 @@ class JudgeBonus:
             np.where(np.isnan(ref[:, 2]), np.nan, document_recoverability(ref[:, 2], ref[:, 3], ref[:, 3])),
         )
 
+    def _fill_references(self, documents: Sequence[int]) -> None:
+        """Cache ``R(empty)``, ``R(doc)`` and, with a continuation, ``F(empty)``, ``F(doc)`` of new documents.
+
+        Their own judge pass, never batched with the variants: a row's NLLs depend (in the last
+        float32 digits) on what it is padded with, so a step's rewards must not depend on whether
+        its documents were seen before (gymnasium's step-determinism check).
+        """
+        if not documents:
+            return
+        r_prefixes: list[list[int]] = []
+        r_targets: list[list[int]] = []
+        f_prefixes: list[list[int]] = []
+        f_targets: list[list[int]] = []
+        with_continuation = []
+        for doc in documents:
+            target, cont = self._targets[doc]
+            r_prefixes += [[], target]
+            r_targets += [target, target]
+            if cont:
+                f_prefixes += [[], target]
+                f_targets += [cont, cont]
+                with_continuation.append(doc)
+        r_nll, f_nll = recovery_and_continuation_nlls(
+            self.judge, r_prefixes, r_targets, f_prefixes, f_targets, self._sep
+        )
+        for j, doc in enumerate(documents):
+            self._reference[doc] = (float(r_nll[2 * j]), float(r_nll[2 * j + 1]), math.nan, math.nan)
+        for j, doc in enumerate(with_continuation):
+            self._reference[doc] = (*self._reference[doc][:2], float(f_nll[2 * j]), float(f_nll[2 * j + 1]))
+
     # ------------------------------------------------------------------ the judge pass
     def measure(
         self,
@@ -145,7 +175,7 @@ class JudgeBonus:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(rec, ret)`` per row from its kept tokens, in ONE batched judge pass.
 
-        The pass also computes the references of documents seen for the first time, so
+        Documents seen for the first time get their references first, in a pass of their own, so
         :meth:`keep_all` of every given document works afterwards.
 
         :param documents: corpus index of each row's document (the cache key).
@@ -182,20 +212,11 @@ class JudgeBonus:
                     f"Retention needs the document's continuation; document {key} has none. "
                     "Fix: set continuation_tokens > 0 (or retention_weight=0)."
                 )
-        missing = sorted({int(d) for d in documents} - set(self._reference))
+        self._fill_references(sorted({int(d) for d in documents} - set(self._reference)))
         r_prefixes: list[list[int]] = []
         r_targets: list[list[int]] = []
         f_prefixes: list[list[int]] = []
         f_targets: list[list[int]] = []
-        with_continuation = []
-        for doc in missing:  # R(empty), R(doc) and, with a continuation, F(empty), F(doc)
-            target, cont = self._targets[doc]
-            r_prefixes += [[], target]
-            r_targets += [target, target]
-            if cont:
-                f_prefixes += [[], target]
-                f_targets += [cont, cont]
-                with_continuation.append(doc)
         for row in np.nonzero(recover_rows | retain_rows)[0].tolist():
             target, cont = self._targets[int(documents[row])]
             kept = self._judge_ids(np.asarray(ids[row])[~np.asarray(masks[row], dtype=bool)])
@@ -208,18 +229,14 @@ class JudgeBonus:
         r_nll, f_nll = recovery_and_continuation_nlls(
             self.judge, r_prefixes, r_targets, f_prefixes, f_targets, self._sep
         )
-        for j, doc in enumerate(missing):
-            self._reference[doc] = (float(r_nll[2 * j]), float(r_nll[2 * j + 1]), math.nan, math.nan)
-        for j, doc in enumerate(with_continuation):
-            self._reference[doc] = (*self._reference[doc][:2], float(f_nll[2 * j]), float(f_nll[2 * j + 1]))
         ref = np.array([self._reference[int(d)] for d in documents], dtype=np.float64).reshape(-1, 4)
         rec = np.full(rows, np.nan)
         ret = np.full(rows, np.nan)
         rec[recover_rows] = document_recoverability(
-            ref[recover_rows, 0], r_nll[2 * len(missing) :], ref[recover_rows, 1]
+            ref[recover_rows, 0], r_nll, ref[recover_rows, 1]
         )
         ret[retain_rows] = document_recoverability(
-            ref[retain_rows, 2], f_nll[2 * len(with_continuation) :], ref[retain_rows, 3]
+            ref[retain_rows, 2], f_nll, ref[retain_rows, 3]
         )
         return rec, ret
 
