@@ -232,12 +232,8 @@ class JudgeBonus:
         ref = np.array([self._reference[int(d)] for d in documents], dtype=np.float64).reshape(-1, 4)
         rec = np.full(rows, np.nan)
         ret = np.full(rows, np.nan)
-        rec[recover_rows] = document_recoverability(
-            ref[recover_rows, 0], r_nll, ref[recover_rows, 1]
-        )
-        ret[retain_rows] = document_recoverability(
-            ref[retain_rows, 2], f_nll, ref[retain_rows, 3]
-        )
+        rec[recover_rows] = document_recoverability(ref[recover_rows, 0], r_nll, ref[recover_rows, 1])
+        ret[retain_rows] = document_recoverability(ref[retain_rows, 2], f_nll, ref[retain_rows, 3])
         return rec, ret
 
     def gains(
