@@ -168,6 +168,29 @@ def test_merged_positions_lie_inside_their_clusters() -> None:
     assert norm_w[0, 7] == 0
 
 
+def test_merge_units_is_the_weighted_mean_of_each_cluster() -> None:
+    """Random runs over rows of different member counts: each cluster's weighted mean, as a plain loop
+    computes it (the fixed-order sum that keeps a GPU pre-fill deterministic)."""
+    generator = torch.Generator().manual_seed(2)
+    starts = torch.rand(3, 30, generator=generator) < 0.4
+    member = torch.arange(30)[None] < torch.tensor([[30], [17], [1]])
+    cid, count = cluster_index(starts, member)
+    values = torch.randn(3, 30, 5, generator=generator, dtype=torch.float64)
+    weights = torch.rand(3, 30, generator=generator, dtype=torch.float64) + 0.1
+    m = int(count.max())
+    merged, norm_w = merge_units(values, weights, cid, m)
+    for row in range(3):
+        for cluster in range(m):
+            inside = cid[row] == cluster
+            if inside.any():
+                w = weights[row, inside] / weights[row, inside].sum()
+                torch.testing.assert_close(merged[row, cluster], (w[:, None] * values[row, inside]).sum(0))
+                torch.testing.assert_close(norm_w[row, inside], w)
+            else:
+                assert merged[row, cluster].eq(0).all()
+    assert norm_w[~member].eq(0).all()
+
+
 def test_cap_and_budget_respect_the_cluster_size() -> None:
     capped = cap_runs(torch.tensor([[True] + [False] * 9]), 4)
     assert capped.nonzero()[:, 1].tolist() == [0, 4, 8]

@@ -20,11 +20,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from tokenmask.reconstructors.attention import causal_logsumexp
+
 LLAMA_FAMILY: tuple[str, ...] = ("llama", "mistral", "qwen2")
 GPT2_FAMILY: tuple[str, ...] = ("gpt2",)
 # attention implementations that apply the causal mask themselves when given none (SDPA's is_causal)
 IMPLICIT_CAUSAL: tuple[str, ...] = ("sdpa", "flash_attention_2", "flash_attention_3")
 QUERY_CHUNK_ELEMENTS = 1 << 23  # query chunk of the importance scores: about 32 MiB of float32 per tensor
+MAX_TIED_KEYS = 64  # the fused importance path adds up to this many later keys of the same time per query
 
 
 class UnsupportedModelError(ValueError):
@@ -122,6 +125,12 @@ class Backbone(ABC):
         """
         q, keys, scale = self.queries_keys(index, hidden, positions)
         b, heads, s, _ = q.shape
+        ties = causal_ties(avail, valid)
+        if ties is not None:
+            lse = causal_logsumexp(q, keys, scale)
+            if lse is not None:
+                lse = with_tied_keys(q, keys, scale, lse, avail, valid, ties)
+                return band_attention(q, keys, scale, lse, valid, band)
         lags = torch.arange(min(band, s), device=hidden.device)
         by_query = torch.zeros(b, s, len(lags), dtype=torch.float32, device=hidden.device)
         blocked = torch.finfo(torch.float32).min
@@ -314,3 +323,71 @@ def backbone_for(model: PreTrainedModel) -> Backbone:
         f"Activation compression supports the Llama family {LLAMA_FAMILY} and GPT-2, not model_type {model_type!r}. "
         "Fix: use one of those models (the embedded default SmolLM2 is a Llama)."
     )
+
+
+def causal_ties(avail: torch.Tensor, valid: torch.Tensor, limit: int = MAX_TIED_KEYS) -> int | None:
+    """How far past itself a query reads under ``avail[k] <= avail[q]``, when that is causal attention plus ties.
+
+    Each row's valid tokens must form a prefix with non-decreasing ``avail``: a query then reads
+    every key at and before it, plus the later keys of the same ``avail`` (clusters of one level
+    that close at the same time, as the last ones of a pre-fill do). Returns the largest number of
+    such later keys, ``0`` for plain causal attention, or ``None`` (another layout, or more than
+    ``limit`` tied keys): the caller then scores every pair.
+    """
+    s = avail.shape[1]
+    if s < 2:
+        return 0
+    if not bool((valid[:, 1:] <= valid[:, :-1]).all()):
+        return None
+    if not bool(((avail[:, 1:] >= avail[:, :-1]) | ~valid[:, 1:]).all()):
+        return None
+    for ahead in range(1, min(limit, s - 1) + 2):
+        if ahead >= s or not bool(((avail[:, ahead:] == avail[:, :-ahead]) & valid[:, ahead:]).any()):
+            return ahead - 1
+    return None
+
+
+def with_tied_keys(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scale: float,
+    lse: torch.Tensor,
+    avail: torch.Tensor,
+    valid: torch.Tensor,
+    ties: int,
+) -> torch.Tensor:
+    """The causal ``lse`` ``(B, H, S)`` with each query's later keys of the same ``avail`` added (see :func:`causal_ties`)."""
+    s = query.shape[2]
+    qf, kf = query.float(), key.float()
+    for ahead in range(1, ties + 1):
+        score = (qf[:, :, : s - ahead] * kf[:, :, ahead:]).sum(-1) * scale  # query j on key j + ahead
+        reads = (avail[:, ahead:] == avail[:, : s - ahead]) & valid[:, ahead:] & valid[:, : s - ahead]
+        head = lse[:, :, : s - ahead]
+        lse = torch.cat(
+            [torch.where(reads[:, None], torch.logaddexp(head, score), head), lse[:, :, s - ahead :]], 2
+        )
+    return lse
+
+
+def band_attention(
+    query: torch.Tensor, key: torch.Tensor, scale: float, lse: torch.Tensor, valid: torch.Tensor, band: int
+) -> torch.Tensor:
+    """:meth:`Backbone.local_attention` of a causal row (:func:`causal_ties`) from its softmax normaliser: ``(B, band, S)`` float32.
+
+    Only the ``band`` scores of each query that are read are computed (``O(S x band)``, not
+    ``O(S^2)``). A padding query attends to itself alone, as in the chunked path.
+
+    :param lse: ``(B, H, S)`` float32, from :func:`~tokenmask.reconstructors.attention.causal_logsumexp`.
+    """
+    b, heads, s, _ = query.shape
+    out = torch.zeros(b, band, s, dtype=torch.float32, device=query.device)
+    qf, kf = query.float(), key.float()
+    for d in range(min(band, s)):
+        score = (qf[:, :, d:] * kf[:, :, : s - d]).sum(-1) * scale  # query j + d on key j
+        probs = torch.exp(score - lse[:, :, d:]).sum(1) / heads
+        read = valid[:, d:] & valid[:, : s - d]
+        if d == 0:
+            out[:, 0] = torch.where(valid, probs, torch.ones_like(probs))
+        else:
+            out[:, d, : s - d] = torch.where(read, probs, torch.zeros_like(probs))
+    return out

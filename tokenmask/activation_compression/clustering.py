@@ -262,7 +262,11 @@ def received_attention(
 def merge_units(
     values: torch.Tensor, weights: torch.Tensor, cid: torch.Tensor, clusters: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted means of the units of each cluster.
+    """Weighted means of the units of each cluster, summed in a fixed order (deterministic on a GPU too).
+
+    A float ``scatter_add`` on CUDA adds in whatever order its atomics land, so two pre-fills of
+    the same text could merge to different states and, a level later, different clusters. Here
+    each cluster's members are added one offset from its first member at a time instead.
 
     :param values: ``(B, U, d)`` (or ``(B, U)``) unit values.
     :param weights: ``(B, U)`` positive weights (ignored for non-members).
@@ -273,14 +277,29 @@ def merge_units(
     b, u = cid.shape
     member = cid >= 0
     slot = torch.where(member, cid, torch.full_like(cid, clusters))
+    index = torch.arange(u, device=cid.device).expand(b, u)
+    first = torch.full((b, clusters + 1), u, dtype=torch.long, device=cid.device)
+    first = first.scatter_reduce(1, slot, index, reduce="amin")[:, :clusters]  # (B, M) first member
+    offset = index - torch.gather(first, 1, cid.clamp(min=0)).clamp(max=u - 1)
+    span = int(torch.where(member, offset, torch.zeros_like(offset)).max()) + 1 if u else 0
     w = torch.where(member, weights, torch.zeros_like(weights))
-    denom = torch.zeros(b, clusters + 1, dtype=w.dtype, device=w.device).scatter_add(1, slot, w)
-    norm_w = w / torch.gather(denom, 1, slot).clamp(min=torch.finfo(w.dtype).tiny)
     squeeze = values.dim() == 2
     vals = values[..., None] if squeeze else values
+    cluster_id = torch.arange(clusters, device=cid.device).expand(b, clusters)
+    reads = []  # per offset k: which unit holds cluster c's k-th member, and whether there is one
+    for k in range(span):
+        unit = (first + k).clamp(max=max(u - 1, 0))
+        reads.append((unit, (first + k < u) & (torch.gather(slot, 1, unit) == cluster_id)))
+    denom = torch.zeros(b, clusters, dtype=w.dtype, device=w.device)
+    for unit, inside in reads:
+        denom += torch.where(inside, torch.gather(w, 1, unit), torch.zeros_like(denom))
+    denom = torch.cat([denom, torch.ones_like(denom[:, :1])], 1)
+    norm_w = w / torch.gather(denom, 1, slot).clamp(min=torch.finfo(w.dtype).tiny)
     weighted = vals * norm_w.to(vals.dtype)[..., None]
-    out = torch.zeros(b, clusters + 1, vals.shape[-1], dtype=vals.dtype, device=vals.device)
-    out = out.scatter_add(1, slot[..., None].expand(-1, -1, vals.shape[-1]), weighted)[:, :clusters]
+    out = torch.zeros(b, clusters, vals.shape[-1], dtype=vals.dtype, device=vals.device)
+    for unit, inside in reads:
+        part = torch.gather(weighted, 1, unit[..., None].expand(-1, -1, vals.shape[-1]))
+        out += torch.where(inside[..., None], part, torch.zeros_like(part))
     return (out[..., 0] if squeeze else out), norm_w
 
 

@@ -84,3 +84,35 @@ def attention_implementation(model: PreTrainedModel, name: str) -> Iterator[bool
         yield model.config._attn_implementation == name
     finally:
         model.set_attn_implementation(previous)
+
+
+def causal_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """``logsumexp`` over the keys ``0..q`` of every query's scaled scores, ``(B, H, S)`` float32, from a fused kernel.
+
+    The causal softmax's normaliser without an ``(S, S)`` score map: flash attention (CUDA, half
+    precision), memory-efficient attention (CUDA, float32) or the CPU flash kernel return it beside
+    their output. These are PyTorch's internal operators; ``None`` where none applies (another
+    device, an unsupported head size or dtype, a PyTorch without them), and the caller computes it
+    itself.
+
+    :param query: ``(B, H, S, hd)``.
+    :param key: ``(B, H, S, hd)`` (one key head per query head).
+    """
+    b, h, s, _ = query.shape
+    ops = torch.ops.aten
+    try:
+        if query.device.type == "cpu":
+            lse = ops._scaled_dot_product_flash_attention_for_cpu(query, key, key, 0.0, True, scale=scale)[1]
+        elif query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16):
+            lse = ops._scaled_dot_product_flash_attention(query, key, key, 0.0, True, False, scale=scale)[1]
+        elif query.device.type == "cuda":
+            lse = ops._scaled_dot_product_efficient_attention(
+                query, key, key, None, True, 0.0, True, scale=scale
+            )[1]
+        else:
+            return None
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return None
+    if lse.dim() != 3 or tuple(lse.shape[:2]) != (b, h) or lse.shape[2] < s:
+        return None
+    return lse[..., :s].float()
