@@ -129,8 +129,9 @@ class Backbone(ABC):
         if ties is not None:
             lse = causal_logsumexp(q, keys, scale)
             if lse is not None:
-                lse = with_tied_keys(q, keys, scale, lse, avail, valid, ties)
-                return band_attention(q, keys, scale, lse, valid, band)
+                qf, kf = q.float(), keys.float()
+                lse = with_tied_keys(qf, kf, scale, lse, avail, valid, ties)
+                return band_attention(qf, kf, scale, lse, valid, band)
         lags = torch.arange(min(band, s), device=hidden.device)
         by_query = torch.zeros(b, s, len(lags), dtype=torch.float32, device=hidden.device)
         blocked = torch.finfo(torch.float32).min
@@ -335,16 +336,30 @@ def causal_ties(avail: torch.Tensor, valid: torch.Tensor, limit: int = MAX_TIED_
     ``limit`` tied keys): the caller then scores every pair.
     """
     s = avail.shape[1]
-    if s < 2:
-        return 0
     if not bool((valid[:, 1:] <= valid[:, :-1]).all()):
         return None
     if not bool(((avail[:, 1:] >= avail[:, :-1]) | ~valid[:, 1:]).all()):
         return None
-    for ahead in range(1, min(limit, s - 1) + 2):
-        if ahead >= s or not bool(((avail[:, ahead:] == avail[:, :-ahead]) & valid[:, ahead:]).any()):
-            return ahead - 1
-    return None
+    ties = 0
+    while ties + 1 < s and bool(
+        ((avail[:, ties + 1 :] == avail[:, : s - ties - 1]) & valid[:, ties + 1 :]).any()
+    ):
+        ties += 1
+        if ties > limit:
+            return None
+    return ties
+
+
+def _shifted_scores(query: torch.Tensor, key: torch.Tensor, scale: float, shift: int) -> torch.Tensor:
+    """``(B, H, S - |shift|)`` scaled scores of query ``q`` on key ``q + shift``, element ``i`` for the pair's smaller index.
+
+    ``shift > 0``: a later key, element ``i`` is query ``i``; ``shift < 0``: an earlier key, element
+    ``i`` is key ``i`` (query ``i - shift``).
+    """
+    s = query.shape[2]
+    if shift >= 0:
+        return (query[:, :, : s - shift] * key[:, :, shift:]).sum(-1) * scale
+    return (query[:, :, -shift:] * key[:, :, : s + shift]).sum(-1) * scale
 
 
 def with_tied_keys(
@@ -356,11 +371,13 @@ def with_tied_keys(
     valid: torch.Tensor,
     ties: int,
 ) -> torch.Tensor:
-    """The causal ``lse`` ``(B, H, S)`` with each query's later keys of the same ``avail`` added (see :func:`causal_ties`)."""
+    """The causal ``lse`` ``(B, H, S)`` with each query's later keys of the same ``avail`` added (see :func:`causal_ties`).
+
+    :param query: ``(B, H, S, hd)`` float32; ``key`` likewise.
+    """
     s = query.shape[2]
-    qf, kf = query.float(), key.float()
     for ahead in range(1, ties + 1):
-        score = (qf[:, :, : s - ahead] * kf[:, :, ahead:]).sum(-1) * scale  # query j on key j + ahead
+        score = _shifted_scores(query, key, scale, ahead)
         reads = (avail[:, ahead:] == avail[:, : s - ahead]) & valid[:, ahead:] & valid[:, : s - ahead]
         head = lse[:, :, : s - ahead]
         lse = torch.cat(
@@ -377,17 +394,16 @@ def band_attention(
     Only the ``band`` scores of each query that are read are computed (``O(S x band)``, not
     ``O(S^2)``). A padding query attends to itself alone, as in the chunked path.
 
+    :param query: ``(B, H, S, hd)`` float32; ``key`` likewise.
     :param lse: ``(B, H, S)`` float32, from :func:`~tokenmask.reconstructors.attention.causal_logsumexp`.
     """
     b, heads, s, _ = query.shape
     out = torch.zeros(b, band, s, dtype=torch.float32, device=query.device)
-    qf, kf = query.float(), key.float()
     for d in range(min(band, s)):
-        score = (qf[:, :, d:] * kf[:, :, : s - d]).sum(-1) * scale  # query j + d on key j
-        probs = torch.exp(score - lse[:, :, d:]).sum(1) / heads
-        read = valid[:, d:] & valid[:, : s - d]
+        probs = torch.exp(_shifted_scores(query, key, scale, -d) - lse[:, :, d:]).sum(1) / heads
         if d == 0:
             out[:, 0] = torch.where(valid, probs, torch.ones_like(probs))
         else:
+            read = valid[:, d:] & valid[:, : s - d]
             out[:, d, : s - d] = torch.where(read, probs, torch.zeros_like(probs))
     return out
