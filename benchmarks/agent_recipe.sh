@@ -8,6 +8,7 @@
 #   bash benchmarks/agent_recipe.sh collect    # small artefacts to $OUT: labels, policy-only agents, results
 #   bash benchmarks/agent_recipe.sh refine     # a policy cloned on refine:truncation's masks, judged alone and under refine
 #   bash benchmarks/agent_recipe.sh guard      # refine_guard: settings from train+validation candidates, judged on test
+#   bash benchmarks/agent_recipe.sh lookahead  # refine_lookahead: the same with the judge's own continuation (~8 min a split)
 # Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
 # pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
 #   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
@@ -74,6 +75,22 @@ if [[ $step == guard ]]; then
   [[ -f runs/eval_guard_test/results.json ]] || $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 \
     --rates 0.3,0.5,0.7 --device "${DEVICE:-cuda}" --no_progress --output_dir runs/eval_guard_test --overwrite \
     --methods refine_guard:truncation,truncation,refine:truncation,truncation_first,span_self_information,self_information,frequency,length,random
+fi
+
+if [[ $step == lookahead ]]; then
+  # refine_lookahead's settings: every candidate's judged R, F, stand-ins and lookahead NLL (the judge's expected F
+  # along its own greedy continuation) on 300 train and all validation documents; the pick of
+  # candidate_analysis.py lookahead (its defaults are refine.LOOKAHEAD_*); then the test split beside the text baselines
+  [[ -f data_out/pydocs/stats.json ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
+  for split in validation:68 train:300; do
+    [[ -f runs/cand3_${split%%:*}.json ]] || python3 benchmarks/run_candidates.py --split ${split%%:*} \
+      --max_documents ${split##*:} --device "${DEVICE:-cuda}" --moves 8,16,24,32,48 --guards 8,16,32 --pseudo 3 \
+      --soft 64 --json runs/cand3_${split%%:*}.json
+  done
+  python3 benchmarks/candidate_analysis.py lookahead --files runs/cand3_train.json,runs/cand3_validation.json --top 8
+  [[ -f runs/eval_lookahead_test/results.json ]] || $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 \
+    --rates 0.3,0.5,0.7 --device "${DEVICE:-cuda}" --no_progress --output_dir runs/eval_lookahead_test --overwrite \
+    --methods refine_lookahead:truncation,refine_guard:truncation,truncation,truncation_first,span_self_information,self_information,frequency,length,random,agent:default
 fi
 
 AGENTS=agent:runs/lm_untrained,agent:runs/lm_bc,agent:runs/lm_ppo,agent:runs/lm_bc_ppo,agent:runs/lm_bc_ppo_terminal,agent:runs/pos_bc,agent:runs/pos_bc_ppo

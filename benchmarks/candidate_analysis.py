@@ -9,6 +9,15 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
 - ``guard``: every (moves, guard k, tolerance) of ``refine_guard`` on the pooled files; the setting
   whose worst rate is furthest above the bar (recoverability +0.02, retention >= -0.01), and the
   probability that a draw of ``--draw`` documents passes at each rate (bootstrap, without replacement).
+- ``lookahead``: every (protected tail, stand-in guard, lookahead tolerance) of ``refine_lookahead``
+  on the pooled files (they need ``run_candidates.py --soft 64``), ranked by the probability that a
+  random draw of ``--draw`` documents meets the bar at all three rates at once; then the ablation
+  of the chosen setting (each part alone).
+- ``chooser``: a learned choice among the judged candidates. A linear or small MLP score per
+  candidate reads the judge's context-only deltas (``R``, the stand-ins ``g*``, the judge's own
+  continuations ``p*`` and ``s``) and the move's shape; it is trained on ``--train`` by exact
+  expected-reward policy gradient (softmax over each document's candidates, reward
+  ``d rec + lambda d ret`` from the real continuation) and scored on ``--validation``.
 - ``pointer``: a learned run pointer without the judge. A small MLP reads per-candidate features
   (the LM's per-token surprisal/entropy of the run and of the dropped tokens, positions, token-id
   overlaps) and predicts ``dR`` and ``dF``. It is fitted on ``--train`` and scored on
@@ -52,7 +61,7 @@ def load(path: str) -> list[dict[str, Any]]:
         for c in x["rates"].values():
             keeps = [np.frombuffer(k.encode(), dtype=np.uint8) == ord("1") for k in c["keep"]]
             c["masks"] = keeps
-            for key in [k for k in c if k == "r" or k == "f" or k.startswith("g")]:
+            for key in [k for k in c if k in ("r", "f", "s") or k.startswith(("g", "p"))]:
                 c[key] = np.asarray(c[key], dtype=np.float64)
     return docs
 
@@ -164,6 +173,165 @@ def guard(docs: list[dict[str, Any]], draw: int, seed: int, top: int) -> None:
         ]
         text = " | ".join(f"{r:+.3f} / {f:+.3f}, {p:.2f}" for (r, f), p in zip(cells, probs))
         print(f"| {','.join(map(str, moves))} | {f'{k}@{t:g}' if k else '-'} | {margin:+.4f} | {text} |")
+
+
+def lookahead_choice(
+    docs: list[dict[str, Any]],
+    rate: str,
+    protect: int,
+    guard: tuple[int, float] | None,
+    tolerance: float | None,
+    tokens: int = 64,
+) -> list[int]:
+    """``refine_lookahead``'s choice per document: lowest R among :data:`GUARD_MOVES` candidates that keep
+    the base's last ``protect`` kept tokens, within the stand-in guard and the lookahead tolerance."""
+    from tokenmask.evaluate.refine import GUARD_MOVES
+
+    out = []
+    for x in docs:
+        c = x["rates"][rate]
+        ok = allowed_moves(c, GUARD_MOVES).copy()
+        if protect:
+            last = np.flatnonzero(c["masks"][0])[-protect:]
+            ok &= np.array([m[last].all() for m in c["masks"]])
+        if guard:
+            g = c[f"g{guard[0]}"]
+            ok &= g <= g[0] + guard[0] * guard[1]
+        if tolerance is not None:
+            ok &= c["s"] <= c["s"][0] + tokens * tolerance
+        out.append(int(np.argmin(np.where(ok, c["r"], np.inf))))
+    return out
+
+
+def joint_pass_probability(
+    docs: list[dict[str, Any]], choices: dict[str, list[int]], draws: list[np.ndarray]
+) -> float:
+    """Share of the document draws on which the choices meet the bar at every rate at once."""
+    d_r = np.array([x["r_empty"] - x["r_full"] for x in docs])
+    d_f = np.array([x["f_empty"] - x["f_full"] for x in docs])
+    ok = np.ones(len(draws), dtype=bool)
+    for rate, choice in choices.items():
+        c = [x["rates"][rate] for x in docs]
+        gain_r = np.array([v["r"][0] - v["r"][k] for v, k in zip(c, choice)])
+        gain_f = np.array([v["f"][0] - v["f"][k] for v, k in zip(c, choice)])
+        ok &= np.array(
+            [
+                gain_r[i].sum() / d_r[i].sum() >= GAIN and gain_f[i].sum() / d_f[i].sum() >= -SLACK
+                for i in draws
+            ]
+        )
+    return float(ok.mean())
+
+
+def lookahead(docs: list[dict[str, Any]], draw: int, seed: int, top: int) -> None:
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(2000)]
+    guards: list[tuple[int, float] | None] = [None, (32, 0.5), (32, 0.2), (16, 0.2), (16, 0.1)]
+    rows = []
+    for protect, g, tol in itertools.product((0, 16, 24, 32, 40, 48), guards, (None, 0.0, 0.02, 0.05, 0.1)):
+        choices = {rate: lookahead_choice(docs, rate, protect, g, tol) for rate in RATES}
+        rows.append((joint_pass_probability(docs, choices, draws), protect, g, tol, choices))
+    rows.sort(key=lambda row: -row[0])
+
+    def line(p: float, protect: int, g: Any, tol: Any, choices: dict[str, list[int]]) -> str:
+        cells = " | ".join("{:+.3f} / {:+.3f}".format(*metric(docs, r, choices[r])) for r in RATES)
+        guard_text = f"{g[0]}@{g[1]:g}" if g else "-"
+        return (
+            f"| {protect or '-'} | {guard_text} | {'-' if tol is None else f'{tol:g}'} | {p:.3f} | {cells} |"
+        )
+
+    print(
+        f"{len(docs)} documents; P(all) = share of {len(draws)} draws of {draw} documents meeting the bar at all rates\n"
+    )
+    header = (
+        "| protect | guard | lookahead tol | P(all) | "
+        + " | ".join(f"{r}: d rec / d ret" for r in RATES)
+        + " |"
+    )
+    print(header + "\n| --- | --- | --- | --- |" + " --- |" * len(RATES))
+    for row in rows[:top]:
+        print(line(*row))
+    print("\nAblation of the chosen setting (first row above), and refine_guard's default:\n")
+    print(header + "\n| --- | --- | --- | --- |" + " --- |" * len(RATES))
+    _, protect, g, tol, _ = rows[0]
+    for setting in [
+        (0, (32, 0.5), None),
+        (0, None, None),
+        (protect, None, None),
+        (0, g, tol),
+        (protect, g, tol),
+    ]:
+        choices = {rate: lookahead_choice(docs, rate, *setting) for rate in RATES}
+        print(line(joint_pass_probability(docs, choices, draws), *setting, choices))
+
+
+def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:
+    """Per (document, rate): the candidates' indices, features and normalised judged gains (d rec, d ret)."""
+    import torch
+
+    from tokenmask.evaluate.refine import GUARD_MOVES
+
+    docs = load(path)
+    d_r = np.mean([x["r_empty"] - x["r_full"] for x in docs])
+    d_f = np.mean([x["f_empty"] - x["f_full"] for x in docs])
+    out = []
+    for rate in RATES:
+        for x in docs:
+            c = x["rates"][rate]
+            idx = np.flatnonzero(allowed_moves(c, GUARD_MOVES))
+            masks = np.stack([c["masks"][i] for i in idx])
+            added = masks & ~masks[0]
+            cols = [
+                (c[k][0] - c[k][idx]) / 10 for k in ("r", "s", "p0", "p1", "p2", "g8", "g16", "g32") if k in c
+            ]
+            cols.append(np.array([np.flatnonzero(a)[0] / len(a) if a.any() else 0.0 for a in added]))
+            cols += [added.sum(1) / 32, np.full(len(idx), float(rate))]
+            gains = ((c["r"][0] - c["r"][idx]) / d_r, (c["f"][0] - c["f"][idx]) / d_f)
+            out.append(
+                (rate, idx, torch.tensor(np.stack(cols, 1), dtype=torch.float32), *map(torch.tensor, gains))
+            )
+    return docs, out
+
+
+def chooser(train: str, validation: str, epochs: int, seed: int) -> None:
+    import torch
+
+    train_docs, train_groups = chooser_groups(train)
+    val_docs, val_groups = chooser_groups(validation)
+
+    def scores(net: Any, docs: list[dict[str, Any]], groups: list[Any]) -> str:
+        cells = []
+        with torch.no_grad():
+            for rate in RATES:
+                choice = [int(idx[int(net(x)[:, 0].argmax())]) for r, idx, x, _, _ in groups if r == rate]
+                cells.append("{:+.3f} / {:+.3f}".format(*metric(docs, rate, choice)))
+        return " | ".join(cells)
+
+    print(f"trained on {train}, scored on {validation} (d rec / d ret over the base at 0.3 | 0.5 | 0.7)\n")
+    print("| score | lambda | train | validation |\n| --- | --- | --- | --- |")
+    for hidden, lam in itertools.product((0, 16), (0.5, 1.0, 2.0)):
+        torch.manual_seed(seed)
+        width = train_groups[0][2].shape[1]
+        net = (
+            torch.nn.Linear(width, 1)
+            if hidden == 0
+            else torch.nn.Sequential(
+                torch.nn.Linear(width, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+            )
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = sum(
+                -(torch.softmax(net(x)[:, 0] * 10, 0) * (g_r + lam * g_f).float()).sum()
+                for _, _, x, g_r, g_f in train_groups
+            )
+            (loss / len(train_groups)).backward()  # type: ignore[union-attr]
+            opt.step()
+        kind = "linear" if hidden == 0 else f"MLP {hidden}"
+        print(
+            f"| {kind} | {lam:g} | {scores(net, train_docs, train_groups)} | {scores(net, val_docs, val_groups)} |"
+        )
 
 
 # ---------------------------------------------------------------------------------------- learned pointer
@@ -297,7 +465,7 @@ def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", choices=["oracle", "guard", "pointer"])
+    parser.add_argument("report", choices=["oracle", "guard", "lookahead", "chooser", "pointer"])
     parser.add_argument(
         "--files", default="runs/cand2_train.json,runs/cand2_validation.json", help="oracle/guard: pooled"
     )
@@ -311,9 +479,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report == "pointer":
         pointer(args.train, args.validation, args.epochs, args.seed)
         return 0
+    if args.report == "chooser":
+        chooser(args.train, args.validation, args.epochs, args.seed)
+        return 0
     docs = [x for path in args.files.split(",") for x in load(path)]
     if args.report == "oracle":
         oracle(docs)
+    elif args.report == "lookahead":
+        lookahead(docs, args.draw, args.seed, args.top)
     else:
         guard(docs, args.draw, args.seed, args.top)
     return 0

@@ -35,6 +35,19 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="stand-in lengths k (comma-separated): also score NLL(last k context tokens | BOS + kept tokens before them)",
     )
+    parser.add_argument(
+        "--pseudo",
+        type=int,
+        default=0,
+        help="judge continuations per context (sample 0 greedy): also score NLL(each | BOS + kept tokens), as p0, p1, ...",
+    )
+    parser.add_argument("--pseudo_tokens", type=int, default=32)
+    parser.add_argument(
+        "--soft",
+        type=int,
+        default=0,
+        help="tokens of the judge's greedy continuation: also score soft_continuation_nlls along it, as s",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -48,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     from tokenmask.evaluate.reports import device_description
     from tokenmask.io import atomic_write_json
     from tokenmask.reconstructors import Reconstructor
-    from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
+    from tokenmask.reconstructors.judge import (
+        judge_continuations,
+        recovery_and_continuation_nlls,
+        separator_ids,
+        soft_continuation_nlls,
+    )
 
     judge = Reconstructor.load("default", device=args.device, add_mask_token=False)
     docs = select_documents(
@@ -62,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     contexts = [list(d.context) for d in docs]
     continuations = [list(d.continuation) for d in docs]
+    pseudo = judge_continuations(judge, contexts, args.pseudo_tokens, args.pseudo) if args.pseudo else []
+    paths = [c[0] for c in judge_continuations(judge, contexts, args.soft)] if args.soft else []
     # the denominators: empty and full context
     reference_r, reference_f = recovery_and_continuation_nlls(
         judge,
@@ -76,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         {
             "context": contexts[i],
             "continuation": continuations[i],
+            "pseudo": pseudo[i] if pseudo else [],
+            "path": paths[i] if paths else [],
             "r_empty": float(reference_r[i]),
             "r_full": float(reference_r[n + i]),
             "f_empty": float(reference_f[i]),
@@ -98,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             for k in guards:
                 f_prefixes += [np.asarray(contexts[d])[:-k][m[:-k]].tolist() for d, m in zip(owners, masks)]
                 f_targets += [contexts[d][-k:] for d in owners]
+            for s in range(args.pseudo):
+                f_prefixes += list(prefixes)
+                f_targets += [pseudo[d][s] for d in owners]
             r, f_all = recovery_and_continuation_nlls(
                 judge, prefixes, [contexts[d] for d in owners], f_prefixes, f_targets, sep
             )
             count = len(owners)
+            soft = soft_continuation_nlls(judge, prefixes, owners, contexts, paths) if args.soft else None
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {
@@ -111,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 for g, k in enumerate(guards):
                     entry[f"g{k}"] = [float(f_all[(g + 1) * count + i]) for i in rows]
+                if soft is not None:
+                    entry["s"] = [float(soft[i]) for i in rows]
+                for s in range(args.pseudo):
+                    entry[f"p{s}"] = [float(f_all[(len(guards) + 1 + s) * count + i]) for i in rows]
                 out_docs[d]["rates"][str(rate)] = entry
         print(f"rate {rate}: {n} documents scored, {time.perf_counter() - began:.0f} s", flush=True)
     atomic_write_json(
@@ -122,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             "moves": list(moves),
             "stride": args.stride,
             "guards": guards,
+            "pseudo": args.pseudo,
+            "pseudo_tokens": args.pseudo_tokens,
+            "soft": args.soft,
             "machine": device_description(judge.device),
             "seconds": time.perf_counter() - began,
             "documents": out_docs,

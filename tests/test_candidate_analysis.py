@@ -1,4 +1,4 @@
-"""benchmarks/candidate_analysis.py reads a candidate file as refine_guard chooses (tiny model, no times)."""
+"""benchmarks/candidate_analysis.py reads a candidate file as refine_guard and refine_lookahead choose (tiny model, no times)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from tokenmask.evaluate.baselines import Truncation
-from tokenmask.evaluate.refine import RecoverabilitySearch, move_variants
-from tokenmask.reconstructors.judge import continuation_nlls, recovery_nlls, separator_ids
+from tokenmask.evaluate.refine import GUARD_MOVES, RecoverabilitySearch, move_variants
+from tokenmask.reconstructors.judge import (
+    continuation_nlls,
+    judge_continuations,
+    recovery_nlls,
+    separator_ids,
+    soft_continuation_nlls,
+)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "candidate_analysis.py"
 MOVES = (8, 16)
@@ -29,12 +35,15 @@ def analysis() -> ModuleType:
     return module
 
 
-def _candidate_file(judge, contexts: list[list[int]], rate: float, guard: int, path: Path) -> None:  # type: ignore[no-untyped-def]
-    """What run_candidates.py writes, for one rate (F left at 0: only R and the guard matter here)."""
+def _candidate_file(  # type: ignore[no-untyped-def]
+    judge, contexts: list[list[int]], rate: float, guard: int, path: Path, moves=MOVES, soft: int = 0
+) -> None:
+    """What run_candidates.py writes, for one rate (F left at 0: only R, the guard and ``s`` matter here)."""
     sep = separator_ids(judge)
     docs = []
-    for ids, base in zip(contexts, Truncation(judge.tokenizer).keep_masks(contexts, rate)):
-        masks = [np.asarray(base), *move_variants(np.asarray(base), MOVES, 8)]
+    paths = [p[0] for p in judge_continuations(judge, contexts, soft)] if soft else []
+    for d, (ids, base) in enumerate(zip(contexts, Truncation(judge.tokenizer).keep_masks(contexts, rate))):
+        masks = [np.asarray(base), *move_variants(np.asarray(base), moves, 8)]
         array = np.asarray(ids)
         r = recovery_nlls(judge, [array[m].tolist() for m in masks], [ids] * len(masks), sep)
         g = continuation_nlls(
@@ -46,6 +55,9 @@ def _candidate_file(judge, contexts: list[list[int]], rate: float, guard: int, p
             "f": [0.0] * len(masks),
             f"g{guard}": g.tolist(),
         }
+        if soft:
+            prefixes = [array[m].tolist() for m in masks]
+            entry["s"] = soft_continuation_nlls(judge, prefixes, [d] * len(masks), contexts, paths).tolist()
         docs.append(
             {
                 "context": ids,
@@ -76,3 +88,28 @@ def test_guarded_choice_is_refine_guards_choice(
     )
     for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
         np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
+
+
+def test_lookahead_choice_is_refine_lookaheads_choice(
+    analysis: ModuleType, tiny_recon, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The lookahead report's choice (protected tail, lookahead tolerance) is the method's, mask for mask."""
+    rng = np.random.default_rng(5)
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(3)]
+    rate, tokens, protect, tolerance = 0.5, 4, 12, 0.05
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, rate, 8, path, moves=GUARD_MOVES, soft=tokens)
+    docs = analysis.load(str(path))
+    choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens)
+    method = RecoverabilitySearch(
+        Truncation(tiny_recon.tokenizer),
+        tiny_recon,
+        GUARD_MOVES,
+        8,
+        protect=protect,
+        lookahead=tokens,
+        lookahead_tolerance=tolerance,
+    )
+    for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
+        np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
+    assert any(c > 0 for c in choice)  # a move was taken, not only the base mask

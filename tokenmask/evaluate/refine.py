@@ -13,6 +13,14 @@ recoverability. With the guard on, the context's last ``k`` tokens stand in for 
 each candidate's ``G = NLL(last k | BOS + kept tokens before them)`` is scored in the same judge
 pass, and only candidates with ``G <= G(base) + k * guard_tolerance`` (nats) compete on ``R``.
 
+*Lookahead guard* (``lookahead=T``, off by default): the judge continues the full context itself
+(``T`` greedy tokens, :func:`~tokenmask.reconstructors.judge.judge_continuations`) and each
+candidate's ``S`` = the cross-entropy of the judge's next-token distributions after the full context
+and after the candidate's kept tokens, summed along that path
+(:func:`~tokenmask.reconstructors.judge.soft_continuation_nlls`): ``F`` in expectation over the
+judge's own continuations. Only candidates with ``S <= S(base) + T * lookahead_tolerance`` compete.
+*Protected tail* (``protect=N``): no candidate drops any of the base mask's last ``N`` kept tokens.
+
 The search reads the context alone (never its continuation), so it is a compressor like any other;
 its judge passes are counted in its time. Its LM is the evaluation's judge by default, as for the
 self-information baselines: with another judge the gain can be smaller.
@@ -65,6 +73,22 @@ the setting whose worst rate of 0.3 / 0.5 / 0.7 is furthest above the bar of doc
 recoverability +0.02 over the base, retention at most 0.01 below it), see docs/results.md."""
 
 
+LOOKAHEAD_TOKENS = 64
+"""``refine_lookahead:BASE``'s lookahead: tokens of the judge's own greedy continuation (the metric's ``T``)."""
+
+LOOKAHEAD_TOLERANCE = 0.02
+"""``refine_lookahead:BASE``'s tolerance: nats per lookahead token a candidate may lose against the base mask."""
+
+LOOKAHEAD_PROTECT = 32
+"""``refine_lookahead:BASE``'s protected tail: the base mask's last kept tokens no move drops.
+
+:data:`LOOKAHEAD_TOKENS`, this and :data:`LOOKAHEAD_TOLERANCE` (with :data:`GUARD_MOVES` and no
+stand-in guard) were chosen on the train and validation splits pooled (368 documents,
+``benchmarks/run_candidates.py --soft 64``): the setting of ``candidate_analysis.py lookahead`` most
+likely to meet the bar of docs/evaluation.md at all three rates 0.3 / 0.5 / 0.7 on a random draw of
+30 documents, see docs/results.md."""
+
+
 def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[np.ndarray]:
     """Masks with the first ``m`` kept tokens dropped and ``m`` dropped tokens kept as one run, for each ``m``.
 
@@ -113,6 +137,9 @@ class RecoverabilitySearch(MaskingCompressor):
     :param stride: step between the offsets of a moved run.
     :param guard: context tokens standing in for the continuation (0: no retention guard).
     :param guard_tolerance: nats per guard token a candidate may lose against the base mask.
+    :param protect: the base mask's last kept tokens no candidate drops (0: none protected).
+    :param lookahead: tokens of the judge's own continuation for the lookahead guard (0: off).
+    :param lookahead_tolerance: nats per lookahead token a candidate may lose against the base mask.
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -126,6 +153,9 @@ class RecoverabilitySearch(MaskingCompressor):
         stride: int = DEFAULT_STRIDE,
         guard: int = DEFAULT_GUARD,
         guard_tolerance: float = DEFAULT_GUARD_TOLERANCE,
+        protect: int = 0,
+        lookahead: int = 0,
+        lookahead_tolerance: float = 0.0,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -141,6 +171,11 @@ class RecoverabilitySearch(MaskingCompressor):
             raise ValueError(
                 f"refine's guard needs guard >= 0 tokens and guard_tolerance >= 0, got {guard} and {guard_tolerance}."
             )
+        if protect < 0 or lookahead < 0 or lookahead_tolerance < 0:
+            raise ValueError(
+                f"refine needs protect >= 0 tokens, lookahead >= 0 tokens and lookahead_tolerance >= 0, "
+                f"got {protect}, {lookahead} and {lookahead_tolerance}."
+            )
         super().__init__(judge.tokenizer, name or f"refine:{base.name}")
         self.base = base
         self.judge = judge
@@ -148,6 +183,9 @@ class RecoverabilitySearch(MaskingCompressor):
         self.stride = int(stride)
         self.guard = int(guard)
         self.guard_tolerance = float(guard_tolerance)
+        self.protect = int(protect)
+        self.lookahead = int(lookahead)
+        self.lookahead_tolerance = float(lookahead_tolerance)
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -165,7 +203,11 @@ class RecoverabilitySearch(MaskingCompressor):
         candidates: list[np.ndarray] = []
         owners: list[int] = []
         for d, keep in enumerate(proposals):
+            kept = np.flatnonzero(keep)
+            protected = kept[max(0, len(kept) - self.protect) :]
             for mask in [keep, *move_variants(keep, self.moves, self.stride)]:
+                if self.protect and not mask[protected].all():
+                    continue
                 candidates.append(mask)
                 owners.append(d)
         ids = [np.asarray(c) for c in contexts]
@@ -187,16 +229,39 @@ class RecoverabilitySearch(MaskingCompressor):
         )
         guard_of = np.full(len(candidates), -np.inf)
         guard_of[np.asarray(guarded) > 0] = guard_nlls
-        allowed = np.zeros(len(proposals))
-        for i, d in enumerate(owners):
-            if i == 0 or owners[i - 1] != d:  # each document's base mask comes first and sets its bound
-                allowed[d] = guard_of[i] + guarded[i] * self.guard_tolerance
+        ok = _within(guard_of, owners, np.asarray(guarded, dtype=np.float64) * self.guard_tolerance)
+        if self.lookahead:
+            ok &= _within(
+                self._lookahead_nlls(ids, owners, prefixes), owners, self.lookahead * self.lookahead_tolerance
+            )
         best = [(np.inf, 0)] * len(proposals)
         for i, (d, nll) in enumerate(zip(owners, nlls)):
             # strict: ties keep the earlier candidate (the base mask first)
-            if nll < best[d][0] and guard_of[i] <= allowed[d]:
+            if nll < best[d][0] and ok[i]:
                 best[d] = (float(nll), i)
         return [candidates[i] for _, i in best]
+
+    def _lookahead_nlls(
+        self, ids: list[np.ndarray], owners: list[int], prefixes: list[list[int]]
+    ) -> np.ndarray:
+        """Each candidate's ``S``: the judge's expected ``F`` along its own greedy continuation of the full context."""
+        from tokenmask.reconstructors.judge import judge_continuations, soft_continuation_nlls
+
+        contexts = [x.tolist() for x in ids]
+        paths = [p[0] for p in judge_continuations(self.judge, contexts, self.lookahead)]
+        return soft_continuation_nlls(self.judge, prefixes, owners, contexts, paths)
+
+
+def _within(values: np.ndarray, owners: list[int], slack: np.ndarray | float) -> np.ndarray:
+    """Per candidate, ``value <= its document's base value + slack``; each document's base mask comes first."""
+    slack = np.broadcast_to(np.asarray(slack, dtype=np.float64), values.shape)
+    bound = np.zeros(len(values))
+    start = 0
+    for i, d in enumerate(owners):
+        if i == 0 or owners[i - 1] != d:
+            start = i
+        bound[i] = values[start] + slack[start]
+    return values <= bound
 
 
 def check_refine_argument(argument: str) -> None:
@@ -205,7 +270,7 @@ def check_refine_argument(argument: str) -> None:
         raise ValueError("refine needs a base method. Fix: e.g. refine:truncation or refine:agent:default.")
     from tokenmask.evaluate.compressor import split_method_name
 
-    if split_method_name(argument)[0] in ("refine", "refine_guard"):
+    if split_method_name(argument)[0] in ("refine", "refine_guard", "refine_lookahead"):
         raise ValueError(f"refine:{argument} refines a refined method. Fix: name the base method once.")
 
 
@@ -255,5 +320,20 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
     )
 
 
+def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
+    """``refine_lookahead:BASE``: ``refine`` over :data:`GUARD_MOVES` with the lookahead guard and a protected tail."""
+    check_refine_argument(argument)
+    return RecoverabilitySearch(
+        build_method(argument, context),
+        context.judge,
+        moves=GUARD_MOVES,
+        protect=LOOKAHEAD_PROTECT,
+        lookahead=LOOKAHEAD_TOKENS,
+        lookahead_tolerance=LOOKAHEAD_TOLERANCE,
+        name=f"refine_lookahead:{argument}",
+    )
+
+
 register_method("refine", _refine, overwrite=True)
+register_method("refine_lookahead", _refine_lookahead, overwrite=True)
 register_method("refine_guard", _refine_guard, overwrite=True)

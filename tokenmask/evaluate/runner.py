@@ -182,6 +182,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     "kvpress": _check_kvpress_argument,
     "refine": _check_refine_argument,
     "refine_guard": _check_refine_guard_argument,
+    "refine_lookahead": _check_refine_argument,
 }
 
 

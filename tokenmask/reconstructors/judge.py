@@ -9,11 +9,14 @@ log-softmax), summed over tokens, with ``sep`` = the judge tokens of ``"\\n\\n"`
 * ``F(p) = NLL(continuation | BOS + p)`` (:func:`continuation_nlls`);
 * both kinds in one batched pass (:func:`recovery_and_continuation_nlls`);
 * per document ``(R(empty) - R(p)) / (R(empty) - R(context))`` (:func:`document_recoverability`),
-  and the same ratio of ``F`` values for retention.
+  and the same ratio of ``F`` values for retention;
+* the judge's own continuations of a context (:func:`judge_continuations`): a stand-in for the
+  continuation that a compressor may read, since it is a function of the context alone.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,6 +114,113 @@ def recovery_and_continuation_nlls(
     heads = _recovery_heads(judge, recover_prefixes, sep) + _continuation_heads(judge, continue_prefixes)
     nlls = _summed_nlls(judge, heads, [*contexts, *continuations])
     return nlls[: len(contexts)], nlls[len(contexts) :]
+
+
+@torch.no_grad()
+def judge_continuations(
+    judge: Reconstructor, contexts: Sequence[TokenIds], tokens: int, samples: int = 1, seed: int = 0
+) -> list[list[list[int]]]:
+    """The judge's continuations of each context: ``tokens`` ids after ``BOS + context``, ``samples`` per context.
+
+    Sample 0 is greedy; samples 1.. are drawn at temperature 1 from a generator seeded with
+    ``seed`` (reproducible for the same contexts, batch size and device). Contexts of one length
+    are decoded together with a KV cache.
+
+    :return: per context, ``samples`` lists of ``tokens`` ids.
+    """
+    if tokens < 1 or samples < 1:
+        raise ValueError(
+            f"judge_continuations needs tokens >= 1 and samples >= 1, got {tokens} and {samples}."
+        )
+    out: list[list[list[int]]] = [[] for _ in contexts]
+    generator = torch.Generator(device=judge.device).manual_seed(seed)
+    # transformers renamed past_key_values to cache (5.2x); pass the name this version reads
+    cache_name = (
+        "cache" if "cache" in inspect.signature(judge.model.forward).parameters else "past_key_values"
+    )
+    by_length: dict[int, list[int]] = {}
+    for i, ctx in enumerate(contexts):
+        by_length.setdefault(len(ctx), []).append(i)
+    for length in sorted(by_length):
+        rows_all = by_length[length]
+        for start in range(0, len(rows_all), judge.batch_size):
+            rows = rows_all[start : start + judge.batch_size]
+            heads = torch.tensor([[judge.bos_token_id, *contexts[i]] for i in rows], device=judge.device)
+            for s in range(samples):
+                step, past, drawn = heads, None, []
+                for _ in range(tokens):
+                    result = judge.model(input_ids=step, use_cache=True, **{cache_name: past})
+                    past = getattr(result, "cache", None) or result.past_key_values
+                    logits = result.logits[:, -1].float()
+                    if s == 0:
+                        chosen = logits.argmax(-1)
+                    else:
+                        chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+                    drawn.append(chosen)
+                    step = chosen[:, None]
+                ids = torch.stack(drawn, 1).tolist()
+                for row, i in enumerate(rows):
+                    out[i].append([int(t) for t in ids[row]])
+    return out
+
+
+@torch.inference_mode()
+def soft_continuation_nlls(
+    judge: Reconstructor,
+    prefixes: Sequence[TokenIds],
+    owners: Sequence[int],
+    contexts: Sequence[TokenIds],
+    paths: Sequence[TokenIds],
+) -> np.ndarray:
+    """Per prefix, the judge's expected ``F`` on its own continuation: ``sum_t H(q_t, p_t)`` in nats.
+
+    Along ``path`` (the judge's greedy continuation of the owner's context, :func:`judge_continuations`),
+    ``q_t`` is the judge's next-token distribution after ``BOS + context + path[:t]`` and ``p_t`` the
+    one after ``BOS + prefix + path[:t]``; the sum of their cross-entropies is ``F(prefix)`` in
+    expectation over continuations drawn token by token from the judge itself, without sampling noise.
+    It reads the context alone, so a compressor may use it.
+
+    :param prefixes: the ids read first (kept tokens), one per item.
+    :param owners: per item, the index of its context in ``contexts`` and ``paths``.
+    :param contexts: the full contexts (teachers).
+    :param paths: per context, the continuation ids the distributions are read along.
+    :return: one value per item, nats.
+    """
+    if len(prefixes) != len(owners):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(owners)} owners; each prefix needs its owner.")
+
+    def log_probs(heads: list[list[int]], path_of: list[list[int]]) -> list[torch.Tensor]:
+        out = []
+        for start in range(0, len(heads), judge.batch_size):
+            rows = range(start, min(start + judge.batch_size, len(heads)))
+            inputs = [heads[i] + path_of[i][:-1] for i in rows]
+            ids, attention = judge.pad_batch(inputs)
+            hidden = judge.last_hidden_state(ids, attention)
+            for r, i in enumerate(rows):
+                first = len(heads[i]) - 1
+                out.append(
+                    torch.log_softmax(judge.head_logits(hidden[r, first : first + len(path_of[i])]), -1)
+                )
+        return out
+
+    used = sorted(set(owners))
+    teacher = dict(
+        zip(
+            used,
+            log_probs([[judge.bos_token_id, *contexts[d]] for d in used], [list(paths[d]) for d in used]),
+        )
+    )
+    values = np.zeros(len(prefixes))
+    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+    for start in range(0, len(order), judge.batch_size):
+        rows = order[start : start + judge.batch_size]
+        student = log_probs(
+            [[judge.bos_token_id, *prefixes[i]] for i in rows], [list(paths[owners[i]]) for i in rows]
+        )
+        for i, logp in zip(rows, student):
+            q = teacher[owners[i]]
+            values[i] = -float((q.exp() * logp.clamp_min(-1e4)).sum(dtype=torch.float64))
+    return values
 
 
 def _recovery_heads(judge: Reconstructor, prefixes: Sequence[TokenIds], sep: TokenIds) -> list[list[int]]:

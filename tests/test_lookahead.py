@@ -1,0 +1,158 @@
+"""The judge's own continuations and the lookahead guard of refine (tiny model, no times).
+
+``judge_continuations`` decodes as a cache-free argmax loop does; ``soft_continuation_nlls`` is the
+cross-entropy of the judge's distributions after the full context and after a prefix, summed along the
+path (so the full context scores lowest, Gibbs' inequality); ``refine_lookahead`` picks the lowest
+``R`` among the candidates within the lookahead tolerance that keep the protected tail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tokenmask.evaluate.baselines import Truncation
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.refine import (
+    GUARD_MOVES,
+    LOOKAHEAD_PROTECT,
+    LOOKAHEAD_TOKENS,
+    LOOKAHEAD_TOLERANCE,
+    RecoverabilitySearch,
+    move_variants,
+)
+from tokenmask.evaluate.runner import check_methods
+from tokenmask.reconstructors.judge import (
+    judge_continuations,
+    recovery_nlls,
+    separator_ids,
+    soft_continuation_nlls,
+)
+
+
+def _contexts(count: int = 3, length: int = 48, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(100, 5000, size=length).tolist() for _ in range(count)]
+
+
+@torch.inference_mode()
+def _next_logits(judge, ids: list[int]) -> torch.Tensor:
+    return judge.model(input_ids=torch.tensor([ids])).logits[0].float()
+
+
+def test_greedy_continuation_is_the_argmax_loop(tiny_recon) -> None:
+    contexts = _contexts(2) + _contexts(1, length=20, seed=1)  # two lengths: decoded in two groups
+    paths = judge_continuations(tiny_recon, contexts, tokens=5)
+    for ctx, (path,) in zip(contexts, paths):
+        ids = [tiny_recon.bos_token_id, *ctx]
+        want = []
+        for _ in range(5):
+            want.append(int(_next_logits(tiny_recon, ids + want)[-1].argmax()))
+        assert path == want
+
+
+def test_sampled_continuations_are_reproducible_from_the_seed(tiny_recon) -> None:
+    contexts = _contexts(2)
+    a = judge_continuations(tiny_recon, contexts, tokens=6, samples=3, seed=7)
+    b = judge_continuations(tiny_recon, contexts, tokens=6, samples=3, seed=7)
+    c = judge_continuations(tiny_recon, contexts, tokens=6, samples=3, seed=8)
+    assert a == b and a != c
+    assert all(len(per) == 3 and all(len(p) == 6 for p in per) for per in a)
+
+
+def test_judge_continuations_refuses_bad_settings(tiny_recon) -> None:
+    with pytest.raises(ValueError, match="tokens >= 1"):
+        judge_continuations(tiny_recon, _contexts(1), tokens=0)
+
+
+def test_soft_nll_is_the_cross_entropy_along_the_path(tiny_recon) -> None:
+    contexts = _contexts(2)
+    paths = [p[0] for p in judge_continuations(tiny_recon, contexts, tokens=4)]
+    prefixes = [contexts[0][-10:], contexts[1][5:30], contexts[0], []]
+    owners = [0, 1, 0, 1]
+    got = soft_continuation_nlls(tiny_recon, prefixes, owners, contexts, paths)
+    for value, prefix, d in zip(got, prefixes, owners):
+        path = paths[d]
+        full = [tiny_recon.bos_token_id, *contexts[d], *path[:-1]]
+        part = [tiny_recon.bos_token_id, *prefix, *path[:-1]]
+        q = torch.log_softmax(_next_logits(tiny_recon, full)[-len(path) :], -1)
+        p = torch.log_softmax(_next_logits(tiny_recon, part)[-len(path) :], -1)
+        assert value == pytest.approx(-float((q.exp() * p).sum()), rel=1e-4)
+    # H(q, p) >= H(q, q): the full context scores lowest
+    assert got[2] <= got[0] + 1e-4
+
+
+def test_lookahead_guard_and_protected_tail(tiny_recon) -> None:
+    """The winner is the lowest R among candidates that keep the base's last `protect` kept tokens
+    and whose soft NLL is at most the base's plus T * tolerance."""
+    contexts = _contexts(3)
+    base = Truncation(tiny_recon.tokenizer)
+    tokens, tolerance, protect = 4, 0.05, 20  # 24 kept tokens: moves of 4 pass, moves of 8 do not
+    search = RecoverabilitySearch(
+        base,
+        tiny_recon,
+        moves=(4, 8),
+        stride=4,
+        protect=protect,
+        lookahead=tokens,
+        lookahead_tolerance=tolerance,
+    )
+    rate = 0.5
+    chosen = search.keep_masks(contexts, rate)
+    paths = [p[0] for p in judge_continuations(tiny_recon, contexts, tokens)]
+    sep = separator_ids(tiny_recon)
+    moved = 0
+    for d, (ids, keep, proposal) in enumerate(zip(contexts, chosen, base.keep_masks(contexts, rate))):
+        array = np.asarray(ids)
+        last = np.flatnonzero(proposal)[-protect:]
+        candidates = [c for c in [proposal, *move_variants(proposal, (4, 8), 4)] if c[last].all()]
+        assert len(candidates) < 1 + len(move_variants(proposal, (4, 8), 4))  # the tail removed some
+        prefixes = [array[c].tolist() for c in candidates]
+        nlls = recovery_nlls(tiny_recon, prefixes, [ids] * len(candidates), sep)
+        soft = soft_continuation_nlls(tiny_recon, prefixes, [d] * len(candidates), contexts, paths)
+        admitted = soft <= soft[0] + tokens * tolerance + 1e-6
+        want = int(np.flatnonzero(admitted)[np.argmin(nlls[admitted])])
+        np.testing.assert_array_equal(keep, candidates[want])
+        assert keep[last].all() and keep.sum() == proposal.sum()
+        moved += want > 0
+    assert moved  # the test exercises a move, not only the base mask
+
+
+def test_protecting_every_kept_token_returns_the_base(tiny_recon) -> None:
+    contexts = _contexts(2)
+    base = Truncation(tiny_recon.tokenizer)
+    search = RecoverabilitySearch(base, tiny_recon, moves=(8,), stride=8, protect=1000)
+    for keep, proposal in zip(search.keep_masks(contexts, 0.5), base.keep_masks(contexts, 0.5)):
+        np.testing.assert_array_equal(keep, proposal)
+
+
+def test_refine_lookahead_name(tiny_recon) -> None:
+    check_methods(["refine_lookahead:truncation"])
+    method = build_method("refine_lookahead:truncation", MethodContext(judge=tiny_recon))
+    assert isinstance(method, RecoverabilitySearch) and method.name == "refine_lookahead:truncation"
+    assert (method.protect, method.lookahead, method.lookahead_tolerance) == (
+        LOOKAHEAD_PROTECT,
+        LOOKAHEAD_TOKENS,
+        LOOKAHEAD_TOLERANCE,
+    )
+    assert method.moves == GUARD_MOVES and method.guard == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("refine_lookahead", "refine needs a base method"),
+        ("refine_lookahead:refine_guard:truncation", "refines a refined method"),
+        ("refine:refine_lookahead:truncation", "refines a refined method"),
+        ("refine_lookahead:no_such_method", "Unknown method"),
+    ],
+)
+def test_bad_lookahead_names_fail_before_any_model(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_methods([name])
+
+
+def test_lookahead_rejects_bad_settings(tiny_recon) -> None:
+    with pytest.raises(ValueError, match="protect >= 0"):
+        RecoverabilitySearch(Truncation(tiny_recon.tokenizer), tiny_recon, lookahead=-1)
