@@ -308,7 +308,10 @@ def chooser(train: str, validation: str, epochs: int, seed: int) -> None:
         return " | ".join(cells)
 
     print(f"trained on {train}, scored on {validation} (d rec / d ret over the base at 0.3 | 0.5 | 0.7)\n")
-    print("| score | lambda | train | validation |\n| --- | --- | --- | --- |")
+    print(
+        "| score | lambda | train 0.3 | 0.5 | 0.7 | validation 0.3 | 0.5 | 0.7 |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     for hidden, lam in itertools.product((0, 16), (0.5, 1.0, 2.0)):
         torch.manual_seed(seed)
         width = train_groups[0][2].shape[1]

@@ -6,7 +6,9 @@ rate, the base method's keep mask (truncation by default) and every move of
 ``R = NLL(context | BOS + p + sep)`` and ``F = NLL(continuation | BOS + p)`` (nats,
 docs/evaluation.md), plus each document's ``R``/``F`` of the empty and of the full context (the
 metric's denominators); with ``--guards``, also the retention guard's stand-in NLL of each candidate
-(``refine_guard``). The continuation is read here on purpose: these are training labels for a
+(``refine_guard``); with ``--pseudo N``, each candidate's NLL of the judge's own ``N`` continuations of
+the context (``p0`` greedy, then sampled); with ``--soft T``, its lookahead NLL ``s`` along the judge's greedy
+continuation (``refine_lookahead``). The continuation is read here on purpose: these are training labels for a
 learned run pointer (``tokenmask.evaluate.pointer``), which is judged only on other documents.
 
 One JSON (atomic), the machine named::
