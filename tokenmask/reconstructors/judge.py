@@ -150,8 +150,11 @@ def judge_continuations(
                 step, past, drawn = heads, None, []
                 for _ in range(tokens):
                     result = judge.model(input_ids=step, use_cache=True, **{cache_name: past})
-                    past = getattr(result, "cache", None) or result.past_key_values
+                    cache = getattr(result, "cache", None)
+                    past = cache if cache is not None else result.past_key_values
                     logits = result.logits[:, -1].float()
+                    if judge.exclude_mask_from_predictions and judge.mask_token_id is not None:
+                        logits[:, judge.mask_token_id] = float("-inf")  # as head_logits scores
                     if s == 0:
                         chosen = logits.argmax(-1)
                     else:
