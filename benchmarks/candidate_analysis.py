@@ -61,7 +61,7 @@ def load(path: str) -> list[dict[str, Any]]:
         for c in x["rates"].values():
             keeps = [np.frombuffer(k.encode(), dtype=np.uint8) == ord("1") for k in c["keep"]]
             c["masks"] = keeps
-            for key in [k for k in c if k in ("r", "f", "s") or k.startswith(("g", "p"))]:
+            for key in [k for k in c if k in ("r", "f") or k.startswith(("g", "p", "s"))]:
                 c[key] = np.asarray(c[key], dtype=np.float64)
     return docs
 

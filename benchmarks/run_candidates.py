@@ -8,7 +8,7 @@ docs/evaluation.md), plus each document's ``R``/``F`` of the empty and of the fu
 metric's denominators); with ``--guards``, also the retention guard's stand-in NLL of each candidate
 (``refine_guard``); with ``--pseudo N``, each candidate's NLL of the judge's own ``N`` continuations of
 the context (``p0`` greedy, then sampled); with ``--soft T``, its lookahead NLL ``s`` along the judge's greedy
-continuation (``refine_lookahead``). The continuation is read here on purpose: these are training labels for a
+continuation (``refine_lookahead``; ``--soft_paths N`` adds sampled paths: ``s`` is then their mean). The continuation is read here on purpose: these are training labels for a
 learned run pointer (``tokenmask.evaluate.pointer``), which is judged only on other documents.
 
 One JSON (atomic), the machine named::
@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="tokens of the judge's greedy continuation: also score soft_continuation_nlls along it, as s",
     )
+    parser.add_argument(
+        "--soft_paths",
+        type=int,
+        default=1,
+        help="paths of --soft: the greedy one, then sampled ones (seed 0); s0, s1, ... per path and s = their mean",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     contexts = [list(d.context) for d in docs]
     continuations = [list(d.continuation) for d in docs]
     pseudo = judge_continuations(judge, contexts, args.pseudo_tokens, args.pseudo) if args.pseudo else []
-    paths = [c[0] for c in judge_continuations(judge, contexts, args.soft)] if args.soft else []
+    paths = judge_continuations(judge, contexts, args.soft, args.soft_paths) if args.soft else []
     # the denominators: empty and full context
     reference_r, reference_f = recovery_and_continuation_nlls(
         judge,
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "context": contexts[i],
             "continuation": continuations[i],
             "pseudo": pseudo[i] if pseudo else [],
-            "path": paths[i] if paths else [],
+            "paths": paths[i] if paths else [],
             "r_empty": float(reference_r[i]),
             "r_full": float(reference_r[n + i]),
             "f_empty": float(reference_f[i]),
@@ -129,7 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                 judge, prefixes, [contexts[d] for d in owners], f_prefixes, f_targets, sep
             )
             count = len(owners)
-            soft = soft_continuation_nlls(judge, prefixes, owners, contexts, paths) if args.soft else None
+            soft = (
+                np.stack(
+                    [
+                        soft_continuation_nlls(judge, prefixes, owners, contexts, [p[j] for p in paths])
+                        for j in range(args.soft_paths)
+                    ]
+                )
+                if args.soft
+                else None
+            )
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {
@@ -140,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 for g, k in enumerate(guards):
                     entry[f"g{k}"] = [float(f_all[(g + 1) * count + i]) for i in rows]
                 if soft is not None:
-                    entry["s"] = [float(soft[i]) for i in rows]
+                    entry["s"] = [float(soft[:, i].mean()) for i in rows]
+                    if args.soft_paths > 1:
+                        for j in range(args.soft_paths):
+                            entry[f"s{j}"] = [float(soft[j, i]) for i in rows]
                 for s in range(args.pseudo):
                     entry[f"p{s}"] = [float(f_all[(len(guards) + 1 + s) * count + i]) for i in rows]
                 out_docs[d]["rates"][str(rate)] = entry
@@ -157,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "pseudo": args.pseudo,
             "pseudo_tokens": args.pseudo_tokens,
             "soft": args.soft,
+            "soft_paths": args.soft_paths,
             "machine": device_description(judge.device),
             "seconds": time.perf_counter() - began,
             "documents": out_docs,
