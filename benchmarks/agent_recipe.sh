@@ -8,7 +8,8 @@
 #   bash benchmarks/agent_recipe.sh collect    # small artefacts to $OUT: labels, policy-only agents, results
 #   bash benchmarks/agent_recipe.sh refine     # a policy cloned on refine:truncation's masks, judged alone and under refine
 #   bash benchmarks/agent_recipe.sh guard      # refine_guard: settings from train+validation candidates, judged on test
-#   bash benchmarks/agent_recipe.sh lookahead  # refine_lookahead: the same with the judge's own continuation (~8 min a split)
+#   bash benchmarks/agent_recipe.sh lookahead  # refine_lookahead: the same with the judge's own continuation (call it
+#                                              # until it reaches the test table: ~3 min validation, ~9 min train, ~3 min test)
 # Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
 # pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
 #   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
