@@ -94,15 +94,7 @@ def guarded_choice(
     docs: list[dict[str, Any]], rate: str, moves: tuple[int, ...], guard: int, tolerance: float
 ) -> list[int]:
     """``refine_guard``'s choice per document: lowest R among the allowed moves within the guard."""
-    out = []
-    for x in docs:
-        c = x["rates"][rate]
-        ok = allowed_moves(c, moves)
-        if guard:
-            g = c[f"g{guard}"]
-            ok = ok & (g <= g[0] + guard * tolerance)
-        out.append(int(np.argmin(np.where(ok, c["r"], np.inf))))
-    return out
+    return filtered_choice(docs, rate, moves, 0, (guard, tolerance) if guard else None, None)
 
 
 def pass_probability(
@@ -183,14 +175,27 @@ def lookahead_choice(
     tolerance: float | None,
     tokens: int = 64,
 ) -> list[int]:
-    """``refine_lookahead``'s choice per document: lowest R among :data:`GUARD_MOVES` candidates that keep
-    the base's last ``protect`` kept tokens, within the stand-in guard and the lookahead tolerance."""
+    """``refine_lookahead``'s choice per document over :data:`~tokenmask.evaluate.refine.GUARD_MOVES` (:func:`filtered_choice`)."""
     from tokenmask.evaluate.refine import GUARD_MOVES
 
+    return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens)
+
+
+def filtered_choice(
+    docs: list[dict[str, Any]],
+    rate: str,
+    moves: tuple[int, ...],
+    protect: int,
+    guard: tuple[int, float] | None,
+    tolerance: float | None,
+    tokens: int = 64,
+) -> list[int]:
+    """``RecoverabilitySearch``'s choice per document: lowest R among the ``moves`` candidates that keep the
+    base's last ``protect`` kept tokens, within the stand-in guard ``(k, tol)`` and the lookahead tolerance."""
     out = []
     for x in docs:
         c = x["rates"][rate]
-        ok = allowed_moves(c, GUARD_MOVES).copy()
+        ok = allowed_moves(c, moves).copy()
         if protect:
             last = np.flatnonzero(c["masks"][0])[-protect:]
             ok &= np.array([m[last].all() for m in c["masks"]])

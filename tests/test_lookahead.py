@@ -139,20 +139,6 @@ def test_refine_lookahead_name(tiny_recon) -> None:
     assert method.moves == GUARD_MOVES and method.guard == 0
 
 
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        ("refine_lookahead", "refine needs a base method"),
-        ("refine_lookahead:refine_guard:truncation", "refines a refined method"),
-        ("refine:refine_lookahead:truncation", "refines a refined method"),
-        ("refine_lookahead:no_such_method", "Unknown method"),
-    ],
-)
-def test_bad_lookahead_names_fail_before_any_model(name: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        check_methods([name])
-
-
 def test_lookahead_rejects_bad_settings(tiny_recon) -> None:
     with pytest.raises(ValueError, match="protect >= 0"):
         RecoverabilitySearch(Truncation(tiny_recon.tokenizer), tiny_recon, lookahead=-1)

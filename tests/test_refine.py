@@ -137,6 +137,10 @@ def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
         ("refine_guard:16@x:truncation", "TOKENS@TOLERANCE"),
         ("refine_guard:16@0.1:refine:truncation", "refines a refined method"),
         ("refine_guard:no_such_method", "Unknown method"),
+        ("refine_lookahead", "refine needs a base method"),
+        ("refine_lookahead:refine_guard:truncation", "refines a refined method"),
+        ("refine:refine_lookahead:truncation", "refines a refined method"),
+        ("refine_lookahead:no_such_method", "Unknown method"),
     ],
 )
 def test_bad_refine_names_fail_before_any_model(name: str, message: str) -> None:
