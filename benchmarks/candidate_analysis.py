@@ -56,8 +56,10 @@ MOVE_SETS: tuple[tuple[int, ...], ...] = (
 # ---------------------------------------------------------------------------------------- reading
 def load(path: str) -> list[dict[str, Any]]:
     """Documents of a run_candidates JSON, with numpy arrays per rate and each candidate's moved length ``m``."""
-    docs = json.loads(Path(path).read_text())["documents"]
+    data = json.loads(Path(path).read_text())
+    docs = data["documents"]
     for x in docs:
+        x["protect"] = data.get("protect", 0)  # the tail the file's span/thin moves spare
         for c in x["rates"].values():
             keeps = [np.frombuffer(k.encode(), dtype=np.uint8) == ord("1") for k in c["keep"]]
             c["masks"] = keeps
@@ -174,11 +176,12 @@ def lookahead_choice(
     guard: tuple[int, float] | None,
     tolerance: float | None,
     tokens: int = 64,
+    drops: str = "o",
 ) -> list[int]:
     """``refine_lookahead``'s choice per document over :data:`~tokenmask.evaluate.refine.GUARD_MOVES` (:func:`filtered_choice`)."""
     from tokenmask.evaluate.refine import GUARD_MOVES
 
-    return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens)
+    return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens, drops)
 
 
 def filtered_choice(
@@ -189,13 +192,20 @@ def filtered_choice(
     guard: tuple[int, float] | None,
     tolerance: float | None,
     tokens: int = 64,
+    drops: str = "o",
 ) -> list[int]:
     """``RecoverabilitySearch``'s choice per document: lowest R among the ``moves`` candidates that keep the
-    base's last ``protect`` kept tokens, within the stand-in guard ``(k, tol)`` and the lookahead tolerance."""
+    base's last ``protect`` kept tokens, within the stand-in guard ``(k, tol)`` and the lookahead tolerance.
+
+    ``drops`` names the drop rules by letter (``o``ldest, ``s``pan, ``t``hin; a file without ``kind``
+    holds ``oldest`` moves only): ``oldest`` moves are matched by mask, the others by their ``kind``."""
     out = []
     for x in docs:
         c = x["rates"][rate]
-        ok = allowed_moves(c, moves).copy()
+        kind = np.array(list(c.get("kind", "")) or ["o"] * len(c["r"]))
+        ok = (allowed_moves(c, moves) if "o" in drops else kind == "b") | np.isin(
+            kind, list(drops.replace("o", ""))
+        )
         if protect:
             last = np.flatnonzero(c["masks"][0])[-protect:]
             ok &= np.array([m[last].all() for m in c["masks"]])
@@ -228,46 +238,57 @@ def joint_pass_probability(
     return float(ok.mean())
 
 
-def lookahead(docs: list[dict[str, Any]], draw: int, seed: int, top: int) -> None:
+def lookahead(
+    docs: list[dict[str, Any]], draw: int, seed: int, top: int, drop_sets: tuple[str, ...] = ("o",)
+) -> None:
     rng = np.random.default_rng(seed)
     draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(2000)]
     guards: list[tuple[int, float] | None] = [None, (32, 0.5), (32, 0.2), (16, 0.2), (16, 0.1)]
+    if drop_sets != ("o",):  # the drop rules are compared without the stand-in guard
+        guards = [None]
     rows = []
-    for protect, g, tol in itertools.product((0, 16, 24, 32, 40, 48), guards, (None, 0.0, 0.02, 0.05, 0.1)):
-        choices = {rate: lookahead_choice(docs, rate, protect, g, tol) for rate in RATES}
-        rows.append((joint_pass_probability(docs, choices, draws), protect, g, tol, choices))
+    spared = {x["protect"] for x in docs}
+    for drops, protect, g, tol in itertools.product(
+        drop_sets, (0, 16, 24, 32, 40, 48), guards, (None, 0.0, 0.02, 0.05, 0.1)
+    ):
+        if drops != "o" and {protect} != spared:
+            continue  # span/thin moves are exact only with the tail the file spared
+        choices = {rate: lookahead_choice(docs, rate, protect, g, tol, drops=drops) for rate in RATES}
+        rows.append((joint_pass_probability(docs, choices, draws), protect, g, tol, choices, drops))
     rows.sort(key=lambda row: -row[0])
 
-    def line(p: float, protect: int, g: Any, tol: Any, choices: dict[str, list[int]]) -> str:
+    def line(
+        p: float, protect: int, g: Any, tol: Any, choices: dict[str, list[int]], drops: str = "o"
+    ) -> str:
         cells = " | ".join("{:+.3f} / {:+.3f}".format(*metric(docs, r, choices[r])) for r in RATES)
         guard_text = f"{g[0]}@{g[1]:g}" if g else "-"
-        return (
-            f"| {protect or '-'} | {guard_text} | {'-' if tol is None else f'{tol:g}'} | {p:.3f} | {cells} |"
-        )
+        head = f"| {drops} " if drop_sets != ("o",) else ""
+        return f"{head}| {protect or '-'} | {guard_text} | {'-' if tol is None else f'{tol:g}'} | {p:.3f} | {cells} |"
 
     print(
         f"{len(docs)} documents; P(all) = share of {len(draws)} draws of {draw} documents meeting the bar at all rates\n"
     )
     header = (
-        "| protect | guard | lookahead tol | P(all) | "
+        ("| drops " if drop_sets != ("o",) else "")
+        + "| protect | guard | lookahead tol | P(all) | "
         + " | ".join(f"{r}: d rec / d ret" for r in RATES)
         + " |"
     )
-    print(header + "\n| --- | --- | --- | --- |" + " --- |" * len(RATES))
+    rule = "\n" + "| --- " * (header.count("|") - 1) + "|"
+    print(header + rule)
     for row in rows[:top]:
         print(line(*row))
     print("\nAblation of the chosen setting (first row above), and refine_guard's default:\n")
-    print(header + "\n| --- | --- | --- | --- |" + " --- |" * len(RATES))
-    _, protect, g, tol, _ = rows[0]
-    for setting in [
-        (0, (32, 0.5), None),
-        (0, None, None),
-        (protect, None, None),
-        (0, g, tol),
-        (protect, g, tol),
-    ]:
-        choices = {rate: lookahead_choice(docs, rate, *setting) for rate in RATES}
-        print(line(joint_pass_probability(docs, choices, draws), *setting, choices))
+    print(header + rule)
+    _, protect, g, tol, _, drops = rows[0]
+    has_guard = all("g32" in x["rates"][r] for x in docs for r in RATES)
+    settings: list[tuple[int, Any, Any, str]] = [(0, (32, 0.5), None, "o")] if has_guard else []
+    # each part alone, then the chosen setting with oldest moves only, then the chosen setting
+    settings += [(0, None, None, "o"), (protect, None, None, drops), (0, g, tol, "o")]
+    settings += [(protect, g, tol, "o")] if drops != "o" else []
+    for protect_, g_, tol_, drops_ in [*settings, (protect, g, tol, drops)]:
+        choices = {rate: lookahead_choice(docs, rate, protect_, g_, tol_, drops=drops_) for rate in RATES}
+        print(line(joint_pass_probability(docs, choices, draws), protect_, g_, tol_, choices, drops_))
 
 
 def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:
@@ -481,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", default="runs/candidates_validation.json")
     parser.add_argument("--draw", type=int, default=30, help="guard: documents per bootstrap draw")
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument(
+        "--drops",
+        default="o",
+        help="lookahead: drop-rule sets to compare, comma-separated, each by letters (o oldest, s span, t thin), e.g. o,os,ost",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -494,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report == "oracle":
         oracle(docs)
     elif args.report == "lookahead":
-        lookahead(docs, args.draw, args.seed, args.top)
+        lookahead(docs, args.draw, args.seed, args.top, tuple(args.drops.split(",")))
     else:
         guard(docs, args.draw, args.seed, args.top)
     return 0

@@ -20,6 +20,29 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
+
+
+def candidate_masks(
+    keep: Any, moves: tuple[int, ...], stride: int, drops: list[str], bits: Any, protect: int
+) -> tuple[list[Any], list[str]]:
+    """The base mask, then every distinct move of each drop rule, with each one's rule letter (``b`` for the base).
+
+    ``oldest`` moves are ``refine``'s own (no protected tail: the analysis applies one); ``span`` and
+    ``thin`` moves spare the last ``protect`` kept tokens.
+    """
+    from tokenmask.evaluate.refine import move_variants
+
+    masks, kinds = [keep], ["b"]
+    seen = {keep.tobytes()}
+    for drop in drops:
+        spare = 0 if drop == "oldest" else protect
+        for mask in move_variants(keep, moves, stride, (drop,), bits, spare):
+            if mask.tobytes() not in seen:
+                seen.add(mask.tobytes())
+                masks.append(mask)
+                kinds.append(drop[0])
+    return masks, kinds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="paths of --soft: the greedy one, then sampled ones (seed 0); s0, s1, ... per path and s = their mean",
     )
+    parser.add_argument(
+        "--drops",
+        default="oldest",
+        help="drop rules of the moves (refine.DROPS, comma-separated); span/thin candidates spare the last --protect "
+        "kept tokens, and each candidate's rule is written as its letter in 'kind' (b = the base mask)",
+    )
+    parser.add_argument("--protect", type=int, default=32, help="kept tokens span/thin moves never drop")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="leave out the split's first documents (to shard a run)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -65,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     from tokenmask.data import iter_texts
     from tokenmask.evaluate.compressor import MethodContext, build_method
     from tokenmask.evaluate.metrics import select_documents
-    from tokenmask.evaluate.refine import move_variants
     from tokenmask.evaluate.reports import device_description
     from tokenmask.io import atomic_write_json
     from tokenmask.reconstructors import Reconstructor
@@ -77,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     judge = Reconstructor.load("default", device=args.device, add_mask_token=False)
-    docs = select_documents(
-        list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
-    )
+    limit = None if args.max_documents is None else args.skip + args.max_documents
+    docs = select_documents(list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, limit)[
+        args.skip :
+    ]
     base = build_method(args.base, MethodContext(judge=judge, device=args.device))
     rates = [float(r) for r in args.rates.split(",")]
     moves = tuple(int(m) for m in args.moves.split(","))
@@ -88,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     contexts = [list(d.context) for d in docs]
     continuations = [list(d.continuation) for d in docs]
+    drops = [d.strip() for d in args.drops.split(",") if d.strip()]
+    scored = [d for d in drops if d != "oldest"]
+    bits = judge.token_bits(contexts) if scored else [None] * len(docs)
     pseudo = judge_continuations(judge, contexts, args.pseudo_tokens, args.pseudo) if args.pseudo else []
     paths = judge_continuations(judge, contexts, args.soft, args.soft_paths) if args.soft else []
     # the denominators: empty and full context
@@ -117,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     for rate in rates:
         proposals = [np.asarray(m, dtype=bool) for m in base.keep_masks(contexts, rate)]
         for start in range(0, n, args.chunk):
-            owners, masks = [], []
+            owners, masks, kinds = [], [], []
             for d in range(start, min(start + args.chunk, n)):
-                for mask in [proposals[d], *move_variants(proposals[d], moves, args.stride)]:
-                    owners.append(d)
-                    masks.append(mask)
+                variants, kind = candidate_masks(
+                    proposals[d], moves, args.stride, drops, bits[d], args.protect
+                )
+                owners += [d] * len(variants)
+                masks += variants
+                kinds += kind
             prefixes = [np.asarray(contexts[d])[m].tolist() for d, m in zip(owners, masks)]
             # F items: the real continuation, then per guard k the context's last k tokens after the kept ones before them
             f_prefixes, f_targets = list(prefixes), [continuations[d] for d in owners]
@@ -149,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {
                     "keep": ["".join("1" if k else "0" for k in masks[i]) for i in rows],
+                    "kind": "".join(kinds[i] for i in rows),
                     "r": [float(r[i]) for i in rows],
                     "f": [float(f_all[i]) for i in rows],
                 }
@@ -170,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             "corpus": args.corpus,
             "base": args.base,
             "moves": list(moves),
+            "drops": drops,
+            "protect": args.protect,
+            "skip": args.skip,
             "stride": args.stride,
             "guards": guards,
             "pseudo": args.pseudo,

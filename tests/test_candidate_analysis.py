@@ -36,14 +36,33 @@ def analysis() -> ModuleType:
 
 
 def _candidate_file(  # type: ignore[no-untyped-def]
-    judge, contexts: list[list[int]], rate: float, guard: int, path: Path, moves=MOVES, soft: int = 0
+    judge,
+    contexts: list[list[int]],
+    rate: float,
+    guard: int,
+    path: Path,
+    moves=MOVES,
+    soft: int = 0,
+    spare: int = 0,
 ) -> None:
-    """What run_candidates.py writes, for one rate (F left at 0: only R, the guard and ``s`` matter here)."""
+    """What run_candidates.py writes, for one rate (F left at 0: only R, the guard and ``s`` matter here);
+    with ``spare``, also the span moves that spare the last ``spare`` kept tokens (``--drops oldest,span``)."""
     sep = separator_ids(judge)
     docs = []
     paths = [p[0] for p in judge_continuations(judge, contexts, soft)] if soft else []
+    bits = judge.token_bits(contexts)
     for d, (ids, base) in enumerate(zip(contexts, Truncation(judge.tokenizer).keep_masks(contexts, rate))):
         masks = [np.asarray(base), *move_variants(np.asarray(base), moves, 8)]
+        kind = "b" + "o" * (len(masks) - 1)
+        if spare:
+            seen = {m.tobytes() for m in masks}
+            spans = [
+                m
+                for m in move_variants(np.asarray(base), moves, 8, ("span",), bits[d], spare)
+                if m.tobytes() not in seen
+            ]
+            masks += spans
+            kind += "s" * len(spans)
         array = np.asarray(ids)
         r = recovery_nlls(judge, [array[m].tolist() for m in masks], [ids] * len(masks), sep)
         g = continuation_nlls(
@@ -51,6 +70,7 @@ def _candidate_file(  # type: ignore[no-untyped-def]
         )
         entry = {
             "keep": ["".join("1" if k else "0" for k in m) for m in masks],
+            "kind": kind,
             "r": r.tolist(),
             "f": [0.0] * len(masks),
             f"g{guard}": g.tolist(),
@@ -68,7 +88,7 @@ def _candidate_file(  # type: ignore[no-untyped-def]
                 "rates": {str(rate): entry},
             }
         )
-    path.write_text(json.dumps({"documents": docs}))
+    path.write_text(json.dumps({"protect": spare, "documents": docs}))
 
 
 @pytest.mark.parametrize(("moves", "tolerance"), [(MOVES, 0.1), ((16,), 0.0)])
@@ -90,17 +110,18 @@ def test_guarded_choice_is_refine_guards_choice(
         np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
 
 
+@pytest.mark.parametrize("drops", ["o", "os"])
 def test_lookahead_choice_is_refine_lookaheads_choice(
-    analysis: ModuleType, tiny_recon, tmp_path: Path
+    analysis: ModuleType, tiny_recon, tmp_path: Path, drops: str
 ) -> None:  # type: ignore[no-untyped-def]
-    """The lookahead report's choice (protected tail, lookahead tolerance) is the method's, mask for mask."""
+    """The lookahead report's choice (protected tail, lookahead tolerance, drop rules) is the method's, mask for mask."""
     rng = np.random.default_rng(5)
     contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(3)]
     rate, tokens, protect, tolerance = 0.5, 4, 12, 0.05
     path = tmp_path / "candidates.json"
-    _candidate_file(tiny_recon, contexts, rate, 8, path, moves=GUARD_MOVES, soft=tokens)
+    _candidate_file(tiny_recon, contexts, rate, 8, path, moves=GUARD_MOVES, soft=tokens, spare=protect)
     docs = analysis.load(str(path))
-    choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens)
+    choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens, drops=drops)
     method = RecoverabilitySearch(
         Truncation(tiny_recon.tokenizer),
         tiny_recon,
@@ -109,7 +130,30 @@ def test_lookahead_choice_is_refine_lookaheads_choice(
         protect=protect,
         lookahead=tokens,
         lookahead_tolerance=tolerance,
+        drops=("oldest", "span") if drops == "os" else ("oldest",),
     )
     for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
         np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
     assert any(c > 0 for c in choice)  # a move was taken, not only the base mask
+    if drops == "os":  # a span move won somewhere
+        assert any(doc["rates"][str(rate)]["kind"][c] == "s" for doc, c in zip(docs, choice))
+
+
+def test_run_candidates_writes_each_moves_rule() -> None:
+    """run_candidates.py's candidates: the base, refine's oldest moves, then the span moves not already there."""
+    spec = importlib.util.spec_from_file_location("run_candidates", SCRIPT.with_name("run_candidates.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keep = np.array([False] * 12 + [True] * 12)
+    bits = np.random.default_rng(3).random(len(keep))
+    masks, kinds = module.candidate_masks(keep, (2, 4), 2, ["oldest", "span"], bits, 3)
+    oldest = move_variants(keep, (2, 4), 2)
+    spans = [
+        m
+        for m in move_variants(keep, (2, 4), 2, ("span",), bits, 3)
+        if m.tobytes() not in {o.tobytes() for o in oldest}
+    ]
+    assert kinds == ["b"] + ["o"] * len(oldest) + ["s"] * len(spans) and spans
+    for got, want in zip(masks, [keep, *oldest, *spans]):
+        np.testing.assert_array_equal(got, want)

@@ -141,6 +141,10 @@ def test_refine_method_builds_and_keeps_the_rate(tiny_recon) -> None:
         ("refine_lookahead:refine_guard:truncation", "refines a refined method"),
         ("refine:refine_lookahead:truncation", "refines a refined method"),
         ("refine_lookahead:no_such_method", "Unknown method"),
+        ("refine_lookahead:oldest+newest:truncation", "drop rules must be distinct names"),
+        ("refine_lookahead:span+span:truncation", "drop rules must be distinct names"),
+        ("refine_lookahead:oldest:refine:truncation", "refines a refined method"),
+        ("refine_lookahead:span:no_such_method", "Unknown method"),
     ],
 )
 def test_bad_refine_names_fail_before_any_model(name: str, message: str) -> None:

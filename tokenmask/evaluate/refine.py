@@ -4,7 +4,10 @@ The base method (the agent, truncation, any :class:`~tokenmask.evaluate.compress
 proposes a keep mask. The search then tries *moves*: the first ``m`` kept tokens (the oldest kept
 text, which helps the continuation least) are dropped and a run of ``m`` dropped tokens is kept
 instead, at every ``stride``-th offset where one fits (:func:`move_variants`). Every candidate keeps
-as many tokens as the base mask, so the rate is unchanged. One batched judge pass scores
+as many tokens as the base mask, so the rate is unchanged. Other *drop rules* (``drops``,
+:func:`dropped_tokens`) choose the ``m`` dropped kept tokens by the judge's surprisal instead:
+``span`` drops the least surprising run of ``m`` consecutive kept tokens (text the judge can
+restore, wherever it is), ``thin`` the ``m`` least surprising kept tokens. One batched judge pass scores
 ``R(p) = NLL(context | BOS + p + sep)`` (docs/evaluation.md) of every candidate; the lowest wins,
 which is the highest recoverability, and ties keep the base mask.
 
@@ -79,6 +82,11 @@ LOOKAHEAD_TOKENS = 64
 LOOKAHEAD_TOLERANCE = 0.02
 """``refine_lookahead:BASE``'s tolerance: nats per lookahead token a candidate may lose against the base mask."""
 
+LOOKAHEAD_DROPS: tuple[str, ...] = ("oldest",)
+"""``refine_lookahead:BASE``'s drop rules (:func:`dropped_tokens`); ``refine_lookahead:oldest+span:BASE`` adds the least
+surprising run outside the protected tail (chosen on train+validation, docs/results.md; not yet the default: its test
+figures are not all measured)."""
+
 LOOKAHEAD_PROTECT = 32
 """``refine_lookahead:BASE``'s protected tail: the base mask's last kept tokens no move drops.
 
@@ -89,42 +97,91 @@ likely to meet the bar of docs/evaluation.md at all three rates 0.3 / 0.5 / 0.7 
 30 documents, see docs/results.md."""
 
 
-def move_variants(keep: np.ndarray, moves: Sequence[int], stride: int) -> list[np.ndarray]:
-    """Masks with the first ``m`` kept tokens dropped and ``m`` dropped tokens kept as one run, for each ``m``.
+DROPS: tuple[str, ...] = ("oldest", "span", "thin")
+"""Which kept tokens a move drops (:func:`dropped_tokens`): the oldest run, the least surprising run, the least surprising tokens."""
 
-    The run starts at a multiple of ``stride`` and covers ``m`` tokens that are all dropped once the
-    first ``m`` kept ones are; variants equal to ``keep`` or to an earlier variant are left out.
+
+def dropped_tokens(
+    kept: np.ndarray, m: int, drop: str = "oldest", bits: np.ndarray | None = None, protect: int = 0
+) -> np.ndarray | None:
+    """The ``m`` kept tokens a move drops, chosen among all kept tokens but the last ``protect``.
+
+    - ``oldest``: the first ``m`` (the oldest kept text, which helps the continuation least);
+    - ``span``: the ``m`` consecutive kept tokens of lowest summed surprisal ``bits`` (earliest on ties);
+    - ``thin``: the ``m`` kept tokens of lowest surprisal, wherever they are (earliest on ties).
+
+    :param kept: positions of the kept tokens, increasing.
+    :param bits: per context token, its surprisal under the judge (``span`` and ``thin`` only).
+    :return: positions to drop, increasing; ``None`` where fewer than ``m`` tokens may be dropped.
+    :raises ValueError: an unknown ``drop``, or ``span``/``thin`` without ``bits``.
+    """
+    if drop not in DROPS:
+        raise ValueError(f"unknown drop {drop!r}. Fix: one of {', '.join(DROPS)}.")
+    eligible = kept[: max(0, len(kept) - protect)]
+    if m > len(eligible):
+        return None
+    if drop == "oldest":
+        return eligible[:m]
+    if bits is None:
+        raise ValueError(f"drop={drop!r} needs the context's per-token surprisal (bits).")
+    scores = np.asarray(bits, dtype=np.float64)[eligible]
+    if drop == "thin":
+        return np.sort(eligible[np.argsort(scores, kind="stable")[:m]])
+    sums = np.convolve(scores, np.ones(m), mode="valid")
+    start = int(np.argmin(sums))
+    return eligible[start : start + m]
+
+
+def move_variants(
+    keep: np.ndarray,
+    moves: Sequence[int],
+    stride: int,
+    drops: Sequence[str] = ("oldest",),
+    bits: np.ndarray | None = None,
+    protect: int = 0,
+) -> list[np.ndarray]:
+    """Masks with ``m`` kept tokens dropped (:func:`dropped_tokens`) and ``m`` dropped tokens kept as one run.
+
+    For each drop rule and each ``m``: the run starts at a multiple of ``stride`` and covers ``m``
+    tokens that are all dropped once the ``m`` kept ones are; variants equal to ``keep`` or to an
+    earlier variant are left out.
 
     :param keep: per token, ``True`` = kept.
     :param moves: run lengths to move (tokens, each >= 1).
     :param stride: step between the offsets tried (>= 1).
+    :param drops: drop rules (:data:`DROPS`), in order.
+    :param bits: per token, its surprisal (needed by ``span`` and ``thin``).
+    :param protect: the last kept tokens no move drops.
     :return: distinct masks, each keeping ``keep.sum()`` tokens.
     """
     keep = np.asarray(keep, dtype=bool)
-    if stride < 1 or any(m < 1 for m in moves):
+    if stride < 1 or any(m < 1 for m in moves) or protect < 0:
         raise ValueError(
-            f"moves must be >= 1 token and stride >= 1, got moves={list(moves)}, stride={stride}."
+            f"moves must be >= 1 token, stride >= 1 and protect >= 0, got moves={list(moves)}, stride={stride}, "
+            f"protect={protect}."
         )
     kept = np.flatnonzero(keep)
     seen = {np.packbits(keep).tobytes()}
     variants: list[np.ndarray] = []
-    for m in moves:
-        if m > len(kept):
-            continue
-        base = keep.copy()
-        base[kept[:m]] = False
-        dropped = ~base
-        # runs of m dropped tokens: prefix sums give each window's dropped count
-        counts = np.concatenate([[0], np.cumsum(dropped)])
-        for start in range(0, len(keep) - m + 1, stride):
-            if counts[start + m] - counts[start] != m:
+    for drop in drops:
+        for m in moves:
+            gone = dropped_tokens(kept, m, drop, bits, protect)
+            if gone is None:
                 continue
-            variant = base.copy()
-            variant[start : start + m] = True
-            key = np.packbits(variant).tobytes()
-            if key not in seen:
-                seen.add(key)
-                variants.append(variant)
+            base = keep.copy()
+            base[gone] = False
+            dropped = ~base
+            # runs of m dropped tokens: prefix sums give each window's dropped count
+            counts = np.concatenate([[0], np.cumsum(dropped)])
+            for start in range(0, len(keep) - m + 1, stride):
+                if counts[start + m] - counts[start] != m:
+                    continue
+                variant = base.copy()
+                variant[start : start + m] = True
+                key = np.packbits(variant).tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    variants.append(variant)
     return variants
 
 
@@ -140,6 +197,7 @@ class RecoverabilitySearch(MaskingCompressor):
     :param protect: the base mask's last kept tokens no candidate drops (0: none protected).
     :param lookahead: tokens of the judge's own continuation for the lookahead guard (0: off).
     :param lookahead_tolerance: nats per lookahead token a candidate may lose against the base mask.
+    :param drops: which kept tokens a move drops (:data:`DROPS`; ``span`` and ``thin`` cost one judge pass).
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -156,6 +214,7 @@ class RecoverabilitySearch(MaskingCompressor):
         protect: int = 0,
         lookahead: int = 0,
         lookahead_tolerance: float = 0.0,
+        drops: Sequence[str] = ("oldest",),
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -176,6 +235,8 @@ class RecoverabilitySearch(MaskingCompressor):
                 f"refine needs protect >= 0 tokens, lookahead >= 0 tokens and lookahead_tolerance >= 0, "
                 f"got {protect}, {lookahead} and {lookahead_tolerance}."
             )
+        if not drops or any(d not in DROPS for d in drops):
+            raise ValueError(f"refine's drops must be some of {', '.join(DROPS)}, got {list(drops)}.")
         super().__init__(judge.tokenizer, name or f"refine:{base.name}")
         self.base = base
         self.judge = judge
@@ -186,6 +247,7 @@ class RecoverabilitySearch(MaskingCompressor):
         self.protect = int(protect)
         self.lookahead = int(lookahead)
         self.lookahead_tolerance = float(lookahead_tolerance)
+        self.drops = tuple(drops)
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -200,16 +262,17 @@ class RecoverabilitySearch(MaskingCompressor):
 
         check_rate(rate)
         proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
+        bits = (
+            self.judge.token_bits([list(c) for c in contexts])
+            if set(self.drops) - {"oldest"}
+            else [None] * len(proposals)
+        )
         candidates: list[np.ndarray] = []
         owners: list[int] = []
         for d, keep in enumerate(proposals):
-            kept = np.flatnonzero(keep)
-            protected = kept[max(0, len(kept) - self.protect) :]
-            for mask in [keep, *move_variants(keep, self.moves, self.stride)]:
-                if self.protect and not mask[protected].all():
-                    continue
-                candidates.append(mask)
-                owners.append(d)
+            variants = move_variants(keep, self.moves, self.stride, self.drops, bits[d], self.protect)
+            candidates += [keep, *variants]
+            owners += [d] * (1 + len(variants))
         ids = [np.asarray(c) for c in contexts]
         prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
         guarded = [self.guard if 0 < self.guard < len(ids[d]) else 0 for d in owners]
@@ -295,6 +358,29 @@ def split_guard_argument(argument: str) -> tuple[int, float, str]:
     return k, tol, rest
 
 
+def split_drops_argument(argument: str) -> tuple[tuple[str, ...], str]:
+    """``refine_lookahead``'s argument: ``DROPS:BASE`` -> ``(drops, BASE)`` where ``DROPS`` joins rules of
+    :data:`DROPS` with ``+`` (``oldest+span``); ``BASE`` alone -> :data:`LOOKAHEAD_DROPS`.
+
+    :raises ValueError: for a head that names a drop rule and something else.
+    """
+    head, _, rest = argument.partition(":")
+    rules = tuple(r.strip() for r in head.split("+"))
+    if not rest or not any(r in DROPS for r in rules):
+        return LOOKAHEAD_DROPS, argument
+    if any(r not in DROPS for r in rules) or len(set(rules)) < len(rules):
+        raise ValueError(
+            f"refine_lookahead:{argument}: the drop rules must be distinct names of {', '.join(DROPS)} joined by '+'. "
+            "Fix: e.g. refine_lookahead:oldest+span:truncation, or refine_lookahead:truncation for the default."
+        )
+    return rules, rest
+
+
+def check_drops_argument(argument: str) -> None:
+    """``refine_lookahead:[DROPS:]BASE``: the drop rules parse and the base is checked as ``refine``'s."""
+    check_refine_argument(split_drops_argument(argument)[1])
+
+
 def check_guard_argument(argument: str) -> None:
     """``refine_guard:[K@TOL:]BASE``: the guard parses and the base is checked as ``refine``'s."""
     check_refine_argument(split_guard_argument(argument)[2])
@@ -321,15 +407,18 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
 
 
 def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
-    """``refine_lookahead:BASE``: ``refine`` over :data:`GUARD_MOVES` with the lookahead guard and a protected tail."""
-    check_refine_argument(argument)
+    """``refine_lookahead:[DROPS:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules (default
+    :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail."""
+    drops, base = split_drops_argument(argument)
+    check_refine_argument(base)
     return RecoverabilitySearch(
-        build_method(argument, context),
+        build_method(base, context),
         context.judge,
         moves=GUARD_MOVES,
         protect=LOOKAHEAD_PROTECT,
         lookahead=LOOKAHEAD_TOKENS,
         lookahead_tolerance=LOOKAHEAD_TOLERANCE,
+        drops=drops,
         name=f"refine_lookahead:{argument}",
     )
 

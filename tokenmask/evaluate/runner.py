@@ -162,6 +162,14 @@ def _check_refine_guard_argument(argument: str) -> None:
     check_methods([split_guard_argument(argument)[2]])
 
 
+def _check_refine_lookahead_argument(argument: str) -> None:
+    # refine_lookahead:[DROPS:]BASE: the drop rules parse, the base is checked as refine's
+    from tokenmask.evaluate.refine import check_drops_argument, split_drops_argument
+
+    check_drops_argument(argument)
+    check_methods([split_drops_argument(argument)[1]])
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -182,7 +190,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     "kvpress": _check_kvpress_argument,
     "refine": _check_refine_argument,
     "refine_guard": _check_refine_guard_argument,
-    "refine_lookahead": _check_refine_argument,
+    "refine_lookahead": _check_refine_lookahead_argument,
 }
 
 
