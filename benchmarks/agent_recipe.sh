@@ -10,6 +10,8 @@
 #   bash benchmarks/agent_recipe.sh guard      # refine_guard: settings from train+validation candidates, judged on test
 #   bash benchmarks/agent_recipe.sh lookahead  # refine_lookahead: the same with the judge's own continuation (call it
 #                                              # until it reaches the test table: ~3 min validation, ~9 min train, ~3 min test)
+#   bash benchmarks/agent_recipe.sh span       # refine_lookahead's drop rules (oldest vs oldest+span moves): candidates of
+#                                              # train+validation (~2 + 2 x 3.5 min, shards), the pick, then the test split
 # Variants (same seed): lm_* observe the reconstructor's per-token features (configs/prod/gpu_pareto.json),
 # pos_* only token ids and positions (configs/prod/gpu_pareto_position.json, no LM pass at inference).
 #   *_untrained: the policy before any update; *_bc: behaviour cloning only; lm_ppo: PPO only;
@@ -92,6 +94,26 @@ if [[ $step == lookahead ]]; then
   [[ -f runs/eval_lookahead_test/results.json ]] || $TM evaluate --corpus data_out/pydocs --split test --num_documents 30 \
     --rates 0.3,0.5,0.7 --device "${DEVICE:-cuda}" --no_progress --output_dir runs/eval_lookahead_test --overwrite \
     --methods refine_lookahead:truncation,refine_guard:truncation,truncation,truncation_first,span_self_information,self_information,frequency,length,random,agent:default
+fi
+
+if [[ $step == span ]]; then
+  # every candidate of the oldest moves and of the span moves (the least surprising kept run, sparing the last 32
+  # kept tokens), judged with the lookahead NLL, in shards of <= 150 documents; validation also along 4 judge
+  # paths (greedy + 3 sampled: s = their mean); the pick of candidate_analysis.py lookahead --drops o,os; the test split
+  [[ -f data_out/pydocs/stats.json ]] || $TM prepare-data --data_path data/pydocs.jsonl --output_dir data_out/pydocs
+  C="python3 benchmarks/run_candidates.py --device ${DEVICE:-cuda} --moves 8,16,24,32,48 --drops oldest,span --soft 64"
+  [[ -f runs/cd_validation.json ]] || $C --split validation --max_documents 68 --json runs/cd_validation.json
+  [[ -f runs/cd4_validation.json ]] || $C --split validation --max_documents 68 --soft_paths 4 --json runs/cd4_validation.json
+  [[ -f runs/cd_train0.json ]] || $C --split train --max_documents 150 --json runs/cd_train0.json
+  [[ -f runs/cd_train1.json ]] || $C --split train --skip 150 --max_documents 150 --json runs/cd_train1.json
+  python3 benchmarks/candidate_analysis.py lookahead --files runs/cd_train0.json,runs/cd_train1.json,runs/cd_validation.json \
+    --drops o,os --top 8
+  E="$TM evaluate --corpus data_out/pydocs --split test --rates 0.3,0.5,0.7 --device ${DEVICE:-cuda} --no_progress --overwrite"
+  [[ -f runs/eval_span_test/results.json ]] || $E --num_documents 30 --output_dir runs/eval_span_test \
+    --methods refine_lookahead:oldest+span:truncation,refine_lookahead:truncation,truncation,truncation_first,span_self_information,self_information,frequency,length,random,agent:default,refine_lookahead:oldest+span:agent:default
+  [[ -f runs/eval_span_test64/results.json ]] || $E --num_documents 64 --recoverability_documents 64 \
+    --output_dir runs/eval_span_test64 \
+    --methods refine_lookahead:oldest+span:truncation,refine_lookahead:truncation,truncation,truncation_first,span_self_information
 fi
 
 AGENTS=agent:runs/lm_untrained,agent:runs/lm_bc,agent:runs/lm_ppo,agent:runs/lm_bc_ppo,agent:runs/lm_bc_ppo_terminal,agent:runs/pos_bc,agent:runs/pos_bc_ppo

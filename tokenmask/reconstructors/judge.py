@@ -16,8 +16,10 @@ log-softmax), summed over tokens, with ``sep`` = the judge tokens of ``"\\n\\n"`
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,7 +126,8 @@ def judge_continuations(
 
     Sample 0 is greedy; samples 1.. are drawn at temperature 1 from a generator seeded with
     ``seed`` (reproducible for the same contexts, batch size and device). Contexts of one length
-    are decoded together with a KV cache.
+    are decoded together with a KV cache; each batch's contexts are read once, and every sample
+    decodes from a copy of that cache.
 
     :return: per context, ``samples`` lists of ``tokens`` ids.
     """
@@ -146,25 +149,36 @@ def judge_continuations(
         for start in range(0, len(rows_all), judge.batch_size):
             rows = rows_all[start : start + judge.batch_size]
             heads = torch.tensor([[judge.bos_token_id, *contexts[i]] for i in rows], device=judge.device)
+            # the context is read once; each sample decodes from its own copy of that cache
+            first_logits, first_past = _next_logits(judge, heads, None, cache_name)
             for s in range(samples):
-                step, past, drawn = heads, None, []
-                for _ in range(tokens):
-                    result = judge.model(input_ids=step, use_cache=True, **{cache_name: past})
-                    cache = getattr(result, "cache", None)
-                    past = cache if cache is not None else result.past_key_values
-                    logits = result.logits[:, -1].float()
-                    if judge.exclude_mask_from_predictions and judge.mask_token_id is not None:
-                        logits[:, judge.mask_token_id] = float("-inf")  # as head_logits scores
+                logits = first_logits
+                past = first_past if s == samples - 1 else copy.deepcopy(first_past)
+                drawn: list[torch.Tensor] = []
+                for t in range(tokens):
+                    if t:
+                        logits, past = _next_logits(judge, drawn[-1][:, None], past, cache_name)
                     if s == 0:
                         chosen = logits.argmax(-1)
                     else:
                         chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
                     drawn.append(chosen)
-                    step = chosen[:, None]
                 ids = torch.stack(drawn, 1).tolist()
                 for row, i in enumerate(rows):
                     out[i].append([int(t) for t in ids[row]])
     return out
+
+
+def _next_logits(
+    judge: Reconstructor, step: torch.Tensor, past: Any, cache_name: str
+) -> tuple[torch.Tensor, Any]:
+    """One cached decoding step: the float32 next-token logits (the mask token excluded as ``head_logits`` does) and the cache."""
+    result = judge.model(input_ids=step, use_cache=True, **{cache_name: past})
+    cache = getattr(result, "cache", None)
+    logits = result.logits[:, -1].float()
+    if judge.exclude_mask_from_predictions and judge.mask_token_id is not None:
+        logits[:, judge.mask_token_id] = float("-inf")
+    return logits, cache if cache is not None else result.past_key_values
 
 
 @torch.inference_mode()
@@ -187,7 +201,8 @@ def soft_continuation_nlls(
     :param owners: per item, the index of its context in ``contexts`` and ``paths``.
     :param contexts: the full contexts (teachers).
     :param paths: per context, the continuation ids the distributions are read along.
-    :return: one value per item, nats.
+    :return: one value per item, nats. Contexts are taken ``batch_size`` at a time, so the device
+        holds only their teacher distributions (``T x vocab`` floats each), however many are passed.
     """
     if len(prefixes) != len(owners):
         raise ValueError(f"{len(prefixes)} prefixes for {len(owners)} owners; each prefix needs its owner.")
@@ -207,22 +222,28 @@ def soft_continuation_nlls(
         return out
 
     used = sorted(set(owners))
-    teacher = dict(
-        zip(
-            used,
-            log_probs([[judge.bos_token_id, *contexts[d]] for d in used], [list(paths[d]) for d in used]),
-        )
-    )
     values = np.zeros(len(prefixes))
-    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-    for start in range(0, len(order), judge.batch_size):
-        rows = order[start : start + judge.batch_size]
-        student = log_probs(
-            [[judge.bos_token_id, *prefixes[i]] for i in rows], [list(paths[owners[i]]) for i in rows]
+    # a batch of contexts at a time: only their teacher distributions (T x vocab each) are held
+    for group_start in range(0, len(used), judge.batch_size):
+        group = used[group_start : group_start + judge.batch_size]
+        teacher = dict(
+            zip(
+                group,
+                log_probs(
+                    [[judge.bos_token_id, *contexts[d]] for d in group], [list(paths[d]) for d in group]
+                ),
+            )
         )
-        for i, logp in zip(rows, student):
-            q = teacher[owners[i]]
-            values[i] = -float((q.exp() * logp.clamp_min(-1e4)).sum(dtype=torch.float64))
+        items = [i for i in range(len(prefixes)) if owners[i] in teacher]
+        order = sorted(items, key=lambda i: len(prefixes[i]))
+        for start in range(0, len(order), judge.batch_size):
+            rows = order[start : start + judge.batch_size]
+            student = log_probs(
+                [[judge.bos_token_id, *prefixes[i]] for i in rows], [list(paths[owners[i]]) for i in rows]
+            )
+            for i, logp in zip(rows, student):
+                q = teacher[owners[i]]
+                values[i] = -float((q.exp() * logp.clamp_min(-1e4)).sum(dtype=torch.float64))
     return values
 
 
