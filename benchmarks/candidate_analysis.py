@@ -13,6 +13,9 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
   on the pooled files (they need ``run_candidates.py --soft 64``), ranked by the probability that a
   random draw of ``--draw`` documents meets the bar at all three rates at once; then the ablation
   of the chosen setting (each part alone).
+- ``score``: fixed ``refine_lookahead`` settings (``--settings``) on every document of the files:
+  recoverability / retention of the base and of each setting's choice, and the verdict against the
+  bar. For a held-out split, where nothing may be chosen.
 - ``chooser``: a learned choice among the judged candidates. A linear or small MLP score per
   candidate reads the judge's context-only deltas (``R``, the stand-ins ``g*``, the judge's own
   continuations ``p*`` and ``s``) and the move's shape; it is trained on ``--train`` by exact
@@ -291,6 +294,37 @@ def lookahead(
         print(line(joint_pass_probability(docs, choices, draws), protect_, g_, tol_, choices, drops_))
 
 
+def absolute(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[float, float]:
+    """(recoverability, retention) of one candidate per document: the corpus ratios of docs/evaluation.md."""
+    c = [x["rates"][rate] for x in docs]
+    rec = sum(x["r_empty"] - v["r"][k] for x, v, k in zip(docs, c, choice))
+    ret = sum(x["f_empty"] - v["f"][k] for x, v, k in zip(docs, c, choice))
+    return rec / sum(x["r_empty"] - x["r_full"] for x in docs), ret / sum(
+        x["f_empty"] - x["f_full"] for x in docs
+    )
+
+
+def score(docs: list[dict[str, Any]], settings: str) -> None:
+    """Fixed settings scored on every document of the files (a held-out split: nothing is chosen here)."""
+    rates = [r for r in RATES if all(r in x["rates"] for x in docs)]
+    print(
+        f"{len(docs)} documents; each cell: recoverability / retention, then the change over the base mask\n"
+    )
+    print("| setting | " + " | ".join(rates) + " |\n" + "| --- " * (len(rates) + 1) + "|")
+    base = [absolute(docs, r, [0] * len(docs)) for r in rates]
+    print("| base (truncation) | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in base) + " |")
+    for setting in settings.split(","):
+        drops, protect, tol = setting.split(":")
+        cells = []
+        for rate, (r0, f0) in zip(rates, base):
+            rec, ret = absolute(
+                docs, rate, lookahead_choice(docs, rate, int(protect), None, float(tol), drops=drops)
+            )
+            verdict = "meets" if rec - r0 >= GAIN and ret - f0 >= -SLACK else "fails"
+            cells.append(f"{rec:.3f} / {ret:.3f} ({rec - r0:+.3f} / {ret - f0:+.3f}, {verdict})")
+        print(f"| {drops} protect {protect} tol {tol} | " + " | ".join(cells) + " |")
+
+
 def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:
     """Per (document, rate): the candidates' indices, features and normalised judged gains (d rec, d ret)."""
     import torch
@@ -494,7 +528,7 @@ def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", choices=["oracle", "guard", "lookahead", "chooser", "pointer"])
+    parser.add_argument("report", choices=["oracle", "guard", "lookahead", "score", "chooser", "pointer"])
     parser.add_argument(
         "--files", default="runs/cand2_train.json,runs/cand2_validation.json", help="oracle/guard: pooled"
     )
@@ -502,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation", default="runs/candidates_validation.json")
     parser.add_argument("--draw", type=int, default=30, help="guard: documents per bootstrap draw")
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument(
+        "--settings",
+        default="o:32:0.02,os:32:0.02",
+        help="score: fixed refine_lookahead settings DROPS:PROTECT:TOLERANCE, comma-separated (no choice is made here)",
+    )
     parser.add_argument(
         "--drops",
         default="o",
@@ -519,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     docs = [x for path in args.files.split(",") for x in load(path)]
     if args.report == "oracle":
         oracle(docs)
+    elif args.report == "score":
+        score(docs, args.settings)
     elif args.report == "lookahead":
         lookahead(docs, args.draw, args.seed, args.top, tuple(args.drops.split(",")))
     else:

@@ -157,3 +157,23 @@ def test_run_candidates_writes_each_moves_rule() -> None:
     assert kinds == ["b"] + ["o"] * len(oldest) + ["s"] * len(spans) and spans
     for got, want in zip(masks, [keep, *oldest, *spans]):
         np.testing.assert_array_equal(got, want)
+
+
+def test_score_report_prints_the_fixed_settings_metrics(
+    analysis: ModuleType, tiny_recon, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """`score` prints the corpus ratios of the base and of the fixed setting's choice, with the verdict."""
+    rng = np.random.default_rng(6)
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(3)]
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES, soft=4, spare=12)
+    docs = analysis.load(str(path))
+    for x, r_empty in zip(docs, (30.0, 40.0, 50.0)):  # references the judged R can be read against
+        x["r_empty"], x["r_full"] = r_empty + max(x["rates"]["0.5"]["r"]), 0.0
+    analysis.score(docs, "os:12:0.05")
+    out = capsys.readouterr().out
+    choice = analysis.lookahead_choice(docs, "0.5", 12, None, 0.05, tokens=64, drops="os")
+    rec0 = sum(x["r_empty"] - x["rates"]["0.5"]["r"][0] for x in docs) / sum(x["r_empty"] for x in docs)
+    rec = analysis.absolute(docs, "0.5", choice)[0]
+    assert f"| base (truncation) | {rec0:.3f} / " in out
+    assert f"| os protect 12 tol 0.05 | {rec:.3f} / " in out and f"({rec - rec0:+.3f} / " in out
