@@ -221,7 +221,10 @@ def soft_continuation_nlls(
                 )
         return out
 
-    used = sorted(set(owners))
+    items_of: dict[int, list[int]] = {}
+    for i, d in enumerate(owners):
+        items_of.setdefault(d, []).append(i)
+    used = sorted(items_of)
     values = np.zeros(len(prefixes))
     # a batch of contexts at a time: only their teacher distributions (T x vocab each) are held
     for group_start in range(0, len(used), judge.batch_size):
@@ -234,8 +237,7 @@ def soft_continuation_nlls(
                 ),
             )
         )
-        items = [i for i in range(len(prefixes)) if owners[i] in teacher]
-        order = sorted(items, key=lambda i: len(prefixes[i]))
+        order = sorted((i for d in group for i in items_of[d]), key=lambda i: (len(prefixes[i]), i))
         for start in range(0, len(order), judge.batch_size):
             rows = order[start : start + judge.batch_size]
             student = log_probs(
