@@ -196,12 +196,15 @@ def filtered_choice(
     tolerance: float | None,
     tokens: int = 64,
     drops: str = "o",
+    limit: tuple[str, float] | None = None,
 ) -> list[int]:
     """``RecoverabilitySearch``'s choice per document: lowest R among the ``moves`` candidates that keep the
     base's last ``protect`` kept tokens, within the stand-in guard ``(k, tol)`` and the lookahead tolerance.
 
     ``drops`` names the drop rules by letter (``o``ldest, ``s``pan, ``t``hin; a file without ``kind``
-    holds ``oldest`` moves only): ``oldest`` moves are matched by mask, the others by their ``kind``."""
+    holds ``oldest`` moves only): ``oldest`` moves are matched by mask, the others by their ``kind``.
+    ``limit = (key, ceiling)`` also drops the moves whose per-candidate signal ``c[key]`` exceeds the
+    ceiling (``benchmarks/candidate_signals.py``); the base mask always stays a candidate."""
     out = []
     for x in docs:
         c = x["rates"][rate]
@@ -217,6 +220,8 @@ def filtered_choice(
             ok &= g <= g[0] + guard[0] * guard[1]
         if tolerance is not None:
             ok &= c["s"] <= c["s"][0] + tokens * tolerance
+        if limit is not None:
+            ok &= (c[limit[0]] <= limit[1]) | (np.arange(len(ok)) == 0)
         out.append(int(np.argmin(np.where(ok, c["r"], np.inf))))
     return out
 
@@ -305,7 +310,10 @@ def absolute(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[
 
 
 def score(docs: list[dict[str, Any]], settings: str) -> None:
-    """Fixed settings scored on every document of the files (a held-out split: nothing is chosen here)."""
+    """Fixed settings scored on every document of the files (a held-out split: nothing is chosen here).
+
+    ``settings``: comma-separated ``DROPS:PROTECT:TOL``, optionally ``:KEY@CEILING`` for a ceiling on a
+    per-candidate signal that ``benchmarks/candidate_signals.py`` attached."""
     rates = [r for r in RATES if all(r in x["rates"] for x in docs)]
     print(
         f"{len(docs)} documents; each cell: recoverability / retention, then the change over the base mask\n"
@@ -313,16 +321,21 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
     print("| setting | " + " | ".join(rates) + " |\n" + "| --- " * (len(rates) + 1) + "|")
     base = [absolute(docs, r, [0] * len(docs)) for r in rates]
     print("| base (truncation) | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in base) + " |")
+    from tokenmask.evaluate.refine import GUARD_MOVES
+
     for setting in settings.split(","):
-        drops, protect, tol = setting.split(":")
+        drops, protect, tol, *rest = setting.split(":")
+        limit = (rest[0].split("@")[0], float(rest[0].split("@")[1])) if rest else None
         cells = []
         for rate, (r0, f0) in zip(rates, base):
-            rec, ret = absolute(
-                docs, rate, lookahead_choice(docs, rate, int(protect), None, float(tol), drops=drops)
+            choice = filtered_choice(
+                docs, rate, GUARD_MOVES, int(protect), None, float(tol), drops=drops, limit=limit
             )
+            rec, ret = absolute(docs, rate, choice)
             verdict = "meets" if rec - r0 >= GAIN and ret - f0 >= -SLACK else "fails"
             cells.append(f"{rec:.3f} / {ret:.3f} ({rec - r0:+.3f} / {ret - f0:+.3f}, {verdict})")
-        print(f"| {drops} protect {protect} tol {tol} | " + " | ".join(cells) + " |")
+        name = f"{drops} protect {protect} tol {tol}" + (f" {limit[0]} <= {limit[1]:g}" if limit else "")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:

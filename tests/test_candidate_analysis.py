@@ -177,3 +177,62 @@ def test_score_report_prints_the_fixed_settings_metrics(
     rec = analysis.absolute(docs, "0.5", choice)[0]
     assert f"| base (truncation) | {rec0:.3f} / " in out
     assert f"| os protect 12 tol 0.05 | {rec:.3f} / " in out and f"({rec - rec0:+.3f} / " in out
+
+
+@pytest.fixture(scope="module")
+def signals(analysis: ModuleType) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "candidate_signals", SCRIPT.with_name("candidate_signals.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repeated_share_counts_the_dropped_ngrams_found_elsewhere(signals: ModuleType) -> None:
+    """A dropped phrase that recurs elsewhere scores 1, a unique one 0; windows touching the drop do not count."""
+    context = [1, 2, 3, 9, 1, 2, 3, 7]
+    base = np.ones(8, dtype=bool)
+    c = {"masks": [base, base & (np.arange(8) > 2), base & ~np.isin(np.arange(8), [3, 4]), base]}
+    np.testing.assert_allclose(signals.repeated_share(context, c, 2), [0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(signals.repeated_share(context, c, 3), [0.0, 1.0, 0.0, 0.0])
+
+
+def test_attention_signal_and_its_ceiling(
+    analysis: ModuleType, signals: ModuleType, tiny_recon, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The judge's end attention is cached once; each move's signal is the mass on what it drops; a ceiling
+    filters moves only (no ceiling: the method's choice; a ceiling below every move: the base), and `score` names it."""
+    rng = np.random.default_rng(7)
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(3)]
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES, soft=4)
+    docs = analysis.load(str(path))
+    signals.file_attention(str(path), docs, 4, judge=tiny_recon)
+    implementation = tiny_recon.model.config._attn_implementation
+    again = analysis.load(str(path))
+    signals.file_attention(str(path), again, 4)  # from the cache: no judge is loaded
+    assert tiny_recon.model.config._attn_implementation == implementation
+    for x, y in zip(docs, again):
+        c = x["rates"]["0.5"]
+        np.testing.assert_array_equal(c["att"], y["rates"]["0.5"]["att"])
+        kept = int(c["masks"][0].sum())
+        assert c["att"].shape == (tiny_recon.model.config.num_hidden_layers, kept)
+        assert np.all(c["att"] >= 0) and np.all(c["att"].sum(1) <= 1 + 1e-5)
+    keys = signals.add_signals(docs)
+    for x in docs:
+        c = x["rates"]["0.5"]
+        dropped = ~c["masks"][1][c["masks"][0]]  # first move, in the base's kept-token order
+        assert c["a_all"][0] == 0 and np.isclose(c["a_all"][1], c["att"].mean(0)[dropped].sum())
+        assert all(c[k].shape == (len(c["masks"]),) for k in keys)
+    free = analysis.lookahead_choice(docs, "0.5", 0, None, 0.05, tokens=4)
+    assert free == analysis.filtered_choice(
+        docs, "0.5", GUARD_MOVES, 0, None, 0.05, 4, limit=("a_all", np.inf)
+    )
+    assert any(free)
+    assert (
+        analysis.filtered_choice(docs, "0.5", GUARD_MOVES, 0, None, 0.05, 4, limit=("a_all", -1.0)) == [0] * 3
+    )
+    analysis.score(docs, "o:0:0.05:a_hi@0.5")
+    assert "| o protect 0 tol 0.05 a_hi <= 0.5 |" in capsys.readouterr().out
