@@ -16,6 +16,8 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
 - ``score``: fixed ``refine_lookahead`` settings (``--settings``) on every document of the files:
   recoverability / retention of the base and of each setting's choice, and the verdict against the
   bar. For a held-out split, where nothing may be chosen.
+- ``draws``: how fixed settings vary over random draws of ``--draw`` documents (mean, 5th percentile,
+  the share meeting each side of the bar, the share at or below ``--below`` retention change).
 - ``chooser``: a learned choice among the judged candidates. A linear or small MLP score per
   candidate reads the judge's context-only deltas (``R``, the stand-ins ``g*``, the judge's own
   continuations ``p*`` and ``s``) and the move's shape; it is trained on ``--train`` by exact
@@ -102,20 +104,27 @@ def guarded_choice(
     return filtered_choice(docs, rate, moves, 0, (guard, tolerance) if guard else None, None)
 
 
-def pass_probability(
-    docs: list[dict[str, Any]], rate: str, choice: list[int], draw: int, rng: np.random.Generator, boots: int
-) -> float:
-    """Share of ``draw``-document subsets (without replacement) on which the choice meets the bar."""
+def draw_changes(
+    docs: list[dict[str, Any]], rate: str, choice: list[int], draws: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per document draw: the (recoverability, retention) changes over the base of one candidate per document."""
     c = [x["rates"][rate] for x in docs]
     gain_r = np.array([v["r"][0] - v["r"][k] for v, k in zip(c, choice)])
     gain_f = np.array([v["f"][0] - v["f"][k] for v, k in zip(c, choice)])
     d_r = np.array([x["r_empty"] - x["r_full"] for x in docs])
     d_f = np.array([x["f_empty"] - x["f_full"] for x in docs])
-    hits = 0
-    for _ in range(boots):
-        i = rng.choice(len(docs), min(draw, len(docs)), replace=False)
-        hits += bool(gain_r[i].sum() / d_r[i].sum() >= GAIN and gain_f[i].sum() / d_f[i].sum() >= -SLACK)
-    return hits / boots
+    rec = np.array([gain_r[i].sum() / d_r[i].sum() for i in draws])
+    ret = np.array([gain_f[i].sum() / d_f[i].sum() for i in draws])
+    return rec, ret
+
+
+def pass_probability(
+    docs: list[dict[str, Any]], rate: str, choice: list[int], draw: int, rng: np.random.Generator, boots: int
+) -> float:
+    """Share of ``draw``-document subsets (without replacement) on which the choice meets the bar."""
+    draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(boots)]
+    rec, ret = draw_changes(docs, rate, choice, draws)
+    return float(np.mean((rec >= GAIN) & (ret >= -SLACK)))
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -230,19 +239,10 @@ def joint_pass_probability(
     docs: list[dict[str, Any]], choices: dict[str, list[int]], draws: list[np.ndarray]
 ) -> float:
     """Share of the document draws on which the choices meet the bar at every rate at once."""
-    d_r = np.array([x["r_empty"] - x["r_full"] for x in docs])
-    d_f = np.array([x["f_empty"] - x["f_full"] for x in docs])
     ok = np.ones(len(draws), dtype=bool)
     for rate, choice in choices.items():
-        c = [x["rates"][rate] for x in docs]
-        gain_r = np.array([v["r"][0] - v["r"][k] for v, k in zip(c, choice)])
-        gain_f = np.array([v["f"][0] - v["f"][k] for v, k in zip(c, choice)])
-        ok &= np.array(
-            [
-                gain_r[i].sum() / d_r[i].sum() >= GAIN and gain_f[i].sum() / d_f[i].sum() >= -SLACK
-                for i in draws
-            ]
-        )
+        rec, ret = draw_changes(docs, rate, choice, draws)
+        ok &= (rec >= GAIN) & (ret >= -SLACK)
     return float(ok.mean())
 
 
@@ -336,6 +336,29 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
             cells.append(f"{rec:.3f} / {ret:.3f} ({rec - r0:+.3f} / {ret - f0:+.3f}, {verdict})")
         name = f"{drops} protect {protect} tol {tol}" + (f" {limit[0]} <= {limit[1]:g}" if limit else "")
         print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int, below: float) -> None:
+    """How fixed settings vary over random ``draw``-document draws of the files: per rate, the mean and
+    5th percentile of d rec and d ret, the share of draws meeting each side of the bar, and the share
+    with d ret at or below ``below`` (how rare a held-out figure would be under these documents)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(4000)]
+    print(f"{len(docs)} documents, {len(picks)} draws of {draw}\n")
+    print(
+        f"| setting | rate | d rec: mean, p5 | P(d rec >= {GAIN}) | d ret: mean, p5 | P(d ret >= -{SLACK}) "
+        f"| P(d ret <= {below:g}) |\n" + "| --- " * 7 + "|"
+    )
+    for setting in settings.split(","):
+        drops, protect, tol = setting.split(":")
+        for rate in RATES:
+            choice = lookahead_choice(docs, rate, int(protect), None, float(tol), drops=drops)
+            rec, ret = draw_changes(docs, rate, choice, picks)
+            print(
+                f"| {setting} | {rate} | {rec.mean():+.3f}, {np.quantile(rec, 0.05):+.3f} | {np.mean(rec >= GAIN):.3f} "
+                f"| {ret.mean():+.3f}, {np.quantile(ret, 0.05):+.3f} | {np.mean(ret >= -SLACK):.3f} "
+                f"| {np.mean(ret <= below):.4f} |"
+            )
 
 
 def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:
@@ -541,7 +564,9 @@ def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", choices=["oracle", "guard", "lookahead", "score", "chooser", "pointer"])
+    parser.add_argument(
+        "report", choices=["oracle", "guard", "lookahead", "score", "draws", "chooser", "pointer"]
+    )
     parser.add_argument(
         "--files", default="runs/cand2_train.json,runs/cand2_validation.json", help="oracle/guard: pooled"
     )
@@ -559,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         default="o",
         help="lookahead: drop-rule sets to compare, comma-separated, each by letters (o oldest, s span, t thin), e.g. o,os,ost",
     )
+    parser.add_argument(
+        "--below", type=float, default=-0.026, help="draws: the retention change whose rarity is counted"
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -573,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         oracle(docs)
     elif args.report == "score":
         score(docs, args.settings)
+    elif args.report == "draws":
+        draw_report(docs, args.settings, args.draw, args.seed, args.below)
     elif args.report == "lookahead":
         lookahead(docs, args.draw, args.seed, args.top, tuple(args.drops.split(",")))
     else:

@@ -236,3 +236,25 @@ def test_attention_signal_and_its_ceiling(
     )
     analysis.score(docs, "o:0:0.05:a_hi@0.5")
     assert "| o protect 0 tol 0.05 a_hi <= 0.5 |" in capsys.readouterr().out
+
+
+def test_draw_changes_of_the_whole_set_are_the_metric(analysis: ModuleType) -> None:
+    """A draw of every document gives the corpus deltas of `metric`; a draw of one, that document's own ratio."""
+    rng = np.random.default_rng(8)
+    docs = [
+        {
+            "r_empty": 50.0 + d,
+            "r_full": 10.0,
+            "f_empty": 30.0,
+            "f_full": 5.0 + d,
+            "rates": {"0.5": {"r": 20 + rng.random(4) * 10, "f": 10 + rng.random(4) * 5}},
+        }
+        for d in range(5)
+    ]
+    choice = [1, 0, 3, 2, 1]
+    rec, ret = analysis.draw_changes(docs, "0.5", choice, [np.arange(5), np.array([2])])
+    np.testing.assert_allclose((rec[0], ret[0]), analysis.metric(docs, "0.5", choice))
+    c = docs[2]["rates"]["0.5"]
+    assert np.isclose(rec[1], (c["r"][0] - c["r"][3]) / 42.0) and np.isclose(
+        ret[1], (c["f"][0] - c["f"][3]) / 23.0
+    )
