@@ -75,11 +75,8 @@ def load(path: str) -> list[dict[str, Any]]:
 
 def metric(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[float, float]:
     """(recoverability, retention) deltas over the base mask of one candidate per document."""
-    d_r = sum(x["r_empty"] - x["r_full"] for x in docs)
-    d_f = sum(x["f_empty"] - x["f_full"] for x in docs)
-    gain_r = sum(x["rates"][rate]["r"][0] - x["rates"][rate]["r"][c] for x, c in zip(docs, choice))
-    gain_f = sum(x["rates"][rate]["f"][0] - x["rates"][rate]["f"][c] for x, c in zip(docs, choice))
-    return gain_r / d_r, gain_f / d_f
+    (rec, ret), (rec0, ret0) = absolute(docs, rate, choice), absolute(docs, rate, [0] * len(docs))
+    return rec - rec0, ret - ret0
 
 
 def allowed_moves(c: dict[str, Any], moves: tuple[int, ...]) -> np.ndarray:
