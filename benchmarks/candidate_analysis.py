@@ -101,6 +101,13 @@ def guarded_choice(
     return filtered_choice(docs, rate, moves, 0, (guard, tolerance) if guard else None, None)
 
 
+def document_draws(
+    docs: list[dict[str, Any]], draw: int, count: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """``count`` random subsets of ``draw`` documents (without replacement; all of them when fewer)."""
+    return [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(count)]
+
+
 def draw_changes(
     docs: list[dict[str, Any]], rate: str, choice: list[int], draws: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +126,7 @@ def pass_probability(
     docs: list[dict[str, Any]], rate: str, choice: list[int], draw: int, rng: np.random.Generator, boots: int
 ) -> float:
     """Share of ``draw``-document subsets (without replacement) on which the choice meets the bar."""
-    draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(boots)]
+    draws = document_draws(docs, draw, boots, rng)
     rec, ret = draw_changes(docs, rate, choice, draws)
     return float(np.mean((rec >= GAIN) & (ret >= -SLACK)))
 
@@ -186,11 +193,12 @@ def lookahead_choice(
     tolerance: float | None,
     tokens: int = 64,
     drops: str = "o",
+    limit: tuple[str, float] | None = None,
 ) -> list[int]:
     """``refine_lookahead``'s choice per document over :data:`~tokenmask.evaluate.refine.GUARD_MOVES` (:func:`filtered_choice`)."""
     from tokenmask.evaluate.refine import GUARD_MOVES
 
-    return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens, drops)
+    return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens, drops, limit)
 
 
 def filtered_choice(
@@ -247,7 +255,7 @@ def lookahead(
     docs: list[dict[str, Any]], draw: int, seed: int, top: int, drop_sets: tuple[str, ...] = ("o",)
 ) -> None:
     rng = np.random.default_rng(seed)
-    draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(2000)]
+    draws = document_draws(docs, draw, 2000, rng)
     guards: list[tuple[int, float] | None] = [None, (32, 0.5), (32, 0.2), (16, 0.2), (16, 0.1)]
     if drop_sets != ("o",):  # the drop rules are compared without the stand-in guard
         guards = [None]
@@ -306,6 +314,13 @@ def absolute(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[
     )
 
 
+def parse_setting(setting: str) -> tuple[str, int, float, tuple[str, float] | None]:
+    """``DROPS:PROTECT:TOL[:KEY@CEILING]`` -> (drops, protect, tolerance, limit or None)."""
+    drops, protect, tol, *rest = setting.split(":")
+    limit = (rest[0].split("@")[0], float(rest[0].split("@")[1])) if rest else None
+    return drops, int(protect), float(tol), limit
+
+
 def score(docs: list[dict[str, Any]], settings: str) -> None:
     """Fixed settings scored on every document of the files (a held-out split: nothing is chosen here).
 
@@ -318,16 +333,11 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
     print("| setting | " + " | ".join(rates) + " |\n" + "| --- " * (len(rates) + 1) + "|")
     base = [absolute(docs, r, [0] * len(docs)) for r in rates]
     print("| base (truncation) | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in base) + " |")
-    from tokenmask.evaluate.refine import GUARD_MOVES
-
     for setting in settings.split(","):
-        drops, protect, tol, *rest = setting.split(":")
-        limit = (rest[0].split("@")[0], float(rest[0].split("@")[1])) if rest else None
+        drops, protect, tol, limit = parse_setting(setting)
         cells = []
         for rate, (r0, f0) in zip(rates, base):
-            choice = filtered_choice(
-                docs, rate, GUARD_MOVES, int(protect), None, float(tol), drops=drops, limit=limit
-            )
+            choice = lookahead_choice(docs, rate, protect, None, tol, drops=drops, limit=limit)
             rec, ret = absolute(docs, rate, choice)
             verdict = "meets" if rec - r0 >= GAIN and ret - f0 >= -SLACK else "fails"
             cells.append(f"{rec:.3f} / {ret:.3f} ({rec - r0:+.3f} / {ret - f0:+.3f}, {verdict})")
@@ -340,16 +350,16 @@ def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int,
     5th percentile of d rec and d ret, the share of draws meeting each side of the bar, and the share
     with d ret at or below ``below`` (how rare a held-out figure would be under these documents)."""
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(4000)]
+    picks = document_draws(docs, draw, 4000, rng)
     print(f"{len(docs)} documents, {len(picks)} draws of {draw}\n")
     print(
         f"| setting | rate | d rec: mean, p5 | P(d rec >= {GAIN}) | d ret: mean, p5 | P(d ret >= -{SLACK}) "
         f"| P(d ret <= {below:g}) |\n" + "| --- " * 7 + "|"
     )
     for setting in settings.split(","):
-        drops, protect, tol = setting.split(":")
+        drops, protect, tol, limit = parse_setting(setting)
         for rate in RATES:
-            choice = lookahead_choice(docs, rate, int(protect), None, float(tol), drops=drops)
+            choice = lookahead_choice(docs, rate, protect, None, tol, drops=drops, limit=limit)
             rec, ret = draw_changes(docs, rate, choice, picks)
             print(
                 f"| {setting} | {rate} | {rec.mean():+.3f}, {np.quantile(rec, 0.05):+.3f} | {np.mean(rec >= GAIN):.3f} "

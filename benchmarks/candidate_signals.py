@@ -20,8 +20,8 @@ Reports (Markdown tables; every figure exact, as in ``candidate_analysis.py``):
 - ``score`` (a held-out file): fixed settings ``DROPS:PROTECT:TOL[:KEY@CEILING]`` (as
   ``candidate_analysis.py score``); nothing is chosen.
 
-The attention of a file is cached beside it (``.attention.npz``): one judge pass per document and
-rate, about 1 s per document on 2 CPU cores.
+The attention of a file is cached beside it (``.attention16.npz`` for ``--queries 16``): one judge
+pass per document and rate, about 0.4 s per context on 2 CPU cores.
 
 Example (docs/results.md)::
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import candidate_analysis as ca  # noqa: E402
 
-from tokenmask.evaluate.refine import GUARD_MOVES  # noqa: E402
+from tokenmask.evaluate.refine import LOOKAHEAD_PROTECT, LOOKAHEAD_TOLERANCE  # noqa: E402
 
 LAYER_GROUPS = ("all", "lo", "mid", "hi")
 GRAMS = (2, 3, 4)
 QUANTILES = (0.5, 0.8, 0.9, 0.95)
 
 
-def end_attention(judge: Any, kept: list[list[int]], queries: int) -> list[np.ndarray]:
+def end_attention(judge: Any, kept: Iterable[list[int]], queries: int) -> list[np.ndarray]:
     """Per sequence of kept ids: the attention of its last ``queries`` positions onto each kept token,
     mean over heads and those queries, one row per layer (``layers x len(ids)``; BOS column left out)."""
     model = judge.model
@@ -81,9 +82,7 @@ def file_attention(path: str, docs: list[dict[str, Any]], queries: int, judge: A
         from tqdm.auto import tqdm
 
         kept = [np.asarray(docs[d]["context"])[docs[d]["rates"][r]["masks"][0]].tolist() for d, r in keys]
-        rows = [
-            end_attention(judge, [ids], queries)[0] for ids in tqdm(kept, desc="attention", unit="context")
-        ]
+        rows = end_attention(judge, tqdm(kept, desc="attention", unit="context"), queries)
         tmp = cache.with_name(cache.name + ".tmp.npz")
         np.savez(tmp, **{f"{d}_{r}": a.astype(np.float32) for (d, r), a in zip(keys, rows)})
         tmp.replace(cache)
@@ -141,19 +140,23 @@ def add_signals(docs: list[dict[str, Any]]) -> list[str]:
 def rank(docs: list[dict[str, Any]], keys: list[str], draw: int, seed: int, top: int) -> None:
     """Ceilings on each signal at quantiles of its values over the moves, ranked by P(all)."""
     rng = np.random.default_rng(seed)
-    draws = [rng.choice(len(docs), min(draw, len(docs)), replace=False) for _ in range(2000)]
+    draws = ca.document_draws(docs, draw, 2000, rng)
     spans = any("s" in x["rates"][r].get("kind", "") for x in docs for r in ca.RATES)
+    ceilings = {}  # each signal's quantiles over every move (the base mask, index 0, left out)
+    for key in keys:
+        values = np.concatenate([x["rates"][r][key][1:] for x in docs for r in ca.RATES])
+        ceilings.update({(key, q): float(np.quantile(values, q)) for q in QUANTILES})
     rows, reference = [], []
     for drops in ("o", "os") if spans else ("o",):
 
         def choose(rate: str, limit: tuple[str, float] | None, drops: str = drops) -> list[int]:
-            return ca.filtered_choice(docs, rate, GUARD_MOVES, 32, None, 0.02, drops=drops, limit=limit)
+            protect, tolerance = LOOKAHEAD_PROTECT, LOOKAHEAD_TOLERANCE
+            return ca.lookahead_choice(docs, rate, protect, None, tolerance, drops=drops, limit=limit)
 
         choices = {rate: choose(rate, None) for rate in ca.RATES}
         reference.append((ca.joint_pass_probability(docs, choices, draws), drops, "-", "-", choices))
         for key, q in itertools.product(keys, QUANTILES):
-            values = np.concatenate([x["rates"][r][key][1:] for x in docs for r in ca.RATES])
-            ceiling = float(np.quantile(values, q))
+            ceiling = ceilings[key, q]
             choices = {rate: choose(rate, (key, ceiling)) for rate in ca.RATES}
             rows.append(
                 (
@@ -166,7 +169,8 @@ def rank(docs: list[dict[str, Any]], keys: list[str], draw: int, seed: int, top:
             )
     rows.sort(key=lambda row: -row[0])
     print(
-        f"{len(docs)} documents; protect 32, lookahead tolerance 0.02; P(all) over {len(draws)} draws of {draw}\n"
+        f"{len(docs)} documents; protect {LOOKAHEAD_PROTECT}, lookahead tolerance {LOOKAHEAD_TOLERANCE}; "
+        f"P(all) over {len(draws)} draws of {draw}\n"
     )
     print(
         "| drops | signal | ceiling | P(all) | " + " | ".join(f"{r}: d rec / d ret" for r in ca.RATES) + " |"
