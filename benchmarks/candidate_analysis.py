@@ -314,11 +314,44 @@ def absolute(docs: list[dict[str, Any]], rate: str, choice: list[int]) -> tuple[
     )
 
 
-def parse_setting(setting: str) -> tuple[str, int, float, tuple[str, float] | None]:
-    """``DROPS:PROTECT:TOL[:KEY@CEILING]`` -> (drops, protect, tolerance, limit or None)."""
+def parse_setting(setting: str) -> tuple[str, int, float, tuple[str, float] | None, float | None]:
+    """``DROPS:PROTECT:TOL[:KEY@CEILING][:r2@TOL2]`` -> (drops, protect, tolerance, limit or None, second-round
+    tolerance or None)."""
     drops, protect, tol, *rest = setting.split(":")
-    limit = (rest[0].split("@")[0], float(rest[0].split("@")[1])) if rest else None
-    return drops, int(protect), float(tol), limit
+    fields = dict((part.split("@")[0], float(part.split("@")[1])) for part in rest)
+    second = fields.pop("r2", None)
+    limit = next(iter(fields.items())) if fields else None
+    return drops, int(protect), float(tol), limit, second
+
+
+def setting_choice(docs: list[dict[str, Any]], rate: str, setting: str) -> list[int]:
+    """The choice of a fixed setting (:func:`parse_setting`): :func:`lookahead_choice`, then the second round."""
+    drops, protect, tol, limit, second = parse_setting(setting)
+    choice = lookahead_choice(docs, rate, protect, None, tol, drops=drops, limit=limit)
+    return choice if second is None else second_round_choice(docs, rate, choice, second)
+
+
+def second_round_choice(
+    docs: list[dict[str, Any]], rate: str, first: list[int], tolerance: float, tokens: int = 64
+) -> list[int]:
+    """Per document, the lowest ``R`` among the first-round choice and its second-round moves (``run_candidates.py
+    --rounds 2``: kind ``2``, ``parent``) within ``S <= S(base) + tokens * tolerance``; ties keep the first choice.
+
+    :raises ValueError: when the first choice of a document has no judged second round (another tolerance
+        than the file's ``--round_tolerances``)."""
+    out = []
+    for x, k in zip(docs, first):
+        c = x["rates"][rate]
+        parent = np.asarray(c.get("parent", []))
+        if k and not (parent == k).any():
+            raise ValueError(
+                f"candidate {k} has no judged second round: run run_candidates.py --rounds 2 with its tolerance"
+            )
+        rows = np.concatenate([[k], np.flatnonzero(parent == k)]) if k else np.array([0])
+        ok = c["s"][rows] <= c["s"][0] + tokens * tolerance
+        ok[0] = True
+        out.append(int(rows[np.argmin(np.where(ok, c["r"][rows], np.inf))]))
+    return out
 
 
 def score(docs: list[dict[str, Any]], settings: str) -> None:
@@ -334,14 +367,15 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
     base = [absolute(docs, r, [0] * len(docs)) for r in rates]
     print("| base (truncation) | " + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in base) + " |")
     for setting in settings.split(","):
-        drops, protect, tol, limit = parse_setting(setting)
+        drops, protect, tol, limit, second = parse_setting(setting)
         cells = []
         for rate, (r0, f0) in zip(rates, base):
-            choice = lookahead_choice(docs, rate, protect, None, tol, drops=drops, limit=limit)
+            choice = setting_choice(docs, rate, setting)
             rec, ret = absolute(docs, rate, choice)
             verdict = "meets" if rec - r0 >= GAIN and ret - f0 >= -SLACK else "fails"
             cells.append(f"{rec:.3f} / {ret:.3f} ({rec - r0:+.3f} / {ret - f0:+.3f}, {verdict})")
         name = f"{drops} protect {protect} tol {tol}" + (f" {limit[0]} <= {limit[1]:g}" if limit else "")
+        name += f", second round tol {second:g}" if second is not None else ""
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
@@ -357,9 +391,8 @@ def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int,
         f"| P(d ret <= {below:g}) |\n" + "| --- " * 7 + "|"
     )
     for setting in settings.split(","):
-        drops, protect, tol, limit = parse_setting(setting)
         for rate in RATES:
-            choice = lookahead_choice(docs, rate, protect, None, tol, drops=drops, limit=limit)
+            choice = setting_choice(docs, rate, setting)
             rec, ret = draw_changes(docs, rate, choice, picks)
             print(
                 f"| {setting} | {rate} | {rec.mean():+.3f}, {np.quantile(rec, 0.05):+.3f} | {np.mean(rec >= GAIN):.3f} "

@@ -45,6 +45,50 @@ def candidate_masks(
     return masks, kinds
 
 
+def second_round(
+    proposals: list[Any],
+    owners: list[int],
+    masks: list[Any],
+    kinds: list[str],
+    r: Any,
+    soft: Any,
+    moves: tuple[int, ...],
+    stride: int,
+    tolerances: list[float],
+    protect: int,
+) -> tuple[list[int], list[Any], list[int]]:
+    """Second-round moves: from each document's first-round winner (``refine_lookahead``'s choice over the
+    oldest moves at each lookahead tolerance, in nats: ``S <= S(base) + tolerance``), the next oldest base tokens move.
+
+    The winner's kept run is frozen (:func:`tokenmask.evaluate.refine.move_variants`' ``frozen``) and the
+    base's last ``protect`` kept tokens stay. Winners that are the base mask get none (their moves are the
+    first round's). :return: (owners, masks, parent index into ``masks``) of the new candidates.
+    """
+    import numpy as np
+
+    from tokenmask.evaluate.refine import move_variants
+
+    s = soft.mean(axis=0)
+    out_owners: list[int] = []
+    out_masks: list[Any] = []
+    out_parents: list[int] = []
+    for d in sorted(set(owners)):
+        rows = np.array([i for i, o in enumerate(owners) if o == d])
+        base = proposals[d]
+        last = np.flatnonzero(base)[-protect:] if protect else np.array([], dtype=int)
+        ok = np.array([kinds[i] in "bo" and masks[i][last].all() for i in rows])
+        winners = {
+            int(rows[np.argmin(np.where(ok & (s[rows] <= s[rows[0]] + tol), r[rows], np.inf))])
+            for tol in tolerances
+        }
+        for p in sorted(winners - {int(rows[0])}):
+            children = move_variants(masks[p], moves, stride, ("oldest",), None, protect, masks[p] & ~base)
+            out_owners += [d] * len(children)
+            out_masks += children
+            out_parents += [p] * len(children)
+    return out_owners, out_masks, out_parents
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default="data_out/pydocs")
@@ -89,9 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip", type=int, default=0, help="leave out the split's first documents (to shard a run)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: also judge second-round oldest moves from each first-round winner (needs --soft; kind '2', 'parent')",
+    )
+    parser.add_argument(
+        "--round_tolerances",
+        default="0,0.01,0.02",
+        help="lookahead tolerances (nats per --soft token) whose first-round winners get second-round moves",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
+    if args.rounds == 2 and not args.soft:
+        parser.error("--rounds 2 picks first-round winners by the lookahead: add --soft 64")
 
     import numpy as np
 
@@ -118,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     moves = tuple(int(m) for m in args.moves.split(","))
     guards = [int(k) for k in args.guards.split(",") if k.strip()]
     sep = separator_ids(judge)
+    tolerances = [float(t) * args.soft for t in args.round_tolerances.split(",") if t.strip()]
     began = time.perf_counter()
     contexts = [list(d.context) for d in docs]
     continuations = [list(d.continuation) for d in docs]
@@ -150,6 +209,35 @@ def main(argv: list[str] | None = None) -> int:
         }
         for i in range(n)
     ]
+
+    def judge_masks(owners: list[int], masks: list[Any]) -> tuple[Any, Any, Any, Any]:
+        """R and F of each mask; its lookahead NLLs (paths x masks); its guard then pseudo NLLs (rows x masks)."""
+        prefixes = [np.asarray(contexts[d])[m].tolist() for d, m in zip(owners, masks)]
+        # F items: the real continuation, then per guard k the context's last k tokens after the kept ones before them
+        f_prefixes, f_targets = list(prefixes), [continuations[d] for d in owners]
+        for k in guards:
+            f_prefixes += [np.asarray(contexts[d])[:-k][m[:-k]].tolist() for d, m in zip(owners, masks)]
+            f_targets += [contexts[d][-k:] for d in owners]
+        for s in range(args.pseudo):
+            f_prefixes += list(prefixes)
+            f_targets += [pseudo[d][s] for d in owners]
+        r, f_all = recovery_and_continuation_nlls(
+            judge, prefixes, [contexts[d] for d in owners], f_prefixes, f_targets, sep
+        )
+        count = len(owners)
+        soft = (
+            np.stack(
+                [
+                    soft_continuation_nlls(judge, prefixes, owners, contexts, [p[j] for p in paths])
+                    for j in range(args.soft_paths)
+                ]
+            )
+            if args.soft
+            else None
+        )
+        rest = np.asarray(f_all[count:], dtype=np.float64).reshape(len(guards) + args.pseudo, count)
+        return np.asarray(r), np.asarray(f_all[:count]), soft, rest
+
     for rate in rates:
         proposals = [np.asarray(m, dtype=bool) for m in base.keep_masks(contexts, rate)]
         for start in range(0, n, args.chunk):
@@ -161,29 +249,23 @@ def main(argv: list[str] | None = None) -> int:
                 owners += [d] * len(variants)
                 masks += variants
                 kinds += kind
-            prefixes = [np.asarray(contexts[d])[m].tolist() for d, m in zip(owners, masks)]
-            # F items: the real continuation, then per guard k the context's last k tokens after the kept ones before them
-            f_prefixes, f_targets = list(prefixes), [continuations[d] for d in owners]
-            for k in guards:
-                f_prefixes += [np.asarray(contexts[d])[:-k][m[:-k]].tolist() for d, m in zip(owners, masks)]
-                f_targets += [contexts[d][-k:] for d in owners]
-            for s in range(args.pseudo):
-                f_prefixes += list(prefixes)
-                f_targets += [pseudo[d][s] for d in owners]
-            r, f_all = recovery_and_continuation_nlls(
-                judge, prefixes, [contexts[d] for d in owners], f_prefixes, f_targets, sep
-            )
-            count = len(owners)
-            soft = (
-                np.stack(
-                    [
-                        soft_continuation_nlls(judge, prefixes, owners, contexts, [p[j] for p in paths])
-                        for j in range(args.soft_paths)
-                    ]
+            parents = [-1] * len(masks)
+            r, f_all, soft, g_all = judge_masks(owners, masks)
+            if args.rounds == 2:
+                extra = second_round(
+                    proposals, owners, masks, kinds, r, soft, moves, args.stride, tolerances, args.protect
                 )
-                if args.soft
-                else None
-            )
+                if extra[0]:
+                    r2, f2, soft2, g2 = judge_masks(extra[0], extra[1])
+                    owners, masks, kinds, parents = (
+                        owners + extra[0],
+                        masks + extra[1],
+                        kinds + ["2"] * len(extra[0]),
+                        parents + extra[2],
+                    )
+                    r, f_all = np.concatenate([r, r2]), np.concatenate([f_all, f2])
+                    soft = None if soft is None else np.concatenate([soft, soft2], axis=1)
+                    g_all = np.concatenate([g_all, g2], axis=1)
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {
@@ -192,15 +274,19 @@ def main(argv: list[str] | None = None) -> int:
                     "r": [float(r[i]) for i in rows],
                     "f": [float(f_all[i]) for i in rows],
                 }
+                if args.rounds == 2:
+                    # a second-round move names its parent by its index among the document's candidates
+                    local = {i: j for j, i in enumerate(rows)}
+                    entry["parent"] = [local[parents[i]] if parents[i] >= 0 else -1 for i in rows]
                 for g, k in enumerate(guards):
-                    entry[f"g{k}"] = [float(f_all[(g + 1) * count + i]) for i in rows]
+                    entry[f"g{k}"] = [float(g_all[g, i]) for i in rows]
                 if soft is not None:
                     entry["s"] = [float(soft[:, i].mean()) for i in rows]
                     if args.soft_paths > 1:
                         for j in range(args.soft_paths):
                             entry[f"s{j}"] = [float(soft[j, i]) for i in rows]
                 for s in range(args.pseudo):
-                    entry[f"p{s}"] = [float(f_all[(len(guards) + 1 + s) * count + i]) for i in rows]
+                    entry[f"p{s}"] = [float(g_all[len(guards) + s, i]) for i in rows]
                 out_docs[d]["rates"][str(rate)] = entry
         print(f"rate {rate}: {n} documents scored, {time.perf_counter() - began:.0f} s", flush=True)
     atomic_write_json(
@@ -219,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "pseudo_tokens": args.pseudo_tokens,
             "soft": args.soft,
             "soft_paths": args.soft_paths,
+            "rounds": args.rounds,
+            "round_tolerances": [t / args.soft for t in tolerances] if args.rounds == 2 else [],
             "machine": device_description(judge.device),
             "seconds": time.perf_counter() - began,
             "documents": out_docs,

@@ -186,3 +186,37 @@ def test_unknown_label_family_is_refused() -> None:
 def test_refine_refuses_an_in_model_method(tiny_recon) -> None:
     with pytest.raises(ValueError, match="refine needs a masking method"):
         build_method("refine:activation", MethodContext(judge=tiny_recon))
+
+
+def test_frozen_tokens_are_never_dropped() -> None:
+    from tokenmask.evaluate.refine import dropped_tokens
+
+    kept = np.array([2, 3, 6, 7, 8, 9])
+    frozen = np.zeros(10, dtype=bool)
+    frozen[[2, 3]] = True
+    np.testing.assert_array_equal(dropped_tokens(kept, 2, protect=2, frozen=frozen), [6, 7])
+    assert dropped_tokens(kept, 3, protect=2, frozen=frozen) is None  # only 6 and 7 may go
+
+
+def test_second_round_searches_from_the_first_rounds_choice(tiny_recon) -> None:
+    """rounds=2: the winner is the lowest R among the first round's choice and its moves that keep the run
+    it moved (frozen) and drop the next base tokens; the count of kept tokens never changes."""
+    contexts = _contexts(tiny_recon)
+    base = Truncation(tiny_recon.tokenizer)
+    rate = 0.5
+    first = RecoverabilitySearch(base, tiny_recon, moves=(8,), stride=8).keep_masks(contexts, rate)
+    second = RecoverabilitySearch(base, tiny_recon, moves=(8,), stride=8, rounds=2).keep_masks(contexts, rate)
+    sep = separator_ids(tiny_recon)
+    for ids, one, two, proposal in zip(contexts, first, second, base.keep_masks(contexts, rate)):
+        assert two.sum() == proposal.sum()
+        if (one == proposal).all():
+            np.testing.assert_array_equal(two, one)  # no first move, no second round
+            continue
+        candidates = [one, *move_variants(one, (8,), 8, frozen=one & ~proposal)]
+        assert all((c[one & ~proposal]).all() for c in candidates)  # the first run stays kept
+        nlls = recovery_nlls(
+            tiny_recon, [np.asarray(ids)[c].tolist() for c in candidates], [ids] * len(candidates), sep
+        )
+        np.testing.assert_array_equal(two, candidates[int(np.argmin(nlls))])
+    with pytest.raises(ValueError, match="rounds"):
+        RecoverabilitySearch(base, tiny_recon, rounds=0)

@@ -102,9 +102,14 @@ DROPS: tuple[str, ...] = ("oldest", "span", "thin")
 
 
 def dropped_tokens(
-    kept: np.ndarray, m: int, drop: str = "oldest", bits: np.ndarray | None = None, protect: int = 0
+    kept: np.ndarray,
+    m: int,
+    drop: str = "oldest",
+    bits: np.ndarray | None = None,
+    protect: int = 0,
+    frozen: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """The ``m`` kept tokens a move drops, chosen among all kept tokens but the last ``protect``.
+    """The ``m`` kept tokens a move drops, chosen among all kept tokens but the last ``protect`` and the ``frozen`` ones.
 
     - ``oldest``: the first ``m`` (the oldest kept text, which helps the continuation least);
     - ``span``: the ``m`` consecutive kept tokens of lowest summed surprisal ``bits`` (earliest on ties);
@@ -112,12 +117,15 @@ def dropped_tokens(
 
     :param kept: positions of the kept tokens, increasing.
     :param bits: per context token, its surprisal under the judge (``span`` and ``thin`` only).
+    :param frozen: per context token, ``True`` = never dropped (a second round's run kept by the first).
     :return: positions to drop, increasing; ``None`` where fewer than ``m`` tokens may be dropped.
     :raises ValueError: an unknown ``drop``, or ``span``/``thin`` without ``bits``.
     """
     if drop not in DROPS:
         raise ValueError(f"unknown drop {drop!r}. Fix: one of {', '.join(DROPS)}.")
     eligible = kept[: max(0, len(kept) - protect)]
+    if frozen is not None:
+        eligible = eligible[~np.asarray(frozen, dtype=bool)[eligible]]
     if m > len(eligible):
         return None
     if drop == "oldest":
@@ -139,6 +147,7 @@ def move_variants(
     drops: Sequence[str] = ("oldest",),
     bits: np.ndarray | None = None,
     protect: int = 0,
+    frozen: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Masks with ``m`` kept tokens dropped (:func:`dropped_tokens`) and ``m`` dropped tokens kept as one run.
 
@@ -152,6 +161,7 @@ def move_variants(
     :param drops: drop rules (:data:`DROPS`), in order.
     :param bits: per token, its surprisal (needed by ``span`` and ``thin``).
     :param protect: the last kept tokens no move drops.
+    :param frozen: per token, ``True`` = kept tokens no move drops (:func:`dropped_tokens`).
     :return: distinct masks, each keeping ``keep.sum()`` tokens.
     """
     keep = np.asarray(keep, dtype=bool)
@@ -165,7 +175,7 @@ def move_variants(
     variants: list[np.ndarray] = []
     for drop in drops:
         for m in moves:
-            gone = dropped_tokens(kept, m, drop, bits, protect)
+            gone = dropped_tokens(kept, m, drop, bits, protect, frozen)
             if gone is None:
                 continue
             base = keep.copy()
@@ -198,6 +208,8 @@ class RecoverabilitySearch(MaskingCompressor):
     :param lookahead: tokens of the judge's own continuation for the lookahead guard (0: off).
     :param lookahead_tolerance: nats per lookahead token a candidate may lose against the base mask.
     :param drops: which kept tokens a move drops (:data:`DROPS`; ``span`` and ``thin`` cost one judge pass).
+    :param rounds: search rounds; each later round starts from the previous choice, keeps the runs it
+        moved and moves the next base tokens, within the same guards against the base mask.
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -215,6 +227,7 @@ class RecoverabilitySearch(MaskingCompressor):
         lookahead: int = 0,
         lookahead_tolerance: float = 0.0,
         drops: Sequence[str] = ("oldest",),
+        rounds: int = 1,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -235,6 +248,8 @@ class RecoverabilitySearch(MaskingCompressor):
                 f"refine needs protect >= 0 tokens, lookahead >= 0 tokens and lookahead_tolerance >= 0, "
                 f"got {protect}, {lookahead} and {lookahead_tolerance}."
             )
+        if rounds < 1:
+            raise ValueError(f"refine needs rounds >= 1, got {rounds}.")
         if not drops or any(d not in DROPS for d in drops):
             raise ValueError(f"refine's drops must be some of {', '.join(DROPS)}, got {list(drops)}.")
         super().__init__(judge.tokenizer, name or f"refine:{base.name}")
@@ -248,6 +263,7 @@ class RecoverabilitySearch(MaskingCompressor):
         self.lookahead = int(lookahead)
         self.lookahead_tolerance = float(lookahead_tolerance)
         self.drops = tuple(drops)
+        self.rounds = int(rounds)
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -258,8 +274,6 @@ class RecoverabilitySearch(MaskingCompressor):
         return self.base.mask_mode
 
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
-        from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
-
         check_rate(rate)
         proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
         bits = (
@@ -267,13 +281,47 @@ class RecoverabilitySearch(MaskingCompressor):
             if set(self.drops) - {"oldest"}
             else [None] * len(proposals)
         )
-        candidates: list[np.ndarray] = []
-        owners: list[int] = []
-        for d, keep in enumerate(proposals):
-            variants = move_variants(keep, self.moves, self.stride, self.drops, bits[d], self.protect)
-            candidates += [keep, *variants]
-            owners += [d] * (1 + len(variants))
         ids = [np.asarray(c) for c in contexts]
+        paths = self._paths(ids) if self.lookahead else None
+        best: list[tuple[float, np.ndarray]] = []
+        bound = np.zeros((0, 2))
+        for round_ in range(self.rounds):
+            owners: list[int] = []
+            candidates: list[np.ndarray] = []
+            for d, keep in enumerate(proposals):
+                if round_ and best[d][1] is keep:
+                    continue  # the base was kept: another round would try the same moves
+                start = best[d][1] if round_ else keep
+                # later rounds keep the runs earlier rounds moved (frozen) and drop the next base tokens
+                variants = move_variants(
+                    start, self.moves, self.stride, self.drops, bits[d], self.protect, start & ~keep
+                )
+                candidates += variants if round_ else [keep, *variants]
+                owners += [d] * (len(variants) + (0 if round_ else 1))
+            if not candidates:
+                break
+            nlls, limits = self._judge(ids, owners, candidates, paths)
+            if not round_:  # each document's base mask comes first; its guard values bound every round
+                first = np.flatnonzero(np.diff(np.asarray(owners), prepend=-1))
+                bound = limits[first] + self._slack(ids)
+                best = [(float(nlls[i]), candidates[i]) for i in first]
+            ok = (limits <= bound[owners]).all(axis=1)
+            for i, (d, nll) in enumerate(zip(owners, nlls)):
+                # strict: ties keep the earlier candidate (the base mask, then the previous round's choice)
+                if ok[i] and nll < best[d][0]:
+                    best[d] = (float(nll), candidates[i])
+        return [mask for _, mask in best]
+
+    def _judge(
+        self,
+        ids: list[np.ndarray],
+        owners: list[int],
+        candidates: list[np.ndarray],
+        paths: list[list[int]] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate, ``R`` and its guard values (columns: the stand-in ``G``, then the lookahead ``S``; ``-inf`` when off)."""
+        from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
+
         prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
         guarded = [self.guard if 0 < self.guard < len(ids[d]) else 0 for d in owners]
         stand_in = [
@@ -290,41 +338,27 @@ class RecoverabilitySearch(MaskingCompressor):
             tails,
             separator_ids(self.judge),
         )
-        guard_of = np.full(len(candidates), -np.inf)
-        guard_of[np.asarray(guarded) > 0] = guard_nlls
-        ok = _within(guard_of, owners, np.asarray(guarded, dtype=np.float64) * self.guard_tolerance)
-        if self.lookahead:
-            ok &= _within(
-                self._lookahead_nlls(ids, owners, prefixes), owners, self.lookahead * self.lookahead_tolerance
+        limits = np.full((len(candidates), 2), -np.inf)
+        limits[np.asarray(guarded) > 0, 0] = guard_nlls
+        if paths is not None:
+            from tokenmask.reconstructors.judge import soft_continuation_nlls
+
+            limits[:, 1] = soft_continuation_nlls(
+                self.judge, prefixes, owners, [x.tolist() for x in ids], paths
             )
-        best = [(np.inf, 0)] * len(proposals)
-        for i, (d, nll) in enumerate(zip(owners, nlls)):
-            # strict: ties keep the earlier candidate (the base mask first)
-            if nll < best[d][0] and ok[i]:
-                best[d] = (float(nll), i)
-        return [candidates[i] for _, i in best]
+        return np.asarray(nlls, dtype=np.float64), limits
 
-    def _lookahead_nlls(
-        self, ids: list[np.ndarray], owners: list[int], prefixes: list[list[int]]
-    ) -> np.ndarray:
-        """Each candidate's ``S``: the judge's expected ``F`` along its own greedy continuation of the full context."""
-        from tokenmask.reconstructors.judge import judge_continuations, soft_continuation_nlls
+    def _slack(self, ids: list[np.ndarray]) -> np.ndarray:
+        """Per document, the nats a candidate may lose against its base mask: on the stand-in, then on the lookahead."""
+        guarded = np.array([self.guard if 0 < self.guard < len(x) else 0 for x in ids], dtype=np.float64)
+        lookahead = np.full(len(ids), self.lookahead * self.lookahead_tolerance)
+        return np.stack([guarded * self.guard_tolerance, lookahead], axis=1)
 
-        contexts = [x.tolist() for x in ids]
-        paths = [p[0] for p in judge_continuations(self.judge, contexts, self.lookahead)]
-        return soft_continuation_nlls(self.judge, prefixes, owners, contexts, paths)
+    def _paths(self, ids: list[np.ndarray]) -> list[list[int]]:
+        """The judge's greedy continuation of each full context (the lookahead's path)."""
+        from tokenmask.reconstructors.judge import judge_continuations
 
-
-def _within(values: np.ndarray, owners: list[int], slack: np.ndarray | float) -> np.ndarray:
-    """Per candidate, ``value <= its document's base value + slack``; each document's base mask comes first."""
-    slack = np.broadcast_to(np.asarray(slack, dtype=np.float64), values.shape)
-    bound = np.zeros(len(values))
-    start = 0
-    for i, d in enumerate(owners):
-        if i == 0 or owners[i - 1] != d:
-            start = i
-        bound[i] = values[start] + slack[start]
-    return values <= bound
+        return [p[0] for p in judge_continuations(self.judge, [x.tolist() for x in ids], self.lookahead)]
 
 
 def check_refine_argument(argument: str) -> None:
