@@ -300,7 +300,8 @@ class RecoverabilitySearch(MaskingCompressor):
                 owners += [d] * (len(variants) + (0 if round_ else 1))
             if not candidates:
                 break
-            nlls, limits = self._judge(ids, owners, candidates, paths)
+            to_beat = np.array([r for r, _ in best]) if round_ else None
+            nlls, limits = self._judge(ids, owners, candidates, paths, to_beat)
             if not round_:  # each document's base mask comes first; its guard values bound every round
                 first = np.flatnonzero(np.diff(np.asarray(owners), prepend=-1))
                 bound = limits[first] + self._slack(ids)
@@ -318,8 +319,14 @@ class RecoverabilitySearch(MaskingCompressor):
         owners: list[int],
         candidates: list[np.ndarray],
         paths: list[list[int]] | None,
+        to_beat: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate, ``R`` and its guard values (columns: the stand-in ``G``, then the lookahead ``S``; ``-inf`` when off)."""
+        """Per candidate, ``R`` and its guard values (columns: the stand-in ``G``, then the lookahead ``S``; ``-inf`` when off).
+
+        ``S`` (a full-vocabulary pass, the search's largest cost) is scored only where it can matter: for
+        each document's first candidate when ``to_beat`` is ``None`` (the base mask) and for the candidates
+        whose ``R`` is below their document's ``to_beat`` (by default, its first candidate's ``R``); the
+        others, which cannot win, get ``+inf``."""
         from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
 
         prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
@@ -343,9 +350,23 @@ class RecoverabilitySearch(MaskingCompressor):
         if paths is not None:
             from tokenmask.reconstructors.judge import soft_continuation_nlls
 
-            limits[:, 1] = soft_continuation_nlls(
-                self.judge, prefixes, owners, [x.tolist() for x in ids], paths
-            )
+            rows = np.asarray(owners)
+            if to_beat is None:
+                first = np.flatnonzero(np.diff(rows, prepend=-1))
+                need = nlls < nlls[first][np.searchsorted(first, np.arange(len(rows)), side="right") - 1]
+                need[first] = True
+            else:
+                need = nlls < to_beat[rows]
+            scored = np.flatnonzero(need)
+            limits[:, 1] = np.inf
+            if len(scored):
+                limits[scored, 1] = soft_continuation_nlls(
+                    self.judge,
+                    [prefixes[i] for i in scored],
+                    [owners[i] for i in scored],
+                    [x.tolist() for x in ids],
+                    paths,
+                )
         return np.asarray(nlls, dtype=np.float64), limits
 
     def _slack(self, ids: list[np.ndarray]) -> np.ndarray:
