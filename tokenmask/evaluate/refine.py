@@ -306,7 +306,7 @@ class RecoverabilitySearch(MaskingCompressor):
                 first = np.flatnonzero(np.diff(np.asarray(owners), prepend=-1))
                 bound = limits[first] + self._slack(ids)
                 best = [(float(nlls[i]), candidates[i]) for i in first]
-            ok = (limits <= bound[owners]).all(axis=1)
+            ok: np.ndarray = np.all(limits <= bound[owners], axis=1)
             for i, (d, nll) in enumerate(zip(owners, nlls)):
                 # strict: ties keep the earlier candidate (the base mask, then the previous round's choice)
                 if ok[i] and nll < best[d][0]:
