@@ -89,3 +89,21 @@ def test_refine_lookahead_drops_argument(tiny_recon) -> None:  # type: ignore[no
     assert method.name == "refine_lookahead:oldest+span:truncation"
     with pytest.raises(ValueError, match="drops must be some of"):
         RecoverabilitySearch(Truncation(tiny_recon.tokenizer), tiny_recon, drops=("newest",))
+
+
+def test_refine_lookahead_rounds_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    from tokenmask.evaluate.refine import split_lookahead_argument
+
+    assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, "truncation")
+    assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, "truncation")
+    assert split_lookahead_argument("oldest+span:r3:agent:default") == (
+        ("oldest", "span"),
+        3,
+        "agent:default",
+    )
+    check_methods(["refine_lookahead:r2:truncation", "refine_lookahead:oldest:r2:truncation"])
+    method = build_method("refine_lookahead:r2:truncation", MethodContext(judge=tiny_recon))
+    assert isinstance(method, RecoverabilitySearch) and method.rounds == 2
+    assert method.name == "refine_lookahead:r2:truncation"
+    with pytest.raises(ValueError, match="rounds must be r1 or more"):
+        check_methods(["refine_lookahead:r0:truncation"])

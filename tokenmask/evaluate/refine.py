@@ -431,9 +431,28 @@ def split_drops_argument(argument: str) -> tuple[tuple[str, ...], str]:
     return rules, rest
 
 
+def split_lookahead_argument(argument: str) -> tuple[tuple[str, ...], int, str]:
+    """``refine_lookahead``'s argument: ``[DROPS:][rN:]BASE`` -> ``(drops, rounds, BASE)``.
+
+    ``DROPS`` as :func:`split_drops_argument`; ``rN`` runs ``N`` search rounds (default 1), e.g.
+    ``refine_lookahead:r2:truncation``.
+
+    :raises ValueError: for a drop-rule head that names something else, or ``rN`` with ``N < 1``.
+    """
+    drops, rest = split_drops_argument(argument)
+    head, _, base = rest.partition(":")
+    if not (base and head[:1] == "r" and head[1:].lstrip("-").isdigit()):
+        return drops, 1, rest
+    if int(head[1:]) < 1:
+        raise ValueError(
+            f"refine_lookahead:{argument}: rounds must be r1 or more. Fix: e.g. refine_lookahead:r2:truncation."
+        )
+    return drops, int(head[1:]), base
+
+
 def check_drops_argument(argument: str) -> None:
-    """``refine_lookahead:[DROPS:]BASE``: the drop rules parse and the base is checked as ``refine``'s."""
-    check_refine_argument(split_drops_argument(argument)[1])
+    """``refine_lookahead:[DROPS:][rN:]BASE``: the drop rules and rounds parse and the base is checked as ``refine``'s."""
+    check_refine_argument(split_lookahead_argument(argument)[2])
 
 
 def check_guard_argument(argument: str) -> None:
@@ -464,7 +483,7 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
 def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
     """``refine_lookahead:[DROPS:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules (default
     :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail."""
-    drops, base = split_drops_argument(argument)
+    drops, rounds, base = split_lookahead_argument(argument)
     check_refine_argument(base)
     return RecoverabilitySearch(
         build_method(base, context),
@@ -474,6 +493,7 @@ def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySe
         lookahead=LOOKAHEAD_TOKENS,
         lookahead_tolerance=LOOKAHEAD_TOLERANCE,
         drops=drops,
+        rounds=rounds,
         name=f"refine_lookahead:{argument}",
     )
 
