@@ -23,6 +23,10 @@ and after the candidate's kept tokens, summed along that path
 (:func:`~tokenmask.reconstructors.judge.soft_continuation_nlls`): ``F`` in expectation over the
 judge's own continuations. Only candidates with ``S <= S(base) + T * lookahead_tolerance`` compete.
 *Protected tail* (``protect=N``): no candidate drops any of the base mask's last ``N`` kept tokens.
+*Rounds* (``rounds=N``, ``refine_lookahead:rN:BASE``; default 1): each later round starts from the
+previous round's choice, keeps the runs it moved (``frozen``) and moves the next oldest base tokens,
+under the same guards against the base mask. The lookahead's full-vocabulary pass scores only the
+candidates whose ``R`` beats the choice so far (the others cannot win).
 
 The search reads the context alone (never its continuation), so it is a compressor like any other;
 its judge passes are counted in its time. Its LM is the evaluation's judge by default, as for the
