@@ -337,13 +337,13 @@ def second_round_choice(
     """Per document, the lowest ``R`` among the first-round choice and its second-round moves (``run_candidates.py
     --rounds 2``: kind ``2``, ``parent``) within ``S <= S(base) + tokens * tolerance``; ties keep the first choice.
 
-    :raises ValueError: when the first choice of a document has no judged second round (another tolerance
-        than the file's ``--round_tolerances``)."""
+    :raises ValueError: when the first choice of a document was not expanded (``expanded``: another
+        tolerance than the file's ``--round_tolerances``)."""
     out = []
     for x, k in zip(docs, first):
         c = x["rates"][rate]
         parent = np.asarray(c.get("parent", []))
-        if k and not (parent == k).any():
+        if k and k not in c.get("expanded", []):
             raise ValueError(
                 f"candidate {k} has no judged second round: run run_candidates.py --rounds 2 with its tolerance"
             )

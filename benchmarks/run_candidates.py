@@ -56,13 +56,14 @@ def second_round(
     stride: int,
     tolerances: list[float],
     protect: int,
-) -> tuple[list[int], list[Any], list[int]]:
+) -> tuple[list[int], list[Any], list[int], list[int]]:
     """Second-round moves: from each document's first-round winner (``refine_lookahead``'s choice over the
     oldest moves at each lookahead tolerance, in nats: ``S <= S(base) + tolerance``), the next oldest base tokens move.
 
     The winner's kept run is frozen (:func:`tokenmask.evaluate.refine.move_variants`' ``frozen``) and the
     base's last ``protect`` kept tokens stay. Winners that are the base mask get none (their moves are the
-    first round's). :return: (owners, masks, parent index into ``masks``) of the new candidates.
+    first round's). :return: (owners, masks, parent index into ``masks``) of the new candidates, and every
+    expanded parent (one with no possible move has no children).
     """
     import numpy as np
 
@@ -72,6 +73,7 @@ def second_round(
     out_owners: list[int] = []
     out_masks: list[Any] = []
     out_parents: list[int] = []
+    expanded: list[int] = []
     for d in sorted(set(owners)):
         rows = np.array([i for i, o in enumerate(owners) if o == d])
         base = proposals[d]
@@ -82,11 +84,12 @@ def second_round(
             for tol in tolerances
         }
         for p in sorted(winners - {int(rows[0])}):
+            expanded.append(p)
             children = move_variants(masks[p], moves, stride, ("oldest",), None, protect, masks[p] & ~base)
             out_owners += [d] * len(children)
             out_masks += children
             out_parents += [p] * len(children)
-    return out_owners, out_masks, out_parents
+    return out_owners, out_masks, out_parents, expanded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 masks += variants
                 kinds += kind
             parents = [-1] * len(masks)
+            expanded: list[int] = []
             r, f_all, soft, g_all = judge_masks(owners, masks)
             if args.rounds == 2:
                 extra = second_round(
@@ -266,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                     r, f_all = np.concatenate([r, r2]), np.concatenate([f_all, f2])
                     soft = None if soft is None else np.concatenate([soft, soft2], axis=1)
                     g_all = np.concatenate([g_all, g2], axis=1)
+                expanded = extra[3]
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {
@@ -275,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                     "f": [float(f_all[i]) for i in rows],
                 }
                 if args.rounds == 2:
-                    # a second-round move names its parent by its index among the document's candidates
+                    # a second-round move names its parent by its index among the document's candidates;
+                    # "expanded" lists every first-round winner that got a second round (children or not)
                     local = {i: j for j, i in enumerate(rows)}
                     entry["parent"] = [local[parents[i]] if parents[i] >= 0 else -1 for i in rows]
+                    entry["expanded"] = sorted({local[p] for p in expanded if owners[p] == d})
                 for g, k in enumerate(guards):
                     entry[f"g{k}"] = [float(g_all[g, i]) for i in rows]
                 if soft is not None:

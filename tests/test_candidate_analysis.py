@@ -258,3 +258,79 @@ def test_draw_changes_of_the_whole_set_are_the_metric(analysis: ModuleType) -> N
     assert np.isclose(rec[1], (c["r"][0] - c["r"][3]) / 42.0) and np.isclose(
         ret[1], (c["f"][0] - c["f"][3]) / 23.0
     )
+
+
+def test_second_round_choice_is_two_round_refine_lookahead(
+    analysis: ModuleType, tiny_recon, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """run_candidates.py's second round (children of each first-round winner), read back by
+    second_round_choice, gives the masks of RecoverabilitySearch(rounds=2), mask for mask."""
+    spec = importlib.util.spec_from_file_location("run_candidates", SCRIPT.with_name("run_candidates.py"))
+    assert spec is not None and spec.loader is not None
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    rng = np.random.default_rng(9)  # a seed where round 2 moves again in two of four documents
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(4)]
+    rate, tokens, protect, tolerance = 0.5, 4, 12, 0.05
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, rate, 8, path, moves=GUARD_MOVES, soft=tokens, spare=protect)
+    data = json.loads(path.read_text())
+    proposals = [np.asarray(m) for m in Truncation(tiny_recon.tokenizer).keep_masks(contexts, rate)]
+    owners, masks, kinds, r, s = [], [], [], [], []
+    for d, x in enumerate(data["documents"]):
+        c = x["rates"][str(rate)]
+        owners += [d] * len(c["r"])
+        masks += [np.frombuffer(k.encode(), dtype=np.uint8) == ord("1") for k in c["keep"]]
+        kinds += list(c["kind"])
+        r += c["r"]
+        s += c["s"]
+    new_owners, new_masks, parents, expanded = runner.second_round(
+        proposals,
+        owners,
+        masks,
+        kinds,
+        np.array(r),
+        np.array([s]),
+        GUARD_MOVES,
+        8,
+        [tokens * tolerance],
+        protect,
+    )
+    assert new_masks  # some first-round winner moved and has children
+    sep = separator_ids(tiny_recon)
+    paths = [p[0] for p in judge_continuations(tiny_recon, contexts, tokens)]
+    for d, x in enumerate(data["documents"]):
+        c = x["rates"][str(rate)]
+        rows = [i for i, o in enumerate(new_owners) if o == d]
+        first = [i for i, o in enumerate(owners) if o == d][0]
+        prefixes = [np.asarray(contexts[d])[new_masks[i]].tolist() for i in rows]
+        c["keep"] += ["".join("1" if k else "0" for k in new_masks[i]) for i in rows]
+        c["kind"] += "2" * len(rows)
+        c["parent"] = [-1] * len(c["r"]) + [parents[i] - first for i in rows]
+        c["expanded"] = [p - first for p in expanded if owners[p] == d]
+        c["r"] += recovery_nlls(tiny_recon, prefixes, [contexts[d]] * len(rows), sep).tolist() if rows else []
+        c["s"] += (
+            soft_continuation_nlls(tiny_recon, prefixes, [d] * len(rows), contexts, paths).tolist()
+            if rows
+            else []
+        )
+        c["f"] += [0.0] * len(rows)
+    path.write_text(json.dumps(data))
+    docs = analysis.load(str(path))
+    first_choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens)
+    choice = analysis.second_round_choice(docs, str(rate), first_choice, tolerance, tokens=tokens)
+    method = RecoverabilitySearch(
+        Truncation(tiny_recon.tokenizer),
+        tiny_recon,
+        GUARD_MOVES,
+        8,
+        protect=protect,
+        lookahead=tokens,
+        lookahead_tolerance=tolerance,
+        rounds=2,
+    )
+    for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
+        np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
+    assert any(
+        doc["rates"][str(rate)]["kind"][c] == "2" for doc, c in zip(docs, choice)
+    )  # round 2 won somewhere
