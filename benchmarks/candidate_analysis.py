@@ -382,7 +382,8 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
 def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int, below: float) -> None:
     """How fixed settings vary over random ``draw``-document draws of the files: per rate, the mean and
     5th percentile of d rec and d ret, the share of draws meeting each side of the bar, and the share
-    with d ret at or below ``below`` (how rare a held-out figure would be under these documents)."""
+    with d ret at or below ``below`` (how rare a held-out figure would be under these documents); then
+    per setting the share of draws meeting the bar at every rate at once (``P(all)``)."""
     rng = np.random.default_rng(seed)
     picks = document_draws(docs, draw, 4000, rng)
     print(f"{len(docs)} documents, {len(picks)} draws of {draw}\n")
@@ -390,15 +391,20 @@ def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int,
         f"| setting | rate | d rec: mean, p5 | P(d rec >= {GAIN}) | d ret: mean, p5 | P(d ret >= -{SLACK}) "
         f"| P(d ret <= {below:g}) |\n" + "| --- " * 7 + "|"
     )
+    joint = {}
     for setting in settings.split(","):
-        for rate in RATES:
-            choice = setting_choice(docs, rate, setting)
+        choices = {rate: setting_choice(docs, rate, setting) for rate in RATES}
+        joint[setting] = joint_pass_probability(docs, choices, picks)
+        for rate, choice in choices.items():
             rec, ret = draw_changes(docs, rate, choice, picks)
             print(
                 f"| {setting} | {rate} | {rec.mean():+.3f}, {np.quantile(rec, 0.05):+.3f} | {np.mean(rec >= GAIN):.3f} "
                 f"| {ret.mean():+.3f}, {np.quantile(ret, 0.05):+.3f} | {np.mean(ret >= -SLACK):.3f} "
                 f"| {np.mean(ret <= below):.4f} |"
             )
+    print("\n| setting | P(all): the bar at every rate at once |\n| --- | --- |")
+    for setting, p in joint.items():
+        print(f"| {setting} | {p:.3f} |")
 
 
 def chooser_groups(path: str) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray, Any, Any, Any]]]:
