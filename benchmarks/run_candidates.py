@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         help="paths of --soft: the greedy one, then sampled ones (seed 0); s0, s1, ... per path and s = their mean",
     )
     parser.add_argument(
+        "--soft_no_repeat",
+        type=int,
+        default=0,
+        help="n: the greedy --soft path never repeats one of its own n-grams (judge_continuations(no_repeat=n))",
+    )
+    parser.add_argument(
         "--drops",
         default="oldest",
         help="drop rules of the moves (refine.DROPS, comma-separated); span/thin candidates spare the last --protect "
@@ -187,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     scored = [d for d in drops if d != "oldest"]
     bits = judge.token_bits(contexts) if scored else [None] * len(docs)
     pseudo = judge_continuations(judge, contexts, args.pseudo_tokens, args.pseudo) if args.pseudo else []
-    paths = judge_continuations(judge, contexts, args.soft, args.soft_paths) if args.soft else []
+    paths = (
+        judge_continuations(judge, contexts, args.soft, args.soft_paths, no_repeat=args.soft_no_repeat)
+        if args.soft
+        else []
+    )
     # the denominators: empty and full context
     reference_r, reference_f = recovery_and_continuation_nlls(
         judge,
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             "pseudo_tokens": args.pseudo_tokens,
             "soft": args.soft,
             "soft_paths": args.soft_paths,
+            "soft_no_repeat": args.soft_no_repeat,
             "rounds": args.rounds,
             "round_tolerances": [t / args.soft for t in tolerances] if args.rounds == 2 else [],
             "machine": device_description(judge.device),

@@ -120,12 +120,19 @@ def recovery_and_continuation_nlls(
 
 @torch.no_grad()
 def judge_continuations(
-    judge: Reconstructor, contexts: Sequence[TokenIds], tokens: int, samples: int = 1, seed: int = 0
+    judge: Reconstructor,
+    contexts: Sequence[TokenIds],
+    tokens: int,
+    samples: int = 1,
+    seed: int = 0,
+    no_repeat: int = 0,
 ) -> list[list[list[int]]]:
     """The judge's continuations of each context: ``tokens`` ids after ``BOS + context``, ``samples`` per context.
 
     Sample 0 is greedy; samples 1.. are drawn at temperature 1 from a generator seeded with
-    ``seed`` (reproducible for the same contexts, batch size and device). Contexts of one length
+    ``seed`` (reproducible for the same contexts, batch size and device). With ``no_repeat = n``,
+    the greedy path never repeats one of its own ``n``-grams (the context's phrases may still be
+    copied): small judges loop on their own greedy output. Contexts of one length
     are decoded together with a KV cache; each batch's contexts are read once, and every sample
     decodes from a copy of that cache.
 
@@ -159,6 +166,8 @@ def judge_continuations(
                     if t:
                         logits, past = _next_logits(judge, drawn[-1][:, None], past, cache_name)
                     if s == 0:
+                        if no_repeat:
+                            logits = _ban_repeats(logits, drawn, no_repeat)
                         chosen = logits.argmax(-1)
                     else:
                         chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
@@ -167,6 +176,20 @@ def judge_continuations(
                 for row, i in enumerate(rows):
                     out[i].append([int(t) for t in ids[row]])
     return out
+
+
+def _ban_repeats(logits: torch.Tensor, drawn: list[torch.Tensor], n: int) -> torch.Tensor:
+    """``logits`` with ``-inf`` on every token that would close an ``n``-gram already in the row's ``drawn`` path."""
+    if len(drawn) < n - 1 or n < 1:
+        return logits
+    logits = logits.clone()
+    paths = torch.stack(drawn, 1).tolist()
+    for row, path in enumerate(paths):
+        tail = path[len(path) - n + 1 :] if n > 1 else []
+        banned = [path[j + n - 1] for j in range(len(path) - n + 1) if path[j : j + n - 1] == tail]
+        if banned:
+            logits[row, banned] = float("-inf")
+    return logits
 
 
 def _next_logits(
