@@ -52,6 +52,28 @@ def test_greedy_continuation_is_the_argmax_loop(tiny_recon) -> None:
         assert path == want
 
 
+def test_no_repeat_path_is_the_argmax_loop_without_repeated_ngrams(tiny_recon) -> None:
+    """With no_repeat=n the greedy path is the argmax over the tokens that do not close one of its own n-grams."""
+    contexts = _contexts(2)
+    n, tokens = 2, 24
+    plain = judge_continuations(tiny_recon, contexts, tokens=tokens)
+    paths = judge_continuations(tiny_recon, contexts, tokens=tokens, no_repeat=n)
+    for ctx, (path,) in zip(contexts, paths):
+        ids = [tiny_recon.bos_token_id, *ctx]
+        want: list[int] = []
+        for _ in range(tokens):
+            logits = _next_logits(tiny_recon, ids + want)[-1].clone()
+            tail = want[len(want) - n + 1 :]
+            for j in range(len(want) - n + 1):
+                if want[j : j + n - 1] == tail:
+                    logits[want[j + n - 1]] = float("-inf")
+            want.append(int(logits.argmax()))
+        assert path == want
+        grams = [tuple(path[j : j + n]) for j in range(len(path) - n + 1)]
+        assert len(grams) == len(set(grams))
+    assert plain != paths  # the tiny judge loops when nothing stops it
+
+
 def test_sampled_continuations_are_reproducible_from_the_seed(tiny_recon) -> None:
     contexts = _contexts(2)
     a = judge_continuations(tiny_recon, contexts, tokens=6, samples=3, seed=7)
