@@ -17,7 +17,9 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
   recoverability / retention of the base and of each setting's choice, and the verdict against the
   bar. For a held-out split, where nothing may be chosen.
 - ``draws``: how fixed settings vary over random draws of ``--draw`` documents (mean, 5th percentile,
-  the share meeting each side of the bar, the share at or below ``--below`` retention change).
+  the share meeting each side of the bar, the share at or below ``--below`` retention change), and
+  the share meeting the bar at every rate at once. A setting is ``DROPS:PROTECT:TOL``, then optionally
+  ``:KEY@CEILING`` (a signal's ceiling) and ``:r2@TOL`` (the second round of a ``--rounds 2`` file).
 - ``chooser``: a learned choice among the judged candidates. A linear or small MLP score per
   candidate reads the judge's context-only deltas (``R``, the stand-ins ``g*``, the judge's own
   continuations ``p*`` and ``s``) and the move's shape; it is trained on ``--train`` by exact

@@ -8,8 +8,11 @@ docs/evaluation.md), plus each document's ``R``/``F`` of the empty and of the fu
 metric's denominators); with ``--guards``, also the retention guard's stand-in NLL of each candidate
 (``refine_guard``); with ``--pseudo N``, each candidate's NLL of the judge's own ``N`` continuations of
 the context (``p0`` greedy, then sampled); with ``--soft T``, its lookahead NLL ``s`` along the judge's greedy
-continuation (``refine_lookahead``; ``--soft_paths N`` adds sampled paths: ``s`` is then their mean). The continuation is read here on purpose: these are training labels for a
-learned run pointer (``tokenmask.evaluate.pointer``), which is judged only on other documents.
+continuation (``refine_lookahead``; ``--soft_paths N`` adds sampled paths: ``s`` is then their mean;
+``--soft_no_repeat n`` keeps the greedy path from repeating its own n-grams). With ``--rounds 2``, the
+second round's moves from each first-round winner at ``--round_tolerances`` (:func:`second_round`; kind
+``2``, each with its ``parent``, and the ``expanded`` winners). The continuation is read here on purpose:
+to score choices exactly (``benchmarks/candidate_analysis.py``); no method reads it.
 
 One JSON (atomic), the machine named::
 
