@@ -266,24 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                 masks += variants
                 kinds += kind
             parents = [-1] * len(masks)
-            expanded: list[int] = []
             r, f_all, soft, g_all = judge_masks(owners, masks)
             if args.rounds == 2:
-                extra = second_round(
+                new_owners, new_masks, new_parents, expanded = second_round(
                     proposals, owners, masks, kinds, r, soft, moves, args.stride, tolerances, args.protect
                 )
-                if extra[0]:
-                    r2, f2, soft2, g2 = judge_masks(extra[0], extra[1])
-                    owners, masks, kinds, parents = (
-                        owners + extra[0],
-                        masks + extra[1],
-                        kinds + ["2"] * len(extra[0]),
-                        parents + extra[2],
-                    )
+                if new_owners:
+                    r2, f2, soft2, g2 = judge_masks(new_owners, new_masks)
+                    owners, masks = owners + new_owners, masks + new_masks
+                    kinds, parents = kinds + ["2"] * len(new_owners), parents + new_parents
                     r, f_all = np.concatenate([r, r2]), np.concatenate([f_all, f2])
-                    soft = None if soft is None else np.concatenate([soft, soft2], axis=1)
+                    soft = np.concatenate([soft, soft2], axis=1)  # --rounds 2 needs --soft
                     g_all = np.concatenate([g_all, g2], axis=1)
-                expanded = extra[3]
             for d in sorted(set(owners)):
                 rows = [i for i, o in enumerate(owners) if o == d]
                 entry = {

@@ -91,6 +91,20 @@ def _candidate_file(  # type: ignore[no-untyped-def]
     path.write_text(json.dumps({"protect": spare, "documents": docs}))
 
 
+def _lookahead_search(judge, protect: int, tokens: int, tolerance: float, **options) -> RecoverabilitySearch:  # type: ignore[no-untyped-def]
+    """refine_lookahead's search on truncation over GUARD_MOVES (stride 8), with the test's own lookahead settings."""
+    return RecoverabilitySearch(
+        Truncation(judge.tokenizer),
+        judge,
+        GUARD_MOVES,
+        8,
+        protect=protect,
+        lookahead=tokens,
+        lookahead_tolerance=tolerance,
+        **options,
+    )
+
+
 @pytest.mark.parametrize(("moves", "tolerance"), [(MOVES, 0.1), ((16,), 0.0)])
 def test_guarded_choice_is_refine_guards_choice(
     analysis: ModuleType, tiny_recon, tmp_path: Path, moves, tolerance
@@ -122,15 +136,8 @@ def test_lookahead_choice_is_refine_lookaheads_choice(
     _candidate_file(tiny_recon, contexts, rate, 8, path, moves=GUARD_MOVES, soft=tokens, spare=protect)
     docs = analysis.load(str(path))
     choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens, drops=drops)
-    method = RecoverabilitySearch(
-        Truncation(tiny_recon.tokenizer),
-        tiny_recon,
-        GUARD_MOVES,
-        8,
-        protect=protect,
-        lookahead=tokens,
-        lookahead_tolerance=tolerance,
-        drops=("oldest", "span") if drops == "os" else ("oldest",),
+    method = _lookahead_search(
+        tiny_recon, protect, tokens, tolerance, drops=("oldest", "span") if drops == "os" else ("oldest",)
     )
     for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
         np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
@@ -319,16 +326,7 @@ def test_second_round_choice_is_two_round_refine_lookahead(
     docs = analysis.load(str(path))
     first_choice = analysis.lookahead_choice(docs, str(rate), protect, None, tolerance, tokens=tokens)
     choice = analysis.second_round_choice(docs, str(rate), first_choice, tolerance, tokens=tokens)
-    method = RecoverabilitySearch(
-        Truncation(tiny_recon.tokenizer),
-        tiny_recon,
-        GUARD_MOVES,
-        8,
-        protect=protect,
-        lookahead=tokens,
-        lookahead_tolerance=tolerance,
-        rounds=2,
-    )
+    method = _lookahead_search(tiny_recon, protect, tokens, tolerance, rounds=2)
     for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, rate)):
         np.testing.assert_array_equal(doc["rates"][str(rate)]["masks"][picked], keep)
     assert any(

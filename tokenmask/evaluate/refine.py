@@ -334,7 +334,7 @@ class RecoverabilitySearch(MaskingCompressor):
         from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
 
         prefixes = [ids[d][mask].tolist() for d, mask in zip(owners, candidates)]
-        guarded = [self.guard if 0 < self.guard < len(ids[d]) else 0 for d in owners]
+        guarded = [self._guarded(ids[d]) for d in owners]
         stand_in = [
             ids[d][: len(mask) - k][mask[: len(mask) - k]].tolist()
             for d, mask, k in zip(owners, candidates, guarded)
@@ -356,9 +356,8 @@ class RecoverabilitySearch(MaskingCompressor):
 
             rows = np.asarray(owners)
             if to_beat is None:
-                first = np.flatnonzero(np.diff(rows, prepend=-1))
-                need = nlls < nlls[first][np.searchsorted(first, np.arange(len(rows)), side="right") - 1]
-                need[first] = True
+                starts = np.diff(rows, prepend=-1) != 0  # each document's first candidate
+                need = starts | (nlls < nlls[starts][np.cumsum(starts) - 1])
             else:
                 need = nlls < to_beat[rows]
             scored = np.flatnonzero(need)
@@ -375,9 +374,13 @@ class RecoverabilitySearch(MaskingCompressor):
 
     def _slack(self, ids: list[np.ndarray]) -> np.ndarray:
         """Per document, the nats a candidate may lose against its base mask: on the stand-in, then on the lookahead."""
-        guarded = np.array([self.guard if 0 < self.guard < len(x) else 0 for x in ids], dtype=np.float64)
+        guarded = np.array([self._guarded(x) for x in ids], dtype=np.float64)
         lookahead = np.full(len(ids), self.lookahead * self.lookahead_tolerance)
         return np.stack([guarded * self.guard_tolerance, lookahead], axis=1)
+
+    def _guarded(self, ids: np.ndarray) -> int:
+        """The stand-in guard's length for one context (0: off, or the context is too short for it)."""
+        return self.guard if 0 < self.guard < len(ids) else 0
 
     def _paths(self, ids: list[np.ndarray]) -> list[list[int]]:
         """The judge's greedy continuation of each full context (the lookahead's path)."""
