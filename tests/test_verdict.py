@@ -89,7 +89,8 @@ def test_evaluate_prints_one_table_the_columns_and_the_verdict(tiny_judge_dir, t
     )  # fmt: skip
     assert status == 0
     out = capsys.readouterr().out
-    assert out.count("| method |") == 1  # the table once
+    assert out.count("| method | asked rate | achieved rate |") == 1  # the table once
+    assert out.count("Against truncation") == 1  # and the bar's intervals once
     assert COLUMNS_EXPLAINED in out
     saved = json.loads((out_dir / "results.json").read_text())["results"]
     verdict = pareto_verdict(saved)

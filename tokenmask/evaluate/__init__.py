@@ -5,6 +5,7 @@
 * :mod:`.baselines` — random, frequency, length, truncation, self-information (+ LLMLingua).
 * :mod:`.metrics` — the one implementation of rate, recoverability, retention, ...
 * :mod:`.runner` — ``tokenmask evaluate`` / ``tokenmask baselines`` and the reports.
+* :mod:`.bar` — the change over truncation with paired bootstrap intervals, and the bar's verdict.
 
 Only the light interface module is imported here; the rest loads on use.
 """

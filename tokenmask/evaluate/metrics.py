@@ -193,6 +193,10 @@ class Scores:
     extra: dict[str, float] = field(default_factory=dict)
     #: in-model methods: per decoder layer, the fraction of the context's positions (KV entries) kept
     kept_per_layer: list[float] = field(default_factory=list)
+    #: per document, ``R(compressed)`` in nats (the first ``recoverability_documents``; for :mod:`.bar`)
+    recover_nlls: list[float] = field(default_factory=list)
+    #: per document, ``F(compressed)`` in nats (for :mod:`.bar`)
+    continue_nlls: list[float] = field(default_factory=list)
 
 
 def score_compressed_texts(
@@ -249,6 +253,8 @@ def score_compressed_ids(
         recoverability_documents=n_recover,
         context_tokens=int(sum(context_lengths)),
         kept_tokens=int(sum(lengths)),
+        recover_nlls=[float(x) for x in recover],
+        continue_nlls=[float(x) for x in cont],
     )
 
 
@@ -276,6 +282,7 @@ def score_in_model(
     :param layer_total: per document, the entries per layer uncompressed.
     """
     rate = compression_rate(positions_kept, positions_total)
+    recover = np.asarray(context_nlls, dtype=np.float64)[: reference.recover_documents]
     kept_per_layer: list[float] = []
     if layer_kept and all(len(k) for k in layer_kept):
         kept_sum = np.sum(np.asarray(layer_kept, dtype=np.float64), axis=0)
@@ -285,17 +292,15 @@ def score_in_model(
         requested_rate=float(requested_rate),
         rate=rate,
         rate_error=abs(rate - float(requested_rate)),
-        recoverability=information_ratio(
-            reference.recover_empty,
-            np.asarray(context_nlls)[: reference.recover_documents],
-            reference.recover_full,
-        ),
+        recoverability=information_ratio(reference.recover_empty, recover, reference.recover_full),
         retention=information_ratio(reference.continue_empty, continuation_nlls_, reference.continue_full),
         documents=len(context_nlls),
         recoverability_documents=reference.recover_documents,
         context_tokens=context_tokens,
         kept_tokens=int(sum(positions_kept)),
         kept_per_layer=kept_per_layer,
+        recover_nlls=recover.tolist(),
+        continue_nlls=[float(x) for x in continuation_nlls_],
     )
 
 

@@ -78,11 +78,15 @@ class EvaluationReport:
     :param results: one :class:`MethodResult` per method x rate.
     :param setting: judge, corpus, C, T, documents, seed, device (printed above the table).
     :param skipped: methods that could not run, with the reason.
+    :param reference: per document, the judge's reference NLLs (keys ``recover_empty``, ``recover_full``,
+        ``continue_empty``, ``continue_full``: :class:`~tokenmask.evaluate.metrics.ReferenceNLLs`); with the
+        rows' own per-document NLLs they give the bar's intervals (:mod:`tokenmask.evaluate.bar`).
     """
 
     results: list[MethodResult]
     setting: dict[str, Any]
     skipped: dict[str, str] = field(default_factory=dict)
+    reference: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``results.json``."""
@@ -90,6 +94,7 @@ class EvaluationReport:
             "setting": self.setting,
             "skipped": self.skipped,
             "results": [r.to_dict() for r in self.results],
+            "reference": self.reference,
         }
 
     def methods(self) -> list[str]:
@@ -153,7 +158,10 @@ def markdown_table(report: EvaluationReport) -> str:
             )
     for method, reason in report.skipped.items():
         lines.append(f"\nSkipped {method}: {reason}")
-    return "\n".join(lines) + "\n"
+    from tokenmask.evaluate.bar import bar_table, report_bar_rows
+
+    against = bar_table(report_bar_rows(report))
+    return "\n".join(lines) + "\n" + (f"\n{against}" if against else "")
 
 
 def layer_runs(fractions: Sequence[float]) -> str:

@@ -15,8 +15,11 @@ the method names and their arguments (an ``agent:`` run folder must hold an agen
 plug-in's own check, :func:`tokenmask.train.check_agent_argument`), the corpus;
 then the judge loads. Heavy modules load only then, so argument errors answer at once.
 
-At the end the command prints the table once, what its columns mean (:data:`COLUMNS_EXPLAINED`)
-and which methods are on the Pareto front (:func:`pareto_verdict`).
+At the end the command prints the table once, each method's change over truncation with paired
+bootstrap intervals and the bar's verdict (:mod:`tokenmask.evaluate.bar`; also in ``results.md``), what
+the columns mean (:data:`COLUMNS_EXPLAINED`) and which methods are on the Pareto front
+(:func:`pareto_verdict`). ``results.json`` keeps every method's per-document NLLs and the reference
+NLLs, so :func:`tokenmask.evaluate.bar.bar_from_file` recomputes the intervals from it.
 """
 
 from __future__ import annotations
@@ -290,7 +293,10 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
         "sources": [d.source for d in docs],
         "config": asdict(config),
     }
-    return EvaluationReport(results=results, setting=setting, skipped=skipped)
+    from tokenmask.evaluate.bar import REFERENCE_KEYS
+
+    reference = {key: [float(x) for x in getattr(evaluator.reference, key)] for key in REFERENCE_KEYS}
+    return EvaluationReport(results=results, setting=setting, skipped=skipped, reference=reference)
 
 
 def _progress_line(message: str) -> None:

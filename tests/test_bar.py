@@ -1,0 +1,128 @@
+"""The bar against truncation with paired bootstrap intervals (:mod:`tokenmask.evaluate.bar`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tokenmask.cli import main
+from tokenmask.evaluate.bar import bar_from_file, bar_rows, bar_table, paired_changes
+from tokenmask.evaluate.metrics import information_ratio
+
+
+def _reference(n: int, rng: np.random.Generator) -> dict[str, list[float]]:
+    empty_r, empty_f = rng.uniform(900, 1100, n), rng.uniform(250, 350, n)
+    return {
+        "recover_empty": empty_r.tolist(),
+        "recover_full": (empty_r - rng.uniform(500, 700, n)).tolist(),
+        "continue_empty": empty_f.tolist(),
+        "continue_full": (empty_f - rng.uniform(50, 100, n)).tolist(),
+    }
+
+
+def _row(method: str, r: np.ndarray, f: np.ndarray, asked: float = 0.5, error: float = 0.0) -> dict[str, Any]:
+    return {
+        "method": method,
+        "requested_rate": asked,
+        "rate_error": error,
+        "recover_nlls": r.tolist(),
+        "continue_nlls": f.tolist(),
+    }
+
+
+def test_the_change_on_all_documents_is_the_difference_of_the_corpus_ratios() -> None:
+    rng = np.random.default_rng(0)
+    ref = _reference(12, rng)
+    base_r, method_r = rng.uniform(600, 800, 12), rng.uniform(550, 800, 12)
+    identity = np.arange(12)[None, :]
+    change, per_draw = paired_changes(ref["recover_empty"], ref["recover_full"], method_r, base_r, identity)
+    expected = information_ratio(ref["recover_empty"], method_r, ref["recover_full"]) - information_ratio(
+        ref["recover_empty"], base_r, ref["recover_full"]
+    )
+    assert change == pytest.approx(expected)
+    assert per_draw[0] == pytest.approx(expected)  # a draw of every document once is the whole corpus
+    with pytest.raises(ValueError, match="one length"):
+        paired_changes([1.0, 2.0], [0.0], [1.0], [1.0], identity)
+
+
+def test_a_clear_win_meets_the_bar_in_nearly_every_draw_and_truncation_itself_is_no_row() -> None:
+    rng = np.random.default_rng(1)
+    n = 30
+    ref = _reference(n, rng)
+    r_scale = np.subtract(ref["recover_empty"], ref["recover_full"])
+    f_scale = np.subtract(ref["continue_empty"], ref["continue_full"])
+    base_r = np.asarray(ref["recover_empty"]) - 0.5 * r_scale  # recoverability 0.5
+    base_f = np.asarray(ref["continue_empty"]) - 0.9 * f_scale  # retention 0.9
+    results = [
+        _row("truncation", base_r, base_f),
+        _row("win", base_r - 0.05 * r_scale * rng.uniform(0.8, 1.2, n), base_f - 0.01 * f_scale),
+        _row("same", base_r, base_f),
+        _row("off_rate", base_r - 0.05 * r_scale, base_f, error=0.02),
+        _row("other_rate", base_r - 0.05 * r_scale, base_f, asked=0.3),  # no truncation at 0.3
+    ]
+    rows = {r.method: r for r in bar_rows(results, ref, draws=500)}
+    assert set(rows) == {"win", "same", "off_rate"}
+    win, same, off = rows["win"], rows["same"], rows["off_rate"]
+    assert win.meets and win.p_meets > 0.95
+    assert win.rec_interval[0] <= win.d_rec <= win.rec_interval[1] and win.rec_interval[0] > 0.02
+    assert win.d_ret == pytest.approx(0.01)
+    assert same.d_rec == same.d_ret == 0.0 and same.rec_interval == (0.0, 0.0) and not same.meets
+    assert not off.meets and off.p_meets == 0.0  # rate error above 0.01: never meets
+    table = bar_table(list(rows.values()), draws=500)
+    assert table.count("\n| ") == 5 and "| win | 0.50 | +0.0" in table and "| yes |" in table
+
+
+def test_the_draws_are_seeded() -> None:
+    rng = np.random.default_rng(2)
+    ref = _reference(20, rng)
+    results = [
+        _row("truncation", rng.uniform(600, 700, 20), rng.uniform(200, 250, 20)),
+        _row("m", rng.uniform(580, 700, 20), rng.uniform(200, 250, 20)),
+    ]
+    first, again, other = (bar_rows(results, ref, draws=200, seed=s)[0] for s in (0, 0, 1))
+    assert first == again
+    assert other.d_rec == first.d_rec and other.rec_interval != first.rec_interval
+    with pytest.raises(ValueError, match="lack"):
+        bar_rows(results, {"recover_empty": []})
+    with pytest.raises(ValueError, match="draws"):
+        bar_rows(results, ref, draws=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_judge_dir(tiny_recon, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
+
+
+def test_evaluate_keeps_what_the_intervals_need_and_prints_them(tiny_judge_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out_dir = tmp_path / "eval"
+    status = main(
+        [
+            "evaluate", "--corpus", "sample", "--judge", str(tiny_judge_dir), "--methods", "truncation,random",
+            "--rates", "0.5", "--num_documents", "3", "--recoverability_documents", "2", "--context_tokens", "32",
+            "--continuation_tokens", "8", "--device", "cpu", "--tensorboard", "false", "--no_progress",
+            "--output_dir", str(out_dir),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    data = json.loads((out_dir / "results.json").read_text())
+    assert {len(v) for k, v in data["reference"].items() if k.startswith("recover")} == {2}
+    assert {len(v) for k, v in data["reference"].items() if k.startswith("continue")} == {3}
+    by_method = {r["method"]: r for r in data["results"]}
+    assert len(by_method["random"]["recover_nlls"]) == 2 and len(by_method["random"]["continue_nlls"]) == 3
+    (row,) = bar_from_file(out_dir)
+    assert row.method == "random"
+    rec = by_method["random"]["recoverability"] - by_method["truncation"]["recoverability"]
+    ret = by_method["random"]["retention"] - by_method["truncation"]["retention"]
+    assert row.d_rec == pytest.approx(rec) and row.d_ret == pytest.approx(ret)
+    assert "Against truncation" in capsys.readouterr().out
+    assert "| random | 0.50 |" in (out_dir / "results.md").read_text()
+
+
+def test_a_results_file_without_reference_nlls_is_refused_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "results.json").write_text(json.dumps({"results": [], "setting": {}}))
+    with pytest.raises(ValueError, match="run tokenmask evaluate again"):
+        bar_from_file(tmp_path / "results.json")

@@ -1,0 +1,246 @@
+"""The bar against truncation, with paired bootstrap intervals over the documents.
+
+docs/evaluation.md calls a compressor worth shipping when, at each asked rate, it *dominates
+truncation*: recoverability at least :data:`~tokenmask.evaluate.reports.RECOVERABILITY_MARGIN`
+higher, retention at most :data:`~tokenmask.evaluate.reports.RETENTION_MARGIN` lower, and its achieved
+rate within :data:`RATE_ERROR` of the asked one. On 30 documents that verdict is noisy: one document
+whose continuation re-uses dropped text can move retention by 0.03. So every change over truncation
+comes here with its spread.
+
+Both metrics are ratios of sums over documents, ``Σ(empty - compressed) / Σ(empty - full)``, so
+a method's change over truncation is ``Σ(truncation - method) / Σ(empty - full)``: the empty-context
+NLLs cancel. Drawing the documents with replacement, the *same* draw for the method and for
+truncation (paired: both compressed the same documents), and recomputing that ratio gives the
+bootstrap distribution of the change. :func:`bar_rows` reports its central interval and the share
+of draws in which the method meets the bar (``P(meets)``), beside the change on all documents.
+
+The per-document NLLs come from the evaluation itself (:attr:`Scores.recover_nlls
+<tokenmask.evaluate.metrics.Scores.recover_nlls>`, :attr:`Scores.continue_nlls
+<tokenmask.evaluate.metrics.Scores.continue_nlls>` and the report's reference NLLs), so a
+``results.json`` written by ``tokenmask evaluate`` holds all it needs (:func:`bar_from_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenmask.evaluate.reports import EvaluationReport, MethodResult
+
+DRAWS = 2000
+"""Bootstrap draws of the documents."""
+
+LEVEL = 0.9
+"""Central share of the bootstrap distribution reported as the interval."""
+
+RATE_ERROR = 0.01
+"""The largest ``|achieved - asked|`` rate that meets the bar (docs/evaluation.md)."""
+
+REFERENCE_KEYS = ("recover_empty", "recover_full", "continue_empty", "continue_full")
+"""The report's per-document reference NLLs (:class:`~tokenmask.evaluate.metrics.ReferenceNLLs`)."""
+
+
+@dataclass(frozen=True)
+class BarRow:
+    """One method at one asked rate, against truncation at the same rate.
+
+    :param method: the method's name.
+    :param requested_rate: the asked rate.
+    :param rate_error: ``|achieved - asked|`` of the method.
+    :param d_rec: recoverability change over truncation on all documents.
+    :param d_ret: retention change over truncation on all documents.
+    :param rec_interval: the bootstrap interval of ``d_rec``.
+    :param ret_interval: the bootstrap interval of ``d_ret``.
+    :param meets: the method meets the bar on all documents.
+    :param p_meets: the share of bootstrap draws in which it meets the bar.
+    """
+
+    method: str
+    requested_rate: float
+    rate_error: float
+    d_rec: float
+    d_ret: float
+    rec_interval: tuple[float, float]
+    ret_interval: tuple[float, float]
+    meets: bool
+    p_meets: float
+
+
+def paired_changes(
+    empty: Sequence[float] | np.ndarray,
+    full: Sequence[float] | np.ndarray,
+    method: Sequence[float] | np.ndarray,
+    base: Sequence[float] | np.ndarray,
+    draws: np.ndarray,
+) -> tuple[float, np.ndarray]:
+    """The change ``ratio(method) - ratio(base)`` of a ratio-of-sums metric, on all documents and per draw.
+
+    :param empty: per document, the NLL with an empty prefix.
+    :param full: per document, the NLL with the full context.
+    :param method: per document, the NLL with the method's compressed context.
+    :param base: per document, the NLL with the base's (truncation's) compressed context.
+    :param draws: document indices, one row per bootstrap draw.
+    :return: the change on all documents, and one change per draw (``nan`` where the draw's
+        denominator is 0).
+    """
+    e, f, m, b = (np.asarray(x, dtype=np.float64) for x in (empty, full, method, base))
+    if not (e.shape == f.shape == m.shape == b.shape) or e.ndim != 1:
+        raise ValueError(
+            f"per-document NLLs must be 1-d and of one length, got {e.shape}, {f.shape}, {m.shape}, {b.shape}."
+        )
+    gain, scale = b - m, e - f
+    total = float(scale.sum())
+    change = float(gain.sum()) / total if total else math.nan
+    if not len(e):
+        return change, np.full(len(draws), np.nan)
+    num, den = gain[draws].sum(axis=1), scale[draws].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_draw = np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+    return change, per_draw
+
+
+def _row_values(row: MethodResult | Mapping[str, Any]) -> tuple[str, float, float, list[float], list[float]]:
+    # (method, asked rate, rate error, per-document R, per-document F) of a result or a results.json row
+    if isinstance(row, Mapping):
+        asked, error = row.get("requested_rate"), row.get("rate_error")
+        return (
+            str(row.get("method")),
+            math.nan if asked is None else float(asked),
+            math.nan if error is None else float(error),
+            list(row.get("recover_nlls") or []),
+            list(row.get("continue_nlls") or []),
+        )
+    sc = row.scores
+    return row.method, sc.requested_rate, sc.rate_error, list(sc.recover_nlls), list(sc.continue_nlls)
+
+
+def bar_rows(
+    results: Sequence[MethodResult | Mapping[str, Any]],
+    reference: Mapping[str, Sequence[float]],
+    base: str | None = None,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> list[BarRow]:
+    """Every method against ``base`` (default truncation) at each asked rate both were run at.
+
+    Rows without per-document NLLs (results written before they were kept, or methods that do not
+    score recoverability) are left out, as is the base itself.
+
+    :param results: :class:`~tokenmask.evaluate.reports.MethodResult` objects or ``results.json`` rows.
+    :param reference: per-document reference NLLs, keys :data:`REFERENCE_KEYS`.
+    :param base: the method compared against.
+    :param draws: bootstrap draws of the documents.
+    :param level: central share of the draws the interval covers, in ``(0, 1)``.
+    :param seed: seed of the draws (one draw set for every method and rate: the rows are comparable).
+    :raises ValueError: for ``draws < 1``, a level outside ``(0, 1)`` or missing reference keys.
+    """
+    from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN, RETENTION_MARGIN, TRUNCATION
+
+    if draws < 1 or not 0 < level < 1:
+        raise ValueError(f"bar_rows needs draws >= 1 and 0 < level < 1, got {draws} and {level}.")
+    missing = [k for k in REFERENCE_KEYS if k not in reference]
+    if missing:
+        raise ValueError(
+            f"the reference NLLs lack {missing}. Fix: pass the report's reference (all of {REFERENCE_KEYS})."
+        )
+    base = TRUNCATION if base is None else base
+    rows = [_row_values(r) for r in results]
+    bases = {asked: (r, f) for name, asked, _, r, f in rows if name == base and r and f}
+    n_rec, n_ret = len(reference["recover_empty"]), len(reference["continue_empty"])
+    rng = np.random.default_rng(seed)
+    rec_draws = rng.integers(0, n_rec, size=(draws, n_rec)) if n_rec else np.zeros((draws, 0), dtype=int)
+    ret_draws = rng.integers(0, n_ret, size=(draws, n_ret)) if n_ret else np.zeros((draws, 0), dtype=int)
+    tail = (1 - level) / 2 * 100
+    out = []
+    for name, asked, rate_error, r, f in rows:
+        if name == base or asked not in bases or len(r) != n_rec or len(f) != n_ret:
+            continue
+        base_r, base_f = bases[asked]
+        d_rec, rec_per = paired_changes(
+            reference["recover_empty"], reference["recover_full"], r, base_r, rec_draws
+        )
+        d_ret, ret_per = paired_changes(
+            reference["continue_empty"], reference["continue_full"], f, base_f, ret_draws
+        )
+        rate_ok = rate_error <= RATE_ERROR
+        meets_per = (rec_per >= RECOVERABILITY_MARGIN) & (ret_per >= -RETENTION_MARGIN) & rate_ok
+        out.append(
+            BarRow(
+                method=name,
+                requested_rate=asked,
+                rate_error=rate_error,
+                d_rec=d_rec,
+                d_ret=d_ret,
+                rec_interval=_interval(rec_per, tail),
+                ret_interval=_interval(ret_per, tail),
+                meets=bool(rate_ok and d_rec >= RECOVERABILITY_MARGIN and d_ret >= -RETENTION_MARGIN),
+                p_meets=float(np.mean(meets_per)),
+            )
+        )
+    return out
+
+
+def _interval(values: np.ndarray, tail: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return (math.nan, math.nan)
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return (float(low), float(high))
+
+
+def report_bar_rows(report: EvaluationReport, **kwargs: Any) -> list[BarRow]:
+    """:func:`bar_rows` of an :class:`~tokenmask.evaluate.reports.EvaluationReport` (empty without truncation or reference)."""
+    if not report.reference:
+        return []
+    return bar_rows(report.results, report.reference, **kwargs)
+
+
+def bar_from_file(path: str | Path, **kwargs: Any) -> list[BarRow]:
+    """:func:`bar_rows` of a ``results.json`` written by ``tokenmask evaluate`` (or the folder holding it).
+
+    :raises ValueError: when the file holds no reference NLLs (written before they were kept).
+    """
+    from tokenmask.evaluate.reports import RESULTS_FILE, load_results
+
+    file = Path(path)
+    file = file / RESULTS_FILE if file.is_dir() else file
+    rows = load_results(file)  # checks the file: a clear error when missing or damaged
+    reference = json.loads(file.read_text(encoding="utf-8")).get("reference") or {}
+    if not reference:
+        raise ValueError(
+            f"{file} holds no per-document reference NLLs (written by an older tokenmask). "
+            "Fix: run tokenmask evaluate again."
+        )
+    return bar_rows(rows, reference, **kwargs)
+
+
+def bar_table(rows: Sequence[BarRow], level: float = LEVEL, draws: int = DRAWS) -> str:
+    """The rows as a Markdown section (empty string for no rows)."""
+    from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN, RETENTION_MARGIN, TRUNCATION
+
+    if not rows:
+        return ""
+    pct = f"{level * 100:g} %"
+    lines = [
+        f"Against {TRUNCATION} (the bar of docs/evaluation.md: recoverability at least +{RECOVERABILITY_MARGIN}, "
+        f"retention at least -{RETENTION_MARGIN}, rate error at most {RATE_ERROR}). Changes on all documents, "
+        f"with the {pct} interval and P(meets) over {draws} paired bootstrap draws of the documents:",
+        "",
+        f"| method | asked rate | d recoverability [{pct}] | d retention [{pct}] | meets | P(meets) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {r.requested_rate:.2f} | {r.d_rec:+.3f} [{r.rec_interval[0]:+.3f}, {r.rec_interval[1]:+.3f}] | "
+            f"{r.d_ret:+.3f} [{r.ret_interval[0]:+.3f}, {r.ret_interval[1]:+.3f}] | {'yes' if r.meets else 'no'} | "
+            f"{r.p_meets:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
