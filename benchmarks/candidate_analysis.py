@@ -379,6 +379,35 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
         name = f"{drops} protect {protect} tol {tol}" + (f" {limit[0]} <= {limit[1]:g}" if limit else "")
         name += f", second round tol {second:g}" if second is not None else ""
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        "\nThe same changes with their 90 % intervals and P(meets the bar) over 2,000 paired bootstrap draws of these "
+        "documents (tokenmask.evaluate.bar):\n"
+    )
+    print("| setting | " + " | ".join(rates) + " |\n" + "| --- " * (len(rates) + 1) + "|")
+    for setting in settings.split(","):
+        cells = [interval_cell(docs, rate, setting_choice(docs, rate, setting)) for rate in rates]
+        print(f"| {setting} | " + " | ".join(cells) + " |")
+
+
+def interval_cell(docs: list[dict[str, Any]], rate: str, choice: list[int], seed: int = 0) -> str:
+    """``d rec [interval] / d ret [interval], P(meets)`` of one choice over the base, paired bootstrap of the documents."""
+    from tokenmask.evaluate.bar import paired_changes
+
+    c = [x["rates"][rate] for x in docs]
+    draws = np.random.default_rng(seed).integers(0, len(docs), size=(2000, len(docs)))
+    parts, sides = [], []
+    for key, empty, full, margin in (("r", "r_empty", "r_full", GAIN), ("f", "f_empty", "f_full", -SLACK)):
+        change, per_draw = paired_changes(
+            [x[empty] for x in docs],
+            [x[full] for x in docs],
+            [v[key][k] for v, k in zip(c, choice)],
+            [v[key][0] for v in c],
+            draws,
+        )
+        low, high = np.percentile(per_draw, [5, 95])
+        parts.append(f"{change:+.3f} [{low:+.3f}, {high:+.3f}]")
+        sides.append(per_draw >= margin)
+    return f"{parts[0]} / {parts[1]}, P {np.mean(sides[0] & sides[1]):.2f}"
 
 
 def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int, below: float) -> None:
@@ -637,6 +666,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="score/draws: the files' first N documents only (0: all), e.g. evaluate's 30",
+    )
     args = parser.parse_args(argv)
     if args.report == "pointer":
         pointer(args.train, args.validation, args.epochs, args.seed)
@@ -645,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         chooser(args.train, args.validation, args.epochs, args.seed)
         return 0
     docs = [x for path in args.files.split(",") for x in load(path)]
+    docs = docs[: args.first] if args.first > 0 else docs
     if args.report == "oracle":
         oracle(docs)
     elif args.report == "score":
