@@ -3,7 +3,9 @@
 Reads the ``results.json`` (or the folder holding it) and writes the same figure as the
 ``pareto.png`` of ``tokenmask evaluate``: one panel per asked rate, recoverability (x) against
 retention (y), one labelled point per method, truncation's point a star and the region that
-dominates it by issue 12's bar (recoverability +0.02, retention -0.01) shaded. Written atomically.
+dominates it by issue 12's bar (recoverability +0.02, retention -0.01) shaded, and, for files with
+per-document NLLs, each method's 90 % paired bootstrap interval of its change over truncation as error
+bars. Written atomically.
 
     python benchmarks/pareto_plot.py runs/eval_test/results.json docs/pareto.png
 """
@@ -31,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.results_json)
     data = json.loads((source / RESULTS_FILE if source.is_dir() else source).read_text(encoding="utf-8"))
     setting = data.get("setting") if isinstance(data.get("setting"), dict) else None
-    path = atomic_write_bytes(args.out_png, plot_pareto(rows, setting))
+    reference = data.get("reference") if isinstance(data.get("reference"), dict) else None
+    path = atomic_write_bytes(
+        args.out_png, plot_pareto(rows, setting, reference)
+    )  # interval bars when it has them
     print(f"wrote {path} ({len(rows)} rows)", file=sys.stderr)
     return 0
 

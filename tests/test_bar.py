@@ -126,3 +126,32 @@ def test_a_results_file_without_reference_nlls_is_refused_with_the_fix(tmp_path:
     (tmp_path / "results.json").write_text(json.dumps({"results": [], "setting": {}}))
     with pytest.raises(ValueError, match="run tokenmask evaluate again"):
         bar_from_file(tmp_path / "results.json")
+
+
+def test_the_pareto_plot_draws_each_methods_interval_around_its_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import matplotlib.axes
+
+    from tokenmask.evaluate.reports import plot_pareto
+
+    rng = np.random.default_rng(3)
+    ref = _reference(10, rng)
+    rows = []
+    for asked in (0.3, 0.7):
+        for method in ("truncation", "a", "b"):
+            row = _row(method, rng.uniform(600, 700, 10), rng.uniform(200, 250, 10), asked=asked)
+            rows.append({**row, "rate": asked, "recoverability": 0.5, "retention": 0.9})
+    calls: list[tuple[Any, Any, Any, Any]] = []
+
+    def record(self: Any, x: Any, y: Any, xerr: Any = None, yerr: Any = None, **kwargs: Any) -> None:
+        calls.append((x, y, xerr, yerr))
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
+    plain = plot_pareto(rows)
+    assert calls == [] and plain.startswith(b"\x89PNG")
+    plot_pareto(rows, reference=ref)
+    assert len(calls) == 4  # a and b at both rates; truncation has no bar
+    expected = {(b.requested_rate, b.d_rec - b.rec_interval[0]) for b in bar_rows(rows, ref)}
+    assert all(xerr[0][0] >= 0 and xerr[1][0] >= 0 and yerr[0][0] >= 0 for _, _, xerr, yerr in calls)
+    assert {round(c[2][0][0], 12) for c in calls} == {round(e[1], 12) for e in expected}

@@ -233,7 +233,11 @@ def _limits(values: list[float], pad: float = 0.03) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | None = None) -> bytes:
+def plot_pareto(
+    rows: Sequence[Mapping[str, Any]],
+    setting: Mapping[str, Any] | None = None,
+    reference: Mapping[str, Sequence[float]] | None = None,
+) -> bytes:
     """PNG bytes of the Pareto plot: per asked rate, recoverability (x) vs retention (y).
 
     One panel per asked rate, one labelled point per method (the label gives the achieved rate);
@@ -244,6 +248,9 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
 
     :param rows: the ``"results"`` rows of a ``results.json`` (:meth:`MethodResult.to_dict`).
     :param setting: the ``"setting"`` of the same file (judge, documents), for the title.
+    :param reference: the ``"reference"`` of the same file; with the rows' per-document NLLs, each point
+        but truncation's gets error bars: the 90 % paired bootstrap interval of its change over
+        truncation (:mod:`tokenmask.evaluate.bar`), drawn around the point.
     :raises ValueError: when ``rows`` holds no row.
     """
     import matplotlib
@@ -260,6 +267,13 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
         if str(row.get("method")) not in methods:
             methods.append(str(row.get("method")))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    from tokenmask.evaluate.bar import bar_rows
+
+    spread = {
+        (b.method, round(b.requested_rate, 6)): b
+        for b in (bar_rows(rows, reference) if reference else [])
+        if all(math.isfinite(v) for v in (*b.rec_interval, *b.ret_interval))
+    }
     rates = sorted(by_rate)
     fig, axes = plt.subplots(1, len(rates), figsize=(4.8 * len(rates), 4.6), dpi=120, squeeze=False)
     try:
@@ -274,6 +288,11 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
                     missing.append(method)
             truncation = next((p for p in points if p[0] == TRUNCATION), None)
             xs, ys = [p[1] for p in points], [p[2] for p in points]
+            for method, rec, ret, _ in points:  # room for the interval bars
+                if (method, asked) in spread:
+                    b = spread[(method, asked)]
+                    xs += [rec + b.rec_interval[0] - b.d_rec, rec + b.rec_interval[1] - b.d_rec]
+                    ys += [ret + b.ret_interval[0] - b.d_ret, ret + b.ret_interval[1] - b.d_ret]
             if truncation is not None:  # room for the shaded region beyond truncation's corner
                 xs.append(truncation[1] + RECOVERABILITY_MARGIN + 0.03)
                 ys.append(truncation[2] + 0.04)
@@ -294,6 +313,18 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
                     linewidths=0.8 if is_truncation else 0.4,
                     zorder=3,
                 )
+                if (method, asked) in spread:  # the change's interval, placed around the point
+                    b = spread[(method, asked)]
+                    ax.errorbar(
+                        [rec],
+                        [ret],
+                        xerr=[[b.d_rec - b.rec_interval[0]], [b.rec_interval[1] - b.d_rec]],
+                        yerr=[[b.d_ret - b.ret_interval[0]], [b.ret_interval[1] - b.d_ret]],
+                        color=colors[method],
+                        linewidth=0.8,
+                        capsize=2,
+                        zorder=2,
+                    )
                 label = f"{method} ({rate:.2f})" if math.isfinite(rate) else method
                 # labels of points within 4 % of the axes of an earlier one go below it, one line each
                 near = sum(
@@ -325,7 +356,8 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], setting: Mapping[str, Any] | 
         s = setting or {}
         fig.suptitle(
             f"Pareto plot: one point per method (label: achieved rate); judge {s.get('judge', '?')}, "
-            f"{s.get('documents', '?')} documents",
+            f"{s.get('documents', '?')} documents"
+            + ("; bars: 90 % paired bootstrap interval of the change over truncation" if spread else ""),
             fontsize=10,
         )
         return figure_png(fig)
@@ -385,7 +417,8 @@ def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool
         ),
         "retention_plot": atomic_write_bytes(out / RETENTION_PLOT, plot_rate_vs(report, "retention")),
         "pareto_plot": atomic_write_bytes(
-            out / PARETO_PLOT, plot_pareto([r.to_dict() for r in report.results], report.setting)
+            out / PARETO_PLOT,
+            plot_pareto([r.to_dict() for r in report.results], report.setting, report.reference),
         ),
     }
     if tensorboard:
