@@ -390,24 +390,35 @@ def score(docs: list[dict[str, Any]], settings: str) -> None:
 
 
 def interval_cell(docs: list[dict[str, Any]], rate: str, choice: list[int], seed: int = 0) -> str:
-    """``d rec [interval] / d ret [interval], P(meets)`` of one choice over the base, paired bootstrap of the documents."""
-    from tokenmask.evaluate.bar import paired_changes
+    """``d rec [interval] / d ret [interval], P(meets)`` of one choice over the base: :func:`tokenmask.evaluate.bar.bar_rows`
+    on the judged NLLs (the base is truncation, rate error 0: the candidates keep the base's count)."""
+    from tokenmask.evaluate.bar import bar_rows
 
     c = [x["rates"][rate] for x in docs]
-    draws = np.random.default_rng(seed).integers(0, len(docs), size=(2000, len(docs)))
-    parts, sides = [], []
-    for key, empty, full, margin in (("r", "r_empty", "r_full", GAIN), ("f", "f_empty", "f_full", -SLACK)):
-        change, per_draw = paired_changes(
-            [x[empty] for x in docs],
-            [x[full] for x in docs],
-            [v[key][k] for v, k in zip(c, choice)],
-            [v[key][0] for v in c],
-            draws,
+    reference = {
+        key: [x[name] for x in docs]
+        for key, name in (
+            ("recover_empty", "r_empty"),
+            ("recover_full", "r_full"),
+            ("continue_empty", "f_empty"),
+            ("continue_full", "f_full"),
         )
-        low, high = np.percentile(per_draw, [5, 95])
-        parts.append(f"{change:+.3f} [{low:+.3f}, {high:+.3f}]")
-        sides.append(per_draw >= margin)
-    return f"{parts[0]} / {parts[1]}, P {np.mean(sides[0] & sides[1]):.2f}"
+    }
+
+    def row(method: str, picks: list[int]) -> dict[str, Any]:
+        return {
+            "method": method,
+            "requested_rate": float(rate),
+            "rate_error": 0.0,
+            "recover_nlls": [v["r"][k] for v, k in zip(c, picks)],
+            "continue_nlls": [v["f"][k] for v, k in zip(c, picks)],
+        }
+
+    (b,) = bar_rows([row("truncation", [0] * len(docs)), row("choice", choice)], reference, seed=seed)
+    return (
+        f"{b.d_rec:+.3f} [{b.rec_interval[0]:+.3f}, {b.rec_interval[1]:+.3f}] / "
+        f"{b.d_ret:+.3f} [{b.ret_interval[0]:+.3f}, {b.ret_interval[1]:+.3f}], P {b.p_meets:.2f}"
+    )
 
 
 def draw_report(docs: list[dict[str, Any]], settings: str, draw: int, seed: int, below: float) -> None:

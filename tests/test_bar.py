@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tokenmask.cli import main
-from tokenmask.evaluate.bar import bar_from_file, bar_rows, bar_table, paired_changes
+from tokenmask.evaluate.bar import bar_from_file, bar_rows, bar_table, draw_counts, paired_changes
 from tokenmask.evaluate.metrics import information_ratio
 
 
@@ -38,15 +38,44 @@ def test_the_change_on_all_documents_is_the_difference_of_the_corpus_ratios() ->
     rng = np.random.default_rng(0)
     ref = _reference(12, rng)
     base_r, method_r = rng.uniform(600, 800, 12), rng.uniform(550, 800, 12)
-    identity = np.arange(12)[None, :]
-    change, per_draw = paired_changes(ref["recover_empty"], ref["recover_full"], method_r, base_r, identity)
+    once = np.ones((1, 12), dtype=int)
+    change, per_draw = paired_changes(ref["recover_empty"], ref["recover_full"], method_r, base_r, once)
     expected = information_ratio(ref["recover_empty"], method_r, ref["recover_full"]) - information_ratio(
         ref["recover_empty"], base_r, ref["recover_full"]
     )
     assert change == pytest.approx(expected)
     assert per_draw[0] == pytest.approx(expected)  # a draw of every document once is the whole corpus
     with pytest.raises(ValueError, match="one length"):
-        paired_changes([1.0, 2.0], [0.0], [1.0], [1.0], identity)
+        paired_changes([1.0, 2.0], [0.0], [1.0], [1.0], once)
+    # a draw over more documents: the first columns are these documents, as drawn
+    wider = np.concatenate([2 * once, np.zeros((1, 5), dtype=int)], axis=1)
+    assert paired_changes(ref["recover_empty"], ref["recover_full"], method_r, base_r, wider)[1][
+        0
+    ] == pytest.approx(expected)
+
+
+def test_one_draw_resamples_the_documents_for_both_metrics() -> None:
+    counts = draw_counts(7, 300, seed=4)
+    assert counts.shape == (300, 7) and (counts.sum(axis=1) == 7).all()
+    assert (draw_counts(7, 300, seed=4) == counts).all() and not (draw_counts(7, 300, seed=5) == counts).all()
+    # recoverability on the first 3 documents reads the same draw's first 3 counts
+    rng = np.random.default_rng(5)
+    ref = _reference(7, rng)
+    ref = {k: (v[:3] if k.startswith("recover") else v) for k, v in ref.items()}
+    results = [
+        _row("truncation", rng.uniform(600, 700, 3), rng.uniform(200, 250, 7)),
+        _row("m", rng.uniform(580, 700, 3), rng.uniform(200, 250, 7)),
+    ]
+    (row,) = bar_rows(results, ref, draws=300, seed=4)
+    per_rec = paired_changes(
+        ref["recover_empty"],
+        ref["recover_full"],
+        results[1]["recover_nlls"],
+        results[0]["recover_nlls"],
+        counts,
+    )[1]
+    finite = per_rec[np.isfinite(per_rec)]
+    assert row.rec_interval == pytest.approx(tuple(np.percentile(finite, [5, 95])))
 
 
 def test_a_clear_win_meets_the_bar_in_nearly_every_draw_and_truncation_itself_is_no_row() -> None:

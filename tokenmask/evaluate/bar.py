@@ -10,8 +10,9 @@ comes here with its spread.
 Both metrics are ratios of sums over documents, ``Σ(empty - compressed) / Σ(empty - full)``, so
 a method's change over truncation is ``Σ(truncation - method) / Σ(empty - full)``: the empty-context
 NLLs cancel. Drawing the documents with replacement, the *same* draw for the method and for
-truncation (paired: both compressed the same documents), and recomputing that ratio gives the
-bootstrap distribution of the change. :func:`bar_rows` reports its central interval and the share
+truncation (paired: both compressed the same documents) and for both metrics (recoverability reads
+the draw's share of its first documents), and recomputing that ratio gives the bootstrap
+distribution of the change. :func:`bar_rows` reports its central interval and the share
 of draws in which the method meets the bar (``P(meets)``), beside the change on all documents.
 
 The per-document NLLs come from the evaluation itself (:attr:`Scores.recover_nlls
@@ -78,7 +79,7 @@ def paired_changes(
     full: Sequence[float] | np.ndarray,
     method: Sequence[float] | np.ndarray,
     base: Sequence[float] | np.ndarray,
-    draws: np.ndarray,
+    counts: np.ndarray,
 ) -> tuple[float, np.ndarray]:
     """The change ``ratio(method) - ratio(base)`` of a ratio-of-sums metric, on all documents and per draw.
 
@@ -86,24 +87,40 @@ def paired_changes(
     :param full: per document, the NLL with the full context.
     :param method: per document, the NLL with the method's compressed context.
     :param base: per document, the NLL with the base's (truncation's) compressed context.
-    :param draws: document indices, one row per bootstrap draw.
+    :param counts: one row per bootstrap draw: how often the draw took each document
+        (:func:`draw_counts`; a row may cover more documents than these: the first ones are used).
     :return: the change on all documents, and one change per draw (``nan`` where the draw's
-        denominator is 0).
+        denominator is 0, e.g. it took none of these documents).
     """
     e, f, m, b = (np.asarray(x, dtype=np.float64) for x in (empty, full, method, base))
     if not (e.shape == f.shape == m.shape == b.shape) or e.ndim != 1:
         raise ValueError(
             f"per-document NLLs must be 1-d and of one length, got {e.shape}, {f.shape}, {m.shape}, {b.shape}."
         )
+    if counts.ndim != 2 or counts.shape[1] < len(e):
+        raise ValueError(f"counts must be (draws, >= {len(e)} documents), got {counts.shape}.")
     gain, scale = b - m, e - f
     total = float(scale.sum())
     change = float(gain.sum()) / total if total else math.nan
-    if not len(e):
-        return change, np.full(len(draws), np.nan)
-    num, den = gain[draws].sum(axis=1), scale[draws].sum(axis=1)
+    weights = counts[:, : len(e)].astype(np.float64)
+    num, den = weights @ gain, weights @ scale
     with np.errstate(divide="ignore", invalid="ignore"):
         per_draw = np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
     return change, per_draw
+
+
+def draw_counts(documents: int, draws: int, seed: int = 0) -> np.ndarray:
+    """``draws`` bootstrap draws of ``documents`` documents with replacement, as counts per document.
+
+    One draw set serves both metrics: recoverability, computed on the first documents only, reads the
+    first columns (the same documents, as drawn), so a draw's two changes come from one resample.
+    """
+    if documents < 0 or draws < 1:
+        raise ValueError(f"draw_counts needs documents >= 0 and draws >= 1, got {documents} and {draws}.")
+    picks = np.random.default_rng(seed).integers(0, max(documents, 1), size=(draws, documents))
+    counts = np.zeros((draws, documents), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(draws), documents), picks.ravel()), 1)
+    return counts
 
 
 def _row_values(row: MethodResult | Mapping[str, Any]) -> tuple[str, float, float, list[float], list[float]]:
@@ -155,9 +172,7 @@ def bar_rows(
     rows = [_row_values(r) for r in results]
     bases = {asked: (r, f) for name, asked, _, r, f in rows if name == base and r and f}
     n_rec, n_ret = len(reference["recover_empty"]), len(reference["continue_empty"])
-    rng = np.random.default_rng(seed)
-    rec_draws = rng.integers(0, n_rec, size=(draws, n_rec)) if n_rec else np.zeros((draws, 0), dtype=int)
-    ret_draws = rng.integers(0, n_ret, size=(draws, n_ret)) if n_ret else np.zeros((draws, 0), dtype=int)
+    counts = draw_counts(max(n_rec, n_ret), draws, seed)  # one resample per draw for both metrics
     tail = (1 - level) / 2 * 100
     out = []
     for name, asked, rate_error, r, f in rows:
@@ -165,10 +180,10 @@ def bar_rows(
             continue
         base_r, base_f = bases[asked]
         d_rec, rec_per = paired_changes(
-            reference["recover_empty"], reference["recover_full"], r, base_r, rec_draws
+            reference["recover_empty"], reference["recover_full"], r, base_r, counts
         )
         d_ret, ret_per = paired_changes(
-            reference["continue_empty"], reference["continue_full"], f, base_f, ret_draws
+            reference["continue_empty"], reference["continue_full"], f, base_f, counts
         )
         rate_ok = rate_error <= RATE_ERROR
         meets_per = (rec_per >= RECOVERABILITY_MARGIN) & (ret_per >= -RETENTION_MARGIN) & rate_ok
