@@ -33,6 +33,13 @@ def tiny_recon() -> Reconstructor:
 
 
 @pytest.fixture(scope="session")
+def tiny_judge_dir(tiny_recon: Reconstructor, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`tiny_recon` saved as a folder, so ``--judge PATH`` (and a subprocess) loads it in a second; read-only."""
+    path: Path = tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm() -> Reconstructor:
     """The embedded SmolLM2-135M-Instruct (loaded once; ~20 s on 2 cores), on the CPU, float32."""
     return Reconstructor.load("default", device="cpu", dtype="float32")

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tokenmask.cli import main
 from tokenmask.evaluate.bar import bar_from_file, bar_rows, bar_table, draw_counts, paired_changes
 from tokenmask.evaluate.metrics import information_ratio
 
@@ -119,36 +118,6 @@ def test_the_draws_are_seeded() -> None:
         bar_rows(results, {"recover_empty": []})
     with pytest.raises(ValueError, match="draws"):
         bar_rows(results, ref, draws=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tiny_recon, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
-
-
-def test_evaluate_keeps_what_the_intervals_need_and_prints_them(tiny_judge_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    out_dir = tmp_path / "eval"
-    status = main(
-        [
-            "evaluate", "--corpus", "sample", "--judge", str(tiny_judge_dir), "--methods", "truncation,random",
-            "--rates", "0.5", "--num_documents", "3", "--recoverability_documents", "2", "--context_tokens", "32",
-            "--continuation_tokens", "8", "--device", "cpu", "--tensorboard", "false", "--no_progress",
-            "--output_dir", str(out_dir),
-        ]
-    )  # fmt: skip
-    assert status == 0
-    data = json.loads((out_dir / "results.json").read_text())
-    assert {len(v) for k, v in data["reference"].items() if k.startswith("recover")} == {2}
-    assert {len(v) for k, v in data["reference"].items() if k.startswith("continue")} == {3}
-    by_method = {r["method"]: r for r in data["results"]}
-    assert len(by_method["random"]["recover_nlls"]) == 2 and len(by_method["random"]["continue_nlls"]) == 3
-    (row,) = bar_from_file(out_dir)
-    assert row.method == "random"
-    rec = by_method["random"]["recoverability"] - by_method["truncation"]["recoverability"]
-    ret = by_method["random"]["retention"] - by_method["truncation"]["retention"]
-    assert row.d_rec == pytest.approx(rec) and row.d_ret == pytest.approx(ret)
-    assert "Against truncation" in capsys.readouterr().out
-    assert "| random | 0.50 |" in (out_dir / "results.md").read_text()
 
 
 def test_a_results_file_without_reference_nlls_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +20,6 @@ from tokenmask.train.text_samples import STROKE
 TEXT = "a\npolicy is a popular\nalgorithm for names,\nnumbers and more words " * 4
 
 
-@pytest.fixture(scope="module")
-def judge_dir(tiny_recon, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    """The tiny random reconstructor saved as a folder: a judge ``--judge`` loads in a second."""
-    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
-
-
 def run(monkeypatch, capsys, stdin: str, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     status = main(["compress", *args])
@@ -34,7 +27,7 @@ def run(monkeypatch, capsys, stdin: str, *args: str) -> tuple[int, str, str]:  #
     return status, captured.out, captured.err
 
 
-def test_a_method_compresses_stdin_and_words_never_fuse(judge_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_method_compresses_stdin_and_words_never_fuse(tiny_judge_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     status, out, err = run(
         monkeypatch,
         capsys,
@@ -42,7 +35,7 @@ def test_a_method_compresses_stdin_and_words_never_fuse(judge_dir, monkeypatch, 
         "--method",
         "random",
         "--judge",
-        str(judge_dir),
+        str(tiny_judge_dir),
         "--rate",
         "0.5",
         "--device",
@@ -59,24 +52,32 @@ def test_a_method_compresses_stdin_and_words_never_fuse(judge_dir, monkeypatch, 
     assert abs(float(summary.group(3)) - 0.5) <= 1 / int(summary.group(1)) + 0.005
 
 
-def test_a_one_token_text_keeps_its_token(judge_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_one_token_text_keeps_its_token(tiny_judge_dir, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """``printf Hi | tokenmask compress --rate 0.5`` prints ``Hi``, not an empty line, and says why on stderr."""
     for method in ("truncation", "span_self_information"):
         status, out, err = run(
-            monkeypatch, capsys, "Hi", "--method", method, "--judge", str(judge_dir), "--rate", "0.5"
+            monkeypatch, capsys, "Hi", "--method", method, "--judge", str(tiny_judge_dir), "--rate", "0.5"
         )
         assert status == 0, err
         assert out == "Hi\n"
         assert "at least one token kept" in err and "1 tokens -> 1" in err
     # a short text at a high rate: one token left, not zero
     status, out, err = run(
-        monkeypatch, capsys, "x = 1", "--method", "truncation", "--judge", str(judge_dir), "--rate", "0.9"
+        monkeypatch,
+        capsys,
+        "x = 1",
+        "--method",
+        "truncation",
+        "--judge",
+        str(tiny_judge_dir),
+        "--rate",
+        "0.9",
     )
     assert status == 0 and out.strip() and "-> 1," in err and "at least one token kept" in err
 
 
 def test_show_strikes_the_removed_tokens_then_prints_the_compressed_text(
-    judge_dir, monkeypatch, capsys
+    tiny_judge_dir, monkeypatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     status, out, err = run(
         monkeypatch,
@@ -85,7 +86,7 @@ def test_show_strikes_the_removed_tokens_then_prints_the_compressed_text(
         "--method",
         "truncation",
         "--judge",
-        str(judge_dir),
+        str(tiny_judge_dir),
         "--rate",
         "0.5",
         "--show",
@@ -135,7 +136,7 @@ def test_bad_arguments_are_refused_before_any_model_loads(monkeypatch, capsys, t
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_the_installed_command_reads_a_pipe(judge_dir) -> None:  # type: ignore[no-untyped-def]
+def test_the_installed_command_reads_a_pipe(tiny_judge_dir) -> None:  # type: ignore[no-untyped-def]
     """``printf Hi | tokenmask compress ...`` as a shell runs it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
@@ -147,7 +148,7 @@ def test_the_installed_command_reads_a_pipe(judge_dir) -> None:  # type: ignore[
             "--method",
             "truncation",
             "--judge",
-            str(judge_dir),
+            str(tiny_judge_dir),
             "--rate",
             "0.5",
         ],

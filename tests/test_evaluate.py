@@ -13,6 +13,7 @@ import pytest
 
 from tokenmask.cli import main
 from tokenmask.evaluate import compressor as registry
+from tokenmask.evaluate.bar import bar_from_file
 from tokenmask.evaluate.compressor import (
     InModelCompressor,
     InModelResult,
@@ -53,11 +54,6 @@ class KeepLastPositions:
             InModelScore(float(a), float(b), len(k), len(c)) for a, b, k, c in zip(r, f, kept, contexts)
         ]
         return InModelResult(scores=scores)
-
-
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tiny_recon, tmp_path_factory):  # type: ignore[no-untyped-def]
-    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
 
 
 def test_unknown_method_names_the_known_ones(tiny_recon) -> None:  # type: ignore[no-untyped-def]
@@ -163,6 +159,22 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
         assert np.isfinite(row["recoverability"]) and np.isfinite(row["recon_bits_per_masked"])
     table = (out / TABLE_FILE).read_text()
     assert "| truncation | 0.30 |" in table
+    # what the bar's intervals need is kept: per-document NLLs of every row and the references
+    reference = json.loads((out / RESULTS_FILE).read_text())["reference"]
+    assert {k: len(v) for k, v in reference.items()} == {
+        "recover_empty": 2, "recover_full": 2, "continue_empty": 3, "continue_full": 3
+    }  # fmt: skip
+    assert all(len(r["recover_nlls"]) == 2 and len(r["continue_nlls"]) == 3 for r in rows)
+    by_key = {(r["method"], r["requested_rate"]): r for r in rows}
+    bar = bar_from_file(out)
+    assert {(b.method, b.requested_rate) for b in bar} == {
+        (m, r) for m in ("random", "frequency") for r in (0.3, 0.5)
+    }
+    for b in bar:
+        row, base = by_key[(b.method, b.requested_rate)], by_key[("truncation", b.requested_rate)]
+        assert b.d_rec == pytest.approx(row["recoverability"] - base["recoverability"])
+        assert b.d_ret == pytest.approx(row["retention"] - base["retention"])
+    assert "| random | 0.50 |" in table.split("Against truncation")[1]
     assert json.loads((out / RESULTS_FILE).read_text())["setting"]["context_tokens"] == 32
 
 

@@ -50,20 +50,14 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory, tiny_recon) -> Path:
-    """The tiny random judge saved to a folder, so a subprocess can load it by path."""
-    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
+def judge(tiny_judge_dir) -> Reconstructor:
+    return Reconstructor.load(str(tiny_judge_dir), device="cpu", add_mask_token=False)
 
 
 @pytest.fixture(scope="module")
-def judge(judge_dir) -> Reconstructor:
-    return Reconstructor.load(str(judge_dir), device="cpu", add_mask_token=False)
-
-
-@pytest.fixture(scope="module")
-def config(judge_dir, tmp_path_factory) -> LabelConfig:
+def config(tiny_judge_dir, tmp_path_factory) -> LabelConfig:
     return LabelConfig(
-        judge_name=str(judge_dir), output_dir=str(tmp_path_factory.mktemp("labels") / "out"), **SMALL
+        judge_name=str(tiny_judge_dir), output_dir=str(tmp_path_factory.mktemp("labels") / "out"), **SMALL
     )
 
 

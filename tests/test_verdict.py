@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
-import pytest
 
 from tokenmask.cli import main
 from tokenmask.evaluate.metrics import Scores
@@ -70,11 +67,6 @@ def test_method_results_and_results_json_rows_agree() -> None:
     rows = [r.to_dict() for r in objects]
     assert pareto_verdict(objects) == pareto_verdict(rows)
     assert pareto_front(objects) == {0.5: ["truncation"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tiny_recon, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    return tiny_recon.save_pretrained(tmp_path_factory.mktemp("judge") / "tiny")
 
 
 def test_evaluate_prints_one_table_the_columns_and_the_verdict(tiny_judge_dir, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
