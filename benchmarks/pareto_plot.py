@@ -33,10 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.results_json)
     data = json.loads((source / RESULTS_FILE if source.is_dir() else source).read_text(encoding="utf-8"))
     setting = data.get("setting") if isinstance(data.get("setting"), dict) else None
+    # per-document reference NLLs (newer files): the plot adds each method's interval bars
     reference = data.get("reference") if isinstance(data.get("reference"), dict) else None
-    path = atomic_write_bytes(
-        args.out_png, plot_pareto(rows, setting, reference)
-    )  # interval bars when it has them
+    path = atomic_write_bytes(args.out_png, plot_pareto(rows, setting, reference))
     print(f"wrote {path} ({len(rows)} rows)", file=sys.stderr)
     return 0
 
