@@ -28,12 +28,18 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
 - ``pointer``: a learned run pointer without the judge. A small MLP reads per-candidate features
   (the LM's per-token surprisal/entropy of the run and of the dropped tokens, positions, token-id
   overlaps) and predicts ``dR`` and ``dF``. It is fitted on ``--train`` and scored on
-  ``--validation`` (the correlations and the metrics of its choices).
+  ``--validation`` (the correlations and the metrics of its choices). With ``--protect 32`` only
+  ``refine_lookahead``'s moves compete (beside the rule and a perfect ``R`` predictor among them); with
+  ``--base_nll`` it also reads each token's judge NLL after the base mask's kept tokens and with nothing
+  kept (two judge passes per context and rate, cached as ``.basenll.npz``), and the plain estimate
+  ``est`` from them is scored too. ``--train`` and ``--validation`` take comma-separated files.
 
 Example (the files of docs/results.md)::
 
     python benchmarks/candidate_analysis.py guard --files runs/cand2_train.json,runs/cand2_validation.json
     python benchmarks/candidate_analysis.py pointer --train runs/candidates_train.json --validation runs/candidates_validation.json
+    python benchmarks/candidate_analysis.py pointer --protect 32 --base_nll --train runs/r2/r2_train_0.json,... \
+        --validation runs/r2/r2_validation_0.json,...
 """
 
 from __future__ import annotations
@@ -573,30 +579,117 @@ def token_features(path: str, docs: list[dict[str, Any]]) -> np.ndarray:
     return feats
 
 
-def pointer_rows(
-    path: str,
-) -> tuple[list[dict[str, Any]], list[tuple[int, str, int]], np.ndarray, np.ndarray]:
-    docs = load(path)
-    feats = token_features(path, docs)
-    d_r = np.mean([x["r_empty"] - x["r_full"] for x in docs])
-    d_f = np.mean([x["f_empty"] - x["f_full"] for x in docs])
-    keys, x_rows, y_rows = [], [], []
+def base_nlls(path: str, docs: list[dict[str, Any]], judge: Any = None) -> dict[str, np.ndarray]:
+    """Per-token judge NLLs of every context (nats): ``e`` after ``BOS + sep`` (nothing kept) and ``b_RATE``
+    after ``BOS + base kept tokens + sep`` (the base mask of that rate): the terms ``R`` sums, before any
+    move. Two judge passes per context and rate, not one per candidate; cached beside the JSON as
+    ``.basenll.npz``. ``judge``: the judge of the file (default: the embedded model)."""
+    cache = Path(path).with_suffix(".basenll.npz")
+    if cache.is_file():
+        return dict(np.load(cache))
+    from tokenmask.reconstructors import Reconstructor
+    from tokenmask.reconstructors.judge import separator_ids
+
+    judge = judge or Reconstructor.load("default", add_mask_token=False)
+    sep = separator_ids(judge)
+    keys, heads, contexts = [], [], []
     for i, x in enumerate(docs):
         ctx = np.asarray(x["context"])
-        for rate in RATES:
-            c = x["rates"][rate]
-            for j in range(1, len(c["masks"])):
-                keys.append((i, rate, j))
-                x_rows.append(candidate_features(ctx, feats[i], c["masks"][0], c["masks"][j], float(rate)))
-                y_rows.append(((c["r"][0] - c["r"][j]) / d_r, (c["f"][0] - c["f"][j]) / d_f))
-    return docs, keys, np.asarray(x_rows, dtype=np.float32), np.asarray(y_rows, dtype=np.float32)
+        for key in ("e", *(f"b_{r}" for r in x["rates"])):
+            kept = [] if key == "e" else ctx[x["rates"][key[2:]]["masks"][0]].tolist()
+            keys.append((key, i))
+            heads.append([judge.bos_token_id, *kept, *sep])
+            contexts.append(ctx.tolist())
+    logps = judge.gather_log_probs(
+        [h + c[:-1] for h, c in zip(heads, contexts)],
+        [list(range(len(h) - 1, len(h) - 1 + len(c))) for h, c in zip(heads, contexts)],
+        contexts,
+    )
+    out: dict[str, list[np.ndarray]] = {}
+    for (key, _), lp in zip(keys, logps):
+        out.setdefault(key, []).append(-lp.double().numpy())
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(cache)
+    return arrays
 
 
-def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
+NLL_FEATURES = 12
+"""How many columns :func:`nll_features` adds."""
+
+
+def nll_features(b: np.ndarray, e: np.ndarray, base: np.ndarray, mask: np.ndarray) -> list[float]:
+    """What :func:`base_nlls` says of one move: the base NLLs of the run it adds (what copying could save),
+    the no-prefix NLLs of the kept tokens it drops (what they cost once gone), their difference (the estimate
+    ``est``), and the NLL level around the run and in the unkept region."""
+    run, gone = mask & ~base, base & ~mask
+    where = np.flatnonzero(run)
+    after = b[where[-1] + 1 : where[-1] + 33]
+    before = b[max(0, where[0] - 32) : where[0]]
+    return [
+        b[run].sum() / 50,
+        e[gone].sum() / 50,
+        b[gone].sum() / 50,
+        e[run].sum() / 50,
+        (b[run].sum() - e[gone].sum()) / 50,
+        b[run].mean() / 5,
+        e[gone].mean() / 5,
+        after.mean() / 5 if len(after) else 0.0,
+        before.mean() / 5 if len(before) else 0.0,
+        b[~base].mean() / 5,
+        run.sum() / 32,
+        gone.sum() / 32,
+    ]
+
+
+def pointer_rows(
+    paths: str, protect: int = 0, with_nll: bool = False
+) -> tuple[list[dict[str, Any]], list[tuple[int, str, int]], np.ndarray, np.ndarray]:
+    """Per candidate of the comma-separated files: ``(document, rate, index)``, features, and the judged
+    ``(dR, dF)`` in units of the files' mean ``R(empty) - R(full)`` and ``F(empty) - F(full)``.
+
+    :param protect: > 0: only ``refine_lookahead``'s moves (oldest-token drops of its run lengths) that keep
+        the base's last ``protect`` kept tokens.
+    :param with_nll: add :func:`nll_features` (judge passes of :func:`base_nlls`, cached)."""
+    from tokenmask.evaluate.refine import GUARD_MOVES
+
+    docs: list[dict[str, Any]] = []
+    keys, x_rows, y_rows = [], [], []
+    for path in paths.split(","):
+        part = load(path)
+        feats = token_features(path, part)
+        nlls = base_nlls(path, part) if with_nll else {}
+        for i, x in enumerate(part):
+            ctx = np.asarray(x["context"])
+            for rate in RATES:
+                c = x["rates"][rate]
+                base = c["masks"][0]
+                allowed = allowed_moves(c, GUARD_MOVES) if protect else None
+                last = np.flatnonzero(base)[-protect:] if protect else None
+                for j in range(1, len(c["masks"])):
+                    if protect and (c["kind"][j] != "o" or not allowed[j] or not c["masks"][j][last].all()):
+                        continue
+                    row = candidate_features(ctx, feats[i], base, c["masks"][j], float(rate))
+                    if with_nll:
+                        row += nll_features(nlls[f"b_{rate}"][i], nlls["e"][i], base, c["masks"][j])
+                    keys.append((len(docs) + i, rate, j))
+                    x_rows.append(row)
+                    y_rows.append((c["r"][0] - c["r"][j], c["f"][0] - c["f"][j]))
+        docs += part
+    d_r = np.mean([x["r_empty"] - x["r_full"] for x in docs])
+    d_f = np.mean([x["f_empty"] - x["f_full"] for x in docs])
+    y = np.asarray(y_rows, dtype=np.float32) / np.array([d_r, d_f], dtype=np.float32)
+    return docs, keys, np.asarray(x_rows, dtype=np.float32), y
+
+
+def pointer(
+    train: str, validation: str, epochs: int, seed: int, protect: int = 0, with_nll: bool = False
+) -> None:
     import torch
 
-    _, _, x_train, y_train = pointer_rows(train)
-    docs, keys, x_val, y_val = pointer_rows(validation)
+    _, _, x_train, y_train = pointer_rows(train, protect, with_nll)
+    docs, keys, x_val, y_val = pointer_rows(validation, protect, with_nll)
     mean, scale = x_train.mean(0), x_train.std(0) + 1e-6
     y_scale = y_train.std(0)
     torch.manual_seed(seed)
@@ -629,19 +722,32 @@ def pointer(train: str, validation: str, epochs: int, seed: int) -> None:
     print("| choice | " + " | ".join(f"{r} (d rec / d ret)" for r in RATES) + " |")
     print("| --- |" + " --- |" * len(RATES))
     variants: list[tuple[str, Any]] = [("refine (judge search on R)", None)]
+    if protect:
+        variants = [("lowest judged R among these moves (a perfect R predictor)", "judged")]
+        variants += [(f"refine_lookahead (protect {protect}, tolerance 0.02)", "rule")]
+    if with_nll:
+        variants += [("est = base NLL of the run - no-prefix NLL of the dropped tokens", "est")]
     variants += [(f"pointer: predicted d rec + {mu} x predicted d ret", mu) for mu in (0.0, 0.5, 1.0)]
     variants += [(f"judged d rec + {mu} x predicted d ret", -mu) for mu in (0.5, 1.0)]
+    est_column = x_val.shape[1] - NLL_FEATURES + 4  # nll_features' (b run - e gone) / 50, the last block
     for name, mu in variants:
         cells = []
         for rate in RATES:
             if mu is None:
                 choice = [int(np.argmin(x["rates"][rate]["r"])) for x in docs]
+            elif mu == "rule":
+                choice = setting_choice(docs, rate, f"o:{protect}:0.02")
             else:
                 best: dict[int, tuple[float, int]] = {}
-                for (i, r, j), p, y in zip(keys, pred, y_val):
+                for (i, r, j), p, y, row in zip(keys, pred, y_val, x_val):
                     if r != rate:
                         continue
-                    score = (p[0] + mu * p[1]) if mu >= 0 else (y[0] - mu * p[1])
+                    if mu == "judged":
+                        score = y[0]
+                    elif mu == "est":
+                        score = row[est_column]
+                    else:
+                        score = (p[0] + mu * p[1]) if mu >= 0 else (y[0] - mu * p[1])
                     if score > best.get(i, (0.0, 0))[0]:
                         best[i] = (float(score), j)
                 choice = [best.get(i, (0.0, 0))[1] for i in range(len(docs))]
@@ -675,6 +781,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--below", type=float, default=-0.026, help="draws: the retention change whose rarity is counted"
     )
+    parser.add_argument(
+        "--protect",
+        type=int,
+        default=0,
+        help="pointer: only refine_lookahead's moves with this protected tail",
+    )
+    parser.add_argument(
+        "--base_nll",
+        action="store_true",
+        help="pointer: add per-token judge NLLs under the base prefix (two judge passes per context and rate)",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -685,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report == "pointer":
-        pointer(args.train, args.validation, args.epochs, args.seed)
+        pointer(args.train, args.validation, args.epochs, args.seed, args.protect, args.base_nll)
         return 0
     if args.report == "chooser":
         chooser(args.train, args.validation, args.epochs, args.seed)

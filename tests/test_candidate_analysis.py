@@ -332,3 +332,29 @@ def test_second_round_choice_is_two_round_refine_lookahead(
     assert any(
         doc["rates"][str(rate)]["kind"][c] == "2" for doc, c in zip(docs, choice)
     )  # round 2 won somewhere
+
+
+def test_base_nlls_sum_to_the_files_r_and_are_cached(
+    analysis: ModuleType, tiny_recon, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The pointer's per-token NLLs under the base prefix sum to the file's R of the base mask, those under
+    the empty prefix to R(empty); the estimate column is their difference over a move; the cache is read back."""
+    rng = np.random.default_rng(3)
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(3)]
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path)
+    docs = analysis.load(str(path))
+    nlls = analysis.base_nlls(str(path), docs, judge=tiny_recon)
+    sep = separator_ids(tiny_recon)
+    np.testing.assert_allclose(nlls["b_0.5"].sum(1), [x["rates"]["0.5"]["r"][0] for x in docs], rtol=1e-4)
+    np.testing.assert_allclose(
+        nlls["e"].sum(1), recovery_nlls(tiny_recon, [[]] * 3, contexts, sep), rtol=1e-4
+    )
+    c = docs[1]["rates"]["0.5"]
+    base, move = c["masks"][0], c["masks"][1]
+    row = analysis.nll_features(nlls["b_0.5"][1], nlls["e"][1], base, move)
+    assert len(row) == analysis.NLL_FEATURES
+    run, gone = move & ~base, base & ~move
+    assert np.isclose(row[4] * 50, nlls["b_0.5"][1][run].sum() - nlls["e"][1][gone].sum())
+    cached = analysis.base_nlls(str(path), docs)  # no judge: read from .basenll.npz
+    np.testing.assert_array_equal(cached["b_0.5"], nlls["b_0.5"])
