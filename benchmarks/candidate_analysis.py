@@ -729,6 +729,7 @@ def pointer(
         variants += [("est = base NLL of the run - no-prefix NLL of the dropped tokens", "est")]
     variants += [(f"pointer: predicted d rec + {mu} x predicted d ret", mu) for mu in (0.0, 0.5, 1.0)]
     variants += [(f"judged d rec + {mu} x predicted d ret", -mu) for mu in (0.5, 1.0)]
+    intervals: list[str] = []
     est_column = x_val.shape[1] - NLL_FEATURES + 4  # nll_features' (b run - e gone) / 50, the last block
     for name, mu in variants:
         cells = []
@@ -753,7 +754,10 @@ def pointer(
                 choice = [best.get(i, (0.0, 0))[1] for i in range(len(docs))]
             r_gain, f_gain = metric(docs, rate, choice)
             cells.append(f"{r_gain:+.3f} / {f_gain:+.3f}")
+            if mu == 0.0:
+                intervals.append(f"{rate}: {interval_cell(docs, rate, choice)}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nThe pointer (predicted d rec), 90 % paired bootstrap intervals: " + "; ".join(intervals))
 
 
 def main(argv: list[str] | None = None) -> int:
