@@ -358,3 +358,38 @@ def test_base_nlls_sum_to_the_files_r_and_are_cached(
     assert np.isclose(row[4] * 50, nlls["b_0.5"][1][run].sum() - nlls["e"][1][gone].sum())
     cached = analysis.base_nlls(str(path), docs)  # no judge: read from .basenll.npz
     np.testing.assert_array_equal(cached["b_0.5"], nlls["b_0.5"])
+
+
+def test_pointer_rows_keep_refine_lookaheads_moves_and_add_the_nll_block(
+    analysis: ModuleType, tiny_recon, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """With a protected tail only the moves that keep the base's last kept tokens are rows; --base_nll adds
+    NLL_FEATURES columns; the targets are the judged R gains over the files' mean R(empty) - R(full)."""
+    rng = np.random.default_rng(4)
+    contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(2)]
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES)
+    data = json.loads(path.read_text())
+    for x in data["documents"]:  # pointer_rows reads every rate of a full file: copy the one judged rate
+        x["rates"] = {rate: x["rates"]["0.5"] for rate in analysis.RATES}
+        x["r_empty"], x["r_full"] = 5.0, 1.0
+    path.write_text(json.dumps(data))
+    docs = analysis.load(str(path))
+    np.save(
+        path.with_suffix(".features.npy"), rng.random((2, 64, 5)).astype(np.float32)
+    )  # the one-pass features' cache
+    analysis.base_nlls(str(path), docs, judge=tiny_recon)
+    _, keys, x_all, _ = analysis.pointer_rows(str(path))
+    got, keys_p, x_p, y_p = analysis.pointer_rows(str(path), protect=12, with_nll=True)
+    assert x_p.shape[1] == x_all.shape[1] + analysis.NLL_FEATURES
+    assert 0 < len(keys_p) < len(keys)
+    for (d, rate, j), y in zip(keys_p, y_p):
+        c = got[d]["rates"][rate]
+        assert c["masks"][j][np.flatnonzero(c["masks"][0])[-12:]].all()
+        assert np.isclose(y[0], (c["r"][0] - c["r"][j]) / 4.0, rtol=1e-5)
+    dropped_tail = [
+        (d, r, j)
+        for d, r, j in keys
+        if not docs[d]["rates"][r]["masks"][j][np.flatnonzero(docs[d]["rates"][r]["masks"][0])[-12:]].all()
+    ]
+    assert dropped_tail and not set(dropped_tail) & set(keys_p)
