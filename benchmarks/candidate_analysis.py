@@ -588,26 +588,19 @@ def base_nlls(path: str, docs: list[dict[str, Any]], judge: Any = None) -> dict[
     if cache.is_file():
         return dict(np.load(cache))
     from tokenmask.reconstructors import Reconstructor
-    from tokenmask.reconstructors.judge import separator_ids
+    from tokenmask.reconstructors.judge import recovery_token_nlls, separator_ids
 
     judge = judge or Reconstructor.load("default", add_mask_token=False)
-    sep = separator_ids(judge)
-    keys, heads, contexts = [], [], []
-    for i, x in enumerate(docs):
+    keys, prefixes, contexts = [], [], []
+    for x in docs:
         ctx = np.asarray(x["context"])
         for key in ("e", *(f"b_{r}" for r in x["rates"])):
-            kept = [] if key == "e" else ctx[x["rates"][key[2:]]["masks"][0]].tolist()
-            keys.append((key, i))
-            heads.append([judge.bos_token_id, *kept, *sep])
+            keys.append(key)
+            prefixes.append([] if key == "e" else ctx[x["rates"][key[2:]]["masks"][0]].tolist())
             contexts.append(ctx.tolist())
-    logps = judge.gather_log_probs(
-        [h + c[:-1] for h, c in zip(heads, contexts)],
-        [list(range(len(h) - 1, len(h) - 1 + len(c))) for h, c in zip(heads, contexts)],
-        contexts,
-    )
     out: dict[str, list[np.ndarray]] = {}
-    for (key, _), lp in zip(keys, logps):
-        out.setdefault(key, []).append(-lp.double().numpy())
+    for key, nll in zip(keys, recovery_token_nlls(judge, prefixes, contexts, separator_ids(judge))):
+        out.setdefault(key, []).append(nll)
     arrays = {k: np.stack(v) for k, v in out.items()}
     tmp = cache.with_name(cache.name + ".tmp.npz")
     np.savez(tmp, **arrays)

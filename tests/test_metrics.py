@@ -20,6 +20,7 @@ from tokenmask.evaluate.metrics import (
     select_documents,
     separator_ids,
 )
+from tokenmask.reconstructors.judge import recovery_token_nlls
 
 TEXTS = [
     "The interpreter reads a module, compiles it to bytecode and runs the code object. " * 4,
@@ -111,6 +112,9 @@ def test_recovery_nll_matches_a_plain_forward_pass(tiny_recon, docs) -> None:  #
     (log_probs,) = tiny_recon.sequence_log_probs([sequence])
     start = 1 + len(prefix) + len(sep)  # first context token
     assert got == pytest.approx(-float(log_probs[start - 1 :].double().sum()), rel=1e-5)
+    (terms,) = recovery_token_nlls(tiny_recon, [prefix], [docs[0].context], sep)  # the same, token by token
+    np.testing.assert_allclose(terms, -log_probs[start - 1 :].double().numpy(), rtol=1e-4, atol=1e-5)
+    assert terms.sum() == pytest.approx(got, rel=1e-9)
     (cont,) = continuation_nlls(tiny_recon, [prefix], [docs[0].continuation])
     (log_probs,) = tiny_recon.sequence_log_probs([[tiny_recon.bos_token_id, *prefix, *docs[0].continuation]])
     assert cont == pytest.approx(-float(log_probs[len(prefix) :].double().sum()), rel=1e-5)

@@ -5,7 +5,7 @@ metrics (:mod:`tokenmask.evaluate.metrics`) and by the env's judge bonus
 (:mod:`tokenmask.envs.judge_bonus`); it lives here, below both. NLLs are in nats (float32
 log-softmax), summed over tokens, with ``sep`` = the judge tokens of ``"\\n\\n"``:
 
-* ``R(p) = NLL(context | BOS + p + sep)`` (:func:`recovery_nlls`);
+* ``R(p) = NLL(context | BOS + p + sep)`` (:func:`recovery_nlls`; per token: :func:`recovery_token_nlls`);
 * ``F(p) = NLL(continuation | BOS + p)`` (:func:`continuation_nlls`);
 * both kinds in one batched pass (:func:`recovery_and_continuation_nlls`);
 * per document ``(R(empty) - R(p)) / (R(empty) - R(context))`` (:func:`document_recoverability`),
@@ -52,15 +52,22 @@ def _sorted_gather(
     return result
 
 
-def _summed_nlls(judge: Reconstructor, heads: Sequence[list[int]], scored: Sequence[TokenIds]) -> np.ndarray:
-    """Per document, ``NLL(scored | head)`` in nats: the scored tokens are predicted after the head."""
+def _scored_log_probs(
+    judge: Reconstructor, heads: Sequence[list[int]], scored: Sequence[TokenIds]
+) -> list[torch.Tensor]:
+    """Per document, ``log p(token | head + the scored tokens before it)`` of each scored token, nats."""
     inputs, positions, targets = [], [], []
     for head, tokens in zip(heads, scored, strict=True):
         tokens = list(tokens)
         inputs.append(head + tokens[:-1])  # the last scored token is only predicted, never read
         positions.append(list(range(len(head) - 1, len(head) - 1 + len(tokens))))
         targets.append(tokens)
-    return np.array([-float(lp.double().sum()) for lp in _sorted_gather(judge, inputs, positions, targets)])
+    return _sorted_gather(judge, inputs, positions, targets)
+
+
+def _summed_nlls(judge: Reconstructor, heads: Sequence[list[int]], scored: Sequence[TokenIds]) -> np.ndarray:
+    """Per document, ``NLL(scored | head)`` in nats: the scored tokens are predicted after the head."""
+    return np.array([-float(lp.double().sum()) for lp in _scored_log_probs(judge, heads, scored)])
 
 
 def recovery_nlls(
@@ -74,6 +81,15 @@ def recovery_nlls(
     :param sep: separator ids read between ``p`` and the context.
     """
     return _summed_nlls(judge, _recovery_heads(judge, prefixes, sep), contexts)
+
+
+def recovery_token_nlls(
+    judge: Reconstructor, prefixes: Sequence[TokenIds], contexts: Sequence[TokenIds], sep: TokenIds
+) -> list[np.ndarray]:
+    """The terms of :func:`recovery_nlls`: per document, each context token's NLL after ``BOS + p + sep``
+    and the context tokens before it (nats, float64; they sum to ``R(p)``)."""
+    heads = _recovery_heads(judge, prefixes, sep)
+    return [-lp.double().numpy() for lp in _scored_log_probs(judge, heads, contexts)]
 
 
 def continuation_nlls(
