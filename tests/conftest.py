@@ -7,7 +7,10 @@ embedded model.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +20,17 @@ from tokenmask.testing import tiny_reconstructor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYDOCS = REPO_ROOT / "data" / "pydocs.jsonl"
 EMBEDDED_MODEL_FIXTURES = frozenset({"smollm"})
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` imported as the module ``NAME`` (registered in ``sys.modules``: dataclasses
+    resolve their module by name, and the scripts import each other by name)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.evaluate.refine import GUARD_MOVES, RecoverabilitySearch, move_variants
@@ -21,18 +20,12 @@ from tokenmask.reconstructors.judge import (
     soft_continuation_nlls,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "candidate_analysis.py"
 MOVES = (8, 16)
 
 
 @pytest.fixture(scope="module")
 def analysis() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("candidate_analysis", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["candidate_analysis"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("candidate_analysis")
 
 
 def _candidate_file(  # type: ignore[no-untyped-def]
@@ -148,10 +141,7 @@ def test_lookahead_choice_is_refine_lookaheads_choice(
 
 def test_run_candidates_writes_each_moves_rule() -> None:
     """run_candidates.py's candidates: the base, refine's oldest moves, then the span moves not already there."""
-    spec = importlib.util.spec_from_file_location("run_candidates", SCRIPT.with_name("run_candidates.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("run_candidates")
     keep = np.array([False] * 12 + [True] * 12)
     bits = np.random.default_rng(3).random(len(keep))
     masks, kinds = module.candidate_masks(keep, (2, 4), 2, ["oldest", "span"], bits, 3)
@@ -188,13 +178,7 @@ def test_score_report_prints_the_fixed_settings_metrics(
 
 @pytest.fixture(scope="module")
 def signals(analysis: ModuleType) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "candidate_signals", SCRIPT.with_name("candidate_signals.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("candidate_signals")
 
 
 def test_repeated_share_counts_the_dropped_ngrams_found_elsewhere(signals: ModuleType) -> None:
@@ -272,10 +256,7 @@ def test_second_round_choice_is_two_round_refine_lookahead(
 ) -> None:  # type: ignore[no-untyped-def]
     """run_candidates.py's second round (children of each first-round winner), read back by
     second_round_choice, gives the masks of RecoverabilitySearch(rounds=2), mask for mask."""
-    spec = importlib.util.spec_from_file_location("run_candidates", SCRIPT.with_name("run_candidates.py"))
-    assert spec is not None and spec.loader is not None
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
+    runner = load_benchmark("run_candidates")
     rng = np.random.default_rng(9)  # a seed where round 2 moves again in two of four documents
     contexts = [rng.integers(100, 5000, size=64).tolist() for _ in range(4)]
     rate, tokens, protect, tolerance = 0.5, 4, 12, 0.05

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "copy_signal.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def copy_signal() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("copy_signal", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["copy_signal"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("copy_signal")
 
 
 def test_copy_labels_mark_the_tokens_of_trigrams_the_continuation_repeats(copy_signal: ModuleType) -> None:

@@ -7,27 +7,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from tokenmask.testing import tiny_llama_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kv_memory.py"
 CONTEXT = 64
 
 
 @pytest.fixture(scope="module")
 def kv() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kv_memory", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kv_memory"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kv_memory")
 
 
 @pytest.fixture(scope="module")
