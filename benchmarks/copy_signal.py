@@ -210,27 +210,28 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"copy model: {len(train)} train windows; validation windows AUC {auc(y, p):.3f} (copied share {y.mean():.3f})"
     )
-    y = np.concatenate([copy_labels(x["context"], x["continuation"]) for x in docs])
+    copied = [copy_labels(x["context"], x["continuation"]) for x in docs]
     p = np.concatenate([predict(x["context"]) for x in docs])
-    print(f"the files' own windows: AUC {auc(y, p):.3f}\n")
+    print(f"the files' own windows: AUC {auc(np.concatenate(copied), p):.3f}\n")
     keys = add_copy_signals(docs, predict)
+    for x, real in zip(
+        docs, copied
+    ):  # the oracle: the real copies (reads the continuation), the most a signal could give
+        for c in x["rates"].values():
+            c["oracle_copies"] = np.array([real[c["masks"][0] & ~m].sum() for m in c["masks"]])
     print("| rate | corr(copy_sum, dF) | corr(real copied dropped tokens, dF) |\n| --- | --- | --- |")
     for rate in ca.RATES:
-        predicted, real, d_f = [], [], []
+        predicted, real_copies, d_f = [], [], []
         for x in docs:
             c = x["rates"][rate]
-            copied = copy_labels(x["context"], x["continuation"]) > 0.5
-            for j in range(1, len(c["masks"])):
-                if c["kind"][j] == "o":
-                    predicted.append(c["copy_sum"][j])
-                    real.append(copied[c["masks"][0] & ~c["masks"][j]].sum())
-                    d_f.append(c["f"][0] - c["f"][j])
-        print(f"| {rate} | {np.corrcoef(predicted, d_f)[0, 1]:+.2f} | {np.corrcoef(real, d_f)[0, 1]:+.2f} |")
+            moves = [j for j in range(1, len(c["masks"])) if c["kind"][j] == "o"]
+            predicted += [c["copy_sum"][j] for j in moves]
+            real_copies += [c["oracle_copies"][j] for j in moves]
+            d_f += [c["f"][0] - c["f"][j] for j in moves]
+        print(
+            f"| {rate} | {np.corrcoef(predicted, d_f)[0, 1]:+.2f} | {np.corrcoef(real_copies, d_f)[0, 1]:+.2f} |"
+        )
     print()
-    for x in docs:  # the oracle: the real copies (reads the continuation), the most the signal could give
-        copied = copy_labels(x["context"], x["continuation"]) > 0.5
-        for c in x["rates"].values():
-            c["oracle_copies"] = np.array([copied[c["masks"][0] & ~m].sum() for m in c["masks"]], dtype=float)
     cs.rank(docs, [*keys, "oracle_copies"], args.draw, args.seed, args.top)
     return 0
 
