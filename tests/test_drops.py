@@ -94,16 +94,17 @@ def test_refine_lookahead_drops_argument(tiny_recon) -> None:  # type: ignore[no
 def test_refine_lookahead_rounds_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
     from tokenmask.evaluate.refine import split_lookahead_argument
 
-    assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, "truncation")
-    assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, "truncation")
+    assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, 0, "truncation")
+    assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, 0, "truncation")
     assert split_lookahead_argument("oldest+span:r3:agent:default") == (
         ("oldest", "span"),
         3,
+        0,
         "agent:default",
     )
     check_methods(["refine_lookahead:r2:truncation", "refine_lookahead:oldest:r2:truncation"])
     method = build_method("refine_lookahead:r2:truncation", MethodContext(judge=tiny_recon))
     assert isinstance(method, RecoverabilitySearch) and method.rounds == 2
     assert method.name == "refine_lookahead:r2:truncation"
-    with pytest.raises(ValueError, match="rounds must be r1 or more"):
+    with pytest.raises(ValueError, match="rN needs N >= 1"):
         check_methods(["refine_lookahead:r0:truncation"])

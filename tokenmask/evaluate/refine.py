@@ -28,6 +28,14 @@ previous round's choice, keeps the runs it moved (``frozen``) and moves the next
 under the same guards against the base mask. The lookahead's full-vocabulary pass scores only the
 candidates whose ``R`` beats the choice so far (the others cannot win).
 
+*Proposals* (``proposals=K``, ``refine_lookahead:pK:BASE``; 0 = off, every move is judged): two judge passes
+per context give each context token's NLL after the base mask (``BOS + kept + sep``, the terms of the
+base's ``R``) and after nothing (``BOS + sep``). Each move's estimate (:func:`move_estimates`) is the base
+NLL of the run it keeps (what keeping it can save) minus the no-prefix NLL of the kept tokens it drops
+(what they cost once gone), and only the ``K`` best estimated moves are judged. The estimate alone picks
+worse moves than the judge; as a filter it keeps most of the gain for a fraction of the passes
+(docs/results.md).
+
 The search reads the context alone (never its continuation), so it is a compressor like any other;
 its judge passes are counted in its time. Its LM is the evaluation's judge by default, as for the
 self-information baselines: with another judge the gain can be smaller.
@@ -99,6 +107,14 @@ stand-in guard) were chosen on the train and validation splits pooled (368 docum
 ``benchmarks/run_candidates.py --soft 64``): the setting of ``candidate_analysis.py lookahead`` most
 likely to meet the bar of docs/evaluation.md at all three rates 0.3 / 0.5 / 0.7 on a random draw of
 30 documents, see docs/results.md."""
+
+
+LOOKAHEAD_PROPOSALS = 16
+"""``refine_lookahead:p:BASE``'s number of judged moves per context and round (``pK`` names another ``K``).
+
+Chosen on the train and validation splits' judged candidates (308 documents, about 74 moves each, stop 24's
+files): the smallest power of two whose choice loses at most 0.002 recoverability against judging every
+move, at every rate on train (8 loses up to 0.004; docs/results.md)."""
 
 
 DROPS: tuple[str, ...] = ("oldest", "span", "thin")
@@ -199,6 +215,25 @@ def move_variants(
     return variants
 
 
+def move_estimates(
+    keep: np.ndarray, variants: Sequence[np.ndarray], base_nlls: np.ndarray, empty_nlls: np.ndarray
+) -> np.ndarray:
+    """Per variant of ``keep``, the judge-light estimate of its ``R`` gain (nats; higher is better).
+
+    ``sum(base_nlls[run]) - sum(empty_nlls[gone])``: the tokens a variant keeps that ``keep`` drops (``run``)
+    save about what they cost after ``keep``'s prefix, and the kept tokens it drops (``gone``) cost about
+    their NLL with nothing kept.
+
+    :param keep: per token, ``True`` = kept (the mask the variants move from).
+    :param variants: masks of the same length.
+    :param base_nlls: per context token, its judge NLL after ``BOS + kept tokens + sep``.
+    :param empty_nlls: per context token, its judge NLL after ``BOS + sep``.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    b, e = np.asarray(base_nlls, dtype=np.float64), np.asarray(empty_nlls, dtype=np.float64)
+    return np.array([b[v & ~keep].sum() - e[keep & ~v].sum() for v in variants], dtype=np.float64)
+
+
 class RecoverabilitySearch(MaskingCompressor):
     """``refine:BASE``: the base method's masks improved by a judge search on recoverability (see the module doc).
 
@@ -214,6 +249,8 @@ class RecoverabilitySearch(MaskingCompressor):
     :param drops: which kept tokens a move drops (:data:`DROPS`; ``span`` and ``thin`` cost one judge pass).
     :param rounds: search rounds; each later round starts from the previous choice, keeps the runs it
         moved and moves the next base tokens, within the same guards against the base mask.
+    :param proposals: judge only the this many best moves by :func:`move_estimates` per context and round
+        (0: every move); the estimates cost two judge passes per context.
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -232,6 +269,7 @@ class RecoverabilitySearch(MaskingCompressor):
         lookahead_tolerance: float = 0.0,
         drops: Sequence[str] = ("oldest",),
         rounds: int = 1,
+        proposals: int = 0,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -254,6 +292,8 @@ class RecoverabilitySearch(MaskingCompressor):
             )
         if rounds < 1:
             raise ValueError(f"refine needs rounds >= 1, got {rounds}.")
+        if proposals < 0:
+            raise ValueError(f"refine needs proposals >= 0 (0: judge every move), got {proposals}.")
         if not drops or any(d not in DROPS for d in drops):
             raise ValueError(f"refine's drops must be some of {', '.join(DROPS)}, got {list(drops)}.")
         super().__init__(judge.tokenizer, name or f"refine:{base.name}")
@@ -268,6 +308,7 @@ class RecoverabilitySearch(MaskingCompressor):
         self.lookahead_tolerance = float(lookahead_tolerance)
         self.drops = tuple(drops)
         self.rounds = int(rounds)
+        self.proposals = int(proposals)
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -287,6 +328,7 @@ class RecoverabilitySearch(MaskingCompressor):
         )
         ids = [np.asarray(c) for c in contexts]
         paths = self._paths(ids) if self.lookahead else None
+        estimates = self._token_nlls(ids, proposals) if self.proposals else None
         best: list[tuple[float, np.ndarray]] = []
         bound = np.zeros((0, 2))
         for round_ in range(self.rounds):
@@ -300,6 +342,10 @@ class RecoverabilitySearch(MaskingCompressor):
                 variants = move_variants(
                     start, self.moves, self.stride, self.drops, bits[d], self.protect, start & ~keep
                 )
+                if estimates is not None and len(variants) > self.proposals:
+                    gains = move_estimates(start, variants, *estimates[d])
+                    best_first = np.argsort(-gains, kind="stable")[: self.proposals]
+                    variants = [variants[i] for i in np.sort(best_first)]
                 candidates += variants if round_ else [keep, *variants]
                 owners += [d] * (len(variants) + (0 if round_ else 1))
             if not candidates:
@@ -372,6 +418,19 @@ class RecoverabilitySearch(MaskingCompressor):
                 )
         return np.asarray(nlls, dtype=np.float64), limits
 
+    def _token_nlls(
+        self, ids: list[np.ndarray], keeps: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per document, its context tokens' judge NLLs after the base mask's kept tokens and after nothing
+        (:func:`~tokenmask.reconstructors.judge.recovery_token_nlls`): what :func:`move_estimates` reads."""
+        from tokenmask.reconstructors.judge import recovery_token_nlls, separator_ids
+
+        prefixes = [x[keep].tolist() for x, keep in zip(ids, keeps)] + [[] for _ in ids]
+        terms = recovery_token_nlls(
+            self.judge, prefixes, [x.tolist() for x in ids] * 2, separator_ids(self.judge)
+        )
+        return list(zip(terms[: len(ids)], terms[len(ids) :]))
+
     def _slack(self, ids: list[np.ndarray]) -> np.ndarray:
         """Per document, the nats a candidate may lose against its base mask: on the stand-in, then on the lookahead."""
         guarded = np.array([self._guarded(x) for x in ids], dtype=np.float64)
@@ -438,28 +497,41 @@ def split_drops_argument(argument: str) -> tuple[tuple[str, ...], str]:
     return rules, rest
 
 
-def split_lookahead_argument(argument: str) -> tuple[tuple[str, ...], int, str]:
-    """``refine_lookahead``'s argument: ``[DROPS:][rN:]BASE`` -> ``(drops, rounds, BASE)``.
+def _split_count(argument: str, whole: str, letter: str, default: int, missing: int) -> tuple[int, str]:
+    """A ``{letter}N:REST`` head -> ``(N, REST)``; no such head -> ``(default, argument)``; ``{letter}:REST``
+    -> ``(missing, REST)``.
+
+    :raises ValueError: for ``N < 1``.
+    """
+    head, _, rest = argument.partition(":")
+    if not (rest and head[:1] == letter and (head[1:] == "" or head[1:].lstrip("-").isdigit())):
+        return default, argument
+    count = int(head[1:]) if head[1:] else missing
+    if count < 1:
+        raise ValueError(
+            f"refine_lookahead:{whole}: {letter}N needs N >= 1. Fix: e.g. refine_lookahead:{letter}2:truncation."
+        )
+    return count, rest
+
+
+def split_lookahead_argument(argument: str) -> tuple[tuple[str, ...], int, int, str]:
+    """``refine_lookahead``'s argument: ``[DROPS:][rN:][pK:]BASE`` -> ``(drops, rounds, proposals, BASE)``.
 
     ``DROPS`` as :func:`split_drops_argument`; ``rN`` runs ``N`` search rounds (default 1), e.g.
-    ``refine_lookahead:r2:truncation``.
+    ``refine_lookahead:r2:truncation``; ``pK`` judges only the ``K`` best estimated moves (``p`` alone:
+    :data:`LOOKAHEAD_PROPOSALS`; default: every move), e.g. ``refine_lookahead:p16:truncation``.
 
-    :raises ValueError: for a drop-rule head that names something else, or ``rN`` with ``N < 1``.
+    :raises ValueError: for a drop-rule head that names something else, or ``rN`` / ``pK`` below 1.
     """
     drops, rest = split_drops_argument(argument)
-    head, _, base = rest.partition(":")
-    if not (base and head[:1] == "r" and head[1:].lstrip("-").isdigit()):
-        return drops, 1, rest
-    if int(head[1:]) < 1:
-        raise ValueError(
-            f"refine_lookahead:{argument}: rounds must be r1 or more. Fix: e.g. refine_lookahead:r2:truncation."
-        )
-    return drops, int(head[1:]), base
+    rounds, rest = _split_count(rest, argument, "r", 1, 1)
+    proposals, rest = _split_count(rest, argument, "p", 0, LOOKAHEAD_PROPOSALS)
+    return drops, rounds, proposals, rest
 
 
 def check_drops_argument(argument: str) -> None:
-    """``refine_lookahead:[DROPS:][rN:]BASE``: the drop rules and rounds parse and the base is checked as ``refine``'s."""
-    check_refine_argument(split_lookahead_argument(argument)[2])
+    """``refine_lookahead:[DROPS:][rN:][pK:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
+    check_refine_argument(split_lookahead_argument(argument)[-1])
 
 
 def check_guard_argument(argument: str) -> None:
@@ -490,7 +562,7 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
 def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
     """``refine_lookahead:[DROPS:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules (default
     :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail."""
-    drops, rounds, base = split_lookahead_argument(argument)
+    drops, rounds, proposals, base = split_lookahead_argument(argument)
     check_refine_argument(base)
     return RecoverabilitySearch(
         build_method(base, context),
@@ -501,6 +573,7 @@ def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySe
         lookahead_tolerance=LOOKAHEAD_TOLERANCE,
         drops=drops,
         rounds=rounds,
+        proposals=proposals,
         name=f"refine_lookahead:{argument}",
     )
 
