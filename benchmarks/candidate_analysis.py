@@ -33,6 +33,9 @@ judge runs here. Three reports, each a Markdown table (deltas over the base mask
   ``--base_nll`` it also reads each token's judge NLL after the base mask's kept tokens and with nothing
   kept (two judge passes per context and rate, cached as ``.basenll.npz``), and the plain estimate
   ``est`` from them is scored too. ``--train`` and ``--validation`` take comma-separated files.
+- ``proposals``: ``refine_lookahead:pK`` (judge only the ``K`` moves of best ``est``,
+  :func:`tokenmask.evaluate.refine.move_estimates`) for each ``K`` of ``--proposals`` on the pooled
+  ``--files``: the deltas and the share of draws meeting the bar at every rate (needs ``--soft 64`` files).
 
 Example (the files of docs/results.md)::
 
@@ -209,6 +212,20 @@ def lookahead_choice(
     return filtered_choice(docs, rate, GUARD_MOVES, protect, guard, tolerance, tokens, drops, limit)
 
 
+def searched(c: dict[str, Any], moves: tuple[int, ...], protect: int, drops: str = "o") -> np.ndarray:
+    """Which candidates of one document and rate the search tries: ``oldest`` moves over ``moves`` (matched by
+    mask), the other drop rules of ``drops`` by their ``kind``, all keeping the base's last ``protect`` kept
+    tokens; the base mask (index 0) is always one."""
+    kind = np.array(list(c.get("kind", "")) or ["o"] * len(c["r"]))
+    ok = (allowed_moves(c, moves) if "o" in drops else kind == "b") | np.isin(
+        kind, list(drops.replace("o", ""))
+    )
+    if protect:
+        last = np.flatnonzero(c["masks"][0])[-protect:]
+        ok &= np.array([m[last].all() for m in c["masks"]])
+    return ok  # type: ignore[no-any-return]
+
+
 def filtered_choice(
     docs: list[dict[str, Any]],
     rate: str,
@@ -230,13 +247,7 @@ def filtered_choice(
     out = []
     for x in docs:
         c = x["rates"][rate]
-        kind = np.array(list(c.get("kind", "")) or ["o"] * len(c["r"]))
-        ok = (allowed_moves(c, moves) if "o" in drops else kind == "b") | np.isin(
-            kind, list(drops.replace("o", ""))
-        )
-        if protect:
-            last = np.flatnonzero(c["masks"][0])[-protect:]
-            ok &= np.array([m[last].all() for m in c["masks"]])
+        ok = searched(c, moves, protect, drops)
         if guard:
             g = c[f"g{guard[0]}"]
             ok &= g <= g[0] + guard[0] * guard[1]
@@ -753,10 +764,56 @@ def pointer(
     print("\nThe pointer (predicted d rec), 90 % paired bootstrap intervals: " + "; ".join(intervals))
 
 
+# ---------------------------------------------------------------------------------------- proposals
+def proposal_choice(
+    docs: list[dict[str, Any]], nlls: list[dict[str, np.ndarray]], rate: str, k: int
+) -> list[int]:
+    """``refine_lookahead:pK``'s choice per document: its moves ranked by
+    :func:`tokenmask.evaluate.refine.move_estimates` (from :func:`base_nlls`), the best ``k`` judged, and the
+    lowest ``R`` among them and the base within the lookahead tolerance (the shipped defaults)."""
+    from tokenmask.evaluate.refine import (
+        GUARD_MOVES,
+        LOOKAHEAD_PROTECT,
+        LOOKAHEAD_TOKENS,
+        LOOKAHEAD_TOLERANCE,
+        move_estimates,
+    )
+
+    out = []
+    for x, n in zip(docs, nlls):
+        c = x["rates"][rate]
+        moves = np.flatnonzero(searched(c, GUARD_MOVES, LOOKAHEAD_PROTECT))[1:]
+        est = move_estimates(c["masks"][0], [c["masks"][j] for j in moves], n[f"b_{rate}"], n["e"])
+        judged = [0, *moves[np.argsort(-est, kind="stable")[:k]].tolist()]
+        ok = [j for j in judged if c["s"][j] <= c["s"][0] + LOOKAHEAD_TOKENS * LOOKAHEAD_TOLERANCE]
+        out.append(min(ok, key=lambda j: c["r"][j]))
+    return out
+
+
+def proposals(paths: str, ks: str, draw: int, seed: int) -> None:
+    """For each ``K`` of ``ks`` (``all``: every move): the pruned search's deltas over the base and P(all)."""
+    docs: list[dict[str, Any]] = []
+    nlls: list[dict[str, np.ndarray]] = []
+    for path in paths.split(","):
+        part = load(path)
+        arrays = base_nlls(path, part)
+        docs += part
+        nlls += [{key: v[i] for key, v in arrays.items()} for i in range(len(part))]
+    draws = document_draws(docs, draw, 4000, np.random.default_rng(seed))
+    print(f"{len(docs)} documents of {paths}\n")
+    print("| moves judged | P(all) | " + " | ".join(f"{r}: d rec / d ret" for r in RATES) + " |")
+    print("| --- | --- |" + " --- |" * len(RATES))
+    for k in ks.split(","):
+        choices = {r: proposal_choice(docs, nlls, r, 10**9 if k == "all" else int(k)) for r in RATES}
+        cells = ["{:+.3f} / {:+.3f}".format(*metric(docs, r, choices[r])) for r in RATES]
+        print(f"| {k} | {joint_pass_probability(docs, choices, draws):.3f} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "report", choices=["oracle", "guard", "lookahead", "score", "draws", "chooser", "pointer"]
+        "report",
+        choices=["oracle", "guard", "lookahead", "score", "draws", "chooser", "pointer", "proposals"],
     )
     parser.add_argument(
         "--files", default="runs/cand2_train.json,runs/cand2_validation.json", help="oracle/guard: pooled"
@@ -797,7 +854,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="score/draws: the files' first N documents only (0: all), e.g. evaluate's 30",
     )
+    parser.add_argument(
+        "--proposals", default="1,2,4,8,16,32,all", help="proposals: moves judged per context (K of pK)"
+    )
     args = parser.parse_args(argv)
+    if args.report == "proposals":
+        proposals(args.files, args.proposals, args.draw, args.seed)
+        return 0
     if args.report == "pointer":
         pointer(args.train, args.validation, args.epochs, args.seed, args.protect, args.base_nll)
         return 0

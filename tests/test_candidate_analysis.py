@@ -374,3 +374,28 @@ def test_pointer_rows_keep_refine_lookaheads_moves_and_add_the_nll_block(
         if not docs[d]["rates"][r]["masks"][j][np.flatnonzero(docs[d]["rates"][r]["masks"][0])[-12:]].all()
     ]
     assert dropped_tail and not set(dropped_tail) & set(keys_p)
+
+
+@pytest.mark.parametrize("k", [2, 1000])
+def test_proposal_choice_is_refine_lookahead_pk(
+    analysis: ModuleType, tiny_recon, tmp_path: Path, k: int
+) -> None:  # type: ignore[no-untyped-def]
+    """The proposals report's choice from a judged file (moves ranked by the estimate of base_nlls, the best k
+    judged, the shipped tail and tolerance) is refine_lookahead:pK's, mask for mask."""
+    from tokenmask.evaluate.refine import LOOKAHEAD_PROTECT, LOOKAHEAD_TOKENS, LOOKAHEAD_TOLERANCE
+
+    rng = np.random.default_rng(6)
+    contexts = [rng.integers(100, 5000, size=128).tolist() for _ in range(3)]
+    path = tmp_path / "candidates.json"
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES, soft=LOOKAHEAD_TOKENS)
+    docs = analysis.load(str(path))
+    arrays = analysis.base_nlls(str(path), docs, judge=tiny_recon)
+    nlls = [{key: v[i] for key, v in arrays.items()} for i in range(len(docs))]
+    choice = analysis.proposal_choice(docs, nlls, "0.5", k)
+    method = _lookahead_search(
+        tiny_recon, LOOKAHEAD_PROTECT, LOOKAHEAD_TOKENS, LOOKAHEAD_TOLERANCE, proposals=k
+    )
+    for doc, picked, keep in zip(docs, choice, method.keep_masks(contexts, 0.5)):
+        np.testing.assert_array_equal(doc["rates"]["0.5"]["masks"][picked], keep)
+    if k == 1000:  # every move judged: the rule's own choice
+        assert choice == analysis.lookahead_choice(docs, "0.5", LOOKAHEAD_PROTECT, None, LOOKAHEAD_TOLERANCE)
