@@ -249,7 +249,7 @@ class RecoverabilitySearch(MaskingCompressor):
     :param drops: which kept tokens a move drops (:data:`DROPS`; ``span`` and ``thin`` cost one judge pass).
     :param rounds: search rounds; each later round starts from the previous choice, keeps the runs it
         moved and moves the next base tokens, within the same guards against the base mask.
-    :param proposals: judge only the this many best moves by :func:`move_estimates` per context and round
+    :param proposals: judge only this many best moves by :func:`move_estimates` per context and round
         (0: every move); the estimates cost two judge passes per context.
     :param name: name in reports (default ``refine:<base name>``).
     """
@@ -497,16 +497,19 @@ def split_drops_argument(argument: str) -> tuple[tuple[str, ...], str]:
     return rules, rest
 
 
-def _split_count(argument: str, whole: str, letter: str, default: int, missing: int) -> tuple[int, str]:
+def _split_count(
+    argument: str, whole: str, letter: str, default: int, missing: int | None = None
+) -> tuple[int, str]:
     """A ``{letter}N:REST`` head -> ``(N, REST)``; no such head -> ``(default, argument)``; ``{letter}:REST``
-    -> ``(missing, REST)``.
+    -> ``(missing, REST)`` where ``missing`` is given (else it is no such head).
 
     :raises ValueError: for ``N < 1``.
     """
     head, _, rest = argument.partition(":")
-    if not (rest and head[:1] == letter and (head[1:] == "" or head[1:].lstrip("-").isdigit())):
+    bare = head[1:] == "" and missing is not None
+    if not (rest and head[:1] == letter and (bare or head[1:].lstrip("-").isdigit())):
         return default, argument
-    count = int(head[1:]) if head[1:] else missing
+    count = int(head[1:]) if head[1:] else (missing or 0)
     if count < 1:
         raise ValueError(
             f"refine_lookahead:{whole}: {letter}N needs N >= 1. Fix: e.g. refine_lookahead:{letter}2:truncation."
@@ -524,7 +527,7 @@ def split_lookahead_argument(argument: str) -> tuple[tuple[str, ...], int, int, 
     :raises ValueError: for a drop-rule head that names something else, or ``rN`` / ``pK`` below 1.
     """
     drops, rest = split_drops_argument(argument)
-    rounds, rest = _split_count(rest, argument, "r", 1, 1)
+    rounds, rest = _split_count(rest, argument, "r", 1)
     proposals, rest = _split_count(rest, argument, "p", 0, LOOKAHEAD_PROPOSALS)
     return drops, rounds, proposals, rest
 
