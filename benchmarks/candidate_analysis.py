@@ -626,7 +626,10 @@ NLL_FEATURES = 12
 def nll_features(b: np.ndarray, e: np.ndarray, base: np.ndarray, mask: np.ndarray) -> list[float]:
     """What :func:`base_nlls` says of one move: the base NLLs of the run it adds (what copying could save),
     the no-prefix NLLs of the kept tokens it drops (what they cost once gone), their difference (the estimate
-    ``est``), and the NLL level around the run and in the unkept region."""
+    ``est``, :func:`tokenmask.evaluate.refine.move_estimates`), and the NLL level around the run and in the
+    unkept region."""
+    from tokenmask.evaluate.refine import move_estimates
+
     run, gone = mask & ~base, base & ~mask
     where = np.flatnonzero(run)
     after = b[where[-1] + 1 : where[-1] + 33]
@@ -636,7 +639,7 @@ def nll_features(b: np.ndarray, e: np.ndarray, base: np.ndarray, mask: np.ndarra
         e[gone].sum() / 50,
         b[gone].sum() / 50,
         e[run].sum() / 50,
-        (b[run].sum() - e[gone].sum()) / 50,
+        float(move_estimates(base, [mask], b, e)[0]) / 50,
         b[run].mean() / 5,
         e[gone].mean() / 5,
         after.mean() / 5 if len(after) else 0.0,
