@@ -1,0 +1,81 @@
+"""benchmarks/build_gitdocs.py keeps AsciiDoc prose, drops the rest, and writes a corpus evaluate can read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import load_benchmark
+
+from tokenmask.data import load_texts
+
+PROSE = (
+    "Use `git stash` when you want to record the current state of the working directory and the index, "
+    "but want to go back to a clean working directory, as linkgit:git-reset[1] would leave it for you."
+)
+PAGE = f"""git-stash(1)
+============
+
+NAME
+----
+git-stash - Stash the changes in a dirty working directory away
+
+SYNOPSIS
+--------
+[verse]
+'git stash' list [<log-options>] and a very long synopsis line that has many words but is not prose at all.
+
+DESCRIPTION
+-----------
+
+{PROSE}
+
+list [<log-options>]::
+
+\tList the stash entries that you currently have. Each 'stash entry' is listed with its name, the name of
+\tthe branch that was current when the entry was made, and a short description of the commit.
++
+----------------------------------------------
+$ git stash list and then some words of a shell session that look like a sentence of prose.
+----------------------------------------------
+
+* a list item with enough words to pass the length test of the prose filter but it is a list.
+"""
+
+
+@pytest.fixture(scope="module")
+def build():
+    return load_benchmark("build_gitdocs")
+
+
+def test_prose_paragraphs_keep_prose_and_reduce_markup(build) -> None:
+    paragraphs = build.prose_paragraphs(PAGE, min_words=20)
+    assert paragraphs[0] == (
+        "Use git stash when you want to record the current state of the working directory and the index, "
+        "but want to go back to a clean working directory, as git-reset would leave it for you."
+    )
+    assert paragraphs[1].startswith("List the stash entries that you currently have. Each stash entry is")
+    assert len(paragraphs) == 2  # heading, synopsis, listing block and list item left out
+
+
+def test_documents_group_paragraphs_within_bounds(build) -> None:
+    paragraphs = [" ".join(["word"] * n) + "." for n in (100, 100, 100, 400, 30)]
+    docs = build.documents(paragraphs, 150, 350)
+    assert [len(d.split()) for d in docs] == [300]  # 400 is past the cap alone; 30 is short
+    assert all(d.count("\n\n") == 2 for d in docs)
+
+
+def test_main_writes_a_corpus_evaluate_reads(build, tmp_path: Path) -> None:
+    source = tmp_path / "git-doc"
+    source.mkdir()
+    for i in range(3):
+        (source / f"page{i}.txt").write_text("\n\n".join([PROSE] * 4) + "\n", encoding="utf-8")
+    output = tmp_path / "gitdocs.jsonl"
+    assert build.main(["--source", str(source), "--output", str(output), "--min_doc_words", "60"]) == 0
+    lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["source"] for r in lines) == ["page0.txt", "page1.txt", "page2.txt"]
+    assert [r["text"] for r in load_texts(output)] == [r["text"] for r in lines]
+    assert not list(tmp_path.glob("*.partial"))
+    with pytest.raises(SystemExit, match="no .txt files"):
+        build.main(["--source", str(tmp_path / "empty"), "--output", str(output)])
