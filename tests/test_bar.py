@@ -153,3 +153,53 @@ def test_the_pareto_plot_draws_each_methods_interval_around_its_point(
     expected = {(b.requested_rate, b.d_rec - b.rec_interval[0]) for b in bar_rows(rows, ref)}
     assert all(xerr[0][0] >= 0 and xerr[1][0] >= 0 and yerr[0][0] >= 0 for _, _, xerr, yerr in calls)
     assert {round(c[2][0][0], 12) for c in calls} == {round(e[1], 12) for e in expected}
+
+
+def test_subsets_and_blocks_are_documents_without_replacement() -> None:
+    from tokenmask.evaluate.bar import block_counts, subset_counts
+
+    counts = subset_counts(10, 4, 50, seed=3)
+    assert counts.shape == (50, 10) and set(np.unique(counts)) <= {0, 1} and (counts.sum(axis=1) == 4).all()
+    assert (subset_counts(10, 4, 50, seed=3) == counts).all() and not (
+        subset_counts(10, 4, 50, seed=4) == counts
+    ).all()
+    assert (subset_counts(4, 4, 3) == 1).all()  # every document once: the whole corpus
+    blocks = block_counts(10, 4)  # documents 0-3 and 4-7; 8-9 are a partial block, left out
+    assert blocks.tolist() == [[1, 1, 1, 1, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]]
+    for bad in (lambda: subset_counts(3, 4, 10), lambda: subset_counts(3, 0, 10), lambda: block_counts(3, 4)):
+        with pytest.raises(ValueError, match="size"):
+            bad()
+
+
+def test_bar_subsets_reports_blocks_and_the_share_of_subsets_that_meet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import load_benchmark
+
+    from tokenmask.evaluate.bar import block_counts, method_nlls, paired_changes
+
+    rng = np.random.default_rng(5)
+    ref = _reference(8, rng)
+    base_r, base_f = rng.uniform(600, 700, 8), rng.uniform(200, 250, 8)
+    results = [
+        _row("truncation", base_r, base_f),
+        _row("better", base_r - 60.0, base_f - 1.0),  # clears the bar on every subset
+        _row("worse", base_r + 5.0, base_f + 20.0),  # never does
+    ]
+    (tmp_path / "results.json").write_text(json.dumps({"results": results, "setting": {}, "reference": ref}))
+    assert sorted(method_nlls(results)) == [("better", 0.5), ("truncation", 0.5), ("worse", 0.5)]
+    module = load_benchmark("bar_subsets")
+    rows = module.subset_rows(str(tmp_path), size=4, draws=100, below=-0.026)
+    assert [r[0] for r in rows] == ["better", "worse"] and [r[-3] for r in rows] == ["1.00", "0.00"]
+    first_block = paired_changes(
+        ref["recover_empty"], ref["recover_full"], base_r - 60.0, base_r, block_counts(8, 4)
+    )[1][0]
+    assert rows[0][2].startswith(f"{first_block:+.3f} / ")  # documents 0-3, as a 4-document run would score
+    assert rows[1][-1] == "1.000"  # retention below -0.026 on every subset
+    assert module.main([str(tmp_path), "--size", "4", "--draws", "20", "--methods", "better"]) == 0
+    out = capsys.readouterr().out
+    assert "| better | 0.50 |" in out and "worse" not in out and "documents 4-7" in out
+    ref["recover_empty"] = ref["recover_empty"][:4]
+    (tmp_path / "results.json").write_text(json.dumps({"results": results, "setting": {}, "reference": ref}))
+    with pytest.raises(ValueError, match="recoverability_documents 8"):
+        module.subset_rows(str(tmp_path), size=4, draws=10, below=0.0)

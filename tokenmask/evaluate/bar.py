@@ -123,6 +123,38 @@ def draw_counts(documents: int, draws: int, seed: int = 0) -> np.ndarray:
     return counts
 
 
+def subset_counts(documents: int, size: int, draws: int, seed: int = 0) -> np.ndarray:
+    """``draws`` random subsets of ``size`` of ``documents`` documents (without replacement), as 0/1 counts.
+
+    What a ``size``-document evaluation drawn from these documents would see: :func:`paired_changes` of
+    these counts gives the change each such evaluation would report (``benchmarks/bar_subsets.py``).
+    """
+    if not 0 < size <= documents or draws < 1:
+        raise ValueError(
+            f"subset_counts needs 0 < size <= documents and draws >= 1, got size {size}, "
+            f"{documents} documents and {draws} draws."
+        )
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((draws, documents), dtype=np.int64)
+    for row in counts:
+        row[rng.choice(documents, size, replace=False)] = 1
+    return counts
+
+
+def block_counts(documents: int, size: int) -> np.ndarray:
+    """The consecutive blocks of ``size`` documents (0 to size-1, size to 2 size-1, ...) as 0/1 counts; a last
+    partial block is left out."""
+    if not 0 < size <= documents:
+        raise ValueError(
+            f"block_counts needs 0 < size <= documents, got size {size} and {documents} documents."
+        )
+    blocks = documents // size
+    counts = np.zeros((blocks, documents), dtype=np.int64)
+    for b in range(blocks):
+        counts[b, b * size : (b + 1) * size] = 1
+    return counts
+
+
 def _row_values(row: MethodResult | Mapping[str, Any]) -> tuple[str, float, float, list[float], list[float]]:
     # (method, asked rate, rate error, per-document R, per-document F) of a result or a results.json row
     if isinstance(row, Mapping):
@@ -223,6 +255,14 @@ def bar_from_file(path: str | Path, **kwargs: Any) -> list[BarRow]:
 
     :raises ValueError: when the file holds no reference NLLs (written before they were kept).
     """
+    return bar_rows(*load_results_with_reference(path), **kwargs)
+
+
+def load_results_with_reference(path: str | Path) -> tuple[list[Any], dict[str, list[float]]]:
+    """The result rows and the per-document reference NLLs of a ``results.json`` (or the folder holding it).
+
+    :raises ValueError: when the file holds no reference NLLs (written before they were kept).
+    """
     from tokenmask.evaluate.reports import RESULTS_FILE, load_results
 
     file = Path(path)
@@ -234,7 +274,14 @@ def bar_from_file(path: str | Path, **kwargs: Any) -> list[BarRow]:
             f"{file} holds no per-document reference NLLs (written by an older tokenmask). "
             "Fix: run tokenmask evaluate again."
         )
-    return bar_rows(rows, reference, **kwargs)
+    return list(rows), reference
+
+
+def method_nlls(
+    results: Sequence[MethodResult | Mapping[str, Any]],
+) -> dict[tuple[str, float], tuple[list[float], list[float]]]:
+    """Per (method, asked rate), its per-document ``R`` and ``F`` NLLs (rows without them are left out)."""
+    return {(name, asked): (r, f) for name, asked, _, r, f in map(_row_values, results) if r and f}
 
 
 def bar_table(rows: Sequence[BarRow], level: float = LEVEL, draws: int = DRAWS) -> str:
