@@ -1,4 +1,4 @@
-"""benchmarks/build_gitdocs.py keeps AsciiDoc prose, drops the rest, and writes a corpus evaluate can read."""
+"""benchmarks/build_doc_corpus.py keeps AsciiDoc and Sphinx HTML prose, drops the rest, and writes a corpus evaluate can read."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ $ git stash list and then some words of a shell session that look like a sentenc
 
 @pytest.fixture(scope="module")
 def build():
-    return load_benchmark("build_gitdocs")
+    return load_benchmark("build_doc_corpus")
 
 
 def test_prose_paragraphs_keep_prose_and_reduce_markup(build) -> None:
@@ -72,10 +72,59 @@ def test_main_writes_a_corpus_evaluate_reads(build, tmp_path: Path) -> None:
     for i in range(3):
         (source / f"page{i}.txt").write_text("\n\n".join([PROSE] * 4) + "\n", encoding="utf-8")
     output = tmp_path / "gitdocs.jsonl"
-    assert build.main(["--source", str(source), "--output", str(output), "--min_doc_words", "60"]) == 0
+    assert (
+        build.main(
+            [
+                "--format",
+                "asciidoc",
+                "--source",
+                str(source),
+                "--output",
+                str(output),
+                "--min_doc_words",
+                "60",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["source"] for r in lines) == ["page0.txt", "page1.txt", "page2.txt"]
     assert [r["text"] for r in load_texts(output)] == [r["text"] for r in lines]
     assert not list(tmp_path.glob("*.partial"))
-    with pytest.raises(SystemExit, match="no .txt files"):
-        build.main(["--source", str(tmp_path / "empty"), "--output", str(output)])
+    with pytest.raises(SystemExit, match=r"no \*\.txt files"):
+        build.main(["--format", "asciidoc", "--source", str(tmp_path / "empty"), "--output", str(output)])
+
+
+HTML = """<html><body><div class="related"><p>Navigation words that are not part of the page but are a long sentence.</p></div>
+<div class="section"><h1>Making queries<a class="headerlink">¶</a></h1>
+<p>Once you&#8217;ve created your <a href="models.html"><span class="doc">data models</span></a>, Django
+automatically gives you a database-abstraction API that lets you create, retrieve, update and delete objects.
+This document explains how to use this API.</p>
+<div class="highlight-python"><div class="highlight"><pre>class Blog(models.Model): a code block with many words in it that is not prose at all.</pre></div></div>
+<table><tr><td><p>A table cell with enough words to look like a paragraph of prose to a naive reader.</p></td></tr></table>
+<p>Short one.</p>
+</div></body></html>"""
+
+
+def test_html_prose_paragraphs_keep_page_paragraphs_only(build) -> None:
+    assert build.html_prose_paragraphs(HTML, min_words=10) == [
+        "Once you\u2019ve created your data models, Django automatically gives you a database-abstraction API "
+        "that lets you create, retrieve, update and delete objects. This document explains how to use this API."
+    ]
+
+
+def test_sphinx_html_pages_skip_index_and_source_folders(build, tmp_path: Path) -> None:
+    source = tmp_path / "html"
+    (source / "topics").mkdir(parents=True)
+    (source / "_modules").mkdir()
+    page = HTML.replace("<p>Short one.</p>", "".join(f"<p>{PROSE} Part {i}.</p>" for i in range(3)))
+    (source / "topics" / "queries.html").write_text(page, encoding="utf-8")
+    (source / "_modules" / "code.html").write_text(page, encoding="utf-8")
+    (source / "genindex.html").write_text(page, encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    build.main(
+        ["--format", "sphinx-html", "--source", str(source), "--output", str(output), "--min_doc_words", "60"]
+    )
+    assert [json.loads(line)["source"] for line in output.read_text(encoding="utf-8").splitlines()] == [
+        "topics/queries.html"
+    ]
