@@ -8,6 +8,8 @@ per-document NLLs, each method's 90 % paired bootstrap interval of its change ov
 bars. Written atomically.
 
     python benchmarks/pareto_plot.py runs/eval_test/results.json docs/pareto.png
+    python benchmarks/pareto_plot.py runs/django_gpu/d120_0.3 runs/django_gpu/d120_0.5 runs/django_gpu/d120_0.7 \\
+        docs/pareto_djangodocs.png   # one figure from one run per rate
 """
 
 from __future__ import annotations
@@ -26,15 +28,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results_json", help="results.json of tokenmask evaluate, or its output folder")
+    parser.add_argument(
+        "results_json",
+        nargs="+",
+        help="results.json of tokenmask evaluate, or its output folder; several (e.g. one run per rate on the "
+        "same documents) are drawn as one figure",
+    )
     parser.add_argument("out_png", help="the PNG to write (replaced atomically)")
     args = parser.parse_args(argv)
-    rows = load_results(args.results_json)  # checks the file: a clear error when missing or damaged
-    source = Path(args.results_json)
-    data = json.loads((source / RESULTS_FILE if source.is_dir() else source).read_text(encoding="utf-8"))
-    setting = data.get("setting") if isinstance(data.get("setting"), dict) else None
-    # per-document reference NLLs (newer files): the plot adds each method's interval bars
-    reference = data.get("reference") if isinstance(data.get("reference"), dict) else None
+    rows: list[dict] = []
+    setting = reference = None
+    for i, name in enumerate(args.results_json):
+        rows += load_results(name)  # checks the file: a clear error when missing or damaged
+        source = Path(name)
+        data = json.loads((source / RESULTS_FILE if source.is_dir() else source).read_text(encoding="utf-8"))
+        # per-document reference NLLs (newer files): the plot adds each method's interval bars
+        ref = data.get("reference") if isinstance(data.get("reference"), dict) else None
+        if i == 0:
+            setting = data.get("setting") if isinstance(data.get("setting"), dict) else None
+            reference = ref
+        elif ref != reference:
+            raise SystemExit(
+                f"{name} scored other documents than {args.results_json[0]} (their reference NLLs differ). "
+                "Fix: draw runs of one corpus, split, seed and document count together."
+            )
     path = atomic_write_bytes(args.out_png, plot_pareto(rows, setting, reference))
     print(f"wrote {path} ({len(rows)} rows)", file=sys.stderr)
     return 0

@@ -292,3 +292,15 @@ def test_pareto_plot_of_a_small_results_dict(tmp_path: Path) -> None:
     assert _png_size(out) == (w2, h2)
     assert pareto_main([str(tmp_path), str(out)]) == 0  # the folder holding results.json works too
     assert sorted(p.name for p in out.parent.iterdir()) == ["pareto.png"]  # no temporary left
+    # one run per rate on the same documents: drawn as one figure, as the two-rate file is
+    for asked in (0.3, 0.5):
+        (tmp_path / f"r{asked}").mkdir()
+        runs = [r for r in rows if r["requested_rate"] == asked]
+        (tmp_path / f"r{asked}" / RESULTS_FILE).write_text(json.dumps({"setting": setting, "results": runs}))
+    merged = tmp_path / "merged.png"
+    assert pareto_main([str(tmp_path / "r0.3"), str(tmp_path / "r0.5"), str(merged)]) == 0
+    assert _png_size(merged) == (w2, h2)
+    (tmp_path / "r0.5" / RESULTS_FILE).write_text(
+        json.dumps({"setting": setting, "results": rows[3:], "reference": {"recover_empty": [1.0]}})
+    )
+    assert pareto_main([str(tmp_path / "r0.3"), str(tmp_path / "r0.5"), str(merged)]) != 0  # other documents
