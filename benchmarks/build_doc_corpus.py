@@ -208,6 +208,16 @@ def documents(paragraphs: list[str], min_words: int, max_words: int) -> list[str
     return out
 
 
+def _read(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(
+            f"{file} is not UTF-8 ({exc.reason} at byte {exc.start}). Fix: convert it (iconv -t UTF-8) or remove it "
+            "from --source."
+        ) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -235,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [
         {"text": doc, "source": file.relative_to(root).as_posix()}
         for file in files
-        for doc in documents(
-            extract(file.read_text(encoding="utf-8"), args.min_words),
-            args.min_doc_words,
-            args.max_doc_words,
-        )
+        for doc in documents(extract(_read(file), args.min_words), args.min_doc_words, args.max_doc_words)
     ]
     random.Random(args.seed).shuffle(records)
     output = Path(args.output)

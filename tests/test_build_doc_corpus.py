@@ -128,3 +128,12 @@ def test_sphinx_html_pages_skip_index_and_source_folders(build, tmp_path: Path) 
     assert [json.loads(line)["source"] for line in output.read_text(encoding="utf-8").splitlines()] == [
         "topics/queries.html"
     ]
+
+
+def test_a_source_file_that_is_not_utf8_is_named_with_the_fix(build, tmp_path: Path) -> None:
+    source = tmp_path / "git-doc"
+    source.mkdir()
+    (source / "bad.txt").write_bytes(b"caf\xe9 au lait\n")
+    with pytest.raises(SystemExit, match=r"bad\.txt is not UTF-8.*iconv"):
+        build.main(["--format", "asciidoc", "--source", str(source), "--output", str(tmp_path / "out.jsonl")])
+    assert not (tmp_path / "out.jsonl").exists()
