@@ -165,7 +165,7 @@ class _SphinxParagraphs(HTMLParser):
             self._current = None
 
     def handle_data(self, data: str) -> None:
-        if self._current is not None and not any(self._stack[:-1] if self._stack else []):
+        if self._current is not None and not any(self._stack):
             self._current.append(data)
 
 
