@@ -8,6 +8,10 @@ documents (the first block is what ``--num_documents SIZE`` gives), the share of
 share at or below ``--below``). No judge runs: the changes are ratios of sums of the per-document NLLs
 in ``results.json`` (:func:`tokenmask.evaluate.bar.paired_changes`).
 
+Subsets of a finite pool vary less than fresh samples of the same size (the finite-population factor
+``sqrt(1 - size / documents)``: 0.87 for 30 of 120), so the shares and the tail are a little optimistic;
+keep ``--size`` small against the pool.
+
 Example (docs/results.md, stop 28)::
 
     python benchmarks/bar_subsets.py runs/git_gpu/g120_0.3 runs/git_gpu/g120_0.5 runs/git_gpu/g120_0.7 \\
