@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+
+from tokenmask.io import atomic_write_text
 
 _DELIMITER = re.compile(r"^(-{4,}|\.{4,}|={4,}|\*{4,}|_{4,}|\+{4,}|\|={3,}|/{4,})\s*$")
 _UNDERLINE = re.compile(r"^[-=~^+]{3,}\s*$")
@@ -131,6 +132,7 @@ class _SphinxParagraphs(HTMLParser):
     """Collects the text of ``<p>`` elements outside code, tables and navigation."""
 
     SKIPPED = ("pre", "table", "nav", "footer", "header", "script", "style")
+    VOID = ("br", "img", "hr", "input", "meta", "link")  # no end tag: never pushed on the stack
     SKIPPED_CLASSES = (
         "highlight",
         "sphinxsidebar",
@@ -148,7 +150,7 @@ class _SphinxParagraphs(HTMLParser):
         self._current: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("br", "img", "hr", "input", "meta", "link"):
+        if tag in self.VOID:
             return
         classes = (dict(attrs).get("class") or "").split()
         hides = tag in self.SKIPPED or any(c.startswith(self.SKIPPED_CLASSES) for c in classes)
@@ -157,7 +159,7 @@ class _SphinxParagraphs(HTMLParser):
             self._current = []
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("br", "img", "hr", "input", "meta", "link") or not self._stack:
+        if tag in self.VOID or not self._stack:
             return
         self._stack.pop()
         if tag == "p" and self._current is not None:
@@ -192,18 +194,20 @@ def documents(paragraphs: list[str], min_words: int, max_words: int) -> list[str
     target = (min_words + max_words) // 2
     out: list[str] = []
     group: list[str] = []
+    count = 0
     for paragraph in paragraphs:
-        count = sum(len(p.split()) for p in group)
-        if group and count + len(paragraph.split()) > max_words:
+        words = len(paragraph.split())
+        if group and count + words > max_words:
             if count >= min_words:
                 out.append("\n\n".join(group))
-            group = []
+            group, count = [], 0
         group.append(paragraph)
-        if sum(len(p.split()) for p in group) >= target:
-            if sum(len(p.split()) for p in group) <= max_words:
+        count += words
+        if count >= target:
+            if count <= max_words:
                 out.append("\n\n".join(group))
-            group = []
-    if group and min_words <= sum(len(p.split()) for p in group) <= max_words:
+            group, count = [], 0
+    if group and min_words <= count <= max_words:
         out.append("\n\n".join(group))
     return out
 
@@ -248,13 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         for doc in documents(extract(_read(file), args.min_words), args.min_doc_words, args.max_doc_words)
     ]
     random.Random(args.seed).shuffle(records)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    with partial.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(partial, output)
+    output = atomic_write_text(
+        args.output, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    )
     words = sorted(len(r["text"].split()) for r in records)
     print(
         f"{output}: {len(records)} documents from {len({r['source'] for r in records})} of {len(files)} files, "

@@ -90,7 +90,7 @@ def test_main_writes_a_corpus_evaluate_reads(build, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["source"] for r in lines) == ["page0.txt", "page1.txt", "page2.txt"]
     assert [r["text"] for r in load_texts(output)] == [r["text"] for r in lines]
-    assert not list(tmp_path.glob("*.partial"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["git-doc", "gitdocs.jsonl"]  # no temporary left
     with pytest.raises(SystemExit, match=r"no \*\.txt files"):
         build.main(["--format", "asciidoc", "--source", str(tmp_path / "empty"), "--output", str(output)])
 
