@@ -73,11 +73,18 @@ def test_only_the_proposals_are_judged(tiny_recon, monkeypatch) -> None:  # type
 
 
 def test_proposals_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
-    assert split_lookahead_argument("p:truncation") == (LOOKAHEAD_DROPS, 1, LOOKAHEAD_PROPOSALS, "truncation")
+    assert split_lookahead_argument("p:truncation") == (
+        LOOKAHEAD_DROPS,
+        1,
+        LOOKAHEAD_PROPOSALS,
+        None,
+        "truncation",
+    )
     assert split_lookahead_argument("oldest+span:r2:p8:agent:default") == (
         ("oldest", "span"),
         2,
         8,
+        None,
         "agent:default",
     )
     check_methods(["refine_lookahead:p:truncation", "refine_lookahead:r2:p4:truncation"])

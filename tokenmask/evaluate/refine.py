@@ -44,7 +44,7 @@ self-information baselines: with another judge the gain can be smaller.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -251,6 +251,9 @@ class RecoverabilitySearch(MaskingCompressor):
         moved and moves the next base tokens, within the same guards against the base mask.
     :param proposals: judge only this many best moves by :func:`move_estimates` per context and round
         (0: every move); the estimates cost two judge passes per context.
+    :param dtype: weights dtype of the search's own judge passes (``None``: the judge's own), e.g.
+        ``bfloat16`` on a GPU: a cast copy of the judge (:meth:`~tokenmask.reconstructors.Reconstructor.with_dtype`)
+        scores the candidates, so the evaluation's judge is untouched.
     :param name: name in reports (default ``refine:<base name>``).
     """
 
@@ -270,6 +273,7 @@ class RecoverabilitySearch(MaskingCompressor):
         drops: Sequence[str] = ("oldest",),
         rounds: int = 1,
         proposals: int = 0,
+        dtype: str | None = None,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, MaskingCompressor):
@@ -309,6 +313,9 @@ class RecoverabilitySearch(MaskingCompressor):
         self.drops = tuple(drops)
         self.rounds = int(rounds)
         self.proposals = int(proposals)
+        self.dtype = dtype
+        self.scorer = judge.with_dtype(dtype) if dtype else judge
+        """The LM of the search's own passes: the judge, or its cast copy (``dtype``)."""
 
     @property
     def reconstructor(self) -> Reconstructor | None:
@@ -322,7 +329,7 @@ class RecoverabilitySearch(MaskingCompressor):
         check_rate(rate)
         proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
         bits = (
-            self.judge.token_bits([list(c) for c in contexts])
+            self.scorer.token_bits([list(c) for c in contexts])
             if set(self.drops) - {"oldest"}
             else [None] * len(proposals)
         )
@@ -388,12 +395,12 @@ class RecoverabilitySearch(MaskingCompressor):
         ]
         tails = [ids[d][len(ids[d]) - k :].tolist() for d, k in zip(owners, guarded) if k]
         nlls, guard_nlls = recovery_and_continuation_nlls(
-            self.judge,
+            self.scorer,
             prefixes,
             [ids[d].tolist() for d in owners],
             stand_in,
             tails,
-            separator_ids(self.judge),
+            separator_ids(self.scorer),
         )
         limits = np.full((len(candidates), 2), -np.inf)
         limits[np.asarray(guarded) > 0, 0] = guard_nlls
@@ -410,7 +417,7 @@ class RecoverabilitySearch(MaskingCompressor):
             limits[:, 1] = np.inf
             if len(scored):
                 limits[scored, 1] = soft_continuation_nlls(
-                    self.judge,
+                    self.scorer,
                     [prefixes[i] for i in scored],
                     [owners[i] for i in scored],
                     [x.tolist() for x in ids],
@@ -427,7 +434,7 @@ class RecoverabilitySearch(MaskingCompressor):
 
         prefixes = [x[keep].tolist() for x, keep in zip(ids, keeps)] + [[] for _ in ids]
         terms = recovery_token_nlls(
-            self.judge, prefixes, [x.tolist() for x in ids] * 2, separator_ids(self.judge)
+            self.scorer, prefixes, [x.tolist() for x in ids] * 2, separator_ids(self.scorer)
         )
         return list(zip(terms[: len(ids)], terms[len(ids) :]))
 
@@ -445,7 +452,7 @@ class RecoverabilitySearch(MaskingCompressor):
         """The judge's greedy continuation of each full context (the lookahead's path)."""
         from tokenmask.reconstructors.judge import judge_continuations
 
-        return [p[0] for p in judge_continuations(self.judge, [x.tolist() for x in ids], self.lookahead)]
+        return [p[0] for p in judge_continuations(self.scorer, [x.tolist() for x in ids], self.lookahead)]
 
 
 def check_refine_argument(argument: str) -> None:
@@ -517,23 +524,42 @@ def _split_count(
     return count, rest
 
 
-def split_lookahead_argument(argument: str) -> tuple[tuple[str, ...], int, int, str]:
-    """``refine_lookahead``'s argument: ``[DROPS:][rN:][pK:]BASE`` -> ``(drops, rounds, proposals, BASE)``.
+SEARCH_DTYPES: dict[str, str] = {"bf16": "bfloat16"}
+"""``refine_lookahead``'s dtype heads: the weights dtype of the search's own judge passes (the judge's by default)."""
+
+
+class LookaheadArgument(NamedTuple):
+    """``refine_lookahead``'s parsed argument (:func:`split_lookahead_argument`)."""
+
+    drops: tuple[str, ...]
+    rounds: int
+    proposals: int
+    dtype: str | None
+    base: str
+
+
+def split_lookahead_argument(argument: str) -> LookaheadArgument:
+    """``refine_lookahead``'s argument: ``[DROPS:][rN:][pK:][bf16:]BASE`` -> ``(drops, rounds, proposals, dtype, BASE)``.
 
     ``DROPS`` as :func:`split_drops_argument`; ``rN`` runs ``N`` search rounds (default 1), e.g.
     ``refine_lookahead:r2:truncation``; ``pK`` judges only the ``K`` best estimated moves (``p`` alone:
-    :data:`LOOKAHEAD_PROPOSALS`; default: every move), e.g. ``refine_lookahead:p16:truncation``.
+    :data:`LOOKAHEAD_PROPOSALS`; default: every move), e.g. ``refine_lookahead:p16:truncation``; ``bf16``
+    runs the search's own judge passes in bfloat16 (:data:`SEARCH_DTYPES`; default: the judge's dtype), e.g.
+    ``refine_lookahead:p:bf16:truncation``.
 
     :raises ValueError: for a drop-rule head that names something else, or ``rN`` / ``pK`` below 1.
     """
     drops, rest = split_drops_argument(argument)
     rounds, rest = _split_count(rest, argument, "r", 1)
     proposals, rest = _split_count(rest, argument, "p", 0, LOOKAHEAD_PROPOSALS)
-    return drops, rounds, proposals, rest
+    head, _, base = rest.partition(":")
+    if base and head in SEARCH_DTYPES:
+        return LookaheadArgument(drops, rounds, proposals, SEARCH_DTYPES[head], base)
+    return LookaheadArgument(drops, rounds, proposals, None, rest)
 
 
 def check_drops_argument(argument: str) -> None:
-    """``refine_lookahead:[DROPS:][rN:][pK:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
+    """``refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
     check_refine_argument(split_lookahead_argument(argument)[-1])
 
 
@@ -563,9 +589,9 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
 
 
 def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
-    """``refine_lookahead:[DROPS:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules (default
-    :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail."""
-    drops, rounds, proposals, base = split_lookahead_argument(argument)
+    """``refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules
+    (default :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail (:func:`split_lookahead_argument`)."""
+    drops, rounds, proposals, dtype, base = split_lookahead_argument(argument)
     check_refine_argument(base)
     return RecoverabilitySearch(
         build_method(base, context),
@@ -577,6 +603,7 @@ def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySe
         drops=drops,
         rounds=rounds,
         proposals=proposals,
+        dtype=dtype,
         name=f"refine_lookahead:{argument}",
     )
 

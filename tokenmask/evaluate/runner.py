@@ -166,11 +166,11 @@ def _check_refine_guard_argument(argument: str) -> None:
 
 
 def _check_refine_lookahead_argument(argument: str) -> None:
-    # refine_lookahead:[DROPS:][rN:][pK:]BASE: the drop rules, rounds and proposals parse, the base is checked as refine's
+    # refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE: the drop rules, rounds and proposals parse, the base is checked as refine's
     from tokenmask.evaluate.refine import check_drops_argument, split_lookahead_argument
 
     check_drops_argument(argument)
-    check_methods([split_lookahead_argument(argument)[-1]])
+    check_methods([split_lookahead_argument(argument).base])
 
 
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:

@@ -273,6 +273,32 @@ class Reconstructor:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def with_dtype(self, dtype: str | torch.dtype) -> Reconstructor:
+        """This reconstructor with its weights in ``dtype``: itself when they already are, else a copy.
+
+        The copy shares the tokenizer, device, batch size and mask settings; its weights are cast
+        from this one's (no reload). Use it for passes whose exact values matter less than their
+        speed, e.g. a search's bfloat16 twin of a float32 judge, while the judge keeps scoring.
+        Log-probabilities stay float32 either way.
+
+        :param dtype: a dtype or its name (``float32``, ``bfloat16``, ``float16``; ``auto`` as in :meth:`load`).
+        """
+        torch_dtype = pick_dtype(self.device, dtype)
+        if torch_dtype == self.model.dtype:
+            return self
+        model = copy.deepcopy(self.model)
+        torch.nn.Module.to(
+            model, torch_dtype
+        ).eval()  # in place; PreTrainedModel's typing of .to hides this overload
+        return Reconstructor(
+            model,
+            self.tokenizer,
+            self.mask_token_id,
+            name=self.name,
+            batch_size=self.batch_size,
+            exclude_mask_from_predictions=self.exclude_mask_from_predictions,
+        )
+
     def _plain_model(self) -> PreTrainedModel:
         """The model itself, or a copy without GGUF quantization metadata that can save itself."""
         config = copy.deepcopy(self.model.config)
