@@ -105,18 +105,19 @@ def time_method(
 def speed_table(rows: Sequence[SpeedRow], machine: str, setting: str) -> str:
     """The table as text: one line per method with ms per 1k tokens and the ratio to LLMLingua."""
     peer = next((r.ms_per_1k_tokens for r in rows if split_method_name(r.method)[0] == PEER), math.nan)
+    width = max([32, *(len(r.method) for r in rows)])
     lines = [
         f"machine: {machine}",
         setting,
-        f"| {'method':<32} | {'ms per 1k tokens':>16} | {'x LLMLingua':>11} |",
-        f"| {'-' * 32} | {'-' * 16}:| {'-' * 11}:|",
+        f"| {'method':<{width}} | {'ms per 1k tokens':>16} | {'x LLMLingua':>11} |",
+        f"| {'-' * width} | {'-' * 16}:| {'-' * 11}:|",
     ]
     for row in rows:
         if not math.isfinite(row.ms_per_1k_tokens):
-            lines.append(f"| {row.method:<32} | {'-':>16} | {'-':>11} | {row.note}")
+            lines.append(f"| {row.method:<{width}} | {'-':>16} | {'-':>11} | {row.note}")
             continue
         ratio = f"{row.ms_per_1k_tokens / peer:.2f}" if math.isfinite(peer) and peer > 0 else "-"
-        lines.append(f"| {row.method:<32} | {row.ms_per_1k_tokens:>16.1f} | {ratio:>11} |")
+        lines.append(f"| {row.method:<{width}} | {row.ms_per_1k_tokens:>16.1f} | {ratio:>11} |")
     return "\n".join(lines)
 
 
@@ -144,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="judge sequences per forward pass (default 64 on cuda, 8 elsewhere)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -156,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model == "tiny":
         judge = tiny_reconstructor(seed=0, device=args.device)
     else:
-        judge = Reconstructor.load(args.model, device=args.device, dtype="float32", add_mask_token=False)
+        judge = Reconstructor.load(
+            args.model, device=args.device, dtype="float32", add_mask_token=False, batch_size=args.batch_size
+        )
+    if args.batch_size is not None:
+        judge.batch_size = args.batch_size
     texts = list(iter_texts(args.corpus, split="test"))
     docs = select_documents(texts, judge, args.context_tokens, 1, args.documents)
     tokens = sum(len(d.context) for d in docs)
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setting = (
         f"judge {args.model}, {len(docs)} contexts of {args.context_tokens} tokens ({tokens} tokens), "
-        f"rate {args.rate}, best of {args.repeats}"
+        f"rate {args.rate}, best of {args.repeats}, judge batch {judge.batch_size}"
     )
     print(speed_table(rows, machine_name(judge.device), setting))
     return 0
