@@ -41,15 +41,41 @@ def _next_logits(judge, ids: list[int]) -> torch.Tensor:
     return judge.model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
-def test_greedy_continuation_is_the_argmax_loop(tiny_recon) -> None:
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic-cache", "static-cache"])
+def test_greedy_continuation_is_the_argmax_loop(tiny_recon, static_cache: bool) -> None:  # type: ignore[no-untyped-def]
+    """Both decode paths (Hugging Face's cache, and the fixed buffers of CachedDecoder that a GPU replays as a
+    CUDA graph) give the argmax loop's tokens."""
     contexts = _contexts(2) + _contexts(1, length=20, seed=1)  # two lengths: decoded in two groups
-    paths = judge_continuations(tiny_recon, contexts, tokens=5)
+    paths = judge_continuations(tiny_recon, contexts, tokens=5, static_cache=static_cache)
     for ctx, (path,) in zip(contexts, paths):
         ids = [tiny_recon.bos_token_id, *ctx]
         want = []
         for _ in range(5):
             want.append(int(_next_logits(tiny_recon, ids + want)[-1].argmax()))
         assert path == want
+
+
+def test_static_cache_path_falls_back_for_other_model_families() -> None:
+    """A family without a backbone (GPT-NeoX here) decodes through Hugging Face's cache, with the same tokens."""
+    from transformers import GPTNeoXConfig
+
+    from tokenmask.reconstructors import Reconstructor
+    from tokenmask.reconstructors.loading import DEFAULT_MODEL, load_tokenizer
+
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    judge = Reconstructor.from_config(config, tokenizer, add_mask_token=False)
+    contexts = _contexts(2)
+    fast = judge_continuations(judge, contexts, tokens=4, static_cache=True)
+    assert fast == judge_continuations(judge, contexts, tokens=4, static_cache=False)
 
 
 def test_no_repeat_path_is_the_argmax_loop_without_repeated_ngrams(tiny_recon) -> None:

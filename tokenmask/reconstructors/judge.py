@@ -142,6 +142,7 @@ def judge_continuations(
     samples: int = 1,
     seed: int = 0,
     no_repeat: int = 0,
+    static_cache: bool | None = None,
 ) -> list[list[list[int]]]:
     """The judge's continuations of each context: ``tokens`` ids after ``BOS + context``, ``samples`` per context.
 
@@ -152,6 +153,10 @@ def judge_continuations(
     are decoded together with a KV cache; each batch's contexts are read once, and every sample
     decodes from a copy of that cache.
 
+    :param static_cache: decode the greedy path (one sample, no ``no_repeat``) from fixed cache buffers
+        through :class:`~tokenmask.activation_compression.decoding.CachedDecoder`, whose step is one
+        replayed CUDA graph on a GPU instead of hundreds of launches (``None``: on CUDA devices, for the
+        model families it supports; the same path up to float rounding, so a near-tie may pick another token).
     :return: per context, ``samples`` lists of ``tokens`` ids.
     """
     if tokens < 1 or samples < 1:
@@ -172,6 +177,13 @@ def judge_continuations(
         for start in range(0, len(rows_all), judge.batch_size):
             rows = rows_all[start : start + judge.batch_size]
             heads = torch.tensor([[judge.bos_token_id, *contexts[i]] for i in rows], device=judge.device)
+            fast = (
+                _static_greedy(judge, heads, tokens, static_cache) if samples == 1 and not no_repeat else None
+            )
+            if fast is not None:
+                for row, i in enumerate(rows):
+                    out[i].append(fast[row])
+                continue
             # the context is read once; each sample decodes from its own copy of that cache
             first_logits, first_past = _next_logits(judge, heads, None, cache_name)
             for s in range(samples):
@@ -206,6 +218,39 @@ def _ban_repeats(logits: torch.Tensor, drawn: list[torch.Tensor], n: int) -> tor
         if banned:
             logits[row, banned] = float("-inf")
     return logits
+
+
+def _static_greedy(
+    judge: Reconstructor, heads: torch.Tensor, tokens: int, static_cache: bool | None
+) -> list[list[int]] | None:
+    """The greedy paths of ``heads`` ``(B, L)`` through fixed cache buffers and a :class:`CachedDecoder`, or ``None``
+    where that path is off (``static_cache`` false, or ``None`` off CUDA) or the model family has no backbone."""
+    if static_cache is False or (static_cache is None and judge.device.type != "cuda"):
+        return None
+    # activation_compression holds the project's one fast decode step (fixed buffers, CUDA graph); imported
+    # here, not at the top, because that package builds on this one
+    from transformers import DynamicCache
+
+    from tokenmask.activation_compression.backbone import UnsupportedModelError, backbone_for, cache_argument
+    from tokenmask.activation_compression.decoding import CachedDecoder, StaticKVCache
+
+    try:
+        backbone = backbone_for(judge.model)
+    except UnsupportedModelError:
+        return None
+    cache = DynamicCache()
+    base = judge.model.base_model
+    hidden = base(input_ids=heads, use_cache=True, **{cache_argument(base): cache})[0]
+    logits = judge.head_logits(hidden[:, -1])
+    static = StaticKVCache.from_cache(cache, [None] * len(cache.layers), reserve=tokens)
+    position = torch.full((heads.shape[0],), heads.shape[1], device=heads.device)
+    decoder = CachedDecoder(backbone, judge.head_logits, static, position)
+    drawn: list[torch.Tensor] = []
+    for t in range(tokens):
+        if t:
+            logits = decoder.step(drawn[-1])
+        drawn.append(logits.argmax(-1))
+    return [[int(x) for x in row] for row in torch.stack(drawn, 1).tolist()]
 
 
 def _next_logits(
