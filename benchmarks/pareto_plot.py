@@ -15,11 +15,9 @@ bars. Written atomically.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from tokenmask.evaluate.reports import RESULTS_FILE, load_results, plot_pareto
+from tokenmask.evaluate.reports import load_results_file, plot_pareto
 from tokenmask.io import atomic_write_bytes
 
 
@@ -39,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     setting = reference = None
     for i, name in enumerate(args.results_json):
-        rows += load_results(name)  # checks the file: a clear error when missing or damaged
-        source = Path(name)
-        data = json.loads((source / RESULTS_FILE if source.is_dir() else source).read_text(encoding="utf-8"))
+        data = load_results_file(name)  # checks the file: a clear error when missing or damaged
+        rows += data["results"]
         # per-document reference NLLs (newer files): the plot adds each method's interval bars
         ref = data.get("reference") if isinstance(data.get("reference"), dict) else None
         if i == 0:

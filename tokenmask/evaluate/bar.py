@@ -23,7 +23,6 @@ The per-document NLLs come from the evaluation itself (:attr:`Scores.recover_nll
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -263,18 +262,16 @@ def load_results_with_reference(path: str | Path) -> tuple[list[Any], dict[str, 
 
     :raises ValueError: when the file holds no reference NLLs (written before they were kept).
     """
-    from tokenmask.evaluate.reports import RESULTS_FILE, load_results
+    from tokenmask.evaluate.reports import load_results_file
 
-    file = Path(path)
-    file = file / RESULTS_FILE if file.is_dir() else file
-    rows = load_results(file)  # checks the file: a clear error when missing or damaged
-    reference = json.loads(file.read_text(encoding="utf-8")).get("reference") or {}
+    data = load_results_file(path)  # checks the file: a clear error when missing or damaged
+    reference = data.get("reference") or {}
     if not reference:
         raise ValueError(
-            f"{file} holds no per-document reference NLLs (written by an older tokenmask). "
+            f"{path} holds no per-document reference NLLs (written by an older tokenmask). "
             "Fix: run tokenmask evaluate again."
         )
-    return list(rows), reference
+    return list(data["results"]), reference
 
 
 def method_nlls(

@@ -427,8 +427,13 @@ def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool
     return paths
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.json`` (or of the folder holding it)."""
+def load_results_file(path: str | Path) -> dict[str, Any]:
+    """The whole checked document of a ``results.json`` (or of the folder holding it): its ``results`` rows,
+    and ``setting`` and ``reference`` where the file has them.
+
+    :raises FileNotFoundError: when there is no such file.
+    :raises CorruptFileError: when it is not JSON or holds no list of result rows.
+    """
     import json
 
     from tokenmask.errors import CorruptFileError
@@ -445,5 +450,10 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     rows = data.get("results") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise CorruptFileError(f"{file} is damaged: it holds no list of result rows.", fix=fix, path=file)
-    result: Sequence[dict[str, Any]] = rows
-    return list(result)
+    document: dict[str, Any] = data
+    return document
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``results.json`` (or of the folder holding it), checked as :func:`load_results_file` does."""
+    return list(load_results_file(path)["results"])
