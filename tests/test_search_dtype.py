@@ -82,6 +82,8 @@ def test_dtype_argument(tiny_recon: Reconstructor) -> None:
     assert isinstance(method, RecoverabilitySearch) and method.dtype == "bfloat16"
     assert method.scorer.model.dtype == torch.bfloat16 and method.judge is tiny_recon
     assert method.name == "refine_lookahead:p:bf16:truncation"
+    with pytest.raises(ValueError, match="not fp16. Fix: e.g. refine_lookahead:p:bf16:truncation"):
+        check_methods(["refine_lookahead:p:fp16:truncation"])
     plain = build_method("refine_lookahead:p:truncation", MethodContext(judge=tiny_recon))
     assert isinstance(plain, RecoverabilitySearch) and plain.scorer is tiny_recon
 

@@ -528,6 +528,10 @@ SEARCH_DTYPES: dict[str, str] = {"bf16": "bfloat16"}
 """``refine_lookahead``'s dtype heads: the weights dtype of the search's own judge passes (the judge's by default)."""
 
 
+_OTHER_DTYPES = frozenset({"fp16", "float16", "half", "fp32", "float32", "bfloat16", "fp8"})
+"""Dtype spellings ``refine_lookahead`` refuses with a fix (rather than as an unknown base method)."""
+
+
 class LookaheadArgument(NamedTuple):
     """``refine_lookahead``'s parsed argument (:func:`split_lookahead_argument`)."""
 
@@ -555,6 +559,11 @@ def split_lookahead_argument(argument: str) -> LookaheadArgument:
     head, _, base = rest.partition(":")
     if base and head in SEARCH_DTYPES:
         return LookaheadArgument(drops, rounds, proposals, SEARCH_DTYPES[head], base)
+    if base and head in _OTHER_DTYPES:
+        raise ValueError(
+            f"refine_lookahead:{argument}: the search's passes run in the judge's dtype or in {', '.join(SEARCH_DTYPES)}, "
+            f"not {head}. Fix: e.g. refine_lookahead:p:bf16:truncation, or load the judge in that dtype (--dtype)."
+        )
     return LookaheadArgument(drops, rounds, proposals, None, rest)
 
 
