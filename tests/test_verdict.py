@@ -6,9 +6,16 @@ import json
 import math
 
 from tokenmask.cli import main
+from tokenmask.evaluate.bar import BarRow
 from tokenmask.evaluate.metrics import Scores
 from tokenmask.evaluate.reports import MethodResult
-from tokenmask.evaluate.runner import COLUMNS_EXPLAINED, RATE_SLACK, pareto_front, pareto_verdict
+from tokenmask.evaluate.runner import (
+    COLUMNS_EXPLAINED,
+    RATE_SLACK,
+    pareto_front,
+    pareto_verdict,
+    shipping_verdict,
+)
 
 
 def row(method: str, rate: float, rec: float, ret: float, asked: float = 0.5) -> dict[str, object]:
@@ -88,3 +95,41 @@ def test_evaluate_prints_one_table_the_columns_and_the_verdict(tiny_judge_dir, t
     verdict = pareto_verdict(saved)
     assert verdict in out and out.index(COLUMNS_EXPLAINED) < out.index(verdict)
     assert all(r["sample"] for r in saved)  # the first document's compressed text, from compress_and_score
+
+
+def _bar(method: str, asked: float, meets: bool) -> BarRow:
+    return BarRow(
+        method, asked, 0.0, 0.03 if meets else 0.0, 0.0, (0.0, 0.0), (0.0, 0.0), meets, 1.0 if meets else 0.0
+    )
+
+
+def _timed(
+    method: str, rate: float, rec: float, ret: float, ms: float, asked: float = 0.5
+) -> dict[str, object]:
+    return {**row(method, rate, rec, ret, asked), "compress_ms_per_1k_tokens": ms}
+
+
+def test_shipping_needs_the_bar_the_front_and_llmlingua_speed() -> None:
+    results = [
+        _timed("truncation", 0.50, 0.49, 0.91, 2.0),
+        _timed("llmlingua", 0.39, 0.34, 0.80, 120.0),
+        _timed("search_fast", 0.50, 0.52, 0.92, 115.0),
+        _timed("search_slow", 0.50, 0.52, 0.91, 388.0),
+        _timed("agent", 0.50, 0.49, 0.90, 6.0),
+    ]
+    bars = [_bar("search_fast", 0.5, True), _bar("search_slow", 0.5, True), _bar("agent", 0.5, False)]
+    verdict = shipping_verdict(results, bars)
+    assert "Worth shipping by docs/evaluation.md" in verdict and ": search_fast at 0.50." in verdict
+    assert (
+        "search_slow (0.50: dominated, not faster than LLMLingua (388.0 vs 120.0 ms per 1k tokens))"
+        in verdict
+    )
+    assert "agent (0.50: below the bar, dominated)" in verdict
+    assert "speed is not judged" not in verdict and "\n" not in verdict
+
+
+def test_shipping_without_llmlingua_says_speed_is_not_judged() -> None:
+    results = [_timed("truncation", 0.50, 0.49, 0.91, 2.0), _timed("search", 0.50, 0.52, 0.92, 388.0)]
+    verdict = shipping_verdict(results, [_bar("search", 0.5, True)])
+    assert ": search at 0.50." in verdict and "speed is not judged" in verdict
+    assert "none can be judged" in shipping_verdict(results, [])

@@ -17,8 +17,8 @@ then the judge loads. Heavy modules load only then, so argument errors answer at
 
 At the end the command prints the table once, each method's change over truncation with paired
 bootstrap intervals and the bar's verdict (:mod:`tokenmask.evaluate.bar`; also in ``results.md``), what
-the columns mean (:data:`COLUMNS_EXPLAINED`) and which methods are on the Pareto front
-(:func:`pareto_verdict`). ``results.json`` keeps every method's per-document NLLs and the reference
+the columns mean (:data:`COLUMNS_EXPLAINED`), which methods are on the Pareto front
+(:func:`pareto_verdict`) and which are worth shipping by docs/evaluation.md (:func:`shipping_verdict`). ``results.json`` keeps every method's per-document NLLs and the reference
 NLLs, so :func:`tokenmask.evaluate.bar.bar_from_file` recomputes the intervals from it.
 """
 
@@ -47,6 +47,7 @@ from tokenmask.evaluate.compressor import (
 from tokenmask.io import atomic_output_dir
 
 if TYPE_CHECKING:
+    from tokenmask.evaluate.bar import BarRow
     from tokenmask.evaluate.reports import EvaluationReport, MethodResult
 
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
@@ -407,6 +408,72 @@ def pareto_verdict(results: Sequence[MethodResult | Mapping[str, Any]]) -> str:
     )
 
 
+PEER = "llmlingua"
+"""The method a compressor must be faster than, on the same machine, to be worth shipping (docs/evaluation.md)."""
+
+
+def shipping_verdict(results: Sequence[MethodResult | Mapping[str, Any]], bars: Sequence[BarRow]) -> str:
+    """One sentence: which methods are *worth shipping* by docs/evaluation.md, at which asked rates.
+
+    A method is, at an asked rate, when it meets the bar against truncation (the bar row's ``meets``:
+    recoverability and retention margins, rate error), is on the Pareto front (:func:`pareto_front`),
+    and compresses faster than LLMLingua in the same run (``compress_ms_per_1k_tokens``). Without an
+    LLMLingua row at that rate the speed clause is not judged and the sentence says so. Methods without
+    a bar row (truncation itself, rows without per-document NLLs) take no part.
+
+    :param results: :class:`~tokenmask.evaluate.reports.MethodResult` objects, or the ``"results"`` rows of a
+        ``results.json``.
+    :param bars: :func:`~tokenmask.evaluate.bar.bar_rows` of the same results.
+    """
+    if not bars:
+        return "No method has per-document scores beside truncation, so none can be judged worth shipping."
+    front = pareto_front(results)
+    speed: dict[tuple[str, float], float] = {}
+    for row in results:
+        if isinstance(row, Mapping):
+            method, asked, ms = (
+                str(row.get("method")),
+                row.get("requested_rate"),
+                row.get("compress_ms_per_1k_tokens"),
+            )
+        else:
+            method, asked, ms = row.method, row.scores.requested_rate, row.scores.compress_ms_per_1k_tokens
+        if asked is not None and ms is not None and math.isfinite(float(ms)):
+            speed[(method, round(float(asked), 6))] = float(ms)
+    peers = {asked: ms for (method, asked), ms in speed.items() if split_method_name(method)[0] == PEER}
+    worth: dict[str, list[str]] = {}
+    short: dict[str, list[str]] = {}
+    unjudged = False
+    for bar in bars:
+        if split_method_name(bar.method)[0] == PEER:
+            continue
+        asked = round(bar.requested_rate, 6)
+        reasons = [] if bar.meets else ["below the bar"]
+        if bar.method not in front.get(asked, []):
+            reasons.append("dominated")
+        mine, peer = speed.get((bar.method, asked)), peers.get(asked)
+        if peer is None:
+            unjudged = True
+        elif mine is None or mine >= peer:
+            reasons.append(f"not faster than LLMLingua ({_ms(mine)} vs {_ms(peer)} ms per 1k tokens)")
+        if reasons:
+            short.setdefault(bar.method, []).append(f"{bar.requested_rate:.2f}: {', '.join(reasons)}")
+        else:
+            worth.setdefault(bar.method, []).append(f"{bar.requested_rate:.2f}")
+    clauses = "meets the bar, on the Pareto front, faster than LLMLingua in this run"
+    if unjudged:
+        clauses += "; at rates without an LLMLingua row, speed is not judged"
+    named = "; ".join(f"{m} at {', '.join(r)}" for m, r in worth.items()) or "none"
+    text = f"Worth shipping by docs/evaluation.md ({clauses}): {named}."
+    if short:
+        text += " Short of it: " + "; ".join(f"{m} ({'; '.join(r)})" for m, r in short.items()) + "."
+    return text
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 # ---------------------------------------------------------------------------------------- CLI
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``tokenmask evaluate`` and ``tokenmask baselines``."""
@@ -446,5 +513,8 @@ def _run(args: argparse.Namespace) -> int:
     print(COLUMNS_EXPLAINED)
     print()
     print(pareto_verdict(report.results))
+    from tokenmask.evaluate.bar import report_bar_rows
+
+    print(shipping_verdict(report.results, report_bar_rows(report)))
     print(f"results written to {config.output_dir}")
     return 0
