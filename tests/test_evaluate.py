@@ -159,6 +159,9 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
         assert np.isfinite(row["recoverability"]) and np.isfinite(row["recon_bits_per_masked"])
     table = (out / TABLE_FILE).read_text()
     assert "| truncation | 0.30 |" in table
+    # the closing verdicts end the file as the command prints them (no LLMLingua here: speed not judged)
+    assert "On the Pareto front" in table and "Worth shipping by docs/evaluation.md" in table
+    assert "speed is not judged" in table.splitlines()[-1]
     # what the bar's intervals need is kept: per-document NLLs of every row and the references
     reference = json.loads((out / RESULTS_FILE).read_text())["reference"]
     assert {k: len(v) for k, v in reference.items()} == {

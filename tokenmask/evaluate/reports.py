@@ -400,18 +400,21 @@ def write_tensorboard(report: EvaluationReport, folder: Path) -> None:
 
 
 def write_report(report: EvaluationReport, folder: str | Path, tensorboard: bool = True) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md``, the three PNGs and (optionally) the TensorBoard runs.
+    """Write ``results.json``, ``results.md`` (the table, the bar, the closing verdicts), the three PNGs and
+    (optionally) the TensorBoard runs.
 
     :param report: what to write.
     :param folder: the output folder (created).
     :param tensorboard: also write the TensorBoard runs.
     :return: the paths written, by kind.
     """
+    from tokenmask.evaluate.runner import closing_lines  # the verdicts live with the command that prints them
+
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": atomic_write_json(out / RESULTS_FILE, report.to_dict()),
-        "table": atomic_write_text(out / TABLE_FILE, markdown_table(report)),
+        "table": atomic_write_text(out / TABLE_FILE, f"{markdown_table(report)}\n{closing_lines(report)}\n"),
         "recoverability_plot": atomic_write_bytes(
             out / RECOVERABILITY_PLOT, plot_rate_vs(report, "recoverability")
         ),

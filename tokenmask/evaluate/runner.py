@@ -470,6 +470,14 @@ def shipping_verdict(results: Sequence[MethodResult | Mapping[str, Any]], bars: 
     return text
 
 
+def closing_lines(report: EvaluationReport) -> str:
+    """The report's verdicts, one per line: :func:`pareto_verdict`, then :func:`shipping_verdict` (printed by
+    ``tokenmask evaluate`` and written at the end of ``results.md``)."""
+    from tokenmask.evaluate.bar import report_bar_rows
+
+    return f"{pareto_verdict(report.results)}\n\n{shipping_verdict(report.results, report_bar_rows(report))}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
 
@@ -512,9 +520,6 @@ def _run(args: argparse.Namespace) -> int:
     print(markdown_table(report))
     print(COLUMNS_EXPLAINED)
     print()
-    print(pareto_verdict(report.results))
-    from tokenmask.evaluate.bar import report_bar_rows
-
-    print(shipping_verdict(report.results, report_bar_rows(report)))
+    print(closing_lines(report))
     print(f"results written to {config.output_dir}")
     return 0
