@@ -131,5 +131,5 @@ def test_shipping_needs_the_bar_the_front_and_llmlingua_speed() -> None:
 def test_shipping_without_llmlingua_says_speed_is_not_judged() -> None:
     results = [_timed("truncation", 0.50, 0.49, 0.91, 2.0), _timed("search", 0.50, 0.52, 0.92, 388.0)]
     verdict = shipping_verdict(results, [_bar("search", 0.5, True)])
-    assert ": search at 0.50." in verdict and "speed is not judged" in verdict
+    assert ": search at 0.50 (speed not judged)." in verdict and "add llmlingua to the methods" in verdict
     assert "none can be judged" in shipping_verdict(results, [])

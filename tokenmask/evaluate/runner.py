@@ -459,10 +459,13 @@ def shipping_verdict(results: Sequence[MethodResult | Mapping[str, Any]], bars: 
         if reasons:
             short.setdefault(bar.method, []).append(f"{bar.requested_rate:.2f}: {', '.join(reasons)}")
         else:
-            worth.setdefault(bar.method, []).append(f"{bar.requested_rate:.2f}")
+            aside = " (speed not judged)" if peer is None else ""
+            worth.setdefault(bar.method, []).append(f"{bar.requested_rate:.2f}{aside}")
     clauses = "meets the bar, on the Pareto front, faster than LLMLingua in this run"
     if unjudged:
-        clauses += "; at rates without an LLMLingua row, speed is not judged"
+        clauses += (
+            "; speed is not judged at rates the run has no LLMLingua row for: add llmlingua to the methods"
+        )
     named = "; ".join(f"{m} at {', '.join(r)}" for m, r in worth.items()) or "none"
     text = f"Worth shipping by docs/evaluation.md ({clauses}): {named}."
     if short:
