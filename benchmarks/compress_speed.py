@@ -40,11 +40,10 @@ from tokenmask.evaluate.compressor import (
 )
 from tokenmask.evaluate.metrics import EvalDocument, select_documents, separator_ids
 from tokenmask.evaluate.reports import device_description
+from tokenmask.evaluate.runner import PEER  # the method every row is compared with
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.testing import tiny_reconstructor
 
-PEER = "llmlingua"
-"""The method every row is compared with."""
 METHODS: tuple[str, ...] = ("agent", PEER, "self_information", "span_self_information", "truncation")
 """The rows of issue 14's speed table, in order (``agent`` stands for ``agent:AGENT``)."""
 
@@ -121,6 +120,15 @@ def speed_table(rows: Sequence[SpeedRow], machine: str, setting: str) -> str:
     return "\n".join(lines)
 
 
+def load_judge(model: str, device: str, batch_size: int | None = None) -> Reconstructor:
+    """The benchmarks' judge: ``tiny`` (a random tiny Llama) or a model name loaded in float32 without a mask token."""
+    if model == "tiny":
+        return tiny_reconstructor(seed=0, device=device, batch_size=batch_size)
+    return Reconstructor.load(
+        model, device=device, dtype="float32", add_mask_token=False, batch_size=batch_size
+    )
+
+
 def _method_names(spec: str, agent: str) -> list[str]:
     return [f"agent:{agent}" if name == "agent" else name for name in parse_method_names(spec)]
 
@@ -160,14 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    if args.model == "tiny":
-        judge = tiny_reconstructor(seed=0, device=args.device)
-    else:
-        judge = Reconstructor.load(
-            args.model, device=args.device, dtype="float32", add_mask_token=False, batch_size=args.batch_size
-        )
-    if args.batch_size is not None:
-        judge.batch_size = args.batch_size
+    judge = load_judge(args.model, args.device, args.batch_size)
     texts = list(iter_texts(args.corpus, split="test"))
     docs = select_documents(texts, judge, args.context_tokens, 1, args.documents)
     tokens = sum(len(d.context) for d in docs)

@@ -15,18 +15,21 @@ Example (on the GPU machine)::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from tokenmask.data import iter_texts
 from tokenmask.evaluate.metrics import select_documents
-from tokenmask.evaluate.reports import device_description
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.reconstructors.judge import judge_continuations
-from tokenmask.testing import tiny_reconstructor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_speed import load_judge, machine_name  # noqa: E402
 
 
 @dataclass
@@ -112,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    if args.model == "tiny":
-        judge = tiny_reconstructor(seed=0, device=args.device)
-    else:
-        judge = Reconstructor.load(args.model, device=args.device, dtype="float32", add_mask_token=False)
+    judge = load_judge(args.model, args.device)
     texts = list(iter_texts(args.corpus, split=args.split))
     contexts = [d.context for d in select_documents(texts, judge, args.context_tokens, 1, args.documents)]
     rows = [
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         f"judge {args.model}, {len(contexts)} contexts of {args.context_tokens} tokens from {args.corpus} "
         f"({args.split}), {args.tokens}-token greedy paths, judge batch {judge.batch_size}"
     )
-    print(path_table(rows, device_description(judge.device), setting))
+    print(path_table(rows, machine_name(judge.device), setting))
     return 0
 
 

@@ -340,16 +340,18 @@ RATE_SLACK = 0.01
 """A method whose achieved rate is within this of another's counts as compressing as much (docs/evaluation.md's rate tolerance)."""
 
 
+def _values(row: MethodResult | Mapping[str, Any], keys: Sequence[str]) -> tuple[str, list[float]]:
+    # (method, the named score fields as floats, nan where missing) of a result or a results.json row
+    if isinstance(row, Mapping):
+        method, values = str(row.get("method")), [row.get(k) for k in keys]
+    else:
+        method, values = row.method, [getattr(row.scores, k) for k in keys]
+    return method, [math.nan if v is None else float(v) for v in values]
+
+
 def _point(row: MethodResult | Mapping[str, Any]) -> tuple[str, float, float, float, float]:
     # (method, requested rate, achieved rate, recoverability, retention) of a result or a results.json row
-    if isinstance(row, Mapping):
-        values = [row.get(k) for k in ("requested_rate", "rate", "recoverability", "retention")]
-        method = str(row.get("method"))
-    else:
-        sc = row.scores
-        values = [sc.requested_rate, sc.rate, sc.recoverability, sc.retention]
-        method = row.method
-    asked, rate, rec, ret = (math.nan if v is None else float(v) for v in values)
+    method, (asked, rate, rec, ret) = _values(row, ("requested_rate", "rate", "recoverability", "retention"))
     return method, asked, rate, rec, ret
 
 
@@ -430,16 +432,9 @@ def shipping_verdict(results: Sequence[MethodResult | Mapping[str, Any]], bars: 
     front = pareto_front(results)
     speed: dict[tuple[str, float], float] = {}
     for row in results:
-        if isinstance(row, Mapping):
-            method, asked, ms = (
-                str(row.get("method")),
-                row.get("requested_rate"),
-                row.get("compress_ms_per_1k_tokens"),
-            )
-        else:
-            method, asked, ms = row.method, row.scores.requested_rate, row.scores.compress_ms_per_1k_tokens
-        if asked is not None and ms is not None and math.isfinite(float(ms)):
-            speed[(method, round(float(asked), 6))] = float(ms)
+        method, (asked, ms) = _values(row, ("requested_rate", "compress_ms_per_1k_tokens"))
+        if math.isfinite(asked) and math.isfinite(ms):
+            speed[(method, round(asked, 6))] = ms
     peers = {asked: ms for (method, asked), ms in speed.items() if split_method_name(method)[0] == PEER}
     worth: dict[str, list[str]] = {}
     short: dict[str, list[str]] = {}
