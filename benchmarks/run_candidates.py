@@ -48,6 +48,35 @@ def candidate_masks(
     return masks, kinds
 
 
+def document_windows(
+    texts: list[str],
+    judge: Any,
+    offsets: list[int],
+    limit: int | None,
+    context: int = 256,
+    continuation: int = 64,
+) -> list[Any]:
+    """Every window ``[o, o + context + continuation)`` of every text, at each offset ``o`` that fits, in text order.
+
+    ``select_documents``' cut at several offsets (offset 0 is its window); ``limit`` counts windows."""
+    from tokenmask.evaluate.metrics import EvalDocument
+
+    out: list[Any] = []
+    for i, text in enumerate(texts):
+        ids = judge.encode(text)
+        for o in offsets:
+            if o + context + continuation <= len(ids) and (limit is None or len(out) < limit):
+                out.append(
+                    EvalDocument(
+                        context=ids[o : o + context],
+                        continuation=ids[o + context : o + context + continuation],
+                        text="",
+                        source=f"{i}@{o}",
+                    )
+                )
+    return out
+
+
 def second_round(
     proposals: list[Any],
     owners: list[int],
@@ -157,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         default="0,0.01,0.02",
         help="lookahead tolerances (nats per --soft token) whose first-round winners get second-round moves",
     )
+    parser.add_argument(
+        "--offsets",
+        default="0",
+        help="token offsets of each document's windows (comma-separated): more windows per document for "
+        "training a ranker (benchmarks/move_ranker.py); the default 0 is the evaluation's one window",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="the judge's dtype (auto: bfloat16 on a GPU, float32 elsewhere)"
+    )
+    parser.add_argument("--batch_size", type=int, default=None, help="judge sequences per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
@@ -178,11 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         soft_continuation_nlls,
     )
 
-    judge = Reconstructor.load("default", device=args.device, add_mask_token=False)
+    judge = Reconstructor.load(
+        "default", device=args.device, dtype=args.dtype, add_mask_token=False, batch_size=args.batch_size
+    )
     limit = None if args.max_documents is None else args.skip + args.max_documents
-    docs = select_documents(list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, limit)[
-        args.skip :
-    ]
+    texts = list(iter_texts(args.corpus, split=args.split))
+    offsets = [int(o) for o in args.offsets.split(",") if o.strip()]
+    docs = (
+        select_documents(texts, judge, 256, 64, limit)
+        if offsets == [0]
+        else document_windows(texts, judge, offsets, limit)
+    )[args.skip :]
     base = build_method(args.base, MethodContext(judge=judge, device=args.device))
     rates = [float(r) for r in args.rates.split(",")]
     moves = tuple(int(m) for m in args.moves.split(","))
@@ -313,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             "drops": drops,
             "protect": args.protect,
             "skip": args.skip,
+            "offsets": offsets,
+            "dtype": args.dtype,
             "stride": args.stride,
             "guards": guards,
             "pseudo": args.pseudo,
