@@ -403,7 +403,7 @@ def pareto_verdict(results: Sequence[MethodResult | Mapping[str, Any]]) -> str:
     for asked, methods in sorted(front.items()):
         dominated = sorted(all_methods - set(methods))
         clause = f"at rate {asked:.2f}: {', '.join(methods)}"
-        parts.append(clause + (f" (dominated: {', '.join(dominated)})" if dominated else ""))
+        parts.append(clause + (f" (off the front, dominated: {', '.join(dominated)})" if dominated else ""))
     return (
         "On the Pareto front of achieved rate, recoverability and retention (no other method removes as much "
         f"with both scores at least as high) {'; '.join(parts)}."
