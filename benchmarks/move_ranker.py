@@ -297,8 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         report(name + ", + 0.5 x predicted dF", lambda r, p=preds: choices(val, p, docs, r, 0.5))  # type: ignore[misc]
         rows[name]["correlation"] = corr
         rows[name]["losses"] = losses
+        # per validation context and rate: the candidates' indices in the file and their predicted (dR, dF),
+        # so guards and choices can be studied later without the GPU
+        rows[name]["predictions"] = [
+            {"doc": g.doc, "rate": g.rate, "index": g.index.tolist(), "pred": np.round(q, 6).tolist()}
+            for g, q in zip(val, preds)
+        ]
     for name, row in rows.items():
         print(f"{name}: " + "; ".join(f"{r}: {row[r]['interval']}" for r in RATES))
+    print(f"{len(train)} train groups; {time.perf_counter() - began:.0f} s in all")
     if args.json:
         atomic_write_json(
             args.json,

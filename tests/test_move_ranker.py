@@ -36,14 +36,12 @@ def test_document_windows_cut_every_offset_that_fits(tiny_recon) -> None:  # typ
     assert len(module.document_windows(texts, tiny_recon, [0, 16, 64], 2, context=16, continuation=8)) == 2
 
 
-@pytest.fixture
-def groups_file(ranker_module: ModuleType, tiny_recon, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def _groups_file(tiny_recon, path: Path, seed: int, soft: int = 0) -> Path:  # type: ignore[no-untyped-def]
     """A candidate file of three contexts, its one judged rate copied to every rate, with the pointer's caches."""
     analysis = load_benchmark("candidate_analysis")
-    rng = np.random.default_rng(6)
+    rng = np.random.default_rng(seed)
     contexts = [rng.integers(100, 5000, size=96).tolist() for _ in range(3)]
-    path = tmp_path / "candidates.json"
-    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES)
+    _candidate_file(tiny_recon, contexts, 0.5, 8, path, moves=GUARD_MOVES, soft=soft)
     data = json.loads(path.read_text())
     for x in data["documents"]:
         x["rates"] = {rate: x["rates"]["0.5"] for rate in analysis.RATES}
@@ -53,6 +51,11 @@ def groups_file(ranker_module: ModuleType, tiny_recon, tmp_path: Path) -> Path: 
     np.save(path.with_suffix(".features.npy"), rng.random((3, 96, 5)).astype(np.float32))
     analysis.base_nlls(str(path), analysis.load(str(path)), judge=tiny_recon)
     return path
+
+
+@pytest.fixture
+def groups_file(ranker_module: ModuleType, tiny_recon, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    return _groups_file(tiny_recon, tmp_path / "candidates.json", 6)
 
 
 def test_groups_hold_the_files_moves_and_choices_take_the_best(
@@ -100,3 +103,31 @@ def test_fitting_lowers_the_loss_on_its_groups(
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     preds = ranker.predict(groups, batch=4)
     assert [p.shape for p in preds] == [(len(g.index), 2) for g in groups]
+
+
+def test_main_scores_every_choice_and_keeps_the_predictions(
+    ranker_module: ModuleType, tiny_recon, tiny_judge_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The command end to end (tiny judge, CPU): every row has both changes at every rate, and each ranker's
+    predictions are kept per validation context and rate, one (dR, dF) pair per candidate of the file."""
+    analysis = load_benchmark("candidate_analysis")
+    train = _groups_file(tiny_recon, tmp_path / "train.json", 7)
+    validation = _groups_file(tiny_recon, tmp_path / "validation.json", 8, soft=4)
+    out = tmp_path / "ranker.json"
+    argv = ["--train", str(train), "--validation", str(validation), "--epochs", "2", "--batch", "3"]
+    argv += ["--model", str(tiny_judge_dir), "--device", "cpu", "--json", str(out)]
+    assert ranker_module.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {
+        "LM ranker (fine-tuned judge)",
+        "hand-feature MLP (same data)",
+        "refine_lookahead (the search's rule)",
+    } <= set(rows)
+    for row in rows.values():
+        assert all(set(row[rate]) >= {"d_rec", "d_ret", "interval"} for rate in analysis.RATES)
+    _, groups = ranker_module.load_groups(str(validation))
+    kept = rows["LM ranker (fine-tuned judge)"]["predictions"]
+    assert [(k["doc"], k["rate"], k["index"]) for k in kept] == [
+        (g.doc, g.rate, g.index.tolist()) for g in groups
+    ]
+    assert all(np.asarray(k["pred"]).shape == (len(k["index"]), 2) for k in kept)
