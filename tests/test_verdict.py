@@ -32,7 +32,10 @@ def test_dominated_methods_leave_the_front() -> None:
     ]
     assert pareto_front(results) == {0.5: ["truncation", "span_self_information"]}
     verdict = pareto_verdict(results)
-    assert "truncation, span_self_information" in verdict and "(off the front, dominated: agent:x, random)" in verdict
+    assert (
+        "truncation, span_self_information" in verdict
+        and "(off the front, dominated: agent:x, random)" in verdict
+    )
     assert verdict.count(".") >= 1 and "\n" not in verdict
 
 
