@@ -622,6 +622,9 @@ def base_nlls(path: str, docs: list[dict[str, Any]], judge: Any = None) -> dict[
 NLL_FEATURES = 12
 """How many columns :func:`nll_features` adds."""
 
+EST_COLUMN = 4
+"""Where :func:`nll_features` puts the estimate ``est`` among its columns."""
+
 
 def nll_features(b: np.ndarray, e: np.ndarray, base: np.ndarray, mask: np.ndarray) -> list[float]:
     """What :func:`base_nlls` says of one move: the base NLLs of the run it adds (what copying could save),
@@ -737,7 +740,9 @@ def pointer(
     variants += [(f"pointer: predicted d rec + {mu} x predicted d ret", mu) for mu in (0.0, 0.5, 1.0)]
     variants += [(f"judged d rec + {mu} x predicted d ret", -mu) for mu in (0.5, 1.0)]
     intervals: list[str] = []
-    est_column = x_val.shape[1] - NLL_FEATURES + 4  # nll_features' (b run - e gone) / 50, the last block
+    est_column = (
+        x_val.shape[1] - NLL_FEATURES + EST_COLUMN
+    )  # nll_features' (b run - e gone) / 50, the last block
     for name, mu in variants:
         cells = []
         for rate in RATES:

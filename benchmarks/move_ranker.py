@@ -29,6 +29,10 @@ from typing import Any
 import numpy as np
 
 PROTECT = 32
+"""``refine_lookahead``'s protected tail: only moves that keep the base's last kept tokens compete."""
+
+POOL = 128
+"""Width each pooled hidden-state summary (the run kept, the tokens dropped) is projected to."""
 
 
 @dataclass
@@ -109,9 +113,9 @@ class Ranker:
             self.bos = int(judge.tokenizer.bos_token_id)
             width = int(judge.model.config.hidden_size)
             self.kept = nn.Parameter(torch.zeros(width, device=self.device))
-            self.pool = nn.Linear(width, 128).to(self.device)
+            self.pool = nn.Linear(width, POOL).to(self.device)
         self.head = nn.Sequential(
-            nn.Linear(len(feature_mean) + (256 if lm else 0), 128),
+            nn.Linear(len(feature_mean) + (2 * POOL if lm else 0), 128),
             nn.GELU(),
             nn.Dropout(0.1),
             nn.Linear(128, 128),
@@ -236,7 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from candidate_analysis import RATES, base_nlls, interval_cell, metric, proposal_choice, setting_choice
+    from candidate_analysis import (
+        EST_COLUMN,
+        NLL_FEATURES,
+        RATES,
+        base_nlls,
+        interval_cell,
+        metric,
+        proposal_choice,
+        setting_choice,
+    )
 
     from tokenmask.evaluate.reports import device_description
     from tokenmask.io import atomic_write_json
@@ -274,12 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         lambda r: choices(val, [g.gains for g in val], docs, r),
     )
     report("refine_lookahead (the search's rule)", lambda r: setting_choice(docs, r, f"o:{PROTECT}:0.02"))
-    nlls = [base_nlls(p, []) for p in args.validation.split(",")]
-    if len(nlls) == 1:
-        per_doc = [{k: v[i] for k, v in nlls[0].items()} for i in range(len(docs))]
-        report("refine_lookahead:p (16 judged)", lambda r: proposal_choice(docs, per_doc, r, 16))
-        est = [g.features[:, -NLL_EST] for g in val]
-        report("est alone (no learning)", lambda r: choices(val, [np.stack([e, e], 1) for e in est], docs, r))
+    # the per-token NLLs load_groups cached beside each file, per document in the files' order
+    per_doc = [
+        {k: v[i] for k, v in nlls.items()}
+        for nlls in (base_nlls(path, []) for path in args.validation.split(","))
+        for i in range(len(nlls["e"]))
+    ]
+    report("refine_lookahead:p (16 judged)", lambda r: proposal_choice(docs, per_doc, r, 16))
+    est = [g.features[:, EST_COLUMN - NLL_FEATURES] for g in val]
+    report("est alone (no learning)", lambda r: choices(val, [np.stack([e, e], 1) for e in est], docs, r))
     for lm in [v.strip() == "true" for v in args.lm.split(",")]:
         torch.manual_seed(args.seed)
         ranker = Ranker(x.mean(0), x.std(0) + 1e-6, y.std(0), lm, device, args.model)
@@ -319,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
     return 0
-
-
-NLL_EST = 12 - 4
-"""Column of ``est`` counted from the end of a feature row (``candidate_analysis.nll_features``' fifth of 12)."""
 
 
 if __name__ == "__main__":

@@ -48,35 +48,6 @@ def candidate_masks(
     return masks, kinds
 
 
-def document_windows(
-    texts: list[str],
-    judge: Any,
-    offsets: list[int],
-    limit: int | None,
-    context: int = 256,
-    continuation: int = 64,
-) -> list[Any]:
-    """Every window ``[o, o + context + continuation)`` of every text, at each offset ``o`` that fits, in text order.
-
-    ``select_documents``' cut at several offsets (offset 0 is its window); ``limit`` counts windows."""
-    from tokenmask.evaluate.metrics import EvalDocument
-
-    out: list[Any] = []
-    for i, text in enumerate(texts):
-        ids = judge.encode(text)
-        for o in offsets:
-            if o + context + continuation <= len(ids) and (limit is None or len(out) < limit):
-                out.append(
-                    EvalDocument(
-                        context=ids[o : o + context],
-                        continuation=ids[o + context : o + context + continuation],
-                        text="",
-                        source=f"{i}@{o}",
-                    )
-                )
-    return out
-
-
 def second_round(
     proposals: list[Any],
     owners: list[int],
@@ -223,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = None if args.max_documents is None else args.skip + args.max_documents
     texts = list(iter_texts(args.corpus, split=args.split))
     offsets = [int(o) for o in args.offsets.split(",") if o.strip()]
-    docs = (
-        select_documents(texts, judge, 256, 64, limit)
-        if offsets == [0]
-        else document_windows(texts, judge, offsets, limit)
-    )[args.skip :]
+    docs = select_documents(texts, judge, 256, 64, limit, offsets=offsets)[args.skip :]
     base = build_method(args.base, MethodContext(judge=judge, device=args.device))
     rates = [float(r) for r in args.rates.split(",")]
     moves = tuple(int(m) for m in args.moves.split(","))

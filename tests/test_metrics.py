@@ -68,6 +68,27 @@ def test_select_documents_cuts_context_and_continuation(tiny_recon) -> None:  # 
     assert doc.text == tiny_recon.decode(ids[:24])
 
 
+def test_select_documents_cuts_every_offset_that_fits(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    """With offsets, each window is the text's ids at its offset, context then continuation, in text order;
+    offsets past the end are left out, and max_documents counts windows."""
+    texts = ["word " * 30, "other text " * 5, "more words here " * 20]
+    windows = select_documents(texts, tiny_recon, 16, 8, None, offsets=[0, 16, 64])
+    want = []
+    for i, text in enumerate(texts):
+        ids = tiny_recon.encode(text)
+        want += [
+            (f"{i}@{o}" if o else str(i), ids[o : o + 16], ids[o + 16 : o + 24])
+            for o in (0, 16, 64)
+            if o + 24 <= len(ids)
+        ]
+    assert [(w.source, w.context, w.continuation) for w in windows] == want
+    assert all(w.text == tiny_recon.decode(w.context) for w in windows)
+    assert len({w.source.split("@")[0] for w in windows}) == 2  # the short text gives none
+    assert len(select_documents(texts, tiny_recon, 16, 8, 2, offsets=[0, 16, 64])) == 2
+    with pytest.raises(ValueError, match="offsets must be"):
+        select_documents(texts, tiny_recon, 16, 8, offsets=[-1])
+
+
 def test_no_long_enough_document_is_a_clear_error(tiny_recon) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="No document of the corpus has C\\+T = 1064"):
         select_documents(["short text", "another one"], tiny_recon, 1000, 64)

@@ -20,22 +20,6 @@ def ranker_module() -> ModuleType:
     return load_benchmark("move_ranker")
 
 
-def test_document_windows_cut_every_offset_that_fits(tiny_recon) -> None:  # type: ignore[no-untyped-def]
-    """Each window is the text's ids at its offset, context then continuation; offsets past the end are left out."""
-    module = load_benchmark("run_candidates")
-    texts = ["word " * 30, "other text " * 5, "more words here " * 20]
-    windows = module.document_windows(texts, tiny_recon, [0, 16, 64], None, context=16, continuation=8)
-    want = []
-    for i, text in enumerate(texts):
-        ids = tiny_recon.encode(text)
-        want += [
-            (f"{i}@{o}", ids[o : o + 16], ids[o + 16 : o + 24]) for o in (0, 16, 64) if o + 24 <= len(ids)
-        ]
-    assert [(w.source, w.context, w.continuation) for w in windows] == want
-    assert len({w.source.split("@")[0] for w in windows}) == 2  # the short text gives none
-    assert len(module.document_windows(texts, tiny_recon, [0, 16, 64], 2, context=16, continuation=8)) == 2
-
-
 def _groups_file(tiny_recon, path: Path, seed: int, soft: int = 0) -> Path:  # type: ignore[no-untyped-def]
     """A candidate file of three contexts, its one judged rate copied to every rate, with the pointer's caches."""
     analysis = load_benchmark("candidate_analysis")

@@ -56,6 +56,7 @@ def select_documents(
     continuation_tokens: int = 64,
     max_documents: int | None = 30,
     sources: Sequence[str] | None = None,
+    offsets: Sequence[int] = (0,),
 ) -> list[EvalDocument]:
     """The first ``max_documents`` texts with at least ``C + T`` judge tokens, cut into context and continuation.
 
@@ -63,31 +64,38 @@ def select_documents(
     :param judge: whose tokenizer defines tokens.
     :param context_tokens: C.
     :param continuation_tokens: T.
-    :param max_documents: how many documents to keep (``None``: all long enough).
+    :param max_documents: how many documents (windows, with ``offsets``) to keep (``None``: all long enough).
     :param sources: optional source name per text.
-    :raises ValueError: if C or T is not positive, or no text is long enough.
+    :param offsets: token offsets of each text's windows, in order: a window ``[o, o + C + T)`` is cut at
+        every offset that fits (its source gains ``@o`` when ``o > 0``). The default is the evaluation's one
+        window per text; more offsets give more windows for training on judged candidates.
+    :raises ValueError: if C or T is not positive, an offset is negative, or no text is long enough.
     """
     if context_tokens < 1 or continuation_tokens < 1:
         raise ValueError(f"C and T must be >= 1, got C={context_tokens}, T={continuation_tokens}.")
     if max_documents is not None and max_documents < 1:
         raise ValueError(f"max_documents must be >= 1, got {max_documents}.")
+    if not offsets or any(o < 0 for o in offsets):
+        raise ValueError(f"offsets must be one or more token offsets >= 0, got {list(offsets)}.")
     need = context_tokens + continuation_tokens
     docs: list[EvalDocument] = []
     for i, text in enumerate(texts):
         ids = judge.encode(text)
-        if len(ids) < need:
-            continue
-        context = ids[:context_tokens]
-        docs.append(
-            EvalDocument(
-                context=context,
-                continuation=ids[context_tokens:need],
-                text=judge.decode(context),
-                source=str(sources[i]) if sources is not None else str(i),
+        name = str(sources[i]) if sources is not None else str(i)
+        for o in offsets:
+            if o + need > len(ids):
+                continue
+            context = ids[o : o + context_tokens]
+            docs.append(
+                EvalDocument(
+                    context=context,
+                    continuation=ids[o + context_tokens : o + need],
+                    text=judge.decode(context),
+                    source=f"{name}@{o}" if o else name,
+                )
             )
-        )
-        if max_documents is not None and len(docs) >= max_documents:
-            break
+            if max_documents is not None and len(docs) >= max_documents:
+                return docs
     if not docs:
         raise ValueError(
             f"No document of the corpus has C+T = {need} judge tokens ({len(texts)} texts read). "
