@@ -1,4 +1,4 @@
-"""TokenMask-v0: the Gymnasium environment, its batched vector form, rewards and the SB3 adapter.
+"""TokenMask-v0 (and TokenMaskMoves-v0): the Gymnasium environments, its batched vector form, rewards and the SB3 adapter.
 
 Heavy pieces (torch, transformers) load on first use, so ``import tokenmask`` stays quick while
 registering the environment id.
@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tokenmask.envs.registration import ENV_ID, register_envs
+from tokenmask.envs.registration import ENV_ID, MOVES_ENV_ID, register_envs
 
 if TYPE_CHECKING:
     from tokenmask.envs.corpus import DocumentCorpus
     from tokenmask.envs.env_config import TokenMaskConfig
     from tokenmask.envs.episodes import GLOBAL_FEATURES, EpisodeRecord
     from tokenmask.envs.judge_bonus import JudgeBonus
+    from tokenmask.envs.moves import MOVE_FEATURES, MoveTable, TokenMaskMovesEnv, build_move_table
     from tokenmask.envs.rewards import (
         REWARD_TYPES,
         InformationReward,
@@ -34,6 +35,10 @@ _EXPORTS: dict[str, str] = {
     "GLOBAL_FEATURES": "tokenmask.envs.episodes",
     "EpisodeRecord": "tokenmask.envs.episodes",
     "JudgeBonus": "tokenmask.envs.judge_bonus",
+    "MOVE_FEATURES": "tokenmask.envs.moves",
+    "MoveTable": "tokenmask.envs.moves",
+    "TokenMaskMovesEnv": "tokenmask.envs.moves",
+    "build_move_table": "tokenmask.envs.moves",
     "REWARD_TYPES": "tokenmask.envs.rewards",
     "InformationReward": "tokenmask.envs.rewards",
     "MaskingReward": "tokenmask.envs.rewards",
@@ -50,6 +55,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "ENV_ID",
     "GLOBAL_FEATURES",
+    "MOVES_ENV_ID",
+    "MOVE_FEATURES",
     "REWARD_TYPES",
     "TOKEN_FEATURES",
     "DocumentCorpus",
@@ -58,11 +65,14 @@ __all__ = [
     "InformationReward",
     "JudgeBonus",
     "MaskingReward",
+    "MoveTable",
     "SurprisalReward",
     "TokenMaskConfig",
     "TokenMaskEnv",
+    "TokenMaskMovesEnv",
     "TokenMaskSB3VecEnv",
     "TokenMaskVectorEnv",
+    "build_move_table",
     "document_features",
     "make_reward",
     "register_envs",

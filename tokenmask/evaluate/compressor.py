@@ -489,6 +489,7 @@ PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
     "agent": ("tokenmask.train", "tokenmask.policies"),
     "activation": ("tokenmask.activation_compression",),
     "kvpress": ("tokenmask.evaluate.kvpress_peer",),
+    "move_agent": ("tokenmask.evaluate.move_agent",),
 }
 
 #: Modules holding the built-in methods (imported on first use of the registry).

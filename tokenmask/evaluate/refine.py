@@ -234,6 +234,19 @@ def move_estimates(
     return np.array([b[v & ~keep].sum() - e[keep & ~v].sum() for v in variants], dtype=np.float64)
 
 
+class JudgedMoves(NamedTuple):
+    """One context's judged candidates (:meth:`RecoverabilitySearch.judged_moves`): the base mask first."""
+
+    masks: list[np.ndarray]
+    """Keep masks: the base mask, then the judged moves whose ``R`` beats it."""
+    r: np.ndarray
+    """``R`` per mask (nats, the search's judge passes)."""
+    s: np.ndarray
+    """Lookahead ``S`` per mask (nats along the judge's own continuation)."""
+    estimates: np.ndarray
+    """:func:`move_estimates` per mask (0 for the base mask)."""
+
+
 class RecoverabilitySearch(MaskingCompressor):
     """``refine:BASE``: the base method's masks improved by a judge search on recoverability (see the module doc).
 
@@ -328,11 +341,7 @@ class RecoverabilitySearch(MaskingCompressor):
     def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
         check_rate(rate)
         proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
-        bits = (
-            self.scorer.token_bits([list(c) for c in contexts])
-            if set(self.drops) - {"oldest"}
-            else [None] * len(proposals)
-        )
+        bits = self._bits(contexts)
         ids = [np.asarray(c) for c in contexts]
         paths = self._paths(ids) if self.lookahead else None
         estimates = self._token_nlls(ids, proposals) if self.proposals else None
@@ -345,14 +354,9 @@ class RecoverabilitySearch(MaskingCompressor):
                 if round_ and best[d][1] is keep:
                     continue  # the base was kept: another round would try the same moves
                 start = best[d][1] if round_ else keep
-                # later rounds keep the runs earlier rounds moved (frozen) and drop the next base tokens
-                variants = move_variants(
-                    start, self.moves, self.stride, self.drops, bits[d], self.protect, start & ~keep
+                variants, _ = self._proposed(
+                    start, keep, bits[d], None if estimates is None else estimates[d]
                 )
-                if estimates is not None and len(variants) > self.proposals:
-                    gains = move_estimates(start, variants, *estimates[d])
-                    best_first = np.argsort(-gains, kind="stable")[: self.proposals]
-                    variants = [variants[i] for i in np.sort(best_first)]
                 candidates += variants if round_ else [keep, *variants]
                 owners += [d] * (len(variants) + (0 if round_ else 1))
             if not candidates:
@@ -369,6 +373,74 @@ class RecoverabilitySearch(MaskingCompressor):
                 if ok[i] and nll < best[d][0]:
                     best[d] = (float(nll), candidates[i])
         return [mask for _, mask in best]
+
+    def judged_moves(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[JudgedMoves]:
+        """Per context, the first round's judged candidates that can win: the base mask, then every judged move
+        whose ``R`` beats the base's, each with its ``R``, lookahead ``S`` and estimate (:func:`move_estimates`).
+
+        What a learned chooser reads in place of the rule (:mod:`tokenmask.envs.moves`); the rule's choice is
+        the lowest ``R`` among them within the lookahead tolerance. Needs ``lookahead`` and ``proposals``.
+        """
+        if not self.lookahead or not self.proposals:
+            raise ValueError(
+                "judged_moves needs the lookahead guard and proposals (refine_lookahead:p:BASE's settings)."
+            )
+        check_rate(rate)
+        proposals = [np.asarray(m, dtype=bool) for m in self.base.keep_masks(contexts, rate, seed=seed)]
+        bits = self._bits(contexts)
+        ids = [np.asarray(c) for c in contexts]
+        paths = self._paths(ids)
+        estimates = self._token_nlls(ids, proposals)
+        owners: list[int] = []
+        candidates: list[np.ndarray] = []
+        gains: list[float] = []
+        for d, keep in enumerate(proposals):
+            variants, estimated = self._proposed(keep, keep, bits[d], estimates[d])
+            candidates += [keep, *variants]
+            gains += [0.0, *estimated.tolist()]
+            owners += [d] * (len(variants) + 1)
+        nlls, limits = self._judge(ids, owners, candidates, paths, None)
+        rows = np.asarray(owners)
+        out = []
+        for d in range(len(proposals)):
+            # the base mask first; moves whose R does not beat it were not scored on S (they cannot win)
+            mine = np.flatnonzero(rows == d)
+            picked = [int(mine[0]), *(int(i) for i in mine[1:] if np.isfinite(limits[i, 1]))]
+            out.append(
+                JudgedMoves(
+                    masks=[candidates[i] for i in picked],
+                    r=nlls[picked],
+                    s=limits[picked, 1],
+                    estimates=np.asarray(gains)[picked],
+                )
+            )
+        return out
+
+    def _proposed(
+        self,
+        start: np.ndarray,
+        keep: np.ndarray,
+        bits: np.ndarray | None,
+        estimates: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The moves from ``start`` that are judged (the best :attr:`proposals` by estimate, or all), with their estimates.
+
+        Later rounds keep the runs earlier rounds moved (``start & ~keep``, frozen) and drop the next base tokens.
+        """
+        variants = move_variants(
+            start, self.moves, self.stride, self.drops, bits, self.protect, start & ~keep
+        )
+        if estimates is None:
+            return variants, np.zeros(len(variants))
+        gains = move_estimates(start, variants, *estimates)
+        chosen = np.sort(np.argsort(-gains, kind="stable")[: self.proposals])
+        return [variants[i] for i in chosen], gains[chosen]
+
+    def _bits(self, contexts: Sequence[TokenIds]) -> list[np.ndarray] | list[None]:
+        """Each context's per-token surprisal where a drop rule needs it (``span``, ``thin``), else ``None``s."""
+        if set(self.drops) - {"oldest"}:
+            return list(self.scorer.token_bits([list(c) for c in contexts]))
+        return [None] * len(contexts)
 
     def _judge(
         self,

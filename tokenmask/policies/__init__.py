@@ -7,6 +7,7 @@ Importing this module also registers the alias ``"TokenMaskPolicy"`` with SB3's 
 from stable_baselines3 import A2C, PPO
 
 from tokenmask.policies.features import HashedTokenEmbedding, TokenMaskExtractor, symlog
+from tokenmask.policies.move_policy import MovePolicy
 from tokenmask.policies.policy import (
     PADDING_LOGIT,
     TokenLogits,
@@ -16,13 +17,20 @@ from tokenmask.policies.policy import (
 )
 
 POLICY_ALIAS = "TokenMaskPolicy"
+MOVE_POLICY_ALIAS = "MovePolicy"
 for _algorithm in (PPO, A2C):
-    _algorithm.policy_aliases = {**_algorithm.policy_aliases, POLICY_ALIAS: TokenMaskPolicy}
+    _algorithm.policy_aliases = {
+        **_algorithm.policy_aliases,
+        POLICY_ALIAS: TokenMaskPolicy,
+        MOVE_POLICY_ALIAS: MovePolicy,
+    }
 
 __all__ = [
     "PADDING_LOGIT",
     "POLICY_ALIAS",
+    "MOVE_POLICY_ALIAS",
     "HashedTokenEmbedding",
+    "MovePolicy",
     "TokenLogits",
     "TokenMaskExtractor",
     "TokenMaskHeads",

@@ -1,0 +1,148 @@
+"""``move_agent:POLICY[:bf16]:BASE``: ``refine_lookahead:p:BASE`` with a trained policy choosing the move.
+
+The search proposes and judges the moves exactly as ``refine_lookahead:p`` does
+(:meth:`~tokenmask.evaluate.refine.RecoverabilitySearch.judged_moves`: ``R`` and the lookahead ``S``
+of the best estimated moves, the context only); a :class:`~tokenmask.policies.move_policy.MovePolicy`
+trained on ``TokenMaskMoves-v0`` (:mod:`tokenmask.envs.moves`) picks one of them, or the base mask,
+in place of the rule. ``POLICY`` is the SB3 ``.zip`` it was saved to (``model.save``; PPO or A2C);
+its observation's row count fixes the number of judged moves (rows - 1). ``bf16`` runs the search's
+passes in bfloat16 (as ``refine_lookahead:p:bf16``); the policy should be trained on a table built
+with the same passes. ::
+
+    tokenmask evaluate --methods move_agent:runs/moves/agent.zip:truncation,truncation --device cuda
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tokenmask.evaluate.compressor import (
+    MethodContext,
+    TokenIds,
+    build_method,
+    check_rate,
+    register_method,
+)
+from tokenmask.evaluate.refine import (
+    GUARD_MOVES,
+    LOOKAHEAD_PROTECT,
+    LOOKAHEAD_TOKENS,
+    LOOKAHEAD_TOLERANCE,
+    SEARCH_DTYPES,
+    RecoverabilitySearch,
+    check_refine_argument,
+)
+
+if TYPE_CHECKING:
+    from tokenmask.evaluate.compressor import Method
+    from tokenmask.policies.move_policy import MovePolicy
+    from tokenmask.reconstructors import Reconstructor
+
+
+def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
+    """The :class:`MovePolicy` of an SB3 ``.zip`` (on the CPU: it is a few thousand parameters).
+
+    :raises ValueError: if the file is missing, damaged, or holds another kind of policy (names the fix).
+    """
+    from tokenmask.envs.moves import MOVE_FEATURES
+    from tokenmask.policies.move_policy import MovePolicy
+    from tokenmask.train.loading import load_agent
+
+    fix = "train one on TokenMaskMoves-v0 (benchmarks/move_agent.py train) and pass its .zip."
+    if not Path(path).is_file():
+        raise ValueError(f"move_agent: no policy file at {path}. Fix: {fix}")
+    algo = "a2c" if "a2c" in Path(path).name.lower() else "ppo"
+    policy = load_agent(path, algo, device="cpu", fix=fix).policy
+    if not isinstance(policy, MovePolicy):
+        raise ValueError(f"move_agent: {path} holds a {type(policy).__name__}, not a MovePolicy. Fix: {fix}")
+    width = policy.observation_space.shape[-1]  # type: ignore[index]
+    if width != len(MOVE_FEATURES) + 1:
+        raise ValueError(
+            f"move_agent: {path} reads {width - 1} features per candidate, this version gives {len(MOVE_FEATURES)}. "
+            f"Fix: {fix}"
+        )
+    policy.set_training_mode(False)
+    return policy
+
+
+class MoveAgentSearch(RecoverabilitySearch):
+    """``refine_lookahead:p`` whose choice among the judged moves is a trained :class:`MovePolicy`'s (module doc).
+
+    :param base: the masking method that proposes the masks.
+    :param judge: the evaluation's judge.
+    :param policy: the trained policy; its observation's rows - 1 = moves judged per context.
+    :param dtype: dtype of the search's own passes (``None``: the judge's).
+    :param name: name in reports.
+    """
+
+    default_name = "move_agent"
+
+    def __init__(
+        self,
+        base: Method,
+        judge: Reconstructor,
+        policy: MovePolicy,
+        dtype: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        rows = int(policy.observation_space.shape[0])  # type: ignore[index]
+        super().__init__(
+            base,
+            judge,
+            moves=GUARD_MOVES,
+            protect=LOOKAHEAD_PROTECT,
+            lookahead=LOOKAHEAD_TOKENS,
+            lookahead_tolerance=LOOKAHEAD_TOLERANCE,
+            proposals=rows - 1,
+            dtype=dtype,
+            name=name or f"move_agent:{base.name}",
+        )
+        self.policy = policy
+
+    def keep_masks(self, contexts: Sequence[TokenIds], rate: float, seed: int = 0) -> list[np.ndarray]:
+        from tokenmask.envs.moves import move_features, observation_rows
+
+        check_rate(rate)
+        judged = self.judged_moves(contexts, rate, seed=seed)
+        features = [move_features(m, rate, self.lookahead, self.lookahead_tolerance) for m in judged]
+        observations, _ = observation_rows(features, self.proposals + 1)
+        actions, _ = self.policy.predict(observations, deterministic=True)
+        return [m.masks[int(a)] if int(a) < len(m.masks) else m.masks[0] for m, a in zip(judged, actions)]
+
+
+def split_move_agent_argument(argument: str) -> tuple[str, str | None, str]:
+    """``POLICY[:bf16]:BASE`` -> ``(policy path, search dtype or None, BASE)``.
+
+    :raises ValueError: if the policy path or the base is missing.
+    """
+    path, _, rest = argument.partition(":")
+    head, _, base = rest.partition(":")
+    dtype = SEARCH_DTYPES.get(head) if base else None
+    if dtype is None:
+        base = rest
+    if not path or not base:
+        raise ValueError(
+            f"move_agent:{argument} needs a policy file and a base method. "
+            "Fix: e.g. move_agent:runs/moves/agent.zip:truncation or move_agent:runs/moves/agent.zip:bf16:truncation."
+        )
+    return path, dtype, base
+
+
+def _move_agent(argument: str, context: MethodContext) -> MoveAgentSearch:
+    path, dtype, base = split_move_agent_argument(argument)
+    check_refine_argument(base)
+    return MoveAgentSearch(
+        build_method(base, context),
+        context.judge,
+        load_move_policy(path),
+        dtype,
+        name=f"move_agent:{argument}",
+    )
+
+
+register_method("move_agent", _move_agent, overwrite=True)
