@@ -119,9 +119,13 @@ class MovePolicy(ActorCriticPolicy):
         activation_fn: type[nn.Module] = nn.Tanh,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(action_space, spaces.Discrete) or not isinstance(observation_space, spaces.Box):
+        if (
+            not isinstance(action_space, spaces.Discrete)
+            or not isinstance(observation_space, spaces.Box)
+            or len(observation_space.shape) != 2
+        ):
             raise ValueError(
-                f"MovePolicy needs TokenMaskMoves-v0's Box observation and Discrete action, got "
+                f"MovePolicy needs TokenMaskMoves-v0's (candidates, features + 1) Box observation and Discrete action, got "
                 f"{observation_space} and {action_space}."
             )
         if int(action_space.n) != observation_space.shape[0]:

@@ -1,0 +1,195 @@
+"""TokenMaskMoves-v0, MovePolicy and move_agent: the table's gains are tokenmask.evaluate's metrics, the rule is the
+search's, the env and the policy behave as Gymnasium and SB3 expect, and training learns (tiny random judge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import load_benchmark
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3 import PPO
+
+import tokenmask  # noqa: F401  (registers the envs)
+from tokenmask.envs.moves import (
+    MOVE_FEATURES,
+    MoveTable,
+    TokenMaskMovesEnv,
+    build_move_table,
+    observation_rows,
+)
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.metrics import EvalDocument, ReferenceNLLs, score_compressed_ids
+from tokenmask.evaluate.move_agent import load_move_policy, split_move_agent_argument
+from tokenmask.policies import MovePolicy
+
+RATE = 0.5
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[EvalDocument]:
+    rng = np.random.default_rng(0)
+    return [
+        EvalDocument(rng.integers(100, 5000, 96).tolist(), rng.integers(100, 5000, 16).tolist(), "")
+        for _ in range(3)
+    ]
+
+
+@pytest.fixture(scope="module")
+def search(tiny_recon):  # type: ignore[no-untyped-def]
+    return build_method("refine_lookahead:p4:truncation", MethodContext(judge=tiny_recon))
+
+
+@pytest.fixture(scope="module")
+def table(tiny_recon, search, documents) -> MoveTable:  # type: ignore[no-untyped-def]
+    return build_move_table(search, tiny_recon, documents, [RATE, 0.3], chunk=2)
+
+
+def test_table_gains_are_the_evaluation_metrics(tiny_recon, search, documents, table) -> None:  # type: ignore[no-untyped-def]
+    """Choosing a candidate per row changes recoverability and retention exactly as tokenmask.evaluate scores the
+    chosen masks against the base masks (the env's reward terms, up to the mean denominators)."""
+    reference = ReferenceNLLs.compute(tiny_recon, documents)
+    rows = np.flatnonzero(table.rate == RATE)
+    judged = search.judged_moves([d.context for d in documents], RATE)
+    choice = np.array([len(m.masks) - 1 for m in judged])  # the last judged candidate (the base where none)
+    scores = []
+    for pick in (np.zeros(len(judged), dtype=int), choice):
+        kept = [np.asarray(d.context)[m.masks[k]].tolist() for d, m, k in zip(documents, judged, pick)]
+        scores.append(score_compressed_ids(tiny_recon, documents, kept, RATE, reference))
+    full_choice = np.zeros(len(table), dtype=int)
+    full_choice[rows] = choice
+    rec, ret = table.changes(full_choice, rows)
+    assert rec == pytest.approx(scores[1].recoverability - scores[0].recoverability, abs=1e-4)
+    assert ret == pytest.approx(scores[1].retention - scores[0].retention, abs=1e-4)
+    env = TokenMaskMovesEnv(table, retention_weight=2.0)
+    row = int(rows[0])
+    env.reset(options={"row": row})
+    _, reward, terminated, _, info = env.step(int(choice[0]))
+    assert terminated
+    assert info["retention_gain"] * table.d_f.mean() == pytest.approx(table.gain_f[row, choice[0]])
+    assert reward == pytest.approx(info["recoverability_gain"] + 2.0 * info["retention_gain"])
+
+
+def test_rule_is_the_search_choice(search, documents, table) -> None:  # type: ignore[no-untyped-def]
+    """The table's rule picks refine_lookahead:p's own mask on every document."""
+    contexts = [d.context for d in documents]
+    judged = search.judged_moves(contexts, RATE)
+    rule = table.rule_choices()[np.flatnonzero(table.rate == RATE)]
+    for mask, moves, k in zip(search.keep_masks(contexts, RATE), judged, rule):
+        np.testing.assert_array_equal(mask, moves.masks[k])
+    assert table.observations.shape[1:] == (search.proposals + 1, len(MOVE_FEATURES) + 1)
+    assert table.valid[:, 0].all()
+    assert (table.gain_r[:, 0] == 0).all() and (table.gain_f[:, 0] == 0).all()
+
+
+def test_table_round_trip_and_bad_file(table, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    table.save(tmp_path / "t.npz")
+    back = MoveTable.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(back.observations, table.observations)
+    assert back.settings == table.settings
+    (tmp_path / "bad.npz").write_bytes(b"not a table")
+    with pytest.raises(ValueError, match="not a move table"):
+        MoveTable.load(tmp_path / "bad.npz")
+
+
+def test_env_api_seeding_and_invalid_actions(table) -> None:  # type: ignore[no-untyped-def]
+    env = gym.make("TokenMaskMoves-v0", table=table)
+    check_env(env.unwrapped)
+    rows = [env.reset(seed=7)[1]["row"] for _ in range(1)] + [env.reset()[1]["row"] for _ in range(5)]
+    again = [env.reset(seed=7)[1]["row"] for _ in range(1)] + [env.reset()[1]["row"] for _ in range(5)]
+    assert rows == again
+    padded = np.flatnonzero(~table.valid[0])
+    if len(padded):
+        env.reset(options={"row": 0})
+        assert env.step(int(padded[0]))[4]["choice"] == 0
+    only = TokenMaskMovesEnv(table, rates=[0.3])
+    assert set(only.table.rate.tolist()) == {0.3}
+    with pytest.raises(ValueError, match="no rows"):
+        TokenMaskMovesEnv(table, rates=[0.9])
+    with pytest.raises(ValueError, match="weights"):
+        TokenMaskMovesEnv(table, retention_weight=-1)
+
+
+def _synthetic_table(rows: int = 64, seed: int = 0) -> MoveTable:
+    """Rows where the best candidate is the one of lowest ``r`` feature, at a random place among the rows."""
+    rng = np.random.default_rng(seed)
+    k = 5
+    features = [rng.normal(size=(k, len(MOVE_FEATURES))).astype(np.float32) for _ in range(rows)]
+    observations, valid = observation_rows(features, k + 1)
+    gain = np.zeros((rows, k + 1))
+    gain[np.arange(rows), [int(np.argmin(f[:, 0])) for f in features]] = 1.0
+    zeros = np.zeros((rows, k + 1))
+    return MoveTable(
+        observations,
+        valid,
+        gain,
+        zeros,
+        np.ones(rows),
+        np.ones(rows),
+        np.full(rows, 0.5),
+        np.arange(rows),
+        zeros,
+        zeros,
+    )
+
+
+def test_policy_is_order_free_and_ignores_padding() -> None:
+    table = _synthetic_table(4)
+    model = PPO(MovePolicy, TokenMaskMovesEnv(table), n_steps=8, batch_size=8, seed=0)
+    obs = torch.as_tensor(table.observations)
+    probs = model.policy.choice_probabilities(obs)
+    assert torch.all(probs[:, -1] < 1e-6)  # the padding row
+    swapped = obs[:, [1, 0, 2, 3, 4, 5]]
+    torch.testing.assert_close(model.policy.choice_probabilities(swapped), probs[:, [1, 0, 2, 3, 4, 5]])
+    with pytest.raises(ValueError, match="TokenMaskMoves-v0"):
+        PPO(MovePolicy, "CartPole-v1")
+
+
+def test_ppo_and_cloning_learn_the_best_candidate(tmp_path: Path) -> None:
+    """PPO alone, and cloning on the best candidates, each raise the greedy choice's reward on the table."""
+    moves = load_benchmark("move_agent")
+    table = _synthetic_table(64)
+    env = TokenMaskMovesEnv(table)
+    best = np.argmax(moves.rewards(table, 1.0, 1.0), axis=1)
+
+    def hit_rate(model: PPO) -> float:
+        return float(np.mean(moves.greedy(model.policy, table) == best))
+
+    model = PPO(MovePolicy, env, n_steps=256, batch_size=64, learning_rate=3e-3, gamma=0.0, seed=0)
+    before = hit_rate(model)
+    model.learn(6000)
+    assert hit_rate(model) > max(0.6, before + 0.2)
+    cloned = PPO(MovePolicy, env, n_steps=256, batch_size=64, seed=0)
+    losses = moves.clone(cloned, table, best, epochs=80, batch=16, seed=0)
+    assert losses[-1] < losses[0] * 0.7
+    assert hit_rate(cloned) > max(0.6, before + 0.2)
+    cloned.save(tmp_path / "agent.zip")
+    assert isinstance(load_move_policy(tmp_path / "agent.zip"), MovePolicy)
+
+
+def test_move_agent_method(tiny_recon, documents, tmp_path: Path, table) -> None:  # type: ignore[no-untyped-def]
+    """move_agent:POLICY:BASE keeps the base's token count and makes the policy's greedy choice."""
+    model = PPO(MovePolicy, TokenMaskMovesEnv(table), n_steps=8, batch_size=8, seed=0)
+    model.save(tmp_path / "agent.zip")
+    method = build_method(f"move_agent:{tmp_path / 'agent.zip'}:truncation", MethodContext(judge=tiny_recon))
+    contexts = [d.context for d in documents]
+    masks = method.keep_masks(contexts, RATE)
+    base = build_method("truncation", MethodContext(judge=tiny_recon)).keep_masks(contexts, RATE)
+    assert [m.sum() for m in masks] == [b.sum() for b in base]
+    rows = np.flatnonzero(table.rate == RATE)
+    choice = model.policy.predict(table.observations[rows], deterministic=True)[0]
+    judged = method.judged_moves(contexts, RATE)
+    for mask, moves, k in zip(masks, judged, choice):
+        np.testing.assert_array_equal(mask, moves.masks[k])
+    assert split_move_agent_argument("a.zip:bf16:truncation") == ("a.zip", "bfloat16", "truncation")
+    assert split_move_agent_argument("a.zip:truncation") == ("a.zip", None, "truncation")
+    with pytest.raises(ValueError, match="policy file and a base"):
+        split_move_agent_argument("a.zip")
+    with pytest.raises(ValueError, match="no policy file"):
+        build_method(f"move_agent:{tmp_path / 'none.zip'}:truncation", MethodContext(judge=tiny_recon))
+    (tmp_path / "bad.zip").write_bytes(b"junk")
+    with pytest.raises(Exception, match="damaged"):
+        build_method(f"move_agent:{tmp_path / 'bad.zip'}:truncation", MethodContext(judge=tiny_recon))
