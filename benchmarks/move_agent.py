@@ -115,9 +115,85 @@ def clone(model: Any, moves: Any, labels: np.ndarray, epochs: int, batch: int, s
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         losses.append(total / len(labels))
     return losses
+
+
+def validation_curve(moves: Any, every: int, curve: list[dict[str, Any]]) -> Any:
+    """An SB3 callback: every ``every`` steps, the greedy choice's change over truncation per rate on ``moves``
+    (held-out), logged to TensorBoard (``moves/d_rec_RATE``, ``moves/d_ret_RATE``, beside the rule's lines
+    ``moves/rule_d_rec_RATE``...) and appended to ``curve``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    rule = moves.rule_choices()
+    rates = sorted(set(moves.rate.tolist()))
+
+    class ValidationCurve(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = -every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps - self.last >= every:
+                self.last = self.num_timesteps
+                record(self.num_timesteps, self.model.policy, self.logger)
+            return True
+
+    def record(step: int, policy: Any, logger: Any) -> None:
+        choice = greedy(policy, moves)
+        point: dict[str, Any] = {"step": step}
+        for rate in rates:
+            rows = np.flatnonzero(moves.rate == rate)
+            for name, picks in (("", choice), ("rule_", rule)):
+                rec, ret = moves.changes(picks, rows)
+                point[f"{name}d_rec_{rate}"], point[f"{name}d_ret_{rate}"] = rec, ret
+                logger.record(f"moves/{name}d_rec_{rate}", rec)
+                logger.record(f"moves/{name}d_ret_{rate}", ret)
+        curve.append(point)
+
+    callback = ValidationCurve()
+    callback.record = record  # type: ignore[attr-defined]
+    return callback
+
+
+def plot_curve(curve: list[dict[str, Any]], path: str) -> None:
+    """Recoverability and retention change over truncation vs PPO steps, per rate, beside the rule (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tokenmask.evaluate.reports import figure_png
+    from tokenmask.io import atomic_write_bytes
+
+    rates = sorted({float(k.rsplit("_", 1)[1]) for k in curve[0] if k.startswith("d_rec_")})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [p["step"] for p in curve]
+    try:
+        for ax, key, label in ((axes[0], "d_rec", "recoverability"), (axes[1], "d_ret", "retention")):
+            for i, rate in enumerate(rates):
+                color = f"C{i}"
+                ax.plot(steps, [p[f"{key}_{rate}"] for p in curve], color=color, label=f"agent, rate {rate}")
+                ax.plot(
+                    steps,
+                    [p[f"rule_{key}_{rate}"] for p in curve],
+                    color=color,
+                    ls="--",
+                    label=f"rule, rate {rate}",
+                )
+            ax.axhline(0.0, color="k", lw=0.8, label="truncation")
+            if key == "d_rec":
+                ax.axhline(GAIN, color="grey", ls=":", label="bar (+0.02)")
+            else:
+                ax.axhline(-SLACK, color="grey", ls=":", label="bar (-0.01)")
+            ax.set_xlabel("PPO steps")
+            ax.set_ylabel(f"change in {label} over truncation")
+        axes[1].legend(fontsize=7, ncol=2)
+        fig.suptitle("TokenMaskMoves-v0: the greedy policy on held-out documents during PPO", fontsize=10)
+        atomic_write_bytes(path, figure_png(fig))
+    finally:
+        plt.close(fig)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -160,13 +236,34 @@ def train(args: argparse.Namespace) -> None:
         labels = np.argmax(rewards(moves, args.recoverability_weight, args.retention_weight), axis=1)
         log["clone_loss"] = clone(model, moves, labels, args.clone_epochs, args.batch, args.seed)
         print(f"cloning: loss {log['clone_loss'][0]:.3f} -> {log['clone_loss'][-1]:.3f}")
+    curve: list[dict[str, Any]] = []
+    callback = None
+    if args.eval_table:
+        held_out = load_tables(args.eval_table)
+        callback = validation_curve(held_out, args.eval_every, curve)
+        model.set_logger(configure_logger(args.tensorboard))
+        callback.record(0, model.policy, model.logger)
     if args.steps:
-        model.learn(args.steps, progress_bar=True)
+        model.learn(args.steps, callback=callback, progress_bar=True)
+    if curve:
+        from tokenmask.io import atomic_write_json
+
+        callback.record(model.num_timesteps, model.policy, model.logger)  # type: ignore[union-attr]
+        stem = args.out.removesuffix(".zip")
+        atomic_write_json(stem + ".curve.json", {**log, "eval_table": args.eval_table, "curve": curve})
+        plot_curve(curve, stem + ".curve.png")
     buffer = io.BytesIO()
     model.save(buffer)
     atomic_write_bytes(args.out, buffer.getvalue())
     log["seconds"] = time.perf_counter() - began
     print(f"{args.out}: {args.clone_epochs} cloning epochs, {args.steps} PPO steps in {log['seconds']:.0f} s")
+
+
+def configure_logger(folder: str | None) -> Any:
+    """SB3's logger: TensorBoard in ``folder`` when given, else nothing written."""
+    from stable_baselines3.common.logger import configure
+
+    return configure(folder, ["tensorboard"] if folder else [])
 
 
 def greedy(policy: Any, moves: Any) -> np.ndarray:
@@ -252,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--ent_coef", type=float, default=0.0)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--tensorboard", default=None)
+    r.add_argument(
+        "--eval_table", default=None, help="held-out tables: the learning curve (JSON, PNG, TensorBoard)"
+    )
+    r.add_argument("--eval_every", type=int, default=10_000)
     r.add_argument("--out", required=True)
     p = sub.add_parser("report", help="score policies against the rule on held-out tables")
     p.add_argument("--tables", required=True)

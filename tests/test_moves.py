@@ -193,3 +193,14 @@ def test_move_agent_method(tiny_recon, documents, tmp_path: Path, table) -> None
     (tmp_path / "bad.zip").write_bytes(b"junk")
     with pytest.raises(Exception, match="damaged"):
         build_method(f"move_agent:{tmp_path / 'bad.zip'}:truncation", MethodContext(judge=tiny_recon))
+
+
+def test_shipped_move_policy(tiny_recon, documents) -> None:  # type: ignore[no-untyped-def]
+    """move_agent:default loads the packaged policy (16 judged moves) and keeps the base's token count."""
+    policy = load_move_policy("default")
+    assert policy.observation_space.shape == (17, len(MOVE_FEATURES) + 1)
+    method = build_method("move_agent:default:truncation", MethodContext(judge=tiny_recon))
+    contexts = [d.context for d in documents[:2]]
+    masks = method.keep_masks(contexts, 0.3)
+    base = build_method("truncation", MethodContext(judge=tiny_recon)).keep_masks(contexts, 0.3)
+    assert [m.sum() for m in masks] == [b.sum() for b in base]

@@ -4,12 +4,13 @@ The search proposes and judges the moves exactly as ``refine_lookahead:p`` does
 (:meth:`~tokenmask.evaluate.refine.RecoverabilitySearch.judged_moves`: ``R`` and the lookahead ``S``
 of the best estimated moves, the context only); a :class:`~tokenmask.policies.move_policy.MovePolicy`
 trained on ``TokenMaskMoves-v0`` (:mod:`tokenmask.envs.moves`) picks one of them, or the base mask,
-in place of the rule. ``POLICY`` is the SB3 ``.zip`` it was saved to (``model.save``; PPO or A2C);
+in place of the rule. ``POLICY`` is the SB3 ``.zip`` it was saved to (``model.save``; PPO or A2C), or ``default``
+for the shipped one (:data:`DEFAULT_MOVE_POLICY`);
 its observation's row count fixes the number of judged moves (rows - 1). ``bf16`` runs the search's
 passes in bfloat16 (as ``refine_lookahead:p:bf16``); the policy should be trained on a table built
 with the same passes. ::
 
-    tokenmask evaluate --methods move_agent:runs/moves/agent.zip:truncation,truncation --device cuda
+    tokenmask evaluate --methods move_agent:default:bf16:truncation,truncation --device cuda
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ if TYPE_CHECKING:
     from tokenmask.reconstructors import Reconstructor
 
 
+DEFAULT_MOVE_POLICY = Path(__file__).resolve().parents[1] / "agents" / "moves" / "policy.zip"
+"""The shipped move policy (``move_agent:default:...``): cloning on the pydocs train split's best moves, chosen on
+validation (``tokenmask/agents/moves/agent.json`` says how it was made and what it measured)."""
+
+
 def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
-    """The :class:`MovePolicy` of an SB3 ``.zip`` (on the CPU: it is a few thousand parameters).
+    """The :class:`MovePolicy` of an SB3 ``.zip`` (on the CPU: it is a few thousand parameters); ``default`` is
+    :data:`DEFAULT_MOVE_POLICY`.
 
     :raises ValueError: if the file is missing, damaged, or holds another kind of policy (names the fix).
     """
@@ -53,7 +60,9 @@ def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
     from tokenmask.policies.move_policy import MovePolicy
     from tokenmask.train.loading import load_agent
 
-    fix = "train one on TokenMaskMoves-v0 (benchmarks/move_agent.py train) and pass its .zip."
+    fix = "train one on TokenMaskMoves-v0 (benchmarks/move_agent.py train) and pass its .zip, or use default."
+    if str(path) == "default":
+        path = DEFAULT_MOVE_POLICY
     if not Path(path).is_file():
         raise ValueError(f"move_agent: no policy file at {path}. Fix: {fix}")
     algo = "a2c" if "a2c" in Path(path).name.lower() else "ppo"
