@@ -169,7 +169,7 @@ def plot_curve(curve: list[dict[str, Any]], path: str) -> None:
 
     rates = sorted({float(k.rsplit("_", 1)[1]) for k in curve[0] if k.startswith("d_rec_")})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    steps = [p["step"] for p in curve]
+    steps = [p["step"] / 1000 for p in curve]
     try:
         for ax, key, label in ((axes[0], "d_rec", "recoverability"), (axes[1], "d_ret", "retention")):
             for i, rate in enumerate(rates):
@@ -187,7 +187,7 @@ def plot_curve(curve: list[dict[str, Any]], path: str) -> None:
                 ax.axhline(GAIN, color="grey", ls=":", label="bar (+0.02)")
             else:
                 ax.axhline(-SLACK, color="grey", ls=":", label="bar (-0.01)")
-            ax.set_xlabel("PPO steps")
+            ax.set_xlabel("PPO steps (thousands)")
             ax.set_ylabel(f"change in {label} over truncation")
         axes[1].legend(fontsize=7, ncol=2)
         fig.suptitle("TokenMaskMoves-v0: the greedy policy on held-out documents during PPO", fontsize=10)
