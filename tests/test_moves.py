@@ -85,6 +85,12 @@ def test_rule_is_the_search_choice(search, documents, table) -> None:  # type: i
     assert (table.gain_r[:, 0] == 0).all() and (table.gain_f[:, 0] == 0).all()
 
 
+def test_judged_moves_needs_the_lookahead_and_proposals(tiny_recon, documents) -> None:  # type: ignore[no-untyped-def]
+    plain = build_method("refine_lookahead:truncation", MethodContext(judge=tiny_recon))
+    with pytest.raises(ValueError, match="proposals"):
+        plain.judged_moves([documents[0].context], RATE)
+
+
 def test_table_round_trip_and_bad_file(table, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     table.save(tmp_path / "t.npz")
     back = MoveTable.load(tmp_path / "t.npz")
