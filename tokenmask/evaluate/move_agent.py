@@ -65,8 +65,8 @@ def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
         path = DEFAULT_MOVE_POLICY
     if not Path(path).is_file():
         raise ValueError(f"move_agent: no policy file at {path}. Fix: {fix}")
-    algo = "a2c" if "a2c" in Path(path).name.lower() else "ppo"
-    policy = load_agent(path, algo, device="cpu", fix=fix).policy
+    # only the policy is read: PPO's loader reads an A2C file's policy as well
+    policy = load_agent(path, "ppo", device="cpu", fix=fix).policy
     if not isinstance(policy, MovePolicy):
         raise ValueError(f"move_agent: {path} holds a {type(policy).__name__}, not a MovePolicy. Fix: {fix}")
     width = policy.observation_space.shape[-1]  # type: ignore[index]
