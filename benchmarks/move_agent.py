@@ -71,27 +71,16 @@ def table(args: argparse.Namespace) -> None:
 
 
 def load_tables(paths: str) -> Any:
-    """The tables of comma-separated files, as one (documents renumbered per file)."""
-    from tokenmask.envs.moves import _ARRAYS, MoveTable
+    """The tables of comma-separated files, as one (:meth:`MoveTable.concatenate`)."""
+    from tokenmask.envs.moves import MoveTable
 
-    tables = [MoveTable.load(p) for p in paths.split(",") if p.strip()]
-    if len(tables) == 1:
-        return tables[0]
-    offset, parts = 0, []
-    for t in tables:
-        parts.append(t.document + offset)
-        offset += int(t.document.max()) + 1
-    arrays = {k: np.concatenate([getattr(t, k) for t in tables]) for k in _ARRAYS}
-    arrays["document"] = np.concatenate(parts)
-    return MoveTable(**arrays, settings=dict(tables[0].settings))
+    return MoveTable.concatenate([MoveTable.load(p) for p in paths.split(",") if p.strip()])
 
 
 def rewards(moves: Any, recoverability_weight: float, retention_weight: float) -> np.ndarray:
     """Every candidate's reward as the env gives it (``-inf`` for padding)."""
-    r = (
-        moves.gain_r / moves.d_r.mean() * recoverability_weight
-        + moves.gain_f / moves.d_f.mean() * retention_weight
-    )
+    gain_r, gain_f = moves.metric_gains()
+    r = recoverability_weight * gain_r + retention_weight * gain_f
     return np.where(moves.valid, r, -np.inf)  # type: ignore[no-any-return]
 
 
@@ -137,24 +126,23 @@ def validation_curve(moves: Any, every: int, curve: list[dict[str, Any]]) -> Any
         def _on_step(self) -> bool:
             if self.num_timesteps - self.last >= every:
                 self.last = self.num_timesteps
-                record(self.num_timesteps, self.model.policy, self.logger)
+                self.record(self.num_timesteps, self.model.policy, self.logger)
             return True
 
-    def record(step: int, policy: Any, logger: Any) -> None:
-        choice = greedy(policy, moves)
-        point: dict[str, Any] = {"step": step}
-        for rate in rates:
-            rows = np.flatnonzero(moves.rate == rate)
-            for name, picks in (("", choice), ("rule_", rule)):
-                rec, ret = moves.changes(picks, rows)
-                point[f"{name}d_rec_{rate}"], point[f"{name}d_ret_{rate}"] = rec, ret
-                logger.record(f"moves/{name}d_rec_{rate}", rec)
-                logger.record(f"moves/{name}d_ret_{rate}", ret)
-        curve.append(point)
+        def record(self, step: int, policy: Any, logger: Any) -> None:
+            """One point of the curve: the greedy choice's and the rule's changes per rate, logged and kept."""
+            choice = greedy(policy, moves)
+            point: dict[str, Any] = {"step": step}
+            for rate in rates:
+                rows = np.flatnonzero(moves.rate == rate)
+                for name, picks in (("", choice), ("rule_", rule)):
+                    rec, ret = moves.changes(picks, rows)
+                    point[f"{name}d_rec_{rate}"], point[f"{name}d_ret_{rate}"] = rec, ret
+                    logger.record(f"moves/{name}d_rec_{rate}", rec)
+                    logger.record(f"moves/{name}d_ret_{rate}", ret)
+            curve.append(point)
 
-    callback = ValidationCurve()
-    callback.record = record  # type: ignore[attr-defined]
-    return callback
+    return ValidationCurve()
 
 
 def plot_curve(curve: list[dict[str, Any]], path: str) -> None:
@@ -248,7 +236,7 @@ def train(args: argparse.Namespace) -> None:
     if curve:
         from tokenmask.io import atomic_write_json
 
-        callback.record(model.num_timesteps, model.policy, model.logger)  # type: ignore[union-attr]
+        callback.record(model.num_timesteps, model.policy, model.logger)
         stem = args.out.removesuffix(".zip")
         atomic_write_json(stem + ".curve.json", {**log, "eval_table": args.eval_table, "curve": curve})
         plot_curve(curve, stem + ".curve.png")

@@ -96,6 +96,9 @@ def test_table_round_trip_and_bad_file(table, tmp_path: Path) -> None:  # type: 
     back = MoveTable.load(tmp_path / "t.npz")
     np.testing.assert_array_equal(back.observations, table.observations)
     assert back.settings == table.settings
+    both = MoveTable.concatenate([table, back])
+    assert len(both) == 2 * len(table)
+    assert set(both.document[len(table) :]).isdisjoint(both.document[: len(table)])
     (tmp_path / "bad.npz").write_bytes(b"not a table")
     with pytest.raises(ValueError, match="not a move table"):
         MoveTable.load(tmp_path / "bad.npz")

@@ -162,6 +162,22 @@ class MoveTable:
     def __len__(self) -> int:
         return len(self.rate)
 
+    def metric_gains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every candidate's (recoverability, retention) gain over its base mask in units of the metrics: the gains
+        over the table's mean denominators (the two terms of ``TokenMaskMoves-v0``'s reward)."""
+        return self.gain_r / self.d_r.mean(), self.gain_f / self.d_f.mean()
+
+    @classmethod
+    def concatenate(cls, tables: Sequence[MoveTable]) -> MoveTable:
+        """One table of several (rows in order; documents renumbered so each table's stay distinct; the first's
+        settings)."""
+        if not tables:
+            raise ValueError("MoveTable.concatenate got no tables.")
+        arrays = {k: np.concatenate([getattr(t, k) for t in tables]) for k in _ARRAYS}
+        offsets = np.cumsum([0] + [int(t.document.max()) + 1 for t in tables[:-1]])
+        arrays["document"] = np.concatenate([t.document + o for t, o in zip(tables, offsets)])
+        return cls(**arrays, settings=dict(tables[0].settings))
+
     def subset(self, rows: np.ndarray) -> MoveTable:
         """The table of the given rows only (e.g. one rate)."""
         arrays = {k: getattr(self, k)[rows] for k in _ARRAYS}
@@ -238,6 +254,7 @@ def build_move_table(
     :param chunk: documents per batched search call.
     :param progress: called with the number of documents done after each chunk (e.g. a tqdm ``update``).
     """
+    from tokenmask.evaluate.metrics import ReferenceNLLs
     from tokenmask.reconstructors.judge import recovery_and_continuation_nlls, separator_ids
 
     if not documents:
@@ -245,13 +262,10 @@ def build_move_table(
     sep = separator_ids(judge)
     contexts = [list(d.context) for d in documents]
     continuations = [list(d.continuation) for d in documents]
-    empty: list[list[int]] = [[] for _ in documents]
-    reference_r, reference_f = recovery_and_continuation_nlls(
-        judge, empty + contexts, contexts * 2, empty + contexts, continuations * 2, sep
-    )
+    reference = ReferenceNLLs.compute(judge, documents, sep)
+    d_r = reference.recover_empty - reference.recover_full
+    d_f = reference.continue_empty - reference.continue_full
     n = len(documents)
-    d_r = np.asarray(reference_r[:n]) - np.asarray(reference_r[n:])
-    d_f = np.asarray(reference_f[:n]) - np.asarray(reference_f[n:])
     rows = search.proposals + 1
     lookahead, tolerance = search.lookahead, search.lookahead_tolerance
     parts: dict[str, list[Any]] = {k: [] for k in _ARRAYS}
@@ -350,8 +364,7 @@ class TokenMaskMovesEnv(gym.Env[np.ndarray, np.int64]):
         self.table = full
         self.recoverability_weight = float(recoverability_weight)
         self.retention_weight = float(retention_weight)
-        self._scale_r = float(full.d_r.mean())
-        self._scale_f = float(full.d_f.mean())
+        self._gain_r, self._gain_f = full.metric_gains()
         rows, width = full.observations.shape[1:]
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(rows, width), dtype=np.float32)
         self.action_space = spaces.Discrete(rows)
@@ -371,10 +384,7 @@ class TokenMaskMovesEnv(gym.Env[np.ndarray, np.int64]):
 
     def gains(self, row: int, action: int) -> tuple[float, float]:
         """The (recoverability, retention) change of choosing ``action`` at ``row``, in units of the metrics."""
-        return (
-            float(self.table.gain_r[row, action]) / self._scale_r,
-            float(self.table.gain_f[row, action]) / self._scale_f,
-        )
+        return float(self._gain_r[row, action]), float(self._gain_f[row, action])
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         choice = int(action)

@@ -9,7 +9,6 @@ valid rows' hidden vectors and their maximum.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
-from tokenmask.policies.policy import PADDING_LOGIT, _mlp
+from tokenmask.policies.policy import PADDING_LOGIT, _mlp, finish_heads
 
 
 class CandidateRows(BaseFeaturesExtractor):
@@ -158,14 +157,7 @@ class MovePolicy(ActorCriticPolicy):
         assert isinstance(self.mlp_extractor, CandidateHeads)
         self.action_net = CandidateLogits(self.mlp_extractor.rows, self.mlp_extractor.row_dim)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
-        if self.ortho_init:
-            for module, gain in (
-                (self.mlp_extractor, 2**0.5),
-                (self.action_net, 0.01),
-                (self.value_net, 1.0),
-            ):
-                module.apply(functools.partial(self.init_weights, gain=gain))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        finish_heads(self, lr_schedule)
 
     def choice_probabilities(self, observation: torch.Tensor) -> torch.Tensor:
         """Probability of each candidate, ``(batch, candidates)`` (padding ~0)."""

@@ -189,15 +189,8 @@ class TokenMaskPolicy(ActorCriticPolicy):
             )
         self.action_net = TokenLogits(window, self.mlp_extractor.token_dim, span=window // entries)
         self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
-        if self.ortho_init:
-            # The transformer keeps PyTorch's own initialisation; heads follow SB3's gains.
-            for module, gain in (
-                (self.mlp_extractor, 2**0.5),
-                (self.action_net, 0.01),
-                (self.value_net, 1.0),
-            ):
-                module.apply(functools.partial(self.init_weights, gain=gain))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        # The transformer keeps PyTorch's own initialisation; heads follow SB3's gains.
+        finish_heads(self, lr_schedule)
 
     def action_probabilities(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
         """Probability of each action entry being 1 (mask), ``(batch, window // span)``.
@@ -217,6 +210,22 @@ class TokenMaskPolicy(ActorCriticPolicy):
         """
         assert isinstance(self.action_net, TokenLogits)
         return self.action_probabilities(observation).repeat_interleave(self.action_net.span, dim=1)
+
+
+def finish_heads(policy: ActorCriticPolicy, lr_schedule: Schedule) -> None:
+    """The end of a custom ``_build``: SB3's orthogonal gains for the heads (``mlp_extractor`` sqrt 2, ``action_net``
+    0.01, ``value_net`` 1; the features extractor keeps its own initialisation) when ``ortho_init``, then the
+    optimiser over every parameter."""
+    if policy.ortho_init:
+        for module, gain in (
+            (policy.mlp_extractor, 2**0.5),
+            (policy.action_net, 0.01),
+            (policy.value_net, 1.0),
+        ):
+            module.apply(functools.partial(policy.init_weights, gain=gain))
+    policy.optimizer = policy.optimizer_class(
+        policy.parameters(), lr=lr_schedule(1), **policy.optimizer_kwargs
+    )  # type: ignore[call-arg]
 
 
 def count_trainable_parameters(module: nn.Module) -> int:
