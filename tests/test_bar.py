@@ -149,10 +149,44 @@ def test_the_pareto_plot_draws_each_methods_interval_around_its_point(
     plain = plot_pareto(rows)
     assert calls == [] and plain.startswith(b"\x89PNG")
     plot_pareto(rows, reference=ref)
-    assert len(calls) == 4  # a and b at both rates; truncation has no bar
+    assert len(calls) == 8  # a and b at both rates, in the overview and the zoomed row; truncation has no bar
     expected = {(b.requested_rate, b.d_rec - b.rec_interval[0]) for b in bar_rows(rows, ref)}
     assert all(xerr[0][0] >= 0 and xerr[1][0] >= 0 and yerr[0][0] >= 0 for _, _, xerr, yerr in calls)
     assert {round(c[2][0][0], 12) for c in calls} == {round(e[1], 12) for e in expected}
+
+
+def test_the_pareto_plots_zoomed_row_shows_only_the_points_near_truncation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import matplotlib.axes
+
+    from tokenmask.evaluate.reports import ZOOM_RECOVERABILITY, plot_pareto
+
+    rows = [
+        {
+            "method": "truncation",
+            "requested_rate": 0.5,
+            "rate": 0.5,
+            "recoverability": 0.48,
+            "retention": 0.93,
+        },
+        {"method": "near", "requested_rate": 0.5, "rate": 0.5, "recoverability": 0.51, "retention": 0.92},
+        {"method": "far", "requested_rate": 0.5, "rate": 0.5, "recoverability": 0.52, "retention": 0.33},
+    ]
+    drawn: list[str] = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def record(self: Any, x: Any, y: Any, *args: Any, **kwargs: Any) -> Any:
+        drawn.append(f"{self.get_subplotspec().rowspan.start}:{kwargs.get('label') or ''}")
+        return scatter(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", record)
+    assert plot_pareto(rows).startswith(b"\x89PNG")
+    assert drawn == ["0:", "0:", "0:", "1:truncation (0.50)", "1:near (0.50)"]  # the zoom leaves "far" out
+    assert 0.52 - 0.48 < ZOOM_RECOVERABILITY[1]  # "far" is out on retention alone
+    drawn.clear()
+    plot_pareto([r for r in rows if r["method"] != "truncation"])  # no truncation: no zoomed row
+    assert drawn == ["0:", "0:"]
 
 
 def test_subsets_and_blocks_are_documents_without_replacement() -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenmask.evaluate.metrics import Scores
 from tokenmask.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -233,6 +233,18 @@ def _limits(values: list[float], pad: float = 0.03) -> tuple[float, float]:
     return low - margin, high + margin
 
 
+#: the zoomed row of :func:`plot_pareto`: recoverability / retention around truncation's point (low, high offsets)
+ZOOM_RECOVERABILITY = (-0.03, 0.07)
+ZOOM_RETENTION = (-0.12, 0.07)
+
+
+class _Point(NamedTuple):
+    method: str
+    rec: float
+    ret: float
+    rate: float
+
+
 def plot_pareto(
     rows: Sequence[Mapping[str, Any]],
     setting: Mapping[str, Any] | None = None,
@@ -244,7 +256,9 @@ def plot_pareto(
     :data:`TRUNCATION`'s point is drawn as a star, and the region of points that dominate it by
     issue 12's bar (recoverability at least :data:`RECOVERABILITY_MARGIN` higher, retention no
     more than :data:`RETENTION_MARGIN` lower) is shaded. Rows without recoverability or retention
-    are listed under the panel instead of drawn.
+    are listed under the panel instead of drawn. Where a rate has a truncation row, a second row of
+    panels zooms on truncation's neighbourhood (:data:`ZOOM_RECOVERABILITY`, :data:`ZOOM_RETENTION`),
+    where the methods that contend for the bar crowd together; a legend there names each colour.
 
     :param rows: the ``"results"`` rows of a ``results.json`` (:meth:`MethodResult.to_dict`).
     :param setting: the ``"setting"`` of the same file (judge, documents), for the title.
@@ -266,7 +280,8 @@ def plot_pareto(
         by_rate.setdefault(round(_figure(row.get("requested_rate")), 6), []).append(row)
         if str(row.get("method")) not in methods:
             methods.append(str(row.get("method")))
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     from tokenmask.evaluate.bar import bar_rows
 
     spread = {
@@ -275,76 +290,48 @@ def plot_pareto(
         if all(math.isfinite(v) for v in (*b.rec_interval, *b.ret_interval))
     }
     rates = sorted(by_rate)
-    fig, axes = plt.subplots(1, len(rates), figsize=(4.8 * len(rates), 4.6), dpi=120, squeeze=False)
+    panels: list[tuple[float, list[_Point], list[str]]] = []
+    for asked in rates:
+        points, missing = [], []
+        for row in by_rate[asked]:
+            point = _Point(
+                str(row.get("method")),
+                _figure(row.get("recoverability")),
+                _figure(row.get("retention")),
+                _figure(row.get("rate")),
+            )
+            if math.isfinite(point.rec) and math.isfinite(point.ret):
+                points.append(point)
+            else:
+                missing.append(point.method)
+        panels.append((asked, points, missing))
+    zoomed = any(p.method == TRUNCATION for _, points, _ in panels for p in points)
+    fig, axes = plt.subplots(
+        2 if zoomed else 1,
+        len(rates),
+        figsize=(4.8 * len(rates), 10.4 if zoomed else 4.6),
+        dpi=120,
+        squeeze=False,
+    )
     try:
-        for ax, asked in zip(axes[0], rates):
-            points, missing = [], []
-            for row in by_rate[asked]:
-                method = str(row.get("method"))
-                rec, ret = _figure(row.get("recoverability")), _figure(row.get("retention"))
-                if math.isfinite(rec) and math.isfinite(ret):
-                    points.append((method, rec, ret, _figure(row.get("rate"))))
-                else:
-                    missing.append(method)
-            truncation = next((p for p in points if p[0] == TRUNCATION), None)
-            xs, ys = [p[1] for p in points], [p[2] for p in points]
-            for method, rec, ret, _ in points:  # room for the interval bars
-                if (method, asked) in spread:
-                    b = spread[(method, asked)]
-                    xs += [rec + b.rec_interval[0] - b.d_rec, rec + b.rec_interval[1] - b.d_rec]
-                    ys += [ret + b.ret_interval[0] - b.d_ret, ret + b.ret_interval[1] - b.d_ret]
+        for column, (asked, points, missing) in enumerate(panels):
+            ax = axes[0][column]
+            truncation = next((p for p in points if p.method == TRUNCATION), None)
+            xs, ys = [p.rec for p in points], [p.ret for p in points]
+            for p in points:  # room for the interval bars
+                if (p.method, asked) in spread:
+                    b = spread[(p.method, asked)]
+                    xs += [p.rec + b.rec_interval[0] - b.d_rec, p.rec + b.rec_interval[1] - b.d_rec]
+                    ys += [p.ret + b.ret_interval[0] - b.d_ret, p.ret + b.ret_interval[1] - b.d_ret]
             if truncation is not None:  # room for the shaded region beyond truncation's corner
-                xs.append(truncation[1] + RECOVERABILITY_MARGIN + 0.03)
-                ys.append(truncation[2] + 0.04)
+                xs.append(truncation.rec + RECOVERABILITY_MARGIN + 0.03)
+                ys.append(truncation.ret + 0.04)
             xlim = _limits(xs) if xs else (0.0, 1.0)
             ylim = _limits(ys) if ys else (0.0, 1.0)
-            if truncation is not None:
-                _truncation_region(ax, truncation[1], truncation[2], xlim, ylim)
-            placed: list[tuple[float, float]] = []
-            for method, rec, ret, rate in points:
-                is_truncation = method == TRUNCATION
-                ax.scatter(
-                    [rec],
-                    [ret],
-                    s=160 if is_truncation else 40,
-                    marker="*" if is_truncation else "o",
-                    color=colors[method],
-                    edgecolors="black",
-                    linewidths=0.8 if is_truncation else 0.4,
-                    zorder=3,
-                )
-                if (method, asked) in spread:  # the change's interval, placed around the point
-                    b = spread[(method, asked)]
-                    ax.errorbar(
-                        [rec],
-                        [ret],
-                        xerr=[[b.d_rec - b.rec_interval[0]], [b.rec_interval[1] - b.d_rec]],
-                        yerr=[[b.d_ret - b.ret_interval[0]], [b.ret_interval[1] - b.d_ret]],
-                        color=colors[method],
-                        linewidth=0.8,
-                        capsize=2,
-                        zorder=2,
-                    )
-                label = f"{method} ({rate:.2f})" if math.isfinite(rate) else method
-                # labels of points within 4 % of the axes of an earlier one go below it, one line each
-                near = sum(
-                    abs(rec - x) < 0.04 * (xlim[1] - xlim[0]) and abs(ret - y) < 0.04 * (ylim[1] - ylim[0])
-                    for x, y in placed
-                )
-                placed.append((rec, ret))
-                ax.annotate(
-                    label, (rec, ret), xytext=(6, 4 - 9 * near), textcoords="offset points", fontsize=7
-                )
-            ax.set_xlim(*xlim)
-            ax.set_ylim(*ylim)
+            _pareto_panel(ax, points, truncation, spread, asked, colors, xlim, ylim, labels=True)
             ax.set_title(
                 f"asked rate {asked:.2f}" + ("" if truncation else " (no truncation row)"), fontsize=10
             )
-            ax.set_xlabel("recoverability")
-            ax.set_ylabel("retention")
-            ax.grid(alpha=0.3)
-            if truncation is not None:
-                ax.legend(fontsize=7, loc="best")
             if missing:
                 ax.text(
                     0.0,
@@ -353,6 +340,16 @@ def plot_pareto(
                     transform=ax.transAxes,
                     fontsize=7,
                 )
+            if zoomed:
+                ax = axes[1][column]
+                if truncation is None:
+                    ax.axis("off")
+                    continue
+                xlim = (truncation.rec + ZOOM_RECOVERABILITY[0], truncation.rec + ZOOM_RECOVERABILITY[1])
+                ylim = (truncation.ret + ZOOM_RETENTION[0], truncation.ret + ZOOM_RETENTION[1])
+                inside = [p for p in points if xlim[0] <= p.rec <= xlim[1] and ylim[0] <= p.ret <= ylim[1]]
+                _pareto_panel(ax, inside, truncation, spread, asked, colors, xlim, ylim, labels=False)
+                ax.set_title(f"asked rate {asked:.2f}, near truncation", fontsize=10)
         s = setting or {}
         fig.suptitle(
             f"Pareto plot: one point per method (label: achieved rate); judge {s.get('judge', '?')}, "
@@ -363,6 +360,69 @@ def plot_pareto(
         return figure_png(fig)
     finally:
         plt.close(fig)
+
+
+def _pareto_panel(
+    ax: Any,
+    points: Sequence[_Point],
+    truncation: _Point | None,
+    spread: Mapping[tuple[str, float], Any],
+    asked: float,
+    colors: Mapping[str, Any],
+    xlim: tuple[float, float],
+    ylim: tuple[float, float],
+    labels: bool,
+) -> None:
+    """One panel of :func:`plot_pareto`: the points (truncation's a star), their interval bars, the shaded region
+    that dominates truncation; each point labelled beside it (``labels``) or named in the panel's legend."""
+    if truncation is not None:
+        _truncation_region(ax, truncation.rec, truncation.ret, xlim, ylim)
+    placed: list[tuple[float, float]] = []
+    for p in points:
+        is_truncation = p.method == TRUNCATION
+        label = f"{p.method} ({p.rate:.2f})" if math.isfinite(p.rate) else p.method
+        ax.scatter(
+            [p.rec],
+            [p.ret],
+            s=160 if is_truncation else 40,
+            marker="*" if is_truncation else "o",
+            color=colors[p.method],
+            edgecolors="black",
+            linewidths=0.8 if is_truncation else 0.4,
+            zorder=3,
+            label=None if labels else label,
+        )
+        if (p.method, asked) in spread:  # the change's interval, placed around the point
+            b = spread[(p.method, asked)]
+            ax.errorbar(
+                [p.rec],
+                [p.ret],
+                xerr=[[b.d_rec - b.rec_interval[0]], [b.rec_interval[1] - b.d_rec]],
+                yerr=[[b.d_ret - b.ret_interval[0]], [b.ret_interval[1] - b.d_ret]],
+                color=colors[p.method],
+                linewidth=0.8,
+                capsize=2,
+                zorder=2,
+            )
+        if labels:
+            # labels of points within 4 % of the axes of an earlier one go below it, one line each
+            near = sum(
+                abs(p.rec - x) < 0.04 * (xlim[1] - xlim[0]) and abs(p.ret - y) < 0.04 * (ylim[1] - ylim[0])
+                for x, y in placed
+            )
+            placed.append((p.rec, p.ret))
+            ax.annotate(
+                label, (p.rec, p.ret), xytext=(6, 4 - 9 * near), textcoords="offset points", fontsize=7
+            )
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel("recoverability")
+    ax.set_ylabel("retention")
+    ax.grid(alpha=0.3)
+    if not labels:  # below the axes: the zoomed points fill the panel
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    elif truncation is not None:
+        ax.legend(fontsize=7, loc="best")
 
 
 def figure_png(fig: Any, dpi: int | None = None) -> bytes:

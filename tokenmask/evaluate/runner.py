@@ -5,7 +5,7 @@
 tokens, scores every method at every rate with the metrics of docs/evaluation.md, and writes into
 ``output_dir``: ``results.json``, ``results.md``, ``rate_vs_recoverability.png``,
 ``rate_vs_retention.png``, ``pareto.png`` (recoverability vs retention, one panel per rate, the
-region that dominates truncation shaded) and ``tensorboard/<method>/`` (one run per method;
+region that dominates truncation shaded; a second row zooms on truncation's neighbourhood) and ``tensorboard/<method>/`` (one run per method;
 step = rate in %).
 ``tokenmask baselines`` is the same command with the baselines as default methods.
 
