@@ -3,13 +3,14 @@ search's, the env and the policy behave as Gymnasium and SB3 expect, and trainin
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import load_benchmark
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO
 
@@ -25,6 +26,7 @@ from tokenmask.evaluate.compressor import MethodContext, build_method
 from tokenmask.evaluate.metrics import EvalDocument, ReferenceNLLs, score_compressed_ids
 from tokenmask.evaluate.move_agent import load_move_policy, split_move_agent_argument
 from tokenmask.policies import MovePolicy
+from tokenmask.train.moves import clone, greedy, rewards
 
 RATE = 0.5
 
@@ -142,6 +144,7 @@ def _synthetic_table(rows: int = 64, seed: int = 0) -> MoveTable:
         np.arange(rows),
         zeros,
         zeros,
+        settings={"lookahead": 64, "tolerance": 0.02},
     )
 
 
@@ -159,20 +162,19 @@ def test_policy_is_order_free_and_ignores_padding() -> None:
 
 def test_ppo_and_cloning_learn_the_best_candidate(tmp_path: Path) -> None:
     """PPO alone, and cloning on the best candidates, each raise the greedy choice's reward on the table."""
-    moves = load_benchmark("move_agent")
     table = _synthetic_table(64)
     env = TokenMaskMovesEnv(table)
-    best = np.argmax(moves.rewards(table, 1.0, 1.0), axis=1)
+    best = np.argmax(rewards(table, 1.0, 1.0), axis=1)
 
     def hit_rate(model: PPO) -> float:
-        return float(np.mean(moves.greedy(model.policy, table) == best))
+        return float(np.mean(greedy(model.policy, table) == best))
 
     model = PPO(MovePolicy, env, n_steps=256, batch_size=64, learning_rate=3e-3, gamma=0.0, seed=0)
     before = hit_rate(model)
     model.learn(6000)
     assert hit_rate(model) > max(0.6, before + 0.2)
     cloned = PPO(MovePolicy, env, n_steps=256, batch_size=64, seed=0)
-    losses = moves.clone(cloned, table, best, epochs=80, batch=16, seed=0)
+    losses = clone(cloned, table, best, epochs=80, batch=16, seed=0)
     assert losses[-1] < losses[0] * 0.7
     assert hit_rate(cloned) > max(0.6, before + 0.2)
     cloned.save(tmp_path / "agent.zip")
@@ -213,3 +215,139 @@ def test_shipped_move_policy(tiny_recon, documents) -> None:  # type: ignore[no-
     masks = method.keep_masks(contexts, 0.3)
     base = build_method("truncation", MethodContext(judge=tiny_recon)).keep_masks(contexts, 0.3)
     assert [m.sum() for m in masks] == [b.sum() for b in base]
+
+
+def _table_argv(corpus: Path, judge: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "moves",
+        "table",
+        "--corpus",
+        str(corpus),
+        "--judge",
+        str(judge),
+        "--method",
+        "refine_lookahead:p4:truncation",
+        "--rates",
+        "0.5",
+        "--max_documents",
+        "3",
+        "--shard_documents",
+        "2",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_moves_table_resumes_after_an_interruption(
+    tiny_judge_dir: Path, pydocs_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tokenmask moves table` saves each shard as it finishes; a rerun judges only what is missing and writes the
+    table an uninterrupted run writes; other settings, or an existing table, are refused with a fix."""
+    import tokenmask.envs.moves as env_moves
+    from tokenmask.cli import main
+
+    build = env_moves.build_move_table
+    calls: list[int] = []
+
+    def interrupted(*args: object, **kwargs: object) -> MoveTable:
+        calls.append(len(args[2]))  # type: ignore[arg-type]
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return build(*args, **kwargs)  # type: ignore[arg-type]
+
+    out = tmp_path / "t.npz"
+    monkeypatch.setattr(env_moves, "build_move_table", interrupted)
+    assert main(_table_argv(pydocs_path, tiny_judge_dir, out)) == 130
+    assert not out.exists() and len(list((tmp_path / "t.npz.parts").glob("*.npz"))) == 1
+    assert (
+        main(_table_argv(pydocs_path, tiny_judge_dir, out, "--rates", "0.3")) == 2
+    )  # other settings: refused
+    calls.clear()
+    monkeypatch.setattr(
+        env_moves, "build_move_table", lambda *a, **k: calls.append(len(a[2])) or build(*a, **k)
+    )
+    assert main(_table_argv(pydocs_path, tiny_judge_dir, out)) == 0
+    assert (
+        calls == [1] and not (tmp_path / "t.npz.parts").exists()
+    )  # only the third document was judged again
+    assert main(_table_argv(pydocs_path, tiny_judge_dir, tmp_path / "u.npz")) == 0
+    resumed, whole = MoveTable.load(out), MoveTable.load(tmp_path / "u.npz")
+    assert len(resumed) == 3 and resumed.document.tolist() == [0, 1, 2]
+    for key in ("observations", "valid", "gain_r", "gain_f", "r", "s"):
+        np.testing.assert_allclose(getattr(resumed, key), getattr(whole, key), rtol=1e-5, atol=1e-6)
+    assert (
+        resumed.settings["method"] == "refine_lookahead:p4:truncation" and resumed.settings["documents"] == 3
+    )
+    assert main(_table_argv(pydocs_path, tiny_judge_dir, out)) == 2  # the table exists: refused
+
+
+def test_moves_train_resumes_from_its_checkpoint_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tokenmask moves train` clones then runs PPO (curve, checkpoints); a rerun with a checkpoint continues from
+    its step; `report` prints every choice's change and writes it as JSON."""
+    from tokenmask.cli import main
+    from tokenmask.train.moves import MoveTrainConfig, train_agent
+
+    table = tmp_path / "t.npz"
+    _synthetic_table(48).save(table)
+    common = ["--table", str(table), "--n_envs", "2", "--n_steps", "32", "--batch", "32", "--epochs", "2"]
+    agent = tmp_path / "a.zip"
+    argv = ["moves", "train", *common, "--clone_epochs", "3", "--steps", "128", "--checkpoint_every", "64"]
+    argv += ["--eval_table", str(table), "--eval_every", "64", "--no_progress", "--out", str(agent)]
+    assert main(argv) == 0
+    assert agent.is_file() and not (tmp_path / "a.checkpoint.zip").exists()
+    curve = json.loads((tmp_path / "a.curve.json").read_text())
+    assert [p["step"] for p in curve["curve"]][0] == 0 and curve["curve"][-1]["step"] >= 128
+    assert len(curve["clone_loss"]) == 3 and (tmp_path / "a.curve.png").is_file()
+    assert main(argv) == 2  # the policy exists: refused
+    # an interrupted run: its checkpoint at 128 steps; the rerun trains the steps that remain
+    shutil.copy(agent, tmp_path / "b.checkpoint.zip")
+    config = MoveTrainConfig(
+        table=[str(table)], steps=256, n_envs=2, n_steps=32, batch=32, epochs=2, out=str(tmp_path / "b.zip")
+    )
+    log = train_agent(config, progress=False)
+    assert log["resumed_at"] == 128 and "clone_loss" not in log
+    assert PPO.load(tmp_path / "b.zip").num_timesteps == 256
+    (tmp_path / "c.checkpoint.zip").write_bytes(b"not a zip")
+    with pytest.raises(Exception, match="c.checkpoint.zip"):
+        train_agent(MoveTrainConfig(**{**config.__dict__, "out": str(tmp_path / "c.zip")}), progress=False)
+    capsys.readouterr()
+    report = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "moves",
+                "report",
+                "--tables",
+                str(table),
+                "--agents",
+                f"a={agent}",
+                "--draws",
+                "20",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| a |" in printed and "perfect choice" in printed
+    rows = json.loads(report.read_text())["rows"]
+    assert set(rows) >= {"a", "`refine_lookahead:p` rule"} and len(rows["a"]["choice"]) == 48
+
+
+def test_moves_configs_refuse_bad_values() -> None:
+    from tokenmask.errors import ConfigError
+    from tokenmask.train.moves import MoveReportConfig, MoveTableConfig, MoveTrainConfig
+
+    with pytest.raises(ConfigError, match="rates"):
+        MoveTableConfig(rates=[1.2])
+    with pytest.raises(ConfigError, match="clone_epochs"):
+        MoveTrainConfig(steps=0, clone_epochs=0)
+    with pytest.raises(ConfigError, match="NAME=POLICY"):
+        MoveReportConfig(agents=["a.zip"])

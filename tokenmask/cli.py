@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tokenmask.train.cli",
         "compress text from stdin with the shipped agent, a trained one, or any registered method",
     ),
+    "moves": (
+        "tokenmask.train.moves",
+        "the move agent (TokenMaskMoves-v0): judge the search's moves (table), train a policy (train), score it (report)",
+    ),
     "export": (
         "tokenmask.train.export",
         "write a trained run's policy-only agent folder (what ships as tokenmask/agents/default)",

@@ -222,7 +222,7 @@ class MoveTable:
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(
                 f"{path} is not a move table ({error}). Fix: build one with tokenmask.envs.moves.build_move_table "
-                "(benchmarks/move_agent.py table) and save it with MoveTable.save."
+                "(tokenmask moves table) and save it with MoveTable.save."
             ) from error
         table = cls(**arrays, settings=settings)
         if table.observations.shape[-1] != len(MOVE_FEATURES) + 1:

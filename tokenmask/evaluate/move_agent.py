@@ -60,7 +60,7 @@ def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
     from tokenmask.policies.move_policy import MovePolicy
     from tokenmask.train.loading import load_agent
 
-    fix = "train one on TokenMaskMoves-v0 (benchmarks/move_agent.py train) and pass its .zip, or use default."
+    fix = "train one on TokenMaskMoves-v0 (tokenmask moves train) and pass its .zip, or use default."
     if str(path) == "default":
         path = DEFAULT_MOVE_POLICY
     if not Path(path).is_file():
