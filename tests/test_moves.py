@@ -243,7 +243,11 @@ def _table_argv(corpus: Path, judge: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_moves_table_resumes_after_an_interruption(
-    tiny_judge_dir: Path, pydocs_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_judge_dir: Path,
+    pydocs_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`tokenmask moves table` saves each shard as it finishes; a rerun judges only what is missing and writes the
     table an uninterrupted run writes; other settings, or an existing table, are refused with a fix."""
@@ -266,6 +270,11 @@ def test_moves_table_resumes_after_an_interruption(
     assert (
         main(_table_argv(pydocs_path, tiny_judge_dir, out, "--rates", "0.3")) == 2
     )  # other settings: refused
+    damaged = tmp_path / "t.npz.parts" / "0000002.npz"
+    damaged.write_bytes(b"not a table")  # a shard that cannot be read is named, with the fix
+    assert main(_table_argv(pydocs_path, tiny_judge_dir, out)) == 2
+    assert "0000002.npz, a saved shard of the table, is damaged" in capsys.readouterr().err
+    damaged.unlink()
     calls.clear()
     monkeypatch.setattr(
         env_moves, "build_move_table", lambda *a, **k: calls.append(len(a[2])) or build(*a, **k)

@@ -240,7 +240,7 @@ def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable:
                 search, judge, shard, config.rates, chunk=config.chunk, progress=bar.update
             )
             table.save(part)
-    table = MoveTable.concatenate([MoveTable.load(parts / f"{s:07d}.npz") for s in shards])
+    table = MoveTable.concatenate([_load_part(parts / f"{s:07d}.npz") for s in shards])
     table.settings.update(
         settings,
         judge_dtype=config.judge_dtype,
@@ -267,14 +267,27 @@ def _check_parts(parts: Path, settings: dict[str, Any]) -> None:
         raise InputError(
             f"{saved} is unreadable ({error}).", fix=f"delete {parts} to start the table again."
         ) from error
-    if old != json.loads(json.dumps(settings)):
-        changed = sorted(
-            k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings)).get(k)
-        )
+    now = json.loads(json.dumps(settings))  # as the file holds them (tuples as lists)
+    if old != now:
+        changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
         raise InputError(
             f"{parts} holds a table begun with other settings ({', '.join(changed)}).",
             fix=f"run with the same settings to resume, or delete {parts} to start again.",
         )
+
+
+def _load_part(path: Path) -> MoveTable:
+    """One saved shard of a table being built; a damaged one is named with the fix (judge it again)."""
+    from tokenmask.envs.moves import MoveTable
+
+    try:
+        return MoveTable.load(path)
+    except ValueError as error:
+        raise InputError(
+            f"{path}, a saved shard of the table, is damaged ({str(error).split('. Fix')[0]}).",
+            fix=f"delete {path} and run again: its documents are judged again, the other shards kept.",
+            path=path,
+        ) from error
 
 
 def load_tables(paths: Sequence[str]) -> MoveTable:
