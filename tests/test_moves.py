@@ -350,6 +350,29 @@ def test_moves_train_resumes_from_its_checkpoint_and_reports(
     assert set(rows) >= {"a", "`refine_lookahead:p` rule"} and len(rows["a"]["choice"]) == 48
 
 
+def test_moves_train_with_a2c(tmp_path: Path) -> None:
+    """`algo a2c` trains A2C on the same env (after cloning); the move_agent loader reads its policy."""
+    from tokenmask.train.moves import MoveTrainConfig, train_agent
+
+    table = tmp_path / "t.npz"
+    _synthetic_table(48).save(table)
+    config = MoveTrainConfig(
+        table=[str(table)],
+        algo="a2c",
+        clone_epochs=2,
+        steps=64,
+        n_envs=2,
+        n_steps=8,
+        out=str(tmp_path / "a.zip"),
+    )
+    log = train_agent(config, progress=False)
+    assert len(log["clone_loss"]) == 2
+    from stable_baselines3 import A2C
+
+    assert A2C.load(tmp_path / "a.zip").num_timesteps == 64
+    assert isinstance(load_move_policy(tmp_path / "a.zip"), MovePolicy)
+
+
 def test_moves_configs_refuse_bad_values() -> None:
     from tokenmask.errors import ConfigError
     from tokenmask.train.moves import MoveReportConfig, MoveTableConfig, MoveTrainConfig
@@ -358,5 +381,7 @@ def test_moves_configs_refuse_bad_values() -> None:
         MoveTableConfig(rates=[1.2])
     with pytest.raises(ConfigError, match="clone_epochs"):
         MoveTrainConfig(steps=0, clone_epochs=0)
+    with pytest.raises(ConfigError, match="ppo or a2c"):
+        MoveTrainConfig(algo="sac")
     with pytest.raises(ConfigError, match="NAME=POLICY"):
         MoveReportConfig(agents=["a.zip"])

@@ -8,8 +8,8 @@
   stopped when run again with the same settings; the finished table replaces the parts.
 - ``tokenmask moves train``: a :class:`~tokenmask.policies.MovePolicy` on the table's env: optional behaviour
   cloning on each row's best candidate by its real reward (``clone_epochs``; the labels read the continuation,
-  the policy never does), then PPO (``steps``), with an optional held-out learning curve (TensorBoard, JSON and
-  PNG beside the rule's lines). The model is checkpointed every ``checkpoint_every`` PPO steps
+  the policy never does), then PPO or A2C (``algo``, ``steps``), with an optional held-out learning curve (TensorBoard,
+  JSON and PNG beside the rule's lines). The model is checkpointed every ``checkpoint_every`` RL steps
   (``OUT.checkpoint.zip``); a run started again with the same ``out`` resumes from it. Saved atomically as an
   SB3 ``.zip``, which ``tokenmask evaluate --methods move_agent:OUT.zip:bf16:truncation`` runs.
 - ``tokenmask moves report``: on held-out tables, each policy's greedy choice beside the rule's, truncation's (the
@@ -116,32 +116,35 @@ class MoveTrainConfig:
     table: list[str] = field(
         default_factory=lambda: ["runs/moves/train.npz"], metadata={"help": "training tables (joined)"}
     )
-    steps: int = field(default=200_000, metadata={"help": "PPO steps (0: cloning only)"})
+    algo: str = field(default="ppo", metadata={"help": "ppo or a2c (SB3), after the optional cloning"})
+    steps: int = field(default=200_000, metadata={"help": "RL steps (0: cloning only)"})
     clone_epochs: int = field(
-        default=0, metadata={"help": "behaviour cloning epochs on each row's best candidate, before PPO"}
+        default=0, metadata={"help": "behaviour cloning epochs on each row's best candidate, before RL"}
     )
     recoverability_weight: float = field(default=1.0, metadata={"help": "the reward's recoverability weight"})
     retention_weight: float = field(default=1.0, metadata={"help": "the reward's retention weight"})
     n_envs: int = field(default=8, metadata={"help": "parallel envs"})
-    n_steps: int = field(default=128, metadata={"help": "PPO rollout steps per env"})
+    n_steps: int = field(default=128, metadata={"help": "rollout steps per env"})
     batch: int = field(default=256, metadata={"help": "minibatch (PPO and cloning)"})
-    epochs: int = field(default=10, metadata={"help": "PPO epochs per rollout"})
-    lr: float = field(default=3e-4, metadata={"help": "PPO learning rate"})
-    ent_coef: float = field(default=0.0, metadata={"help": "PPO entropy coefficient"})
+    epochs: int = field(default=10, metadata={"help": "PPO epochs per rollout (A2C: one update per rollout)"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy coefficient"})
     seed: int = field(default=0, metadata={"help": "seed (envs, policy, cloning order)"})
     tensorboard: str | None = field(default=None, metadata={"help": "TensorBoard folder (None: none)"})
     eval_table: list[str] = field(
         default_factory=list,
         metadata={"help": "held-out tables: the learning curve (JSON, PNG, TensorBoard)"},
     )
-    eval_every: int = field(default=10_000, metadata={"help": "PPO steps between learning-curve points"})
+    eval_every: int = field(default=10_000, metadata={"help": "RL steps between learning-curve points"})
     checkpoint_every: int = field(
-        default=50_000, metadata={"help": "PPO steps between checkpoints (OUT.checkpoint.zip; 0: none)"}
+        default=50_000, metadata={"help": "RL steps between checkpoints (OUT.checkpoint.zip; 0: none)"}
     )
     out: str = field(default="runs/moves/agent.zip", metadata={"help": "the policy to write (SB3 .zip)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing policy at out"})
 
     def __post_init__(self) -> None:
+        if self.algo not in ("ppo", "a2c"):
+            raise ConfigError(f"algo must be ppo or a2c, got {self.algo!r}.", key="algo")
         if not self.table:
             raise ConfigError("table needs at least one table file.", key="table")
         if self.steps < 0 or self.clone_epochs < 0 or (self.steps == 0 and self.clone_epochs == 0):
@@ -401,7 +404,7 @@ def save_model(model: Any, path: str | Path) -> None:
 
 
 def plot_curve(curve: list[dict[str, Any]], path: str | Path) -> None:
-    """Recoverability and retention change over truncation vs PPO steps, per rate, beside the rule (dashed)."""
+    """Recoverability and retention change over truncation vs RL steps, per rate, beside the rule (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -430,23 +433,24 @@ def plot_curve(curve: list[dict[str, Any]], path: str | Path) -> None:
                 ax.axhline(GAIN, color="grey", ls=":", label=f"bar (+{GAIN})")
             else:
                 ax.axhline(-SLACK, color="grey", ls=":", label=f"bar (-{SLACK})")
-            ax.set_xlabel("PPO steps (thousands)")
+            ax.set_xlabel("RL steps (thousands)")
             ax.set_ylabel(f"change in {label} over truncation")
         axes[1].legend(fontsize=7, ncol=2)
-        fig.suptitle("TokenMaskMoves-v0: the greedy policy on held-out documents during PPO", fontsize=10)
+        fig.suptitle(
+            "TokenMaskMoves-v0: the greedy policy on held-out documents during training", fontsize=10
+        )
         atomic_write_bytes(path, figure_png(fig))
     finally:
         plt.close(fig)
 
 
 def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Cloning and/or PPO on the configured tables; writes the policy (and its curve); returns the run's log.
+    """Cloning and/or PPO / A2C on the configured tables; writes the policy (and its curve); returns the run's log.
 
-    A checkpoint at ``OUT.checkpoint.zip`` (written after cloning and every ``checkpoint_every`` PPO steps) is
-    resumed from: cloning is not repeated and PPO runs the steps that remain.
+    A checkpoint at ``OUT.checkpoint.zip`` (written after cloning and every ``checkpoint_every`` RL steps) is
+    resumed from: cloning is not repeated and the RL runs the steps that remain.
     """
     import torch
-    from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     from tokenmask.envs.moves import TokenMaskMovesEnv
@@ -469,10 +473,10 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
             retention_weight=config.retention_weight,
         ),
     )
-    ppo_kwargs: dict[str, Any] = dict(
+    from tokenmask.train.loading import algorithm_class, load_agent
+
+    kwargs: dict[str, Any] = dict(
         n_steps=config.n_steps,
-        batch_size=config.batch,
-        n_epochs=config.epochs,
         learning_rate=config.lr,
         gamma=0.0,
         ent_coef=config.ent_coef,
@@ -480,20 +484,20 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
         tensorboard_log=config.tensorboard,
         verbose=0,
     )
+    if config.algo == "ppo":
+        kwargs.update(batch_size=config.batch, n_epochs=config.epochs)
     checkpoint = Path(f"{out.with_suffix('')}.checkpoint.zip")
     began = time.perf_counter()
     log: dict[str, Any] = {"config": asdict(config), "rows": len(moves)}
     if checkpoint.exists():
-        from tokenmask.train.loading import load_agent
-
         fix = f"delete {checkpoint} to train from the start."
         model = load_agent(
-            checkpoint, "ppo", env=env, device="cpu", fix=fix, tensorboard_log=config.tensorboard
+            checkpoint, config.algo, env=env, device="cpu", fix=fix, tensorboard_log=config.tensorboard
         )
         log["resumed_at"] = int(model.num_timesteps)
-        print(f"resuming from {checkpoint} at {model.num_timesteps} PPO steps")
+        print(f"resuming from {checkpoint} at {model.num_timesteps} {config.algo.upper()} steps")
     else:
-        model = PPO(MovePolicy, env, **ppo_kwargs)
+        model = algorithm_class(config.algo)(MovePolicy, env, **kwargs)
         if config.clone_epochs:
             labels = np.argmax(rewards(moves, config.recoverability_weight, config.retention_weight), axis=1)
             log["clone_loss"] = clone(model, moves, labels, config.clone_epochs, config.batch, config.seed)
@@ -522,7 +526,7 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
     checkpoint.unlink(missing_ok=True)
     log["seconds"] = time.perf_counter() - began
     print(
-        f"{out}: {config.clone_epochs} cloning epochs, {int(model.num_timesteps)} PPO steps in {log['seconds']:.0f} s"
+        f"{out}: {config.clone_epochs} cloning epochs, {int(model.num_timesteps)} {config.algo.upper()} steps in {log['seconds']:.0f} s"
     )
     return log
 
@@ -580,7 +584,7 @@ def report(config: MoveReportConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- CLI
 _STEPS: dict[str, tuple[type, str, Callable[[Any, bool], Any]]] = {
     "table": (MoveTableConfig, "judge a split's moves with their real gains (GPU; resumable)", build_table),
-    "train": (MoveTrainConfig, "cloning and/or PPO on TokenMaskMoves-v0 (resumable)", train_agent),
+    "train": (MoveTrainConfig, "cloning and/or PPO / A2C on TokenMaskMoves-v0 (resumable)", train_agent),
     "report": (
         MoveReportConfig,
         "score policies against the rule on held-out tables",
