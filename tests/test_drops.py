@@ -94,14 +94,15 @@ def test_refine_lookahead_drops_argument(tiny_recon) -> None:  # type: ignore[no
 def test_refine_lookahead_rounds_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
     from tokenmask.evaluate.refine import split_lookahead_argument
 
-    assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, 0, None, "truncation")
-    assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, 0, None, "truncation")
+    assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, 0, None, "truncation", 64)
+    assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, 0, None, "truncation", 64)
     assert split_lookahead_argument("oldest+span:r3:agent:default") == (
         ("oldest", "span"),
         3,
         0,
         None,
         "agent:default",
+        64,
     )
     check_methods(["refine_lookahead:r2:truncation", "refine_lookahead:oldest:r2:truncation"])
     method = build_method("refine_lookahead:r2:truncation", MethodContext(judge=tiny_recon))

@@ -79,6 +79,7 @@ def test_proposals_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
         LOOKAHEAD_PROPOSALS,
         None,
         "truncation",
+        64,
     )
     assert split_lookahead_argument("oldest+span:r2:p8:agent:default") == (
         ("oldest", "span"),
@@ -86,8 +87,23 @@ def test_proposals_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
         8,
         None,
         "agent:default",
+        64,
     )
     check_methods(["refine_lookahead:p:truncation", "refine_lookahead:r2:p4:truncation"])
+    assert split_lookahead_argument("p:l32:bf16:truncation") == (
+        LOOKAHEAD_DROPS,
+        1,
+        LOOKAHEAD_PROPOSALS,
+        "bfloat16",
+        "truncation",
+        32,
+    )
+    assert split_lookahead_argument("l16:length").lookahead == 16  # lN, then a base that starts with l
+    assert split_lookahead_argument("length").base == "length"
+    with pytest.raises(ValueError, match="lN needs N >= 1"):
+        split_lookahead_argument("l0:truncation")
+    method = build_method("refine_lookahead:p4:l8:truncation", MethodContext(judge=tiny_recon))
+    assert isinstance(method, RecoverabilitySearch) and method.lookahead == 8 and method.proposals == 4
     method = build_method("refine_lookahead:p8:truncation", MethodContext(judge=tiny_recon))
     assert isinstance(method, RecoverabilitySearch) and method.proposals == 8
     with pytest.raises(ValueError, match="pN needs N >= 1"):

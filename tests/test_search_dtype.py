@@ -75,6 +75,7 @@ def test_dtype_argument(tiny_recon: Reconstructor) -> None:
         LOOKAHEAD_PROPOSALS,
         "bfloat16",
         "truncation",
+        64,
     )
     assert split_lookahead_argument("bf16:agent:default").base == "agent:default"
     check_methods(["refine_lookahead:p:bf16:truncation", "refine_lookahead:bf16:truncation"])

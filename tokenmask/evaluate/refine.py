@@ -612,36 +612,42 @@ class LookaheadArgument(NamedTuple):
     proposals: int
     dtype: str | None
     base: str
+    lookahead: int = LOOKAHEAD_TOKENS
+    """Tokens of the judge's own continuation the guard reads (``lN``)."""
 
 
 def split_lookahead_argument(argument: str) -> LookaheadArgument:
-    """``refine_lookahead``'s argument: ``[DROPS:][rN:][pK:][bf16:]BASE`` -> ``(drops, rounds, proposals, dtype, BASE)``.
+    """``refine_lookahead``'s argument: ``[DROPS:][rN:][pK:][lN:][bf16:]BASE`` -> ``(drops, rounds, proposals, dtype, BASE,
+    lookahead)``.
 
     ``DROPS`` as :func:`split_drops_argument`; ``rN`` runs ``N`` search rounds (default 1), e.g.
     ``refine_lookahead:r2:truncation``; ``pK`` judges only the ``K`` best estimated moves (``p`` alone:
-    :data:`LOOKAHEAD_PROPOSALS`; default: every move), e.g. ``refine_lookahead:p16:truncation``; ``bf16``
+    :data:`LOOKAHEAD_PROPOSALS`; default: every move), e.g. ``refine_lookahead:p16:truncation``; ``lN`` guards on
+    the first ``N`` tokens of the judge's own continuation (default :data:`LOOKAHEAD_TOKENS`; the tolerance stays
+    per token), e.g. ``refine_lookahead:p:l32:bf16:truncation``; ``bf16``
     runs the search's own judge passes in bfloat16 (:data:`SEARCH_DTYPES`; default: the judge's dtype), e.g.
     ``refine_lookahead:p:bf16:truncation``.
 
-    :raises ValueError: for a drop-rule head that names something else, or ``rN`` / ``pK`` below 1.
+    :raises ValueError: for a drop-rule head that names something else, or ``rN`` / ``pK`` / ``lN`` below 1.
     """
     drops, rest = split_drops_argument(argument)
     rounds, rest = _split_count(rest, argument, "r", 1)
     proposals, rest = _split_count(rest, argument, "p", 0, LOOKAHEAD_PROPOSALS)
+    lookahead, rest = _split_count(rest, argument, "l", LOOKAHEAD_TOKENS)
     head, _, base = rest.partition(":")
     if base and head in SEARCH_DTYPES:
-        return LookaheadArgument(drops, rounds, proposals, SEARCH_DTYPES[head], base)
+        return LookaheadArgument(drops, rounds, proposals, SEARCH_DTYPES[head], base, lookahead)
     if base and head in _OTHER_DTYPES:
         raise ValueError(
             f"refine_lookahead:{argument}: the search's passes run in the judge's dtype or in {', '.join(SEARCH_DTYPES)}, "
             f"not {head}. Fix: e.g. refine_lookahead:p:bf16:truncation, or load the judge in that dtype (--dtype)."
         )
-    return LookaheadArgument(drops, rounds, proposals, None, rest)
+    return LookaheadArgument(drops, rounds, proposals, None, rest, lookahead)
 
 
 def check_drops_argument(argument: str) -> None:
-    """``refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
-    check_refine_argument(split_lookahead_argument(argument)[-1])
+    """``refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
+    check_refine_argument(split_lookahead_argument(argument).base)
 
 
 def check_guard_argument(argument: str) -> None:
@@ -670,16 +676,16 @@ def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch
 
 
 def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySearch:
-    """``refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules
+    """``refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules
     (default :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail (:func:`split_lookahead_argument`)."""
-    drops, rounds, proposals, dtype, base = split_lookahead_argument(argument)
+    drops, rounds, proposals, dtype, base, lookahead = split_lookahead_argument(argument)
     check_refine_argument(base)
     return RecoverabilitySearch(
         build_method(base, context),
         context.judge,
         moves=GUARD_MOVES,
         protect=LOOKAHEAD_PROTECT,
-        lookahead=LOOKAHEAD_TOKENS,
+        lookahead=lookahead,
         lookahead_tolerance=LOOKAHEAD_TOLERANCE,
         drops=drops,
         rounds=rounds,

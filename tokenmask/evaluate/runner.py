@@ -167,7 +167,7 @@ def _check_refine_guard_argument(argument: str) -> None:
 
 
 def _check_refine_lookahead_argument(argument: str) -> None:
-    # refine_lookahead:[DROPS:][rN:][pK:][bf16:]BASE: the drop rules, rounds and proposals parse, the base is checked as refine's
+    # refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE: the drop rules, rounds, proposals and lookahead parse, the base is checked as refine's
     from tokenmask.evaluate.refine import check_drops_argument, split_lookahead_argument
 
     check_drops_argument(argument)
