@@ -182,6 +182,27 @@ def test_the_shipped_agent_folder_goes_into_the_wheel() -> None:
     assert Path(tokenmask.__file__).resolve().parent / "agents" / "default" == api.DEFAULT_AGENT_DIR
 
 
+def test_every_data_file_of_the_package_goes_into_the_wheel() -> None:
+    """Each non-Python file under tokenmask/ (the shipped agents, the move agent's policy and tables, the sample
+    data, the marker files) is matched by a package-data pattern of setup.cfg, as setuptools globs them (``*`` leaves
+    dot-files out), so a wheel install holds what the package reads."""
+    import configparser
+    import glob
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    root = Path(tokenmask.__file__).resolve().parent
+    patterns = [p.strip() for p in setup["options.package_data"]["tokenmask"].split(",")]
+    covered = {Path(f) for p in patterns for f in glob.glob(p, root_dir=root) if (root / f).is_file()}
+    data = {
+        f.relative_to(root)
+        for f in root.rglob("*")
+        if f.is_file() and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts
+    }
+    assert Path("agents/moves/policy.zip") in data and Path("agents/moves/train.npz") in data
+    assert data <= covered, sorted(map(str, data - covered))
+
+
 @pytest.mark.integration
 def test_the_shipped_agent_compresses_offline() -> None:
     """The agent in tokenmask/agents/default/: a small exported folder with its provenance, usable at once."""

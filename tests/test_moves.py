@@ -385,3 +385,24 @@ def test_moves_configs_refuse_bad_values() -> None:
         MoveTrainConfig(algo="sac")
     with pytest.raises(ConfigError, match="NAME=POLICY"):
         MoveReportConfig(agents=["a.zip"])
+
+
+def test_the_packaged_tables_serve_the_env_and_reproduce_the_shipped_policy(tmp_path: Path) -> None:
+    """``gym.make("TokenMaskMoves-v0")`` works offline on the packaged train table, and cloning on it as
+    configs/dev/moves_train.json says makes the shipped policy's choice on every packaged validation row."""
+    from tokenmask.config import load_config
+    from tokenmask.train.moves import MoveTrainConfig, train_agent
+
+    env = gym.make("TokenMaskMoves-v0")
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (17, len(MOVE_FEATURES) + 1) and len(env.unwrapped.table) == 3024
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(
+        MoveTrainConfig, repo / "configs" / "dev" / "moves_train.json", {"out": str(tmp_path / "a.zip")}
+    )
+    train_agent(config, progress=False)
+    validation = MoveTable.load("default:validation")
+    assert len(validation) == 204 and validation.settings["split"] == "validation"
+    ours = greedy(load_move_policy(tmp_path / "a.zip"), validation)
+    assert (ours == greedy(load_move_policy("default"), validation)).all()
+    assert (tmp_path / "a.curve.json").is_file()

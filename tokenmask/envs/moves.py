@@ -36,6 +36,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -77,6 +78,17 @@ MOVE_FEATURES: tuple[str, ...] = (
 """
 
 _SCALE = 10.0
+
+_PACKAGED = Path(__file__).resolve().parents[1] / "agents" / "moves"
+PACKAGED_TABLES: dict[str, Path] = {
+    "default": _PACKAGED / "train.npz",
+    "default:validation": _PACKAGED / "validation.npz",
+}
+"""Tables shipped in the package, by name (what :meth:`MoveTable.load` and ``TokenMaskMovesEnv(table=...)`` accept
+beside a path): the pydocs train split's judged moves (1,008 windows at offsets 0 and 128, rates 0.3 / 0.5 / 0.7,
+3,024 rows) and its validation split's (68 documents, 204 rows), built on one H100 by
+``tokenmask moves table --config configs/prod/moves_table.json`` (each file's ``settings`` say how). The shipped
+policy was cloned on the first and chosen on the second; the test split's table is not shipped."""
 _LONGEST_MOVE = 48.0
 
 
@@ -211,10 +223,11 @@ class MoveTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MoveTable:
-        """Read a table written by :meth:`save`.
+        """Read a table written by :meth:`save`, or a packaged one by name (:data:`PACKAGED_TABLES`).
 
         :raises ValueError: if the file is not such a table (names the missing part and the fix).
         """
+        path = PACKAGED_TABLES.get(str(path), path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in _ARRAYS}
@@ -329,7 +342,9 @@ def build_move_table(
 class TokenMaskMovesEnv(gym.Env[np.ndarray, np.int64]):
     """One step per (context, rate) of a :class:`MoveTable`: choose a candidate, get its real gains (module doc).
 
-    :param table: a :class:`MoveTable` or the path of one (:meth:`MoveTable.save`).
+    :param table: a :class:`MoveTable`, the path of one (:meth:`MoveTable.save`), or a packaged table's name
+        (:data:`PACKAGED_TABLES`; default ``"default"``, the pydocs train split's, so ``gym.make("TokenMaskMoves-v0")``
+        works offline at once).
     :param recoverability_weight: weight of the recoverability gain in the reward.
     :param retention_weight: weight of the retention gain (the real continuation's) in the reward.
     :param rates: serve only the rows of these rates (default: every row).
@@ -343,7 +358,7 @@ class TokenMaskMovesEnv(gym.Env[np.ndarray, np.int64]):
 
     def __init__(
         self,
-        table: MoveTable | str | os.PathLike[str],
+        table: MoveTable | str | os.PathLike[str] = "default",
         recoverability_weight: float = 1.0,
         retention_weight: float = 1.0,
         rates: Sequence[float] | None = None,

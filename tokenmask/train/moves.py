@@ -114,7 +114,8 @@ class MoveTrainConfig:
     """Options of ``tokenmask moves train``."""
 
     table: list[str] = field(
-        default_factory=lambda: ["runs/moves/train.npz"], metadata={"help": "training tables (joined)"}
+        default_factory=lambda: ["default"],
+        metadata={"help": "training tables (joined): paths, or default (the packaged pydocs train table)"},
     )
     algo: str = field(default="ppo", metadata={"help": "ppo or a2c (SB3), after the optional cloning"})
     steps: int = field(default=200_000, metadata={"help": "RL steps (0: cloning only)"})
@@ -165,7 +166,10 @@ class MoveReportConfig:
     """Options of ``tokenmask moves report``."""
 
     tables: list[str] = field(
-        default_factory=lambda: ["runs/moves/validation.npz"], metadata={"help": "held-out tables (joined)"}
+        default_factory=lambda: ["default:validation"],
+        metadata={
+            "help": "held-out tables (joined): paths, or default:validation (the packaged pydocs validation table)"
+        },
     )
     agents: list[str] = field(default_factory=list, metadata={"help": "NAME=POLICY.zip per policy"})
     retention_weight: float = field(default=1.0, metadata={"help": "of the perfect choice"})
@@ -295,12 +299,16 @@ def _load_part(path: Path) -> MoveTable:
 
 def load_tables(paths: Sequence[str]) -> MoveTable:
     """The tables of several files, as one (:meth:`~tokenmask.envs.moves.MoveTable.concatenate`)."""
-    from tokenmask.envs.moves import MoveTable
+    from tokenmask.envs.moves import PACKAGED_TABLES, MoveTable
 
     files = [p for p in paths if str(p).strip()]
     for p in files:
-        if not Path(p).is_file():
-            raise InputError(f"{p}: no such table.", fix="build it with tokenmask moves table.", path=p)
+        if p not in PACKAGED_TABLES and not Path(p).is_file():
+            raise InputError(
+                f"{p}: no such table.",
+                fix=f"build it with tokenmask moves table, or use a packaged table ({', '.join(PACKAGED_TABLES)}).",
+                path=p,
+            )
     return MoveTable.concatenate([MoveTable.load(p) for p in files])
 
 
