@@ -348,6 +348,25 @@ def test_moves_train_resumes_from_its_checkpoint_and_reports(
     assert "| a |" in printed and "perfect choice" in printed
     rows = json.loads(report.read_text())["rows"]
     assert set(rows) >= {"a", "`refine_lookahead:p` rule"} and len(rows["a"]["choice"]) == 48
+    plot = tmp_path / "r.png"
+    assert (
+        main(
+            [
+                "moves",
+                "report",
+                "--tables",
+                str(table),
+                "--agents",
+                f"a={agent}",
+                "--draws",
+                "5",
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
+    assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_moves_train_with_a2c(tmp_path: Path) -> None:

@@ -249,6 +249,9 @@ def plot_pareto(
     rows: Sequence[Mapping[str, Any]],
     setting: Mapping[str, Any] | None = None,
     reference: Mapping[str, Sequence[float]] | None = None,
+    axes_named: tuple[str, str] = ("recoverability", "retention"),
+    title: str | None = None,
+    zoom: bool = True,
 ) -> bytes:
     """PNG bytes of the Pareto plot: per asked rate, recoverability (x) vs retention (y).
 
@@ -265,6 +268,9 @@ def plot_pareto(
     :param reference: the ``"reference"`` of the same file; with the rows' per-document NLLs, each point
         but truncation's gets error bars: the 90 % paired bootstrap interval of its change over
         truncation (:mod:`tokenmask.evaluate.bar`), drawn around the point.
+    :param axes_named: the x and y axes' labels (e.g. changes over truncation, where the rows hold changes).
+    :param title: the figure's title (default: the judge and the number of documents of ``setting``).
+    :param zoom: add the zoomed row (where a truncation row exists).
     :raises ValueError: when ``rows`` holds no row.
     """
     import matplotlib
@@ -305,7 +311,7 @@ def plot_pareto(
             else:
                 missing.append(point.method)
         panels.append((asked, points, missing))
-    zoomed = any(p.method == TRUNCATION for _, points, _ in panels for p in points)
+    zoomed = zoom and any(p.method == TRUNCATION for _, points, _ in panels for p in points)
     fig, axes = plt.subplots(
         2 if zoomed else 1,
         len(rates),
@@ -328,7 +334,9 @@ def plot_pareto(
                 ys.append(truncation.ret + 0.04)
             xlim = _limits(xs) if xs else (0.0, 1.0)
             ylim = _limits(ys) if ys else (0.0, 1.0)
-            _pareto_panel(ax, points, truncation, spread, asked, colors, xlim, ylim, labels=True)
+            _pareto_panel(
+                ax, points, truncation, spread, asked, colors, (xlim, ylim), axes_named, labels=True
+            )
             ax.set_title(
                 f"asked rate {asked:.2f}" + ("" if truncation else " (no truncation row)"), fontsize=10
             )
@@ -348,11 +356,14 @@ def plot_pareto(
                 xlim = (truncation.rec + ZOOM_RECOVERABILITY[0], truncation.rec + ZOOM_RECOVERABILITY[1])
                 ylim = (truncation.ret + ZOOM_RETENTION[0], truncation.ret + ZOOM_RETENTION[1])
                 inside = [p for p in points if xlim[0] <= p.rec <= xlim[1] and ylim[0] <= p.ret <= ylim[1]]
-                _pareto_panel(ax, inside, truncation, spread, asked, colors, xlim, ylim, labels=False)
+                _pareto_panel(
+                    ax, inside, truncation, spread, asked, colors, (xlim, ylim), axes_named, labels=False
+                )
                 ax.set_title(f"asked rate {asked:.2f}, near truncation", fontsize=10)
         s = setting or {}
         fig.suptitle(
-            f"Pareto plot: one point per method (label: achieved rate); judge {s.get('judge', '?')}, "
+            title
+            or f"Pareto plot: one point per method (label: achieved rate); judge {s.get('judge', '?')}, "
             f"{s.get('documents', '?')} documents"
             + ("; bars: 90 % paired bootstrap interval of the change over truncation" if spread else ""),
             fontsize=10,
@@ -369,12 +380,13 @@ def _pareto_panel(
     spread: Mapping[tuple[str, float], Any],
     asked: float,
     colors: Mapping[str, Any],
-    xlim: tuple[float, float],
-    ylim: tuple[float, float],
+    limits: tuple[tuple[float, float], tuple[float, float]],
+    axes_named: tuple[str, str],
     labels: bool,
 ) -> None:
     """One panel of :func:`plot_pareto`: the points (truncation's a star), their interval bars, the shaded region
     that dominates truncation; each point labelled beside it (``labels``) or named in the panel's legend."""
+    xlim, ylim = limits
     if truncation is not None:
         _truncation_region(ax, truncation.rec, truncation.ret, xlim, ylim)
     placed: list[tuple[float, float]] = []
@@ -416,8 +428,8 @@ def _pareto_panel(
             )
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_xlabel("recoverability")
-    ax.set_ylabel("retention")
+    ax.set_xlabel(axes_named[0])
+    ax.set_ylabel(axes_named[1])
     ax.grid(alpha=0.3)
     if not labels:  # below the axes: the zoomed points fill the panel
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))

@@ -176,6 +176,10 @@ class MoveReportConfig:
     draws: int = field(default=2000, metadata={"help": "30-document draws for P(meets)"})
     seed: int = field(default=0, metadata={"help": "seed of the draws"})
     json: str | None = field(default=None, metadata={"help": "also write the report here (JSON)"})
+    plot: str | None = field(
+        default=None,
+        metadata={"help": "also draw it here (PNG): each choice's change per rate, the bar's region shaded"},
+    )
 
     def __post_init__(self) -> None:
         if self.draws < 1:
@@ -559,7 +563,7 @@ def bar_cells(moves: MoveTable, choice: np.ndarray, draws: int, seed: int) -> li
 def report(config: MoveReportConfig) -> dict[str, Any]:
     """Print (and optionally write) each choice's change over truncation per rate on the held-out tables."""
     from tokenmask.evaluate.move_agent import load_move_policy
-    from tokenmask.io import atomic_write_json
+    from tokenmask.io import atomic_write_bytes, atomic_write_json
 
     moves = load_tables(config.tables)
     rates = sorted(set(moves.rate.tolist()))
@@ -586,7 +590,36 @@ def report(config: MoveReportConfig) -> dict[str, Any]:
     result = {"tables": config.tables, "rates": rates, "rows": out}
     if config.json:
         atomic_write_json(config.json, result)
+    if config.plot:
+        atomic_write_bytes(config.plot, _report_plot(moves, choices, rates))
     return result
+
+
+def _report_plot(moves: MoveTable, choices: dict[str, np.ndarray], rates: Sequence[float]) -> bytes:
+    """:func:`~tokenmask.evaluate.reports.plot_pareto` of the changes over truncation (truncation at the origin)."""
+    from tokenmask.evaluate.reports import TRUNCATION, plot_pareto
+
+    rows = []
+    for rate in rates:
+        picked = np.flatnonzero(moves.rate == rate)
+        for name, choice in choices.items():
+            rec, ret = moves.changes(choice, picked)
+            method = TRUNCATION if name.startswith("truncation") else name
+            rows.append(
+                {
+                    "method": method,
+                    "requested_rate": rate,
+                    "rate": rate,
+                    "recoverability": rec,
+                    "retention": ret,
+                }
+            )
+    return plot_pareto(
+        rows,
+        axes_named=("change in recoverability over truncation", "change in retention over truncation"),
+        title=f"TokenMaskMoves-v0: each choice on {len(set(moves.document.tolist()))} held-out documents (label: rate)",
+        zoom=False,  # the changes are already on the bar's scale
+    )
 
 
 # ---------------------------------------------------------------------------------------- CLI
