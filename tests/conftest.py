@@ -22,6 +22,15 @@ PYDOCS = REPO_ROOT / "data" / "pydocs.jsonl"
 EMBEDDED_MODEL_FIXTURES = frozenset({"smollm"})
 
 
+def free_port() -> int:
+    """A free local TCP port (for a data-parallel test's ``accelerate launch --main_process_port``)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/NAME.py`` imported as the module ``NAME`` (registered in ``sys.modules``: dataclasses
     resolve their module by name, and the scripts import each other by name)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from tokenmask.config import ConfigError, load_config
 from tokenmask.evaluate.baselines import Truncation
@@ -204,12 +204,6 @@ def test_bad_settings_name_the_fix(values, message):
 
 
 # ---------------------------------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_data_parallel_command_gives_the_same_labels_on_1_and_2_processes(config, tmp_path):
     args = [
         "--judge_name", config.judge_name,
@@ -221,7 +215,7 @@ def test_data_parallel_command_gives_the_same_labels_on_1_and_2_processes(config
     # accelerate's --cpu launcher starts ONE process (more need mpirun); its torchrun launcher starts 2 CPU processes (gloo)
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         "-m", "tokenmask.train.labels", *args, "--output_dir", str(two),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -425,3 +425,33 @@ def test_the_packaged_tables_serve_the_env_and_reproduce_the_shipped_policy(tmp_
     ours = greedy(load_move_policy(tmp_path / "a.zip"), validation)
     assert (ours == greedy(load_move_policy("default"), validation)).all()
     assert (tmp_path / "a.curve.json").is_file()
+
+
+def test_moves_table_is_the_same_on_1_and_2_processes(
+    tiny_judge_dir: Path, pydocs_path: Path, tmp_path: Path
+) -> None:
+    """`accelerate launch --num_processes 2 -m tokenmask.cli moves table` deals the shards to two CPU processes and
+    writes the table one process writes."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, free_port
+
+    from tokenmask.cli import main
+
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    argv = _table_argv(pydocs_path, tiny_judge_dir, one, "--shard_documents", "1")
+    assert main(argv) == 0
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "tokenmask.cli", *_table_argv(pydocs_path, tiny_judge_dir, two, "--shard_documents", "1"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(launch, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = MoveTable.load(one), MoveTable.load(two)
+    assert b.settings["processes"] == 2 and a.settings["processes"] == 1
+    for key in ("observations", "valid", "gain_r", "gain_f", "r", "s", "document", "rate"):
+        np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-5, atol=1e-6)

@@ -5,7 +5,8 @@
   :class:`~tokenmask.envs.moves.MoveTable` ``.npz`` (a GPU makes it minutes; 50 s per 200 windows on an H100).
   The documents are judged ``shard_documents`` at a time and each shard is saved (atomically) in
   ``OUT.parts/`` as it finishes, so an interrupted run, or one cut by a 10-minute GPU call, resumes where it
-  stopped when run again with the same settings; the finished table replaces the parts.
+  stopped when run again with the same settings; the finished table replaces the parts. Data-parallel on N GPUs:
+  ``accelerate launch --num_processes N -m tokenmask.cli moves table ...`` (the same table as one process).
 - ``tokenmask moves train``: a :class:`~tokenmask.policies.MovePolicy` on the table's env: optional behaviour
   cloning on each row's best candidate by its real reward (``clone_epochs``; the labels read the continuation,
   the policy never does), then PPO or A2C (``algo``, ``steps``), with an optional held-out learning curve (TensorBoard,
@@ -190,8 +191,15 @@ class MoveReportConfig:
 
 
 # ---------------------------------------------------------------------------------------- table
-def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable:
-    """Judge the moves of the configured documents, shard by shard (resumable), and write the table."""
+def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable | None:
+    """Judge the moves of the configured documents, shard by shard (resumable), and write the table.
+
+    Data-parallel under ``accelerate launch``: the shards are dealt to the processes (shard ``i`` to process
+    ``i mod N``), each on its own device, each writing its own shards; the main process then joins them. A shard's
+    rows do not depend on which process judged it, so the table is the one a single process writes.
+    Returns the table on the main process, ``None`` on the others.
+    """
+    from accelerate import Accelerator
     from tqdm import tqdm
 
     from tokenmask.data import iter_texts
@@ -214,9 +222,12 @@ def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable:
         if k not in ("out", "overwrite", "device", "batch_size", "chunk")
     }
     _check_parts(parts, settings)
+    accelerator = Accelerator(cpu=config.device == "cpu")
+    # one process: the configured device; several: each its own (accelerate's)
+    device = config.device if accelerator.num_processes == 1 else str(accelerator.device)
     judge = Reconstructor.load(
         config.judge,
-        device=config.device,
+        device=device,
         dtype=config.judge_dtype,
         add_mask_token=False,
         batch_size=config.batch_size,
@@ -228,20 +239,26 @@ def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable:
         )
     limit = None if config.max_documents is None else config.skip + config.max_documents
     docs = select_documents(texts, judge, 256, 64, limit, offsets=config.offsets)[config.skip :]
-    search = build_method(config.method, MethodContext(judge=judge, device=config.device))
+    search = build_method(config.method, MethodContext(judge=judge, device=device))
     if not isinstance(search, RecoverabilitySearch) or not search.lookahead or not search.proposals:
         raise InputError(
             f"method must be a refine_lookahead:p search, got {config.method!r}.",
             fix="e.g. refine_lookahead:p:bf16:truncation.",
         )
-    parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(parts / "settings.json", settings)
+    if accelerator.is_main_process:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(parts / "settings.json", settings)
+    accelerator.wait_for_everyone()
     began = time.perf_counter()
     shards = range(0, len(docs), config.shard_documents)
+    mine = shards[accelerator.process_index :: accelerator.num_processes]
     with tqdm(
-        total=len(docs) * len(config.rates), desc=f"judging {config.split}", unit="doc", disable=not progress
+        total=sum(len(docs[s : s + config.shard_documents]) for s in mine) * len(config.rates),
+        desc=f"judging {config.split} ({accelerator.num_processes} proc.)",
+        unit="doc",
+        disable=not (progress and accelerator.is_main_process),
     ) as bar:
-        for start in shards:
+        for start in mine:
             part = parts / f"{start:07d}.npz"
             shard = docs[start : start + config.shard_documents]
             if part.exists():
@@ -251,18 +268,23 @@ def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable:
                 search, judge, shard, config.rates, chunk=config.chunk, progress=bar.update
             )
             table.save(part)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
     table = MoveTable.concatenate([_load_part(parts / f"{s:07d}.npz") for s in shards])
     table.settings.update(
         settings,
         judge_dtype=config.judge_dtype,
         documents=len(docs),
         machine=device_description(judge.device),
+        processes=accelerator.num_processes,
         seconds=time.perf_counter() - began,
     )
     table.save(out)
     shutil.rmtree(parts, ignore_errors=True)
     print(
-        f"{len(docs)} documents x {len(config.rates)} rates ({len(table)} rows) in {table.settings['seconds']:.0f} s: {out}"
+        f"{len(docs)} documents x {len(config.rates)} rates ({len(table)} rows) on {accelerator.num_processes} "
+        f"process(es) in {table.settings['seconds']:.0f} s: {out}"
     )
     return table
 
