@@ -326,46 +326,13 @@ def test_moves_train_resumes_from_its_checkpoint_and_reports(
     with pytest.raises(Exception, match="c.checkpoint.zip"):
         train_agent(MoveTrainConfig(**{**config.__dict__, "out": str(tmp_path / "c.zip")}), progress=False)
     capsys.readouterr()
-    report = tmp_path / "r.json"
-    assert (
-        main(
-            [
-                "moves",
-                "report",
-                "--tables",
-                str(table),
-                "--agents",
-                f"a={agent}",
-                "--draws",
-                "20",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    report, plot = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["moves", "report", "--tables", str(table), "--agents", f"a={agent}", "--draws", "20"]
+    assert main([*argv, "--json", str(report), "--plot", str(plot)]) == 0
     printed = capsys.readouterr().out
     assert "| a |" in printed and "perfect choice" in printed
     rows = json.loads(report.read_text())["rows"]
     assert set(rows) >= {"a", "`refine_lookahead:p` rule"} and len(rows["a"]["choice"]) == 48
-    plot = tmp_path / "r.png"
-    assert (
-        main(
-            [
-                "moves",
-                "report",
-                "--tables",
-                str(table),
-                "--agents",
-                f"a={agent}",
-                "--draws",
-                "5",
-                "--plot",
-                str(plot),
-            ]
-        )
-        == 0
-    )
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -160,6 +161,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def atomic_write_model(path: str | os.PathLike[str], model: Any) -> Path:
+    """Write an SB3 model (anything with ``save(file)``) as one ``.zip``, atomically (see :func:`atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

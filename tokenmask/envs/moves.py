@@ -79,10 +79,11 @@ MOVE_FEATURES: tuple[str, ...] = (
 
 _SCALE = 10.0
 
-_PACKAGED = Path(__file__).resolve().parents[1] / "agents" / "moves"
+MOVE_AGENT_DIR = Path(__file__).resolve().parents[1] / "agents" / "moves"
+"""The packaged move agent's folder: its policy (``move_agent:default``), card and tables."""
 PACKAGED_TABLES: dict[str, Path] = {
-    "default": _PACKAGED / "train.npz",
-    "default:validation": _PACKAGED / "validation.npz",
+    "default": MOVE_AGENT_DIR / "train.npz",
+    "default:validation": MOVE_AGENT_DIR / "validation.npz",
 }
 """Tables shipped in the package, by name (what :meth:`MoveTable.load` and ``TokenMaskMovesEnv(table=...)`` accept
 beside a path): the pydocs train split's judged moves (1,008 windows at offsets 0 and 128, rates 0.3 / 0.5 / 0.7,

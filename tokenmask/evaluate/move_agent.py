@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tokenmask.envs.moves import MOVE_AGENT_DIR
 from tokenmask.evaluate.compressor import (
     MethodContext,
     TokenIds,
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from tokenmask.reconstructors import Reconstructor
 
 
-DEFAULT_MOVE_POLICY = Path(__file__).resolve().parents[1] / "agents" / "moves" / "policy.zip"
+DEFAULT_MOVE_POLICY = MOVE_AGENT_DIR / "policy.zip"
 """The shipped move policy (``move_agent:default:...``): cloning on the pydocs train split's best moves, chosen on
 validation (``tokenmask/agents/moves/agent.json`` says how it was made and what it measured)."""
 

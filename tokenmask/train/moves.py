@@ -28,7 +28,6 @@ Each step takes ``--config FILE.json`` and any key as ``--key value`` (configs/d
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import time
@@ -41,6 +40,7 @@ import numpy as np
 
 from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.errors import ConfigError, InputError, OutputExistsError
+from tokenmask.io import atomic_write_model
 
 if TYPE_CHECKING:
     from tokenmask.envs.moves import MoveTable
@@ -422,19 +422,10 @@ def checkpoints(path: Path, every: int) -> Any:
     class Checkpoint(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps % every < self.training_env.num_envs:
-                save_model(self.model, path)
+                atomic_write_model(path, self.model)
             return True
 
     return Checkpoint()
-
-
-def save_model(model: Any, path: str | Path) -> None:
-    """An SB3 model as one ``.zip``, written atomically."""
-    from tokenmask.io import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    model.save(buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_curve(curve: list[dict[str, Any]], path: str | Path) -> None:
@@ -537,7 +528,7 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
             log["clone_loss"] = clone(model, moves, labels, config.clone_epochs, config.batch, config.seed)
             print(f"cloning: loss {log['clone_loss'][0]:.3f} -> {log['clone_loss'][-1]:.3f}")
         if config.checkpoint_every and config.steps:
-            save_model(model, checkpoint)
+            atomic_write_model(checkpoint, model)
     callbacks: list[Any] = []
     curve: list[dict[str, Any]] = []
     if held_out is not None:
@@ -556,7 +547,7 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
         stem = str(out.with_suffix(""))
         atomic_write_json(stem + ".curve.json", {**log, "curve": curve})
         plot_curve(curve, stem + ".curve.png")
-    save_model(model, out)
+    atomic_write_model(out, model)
     checkpoint.unlink(missing_ok=True)
     log["seconds"] = time.perf_counter() - began
     print(

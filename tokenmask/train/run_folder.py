@@ -51,8 +51,8 @@ import numpy as np
 from tokenmask.errors import CorruptFileError
 from tokenmask.io import (
     MARKER_FILE,
-    atomic_write_bytes,
     atomic_write_json,
+    atomic_write_model,
     claimed_output_dir,
     clean_leftovers,
     output_lock,
@@ -517,9 +517,7 @@ class RunFolder:
 
     def save_agent(self, model: BaseAlgorithm) -> Path:
         """Write ``agent.zip`` at the root: the flat layout of an exported agent (training writes checkpoints)."""
-        buffer = io.BytesIO()
-        model.save(buffer)
-        return atomic_write_bytes(self.path / AGENT_FILE, buffer.getvalue())
+        return atomic_write_model(self.path / AGENT_FILE, model)
 
     def save_evaluation(self, evaluation: dict[str, Any]) -> Path:
         """Write ``evaluation.json``."""
