@@ -4,8 +4,9 @@ Times one method's ``keep_masks`` on the first ``--documents`` long-enough docum
 ``tokenmask evaluate`` calls it), warm (one untimed call first), per asked rate, and splits the wall time into the
 search's phases: the judge's greedy lookahead path (``paths``), the two passes of the move estimates
 (``estimates``), the candidates' ``R`` (``recovery``), their lookahead ``S`` (``lookahead``, the full-vocabulary
-pass) and the rest (proposals, features, the policy's choice). The device is synchronised around each phase.
-Prints one table, ms per 1,000 context tokens, with the machine named.
+pass) and the rest (proposals, features, the policy's choice). The device is synchronised around each phase; the
+first column is the same call timed before any phase is (what ``tokenmask evaluate`` sees). Prints one table, ms per
+1,000 context tokens, with the machine named.
 
     python benchmarks/search_phases.py --method move_agent:default:bf16:truncation --device cuda
     python benchmarks/search_phases.py --method refine_lookahead:p:truncation --documents 4 --rates 0.5   # CPU
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--method must be a judge search (refine_lookahead:p or move_agent), got {args.method}"
         )
     device = torch.device(judge.device)
+    rates = [float(r) for r in args.rates.split(",")]
+    method.keep_masks(contexts[:2], rates[0])  # warm: CUDA graphs, kernels, caches
+    plain = {
+        rate: _timed_call(method, contexts, rate, device) for rate in rates
+    }  # before any phase is synchronised
     spent: dict[str, float] = {}
     method._paths = timed(spent, "paths", method._paths, device)  # type: ignore[method-assign]
     method._token_nlls = timed(spent, "estimates", method._token_nlls, device)  # type: ignore[method-assign]
@@ -78,27 +84,35 @@ def main(argv: list[str] | None = None) -> int:
         ("lookahead", "soft_continuation_nlls"),
     ):
         setattr(judge_module, attr, timed(spent, name, getattr(judge_module, attr), device))
-    rates = [float(r) for r in args.rates.split(",")]
-    method.keep_masks(contexts[:2], rates[0])  # warm: CUDA graphs, kernels, caches
     tokens = sum(len(c) for c in contexts)
     print(
         f"{args.method} on {len(contexts)} documents of {args.corpus} ({args.split}), {device_description(judge.device)}, "
         f"judge batch {judge.batch_size}; ms per 1k context tokens\n"
     )
-    print("| rate | total | " + " | ".join(PHASES) + " | rest |\n| --- |" + " --- |" * (len(PHASES) + 2))
+    print(
+        "| rate | total, unsynchronised | total | "
+        + " | ".join(PHASES)
+        + " | rest |\n| --- |"
+        + " --- |" * (len(PHASES) + 3)
+    )
     for rate in rates:
         spent.clear()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        began = time.perf_counter()
-        method.keep_masks(contexts, rate)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        total = time.perf_counter() - began
+        total = _timed_call(method, contexts, rate, device)
         cells = [spent.get(p, 0.0) for p in PHASES]
-        row = [total, *cells, total - sum(cells)]
+        row = [plain[rate], total, *cells, total - sum(cells)]
         print(f"| {rate} | " + " | ".join(f"{1e6 * v / tokens:.1f}" for v in row) + " |")
     return 0
+
+
+def _timed_call(method: Any, contexts: list[list[int]], rate: float, device: torch.device) -> float:
+    """Seconds of one synchronised ``keep_masks`` call on every context."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    method.keep_masks(contexts, rate)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - began
 
 
 if __name__ == "__main__":

@@ -269,12 +269,13 @@ class CachedDecoder:
         """Feed ``tokens`` ``(B,)`` (one per row) and return the next logits ``(B, V)`` (float32)."""
         self.tokens.copy_(tokens.reshape(-1, 1))
         self.prepare()
-        with torch.no_grad(), self._attention():
-            if self._graph is not None:
-                self._graph.replay()
-                assert self._graph_logits is not None
-                logits = self._graph_logits.clone()
-            else:
+        if self._graph is not None:
+            # the replayed kernels are the captured ones: no attention switch (two model walks) per step
+            self._graph.replay()
+            assert self._graph_logits is not None
+            logits = self._graph_logits.clone()
+        else:
+            with torch.no_grad(), self._attention():
                 logits = self._forward()
         self.cache.advance()
         self.position += 1
