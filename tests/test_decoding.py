@@ -97,6 +97,40 @@ def test_concatenated_row_chunks_decode_as_one_batch() -> None:
     torch.testing.assert_close(together, torch.cat(alone), atol=1e-4, rtol=1e-4)
 
 
+def test_refilled_cache_decodes_the_new_sequence() -> None:
+    """A used cache refilled in place with another batch of the same shape decodes that batch's full-forward logits
+    (earlier steps' entries masked again); a shape that does not fit is refused and changes nothing."""
+    model = _model("llama")
+    generator = torch.Generator().manual_seed(4)
+    first, second = (torch.randint(3, 97, (2, 14), generator=generator) for _ in range(2))
+    cache, logits = _prefill(model, first, 6)
+    decoder = CachedDecoder(backbone_for(model), _head(model), cache, torch.full((2,), 14))
+    for _ in range(4):
+        logits = decoder.step(logits.argmax(-1))
+    buffers = [k.data_ptr() for k in cache.keys]
+    for ids, reserve in ((torch.randint(3, 97, (3, 14), generator=generator), 6), (second, 64)):
+        fresh = DynamicCache()
+        with torch.no_grad():
+            model.base_model(input_ids=ids, use_cache=True, **{cache_argument(model.base_model): fresh})
+        assert not cache.refill(fresh, reserve=reserve)
+    assert cache.lengths == [18] * 3
+    fresh = DynamicCache()
+    with torch.no_grad():
+        hidden = model.base_model(
+            input_ids=second, use_cache=True, **{cache_argument(model.base_model): fresh}
+        )[0]
+    assert cache.refill(fresh, reserve=6)
+    assert cache.lengths == [14] * 3 and [k.data_ptr() for k in cache.keys] == buffers
+    decoder.restart(torch.full((2,), 14))
+    seen, fed = [model.get_output_embeddings()(hidden[:, -1]).float()], []
+    for _ in range(3):
+        fed.append(seen[-1].argmax(-1))
+        seen.append(decoder.step(fed[-1]))
+    with torch.no_grad():
+        reference = model(torch.cat([second, torch.stack(fed, 1)], 1)).logits.float()[:, 13:]
+    torch.testing.assert_close(torch.stack(seen, 1), reference, atol=1e-4, rtol=1e-4)
+
+
 def test_update_refuses_more_than_one_token() -> None:
     model = _model("llama")
     cache, _ = _prefill(model, torch.randint(3, 97, (1, 5)), 4)

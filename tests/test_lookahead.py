@@ -55,6 +55,27 @@ def test_greedy_continuation_is_the_argmax_loop(tiny_recon, static_cache: bool) 
         assert path == want
 
 
+def test_static_decoder_is_kept_and_refilled_between_calls(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    """A later call of the same batch shape refills the kept decoder's buffers in place (its CUDA graph, on a GPU,
+    stays valid) and decodes what a fresh decoder does; another shape gets its own decoder."""
+    tiny_recon.clear_decoders()
+    first, second = _contexts(2, seed=3), _contexts(2, seed=4)
+    assert judge_continuations(tiny_recon, first, tokens=5, static_cache=True) == judge_continuations(
+        tiny_recon, first, tokens=5, static_cache=False
+    )
+    assert len(tiny_recon.decoders) == 1
+    kept = next(iter(tiny_recon.decoders.values()))
+    buffers = [k.data_ptr() for k in kept.cache.keys]
+    paths = judge_continuations(tiny_recon, second, tokens=5, static_cache=True)
+    assert paths == judge_continuations(tiny_recon, second, tokens=5, static_cache=False)
+    assert next(iter(tiny_recon.decoders.values())) is kept
+    assert [k.data_ptr() for k in kept.cache.keys] == buffers  # refilled in place
+    judge_continuations(tiny_recon, _contexts(3, seed=5), tokens=5, static_cache=True)  # another batch size
+    assert len(tiny_recon.decoders) == 2
+    tiny_recon.clear_decoders()
+    assert not tiny_recon.decoders
+
+
 def test_static_cache_path_falls_back_for_other_model_families() -> None:
     """A family without a backbone (GPT-NeoX here) decodes through Hugging Face's cache, with the same tokens."""
     from transformers import GPTNeoXConfig

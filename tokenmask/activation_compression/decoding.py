@@ -105,6 +105,41 @@ class StaticKVCache(Cache):
             lengths.append(filled)
         return cls(keys, values, bias, lengths)
 
+    def refill(self, cache: Any, reserve: int) -> bool:
+        """Hold a newly filled Hugging Face ``DynamicCache`` in these buffers, in place (every entry readable), so a
+        CUDA graph captured on them stays valid; ``False`` (nothing changed) where its shape does not fit: another
+        batch size, head layout, dtype or filled length, or fewer than ``reserve`` free slots after it.
+
+        The source layers are emptied one by one as they are copied, as in :meth:`from_cache`.
+        """
+        layers = list(cache.layers)
+        if len(layers) != len(self.keys):
+            return False
+        for layer, k, v in zip(layers, self.keys, self.values):
+            new_k, new_v = layer.keys, layer.values
+            filled = int(new_k.shape[-2])
+            if (
+                new_k.shape[:2] != k.shape[:2]
+                or new_v.shape[:2] != v.shape[:2]
+                or new_k.shape[-1] != k.shape[-1]
+                or new_v.shape[-1] != v.shape[-1]
+                or new_k.dtype != k.dtype
+                or filled + reserve > k.shape[-2]
+            ):
+                return False
+        lengths = []
+        for layer, k, v, mask in zip(layers, self.keys, self.values, self.bias):
+            filled = int(layer.keys.shape[-2])
+            k[:, :, :filled].copy_(layer.keys)
+            v[:, :, :filled].copy_(layer.values)
+            layer.keys = layer.values = torch.empty(0, device=k.device)
+            mask.fill_(torch.finfo(mask.dtype).min)
+            mask[..., :filled] = 0.0
+            lengths.append(filled)
+        self.lengths = lengths
+        self.write.copy_(torch.tensor(lengths, dtype=torch.long))
+        return True
+
     @classmethod
     def concat(cls, parts: Sequence[StaticKVCache], reserve: int = DEFAULT_RESERVE) -> StaticKVCache:
         """The caches of row chunks as one batch (shorter layers padded; padding is unreadable).
@@ -250,6 +285,11 @@ class CachedDecoder:
         )
         self._graph: Any = None
         self._graph_logits: torch.Tensor | None = None
+
+    def restart(self, next_position: torch.Tensor) -> None:
+        """Decode on from a cache refilled in place (:meth:`StaticKVCache.refill`): ``next_position`` ``(B,)`` is the
+        position id of the next token fed. A captured graph is kept: it reads the same buffers."""
+        self.position.copy_(next_position.to(device=self.position.device, dtype=torch.long).reshape(-1, 1))
 
     @property
     def graphed(self) -> bool:

@@ -220,6 +220,11 @@ def _ban_repeats(logits: torch.Tensor, drawn: list[torch.Tensor], n: int) -> tor
     return logits
 
 
+_KEPT_DECODERS = 4
+"""Greedy decoders a judge keeps between calls (:attr:`~tokenmask.reconstructors.Reconstructor.decoders`), one per
+batch shape: a search calls with one shape per rate and document count."""
+
+
 def _static_greedy(
     judge: Reconstructor, heads: torch.Tensor, tokens: int, static_cache: bool | None
 ) -> list[list[int]] | None:
@@ -242,9 +247,19 @@ def _static_greedy(
     base = judge.model.base_model
     hidden = base(input_ids=heads, use_cache=True, **{cache_argument(base): cache})[0]
     logits = judge.head_logits(hidden[:, -1])
-    static = StaticKVCache.from_cache(cache, [None] * len(cache.layers), reserve=tokens)
     position = torch.full((heads.shape[0],), heads.shape[1], device=heads.device)
-    decoder = CachedDecoder(backbone, judge.head_logits, static, position)
+    # a decoder of this shape from an earlier call: refill its buffers in place and replay its graph (no capture)
+    shape = (*heads.shape, tokens)
+    decoder = judge.decoders.get(shape)
+    if decoder is not None and decoder.cache.refill(cache, reserve=tokens):
+        decoder.restart(position)
+    else:
+        static = StaticKVCache.from_cache(cache, [None] * len(cache.layers), reserve=tokens)
+        decoder = CachedDecoder(backbone, judge.head_logits, static, position)
+        judge.decoders.pop(shape, None)
+        while len(judge.decoders) >= _KEPT_DECODERS:
+            judge.decoders.pop(next(iter(judge.decoders)))  # the oldest shape goes first
+        judge.decoders[shape] = decoder
     drawn: list[torch.Tensor] = []
     for t in range(tokens):
         if t:

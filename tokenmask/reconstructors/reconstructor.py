@@ -141,6 +141,14 @@ class Reconstructor:
         self.pad_token_id: int = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.bos_token_id
         )
+        self.decoders: dict[tuple[int, ...], Any] = {}
+        """Greedy decoders kept between calls of :func:`~tokenmask.reconstructors.judge.judge_continuations` (their
+        cache buffers and captured CUDA graph), by batch shape: a later call of the same shape refills and replays
+        one instead of capturing a new graph. Cleared with :meth:`clear_decoders`."""
+
+    def clear_decoders(self) -> None:
+        """Release the kept greedy decoders (:attr:`decoders`) and their device memory."""
+        self.decoders.clear()
 
     # ------------------------------------------------------------------ construction
     @classmethod
