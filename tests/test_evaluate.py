@@ -127,6 +127,29 @@ def test_config_rejects_bad_rates_and_counts() -> None:
         EvaluateConfig(rates=[0.5, 1.0])
     with pytest.raises(ValueError, match="num_documents"):
         EvaluateConfig(num_documents=0)
+    with pytest.raises(ValueError, match="Unknown warmup 'twice'"):
+        EvaluateConfig(warmup="twice")
+
+
+@pytest.mark.parametrize(
+    ("warmup", "calls"), [("one", [1, 3]), ("all", [3, 3]), ("none", [3]), (True, [1, 3])]
+)
+def test_warmup_compresses_before_the_timed_call(tiny_recon, warmup, calls) -> None:  # type: ignore[no-untyped-def]
+    """The untimed call before each timed one: the first document, every document (a batched method's shapes are
+    warm too), or nothing; the scores do not depend on it."""
+    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 3
+    docs = select_documents(texts, tiny_recon, 24, 8)
+    method = build_method("truncation", MethodContext(judge=tiny_recon))
+    seen: list[int] = []
+    compress = method.compress
+    method.compress = lambda contexts, *a, **k: seen.append(len(contexts)) or compress(contexts, *a, **k)  # type: ignore[method-assign]
+    scores = Evaluator(tiny_recon, docs, warmup=warmup).evaluate(method, 0.5)
+    assert seen == calls
+    assert scores.recoverability == pytest.approx(
+        Evaluator(tiny_recon, docs).evaluate(method, 0.5).recoverability
+    )
+    with pytest.raises(ValueError, match="Unknown warmup"):
+        Evaluator(tiny_recon, docs, warmup="twice")
 
 
 def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Path) -> None:

@@ -65,6 +65,10 @@ class MethodEvaluation:
         return [np.asarray(m) for m in masks]
 
 
+WARMUPS: tuple[str, ...] = ("one", "all", "none")
+"""What :class:`Evaluator` compresses, untimed, before each timed call: the first document, every document, nothing."""
+
+
 class Evaluator:
     """Scores methods on one document set with one judge.
 
@@ -73,7 +77,9 @@ class Evaluator:
     :param docs: documents from :func:`~tokenmask.evaluate.metrics.select_documents`.
     :param recon_metrics: also compute ``recon_bits_per_masked`` / ``recon_top1`` for masking methods
         (with the method's reconstructor, or the judge in delete mode when it has none).
-    :param warmup: compress one document before timing, so the timing is warm.
+    :param warmup: the untimed call before each timed one (:data:`WARMUPS`): ``"one"`` (or ``True``) compresses the
+        first document, ``"all"`` every document, so a batched method's timed call finds its kernels and shapes warm
+        too (twice the compression time), ``"none"`` (or ``False``) nothing.
     :param recover_documents: compute recoverability on the first N documents only (``None``: all);
         rate, retention and the ``recon_*`` figures use every document.
     """
@@ -83,11 +89,14 @@ class Evaluator:
         judge: Reconstructor,
         docs: Sequence[EvalDocument],
         recon_metrics: bool = True,
-        warmup: bool = True,
+        warmup: bool | str = True,
         recover_documents: int | None = None,
     ) -> None:
         if not docs:
             raise ValueError("The evaluator needs at least one document.")
+        warmup = {True: "one", False: "none"}.get(warmup, warmup) if isinstance(warmup, bool) else warmup
+        if warmup not in WARMUPS:
+            raise ValueError(f"Unknown warmup {warmup!r}. Fix: use one of {', '.join(WARMUPS)}.")
         if judge.mask_token_id is not None and not judge.exclude_mask_from_predictions:
             raise ValueError(
                 "The judge predicts its added mask token. Fix: load it with add_mask_token=False "
@@ -98,7 +107,7 @@ class Evaluator:
         self.sep = separator_ids(judge)
         self.reference = ReferenceNLLs.compute(judge, self.docs, self.sep, recover_documents)
         self.recon_metrics = recon_metrics
-        self.warmup = warmup
+        self.warmup: str = warmup
 
     @property
     def context_tokens(self) -> int:
@@ -131,8 +140,9 @@ class Evaluator:
     def _evaluate_text(self, method: Compressor, rate: float, seed: int) -> MethodEvaluation:
         contexts = [d.context for d in self.docs]
         texts = [d.text for d in self.docs]
-        if self.warmup:
-            method.compress(contexts[:1], rate, texts=texts[:1], seed=seed)
+        if self.warmup != "none":
+            warm = len(contexts) if self.warmup == "all" else 1
+            method.compress(contexts[:warm], rate, texts=texts[:warm], seed=seed)
         start = time.perf_counter()
         outputs = method.compress(contexts, rate, texts=texts, seed=seed)
         elapsed = time.perf_counter() - start
@@ -153,8 +163,9 @@ class Evaluator:
     def _evaluate_in_model(self, method: InModelCompressor, rate: float, seed: int) -> Scores:
         contexts = [d.context for d in self.docs]
         continuations = [d.continuation for d in self.docs]
-        if self.warmup:
-            method.score(self.judge, contexts[:1], continuations[:1], self.sep, rate, seed=seed)
+        if self.warmup != "none":
+            warm = len(contexts) if self.warmup == "all" else 1
+            method.score(self.judge, contexts[:warm], continuations[:warm], self.sep, rate, seed=seed)
         start = time.perf_counter()
         result = method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
         elapsed = time.perf_counter() - start

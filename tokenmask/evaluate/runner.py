@@ -97,6 +97,13 @@ class EvaluateConfig:
     )
     batch_size: int | None = field(default=None, metadata={"help": "judge sequences per forward pass"})
     recon_metrics: bool = field(default=True, metadata={"help": "compute recon_bits_per_masked / recon_top1"})
+    warmup: str = field(
+        default="one",
+        metadata={
+            "help": "untimed call before each timed one: one (the first document), all (every document: a batched "
+            "method's shapes are warm too; twice the compression time) or none"
+        },
+    )
     skip_unavailable: bool = field(
         default=True,
         metadata={
@@ -133,6 +140,12 @@ class EvaluateConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype"
+            )
+        from tokenmask.evaluate.evaluator import WARMUPS  # the evaluator's modules load on use
+
+        if self.warmup not in WARMUPS:
+            raise ConfigError(
+                f"Unknown warmup {self.warmup!r}.", fix=f"use one of {', '.join(WARMUPS)}.", key="warmup"
             )
 
 
@@ -271,7 +284,11 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
         )
     say(f"the judge reads the {len(docs)} documents with their full and empty contexts (the references) ...")
     evaluator = Evaluator(
-        judge, docs, recon_metrics=config.recon_metrics, recover_documents=config.recoverability_documents
+        judge,
+        docs,
+        recon_metrics=config.recon_metrics,
+        warmup=config.warmup,
+        recover_documents=config.recoverability_documents,
     )
     results: list[MethodResult] = []
     jobs = [(name, rate) for name in methods for rate in config.rates]
