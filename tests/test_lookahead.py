@@ -76,6 +76,19 @@ def test_static_decoder_is_kept_and_refilled_between_calls(tiny_recon) -> None: 
     assert not tiny_recon.decoders
 
 
+def test_kept_decoder_is_not_reused_after_the_weights_move() -> None:
+    """Weights cast (new tensors) get a new decoder: a kept one reads the parameters it was built with."""
+    from tokenmask.testing import tiny_reconstructor
+
+    judge = tiny_reconstructor(seed=1)
+    contexts = _contexts(2, seed=6)
+    judge_continuations(judge, contexts, tokens=4, static_cache=True)
+    judge.model.to(torch.float64)
+    paths = judge_continuations(judge, contexts, tokens=4, static_cache=True)
+    assert len(judge.decoders) == 2
+    assert paths == judge_continuations(judge, contexts, tokens=4, static_cache=False)
+
+
 def test_static_cache_path_falls_back_for_other_model_families() -> None:
     """A family without a backbone (GPT-NeoX here) decodes through Hugging Face's cache, with the same tokens."""
     from transformers import GPTNeoXConfig

@@ -248,8 +248,9 @@ def _static_greedy(
     hidden = base(input_ids=heads, use_cache=True, **{cache_argument(base): cache})[0]
     logits = judge.head_logits(hidden[:, -1])
     position = torch.full((heads.shape[0],), heads.shape[1], device=heads.device)
-    # a decoder of this shape from an earlier call: refill its buffers in place and replay its graph (no capture)
-    shape = (*heads.shape, tokens)
+    # a decoder of this shape from an earlier call: refill its buffers in place and replay its graph (no capture);
+    # the weights' address is part of the key, since a graph reads the parameters it was captured with
+    shape = (*heads.shape, tokens, judge.model.get_input_embeddings().weight.data_ptr())
     decoder = judge.decoders.get(shape)
     if decoder is not None and decoder.cache.refill(cache, reserve=tokens):
         decoder.restart(position)

@@ -143,7 +143,7 @@ class Reconstructor:
         )
         self.decoders: dict[tuple[int, ...], Any] = {}
         """Greedy decoders kept between calls of :func:`~tokenmask.reconstructors.judge.judge_continuations` (their
-        cache buffers and captured CUDA graph), by batch shape: a later call of the same shape refills and replays
+        cache buffers and captured CUDA graph), by batch shape and weights: a later call of the same shape refills and replays
         one instead of capturing a new graph. Cleared with :meth:`clear_decoders`."""
 
     def clear_decoders(self) -> None:
