@@ -250,8 +250,8 @@ def _static_greedy(
     position = torch.full((heads.shape[0],), heads.shape[1], device=heads.device)
     # a decoder of this shape from an earlier call: refill its buffers in place and replay its graph (no capture);
     # the weights' address is part of the key, since a graph reads the parameters it was captured with
-    embedding: torch.Tensor = judge.model.get_input_embeddings().weight
-    shape = (*heads.shape, tokens, embedding.data_ptr())
+    weights = next(judge.model.parameters())
+    shape = (*heads.shape, tokens, weights.data_ptr())
     decoder = judge.decoders.get(shape)
     if decoder is not None and decoder.cache.refill(cache, reserve=tokens):
         decoder.restart(position)
