@@ -156,7 +156,9 @@ def judge_continuations(
     :param static_cache: decode the greedy path (one sample, no ``no_repeat``) from fixed cache buffers
         through :class:`~tokenmask.activation_compression.decoding.CachedDecoder`, whose step is one
         replayed CUDA graph on a GPU instead of hundreds of launches (``None``: on CUDA devices, for the
-        model families it supports; the same path up to float rounding, so a near-tie may pick another token).
+        model families it supports; the same path up to float rounding, so a near-tie may pick another token). The
+        judge keeps that decoder per batch shape (:attr:`~tokenmask.reconstructors.Reconstructor.decoders`): a later
+        call of the same shape refills its buffers and replays its graph instead of capturing another.
     :return: per context, ``samples`` lists of ``tokens`` ids.
     """
     if tokens < 1 or samples < 1:
