@@ -357,6 +357,11 @@ def tokens_to_drop(length: int, rate: float) -> int:
     return min(length, int(np.floor(rate * length + 0.5)))
 
 
+WARMUPS: tuple[str, ...] = ("one", "all", "none")
+"""What :class:`~tokenmask.evaluate.evaluator.Evaluator` compresses, untimed, before each timed call: the first
+document, every document, nothing (here, in the light module, so ``tokenmask evaluate`` checks it without torch)."""
+
+
 def check_rate(rate: float) -> float:
     """Return ``rate`` if it lies in ``[0, 1)``, else raise a ``ValueError`` naming the fix."""
     if not (0.0 <= float(rate) < 1.0):

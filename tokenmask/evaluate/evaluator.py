@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenmask.evaluate.compressor import (
+    WARMUPS,
     CompressedContext,
     Compressor,
     InModelCompressor,
@@ -63,10 +64,6 @@ class MethodEvaluation:
         if not masks or any(m is None for m in masks):
             return None
         return [np.asarray(m) for m in masks]
-
-
-WARMUPS: tuple[str, ...] = ("one", "all", "none")
-"""What :class:`Evaluator` compresses, untimed, before each timed call: the first document, every document, nothing."""
 
 
 class Evaluator:

@@ -36,6 +36,7 @@ from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.errors import ConfigError, InputError
 from tokenmask.evaluate.baselines import BASELINE_ARGUMENT_CHECKS, BASELINE_METHODS
 from tokenmask.evaluate.compressor import (
+    WARMUPS,
     Method,
     MethodContext,
     build_method,
@@ -141,8 +142,6 @@ class EvaluateConfig:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype"
             )
-        from tokenmask.evaluate.evaluator import WARMUPS  # the evaluator's modules load on use
-
         if self.warmup not in WARMUPS:
             raise ConfigError(
                 f"Unknown warmup {self.warmup!r}.", fix=f"use one of {', '.join(WARMUPS)}.", key="warmup"
