@@ -91,7 +91,8 @@ class Evaluator:
     ) -> None:
         if not docs:
             raise ValueError("The evaluator needs at least one document.")
-        warmup = {True: "one", False: "none"}.get(warmup, warmup) if isinstance(warmup, bool) else warmup
+        if isinstance(warmup, bool):
+            warmup = "one" if warmup else "none"
         if warmup not in WARMUPS:
             raise ValueError(f"Unknown warmup {warmup!r}. Fix: use one of {', '.join(WARMUPS)}.")
         if judge.mask_token_id is not None and not judge.exclude_mask_from_predictions:
@@ -105,6 +106,10 @@ class Evaluator:
         self.reference = ReferenceNLLs.compute(judge, self.docs, self.sep, recover_documents)
         self.recon_metrics = recon_metrics
         self.warmup: str = warmup
+
+    def _warm_documents(self) -> int:
+        """How many of the first documents the untimed call before a timed one compresses (:attr:`warmup`)."""
+        return {"one": 1, "all": len(self.docs), "none": 0}[self.warmup]
 
     @property
     def context_tokens(self) -> int:
@@ -137,8 +142,7 @@ class Evaluator:
     def _evaluate_text(self, method: Compressor, rate: float, seed: int) -> MethodEvaluation:
         contexts = [d.context for d in self.docs]
         texts = [d.text for d in self.docs]
-        if self.warmup != "none":
-            warm = len(contexts) if self.warmup == "all" else 1
+        if warm := self._warm_documents():
             method.compress(contexts[:warm], rate, texts=texts[:warm], seed=seed)
         start = time.perf_counter()
         outputs = method.compress(contexts, rate, texts=texts, seed=seed)
@@ -160,8 +164,7 @@ class Evaluator:
     def _evaluate_in_model(self, method: InModelCompressor, rate: float, seed: int) -> Scores:
         contexts = [d.context for d in self.docs]
         continuations = [d.continuation for d in self.docs]
-        if self.warmup != "none":
-            warm = len(contexts) if self.warmup == "all" else 1
+        if warm := self._warm_documents():
             method.score(self.judge, contexts[:warm], continuations[:warm], self.sep, rate, seed=seed)
         start = time.perf_counter()
         result = method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
