@@ -165,6 +165,23 @@ def test_soft_nll_is_the_cross_entropy_along_the_path(tiny_recon) -> None:
     assert got[2] <= got[0] + 1e-4
 
 
+def test_soft_nll_batches_rows_of_any_path_length(tiny_recon, monkeypatch) -> None:
+    """Batched over rows (two contexts and two prefixes per forward pass here), paths of different lengths
+    and owners out of order give each item its own cross-entropy, as one item at a time does."""
+    contexts = _contexts(3)
+    paths = [p[0][:n] for p, n in zip(judge_continuations(tiny_recon, contexts, tokens=5), (5, 2, 4))]
+    prefixes = [contexts[2][:7], contexts[0][-12:], [], contexts[1][3:20], contexts[2][10:], contexts[0]]
+    owners = [2, 0, 1, 1, 2, 0]
+    one_by_one = [
+        soft_continuation_nlls(tiny_recon, [p], [0], [contexts[d]], [paths[d]])[0]
+        for p, d in zip(prefixes, owners)
+    ]
+    monkeypatch.setattr(tiny_recon, "batch_size", 2)
+    np.testing.assert_allclose(
+        soft_continuation_nlls(tiny_recon, prefixes, owners, contexts, paths), one_by_one, rtol=1e-5
+    )
+
+
 def test_lookahead_guard_and_protected_tail(tiny_recon) -> None:
     """The winner is the lowest R among candidates that keep the base's last `protect` kept tokens
     and whose soft NLL is at most the base's plus T * tolerance."""

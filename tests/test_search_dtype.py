@@ -27,6 +27,53 @@ def test_with_dtype_casts_a_copy(tiny_recon: Reconstructor) -> None:
         tiny_recon.with_dtype("float8")
 
 
+def _own_forwards(model: torch.nn.Module) -> int:
+    return sum(1 for module in model.modules() if "forward" in vars(module))
+
+
+def test_with_dtype_can_fuse_the_norms_of_a_copy(tiny_recon: Reconstructor) -> None:
+    """``fuse_norms``: always a copy, every RMS norm fused (two per layer and the final one), the same hidden
+    states in float32 and within bfloat16's rounding in bfloat16; the original keeps its own norms."""
+    fused = tiny_recon.with_dtype("float32", fuse_norms=True)
+    assert fused is not tiny_recon and fused.tokenizer is tiny_recon.tokenizer
+    layers = tiny_recon.model.config.num_hidden_layers
+    assert _own_forwards(fused.model) == 2 * layers + 1
+    assert _own_forwards(tiny_recon.model) == 0
+    ids, attention = tiny_recon.pad_batch([[1, 5, 9, 300, 42, 7], [1, 77, 8]])
+    with torch.inference_mode():
+        want = tiny_recon.last_hidden_state(ids, attention)
+        torch.testing.assert_close(fused.last_hidden_state(ids, attention), want, rtol=1e-5, atol=1e-5)
+        half = tiny_recon.with_dtype("bfloat16", fuse_norms=True)
+        plain_half = tiny_recon.with_dtype("bfloat16")
+        assert _own_forwards(half.model) == 2 * layers + 1 and _own_forwards(plain_half.model) == 0
+        torch.testing.assert_close(
+            half.last_hidden_state(ids, attention).float(),
+            plain_half.last_hidden_state(ids, attention).float(),
+            rtol=0.05,
+            atol=0.05,
+        )
+
+
+def test_only_llama_style_norms_are_fused() -> None:
+    """A norm class whose forward is not ``weight * normalised`` (Gemma's ``1 + weight``) keeps its forward."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from tokenmask.reconstructors.fused import fuse_rms_norms
+
+    gemma = GemmaForCausalLM(
+        GemmaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+        )
+    )
+    assert fuse_rms_norms(gemma) == 0 and _own_forwards(gemma) == 0
+
+
 def _contexts() -> list[list[int]]:
     rng = np.random.default_rng(5)
     return [rng.integers(100, 5000, size=48).tolist() for _ in range(3)]

@@ -327,8 +327,8 @@ class RecoverabilitySearch(MaskingCompressor):
         self.rounds = int(rounds)
         self.proposals = int(proposals)
         self.dtype = dtype
-        self.scorer = judge.with_dtype(dtype) if dtype else judge
-        """The LM of the search's own passes: the judge, or its cast copy (``dtype``)."""
+        self.scorer = judge.with_dtype(dtype, fuse_norms=True) if dtype else judge
+        """The LM of the search's own passes: the judge, or its cast copy (``dtype``) with fused RMS norms."""
 
     @property
     def reconstructor(self) -> Reconstructor | None:

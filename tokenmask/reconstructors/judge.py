@@ -284,6 +284,23 @@ def _next_logits(
     return logits, cache if cache is not None else result.past_key_values
 
 
+def _path_log_probs(
+    judge: Reconstructor, heads: Sequence[list[int]], paths: Sequence[list[int]]
+) -> tuple[torch.Tensor, list[int]]:
+    """The judge's float32 log-probabilities along each path after its head: one forward pass for all rows.
+
+    Row ``i`` reads ``heads[i] + paths[i][:-1]``; its ``len(paths[i])`` distributions (the ones predicting
+    each path token) are stacked in row order, ``(sum of path lengths, vocab)``, with the row sizes.
+    """
+    ids, attention = judge.pad_batch([head + path[:-1] for head, path in zip(heads, paths, strict=True)])
+    sizes = [len(path) for path in paths]
+    rows = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    cols = torch.cat([torch.arange(len(h) - 1, len(h) - 1 + n) for h, n in zip(heads, sizes)])
+    hidden = judge.last_hidden_state(ids, attention)
+    logits = judge.head_logits(hidden[rows.to(ids.device), cols.to(ids.device)])
+    return torch.log_softmax(logits, -1), sizes
+
+
 @torch.inference_mode()
 def soft_continuation_nlls(
     judge: Reconstructor,
@@ -300,6 +317,9 @@ def soft_continuation_nlls(
     expectation over continuations drawn token by token from the judge itself, without sampling noise.
     It reads the context alone, so a compressor may use it.
 
+    Each batch of ``batch_size`` prefixes is one forward pass and one reduction on the device (the
+    cross-entropies of all its rows at once, accumulated in float64), read back once.
+
     :param prefixes: the ids read first (kept tokens), one per item.
     :param owners: per item, the index of its context in ``contexts`` and ``paths``.
     :param contexts: the full contexts (teachers).
@@ -309,21 +329,6 @@ def soft_continuation_nlls(
     """
     if len(prefixes) != len(owners):
         raise ValueError(f"{len(prefixes)} prefixes for {len(owners)} owners; each prefix needs its owner.")
-
-    def log_probs(heads: list[list[int]], path_of: list[list[int]]) -> list[torch.Tensor]:
-        out = []
-        for start in range(0, len(heads), judge.batch_size):
-            rows = range(start, min(start + judge.batch_size, len(heads)))
-            inputs = [heads[i] + path_of[i][:-1] for i in rows]
-            ids, attention = judge.pad_batch(inputs)
-            hidden = judge.last_hidden_state(ids, attention)
-            for r, i in enumerate(rows):
-                first = len(heads[i]) - 1
-                out.append(
-                    torch.log_softmax(judge.head_logits(hidden[r, first : first + len(path_of[i])]), -1)
-                )
-        return out
-
     items_of: dict[int, list[int]] = {}
     for i, d in enumerate(owners):
         items_of.setdefault(d, []).append(i)
@@ -332,23 +337,29 @@ def soft_continuation_nlls(
     # a batch of contexts at a time: only their teacher distributions (T x vocab each) are held
     for group_start in range(0, len(used), judge.batch_size):
         group = used[group_start : group_start + judge.batch_size]
-        teacher = dict(
-            zip(
-                group,
-                log_probs(
-                    [[judge.bos_token_id, *contexts[d]] for d in group], [list(paths[d]) for d in group]
-                ),
-            )
+        teacher, sizes = _path_log_probs(
+            judge, [[judge.bos_token_id, *contexts[d]] for d in group], [list(paths[d]) for d in group]
         )
+        teacher = teacher.exp_()  # q, once per context
+        offset = dict(zip(group, np.cumsum([0, *sizes[:-1]]).tolist()))
         order = sorted((i for d in group for i in items_of[d]), key=lambda i: (len(prefixes[i]), i))
         for start in range(0, len(order), judge.batch_size):
             rows = order[start : start + judge.batch_size]
-            student = log_probs(
-                [[judge.bos_token_id, *prefixes[i]] for i in rows], [list(paths[owners[i]]) for i in rows]
+            row_paths = [list(paths[owners[i]]) for i in rows]
+            student, row_sizes = _path_log_probs(
+                judge, [[judge.bos_token_id, *prefixes[i]] for i in rows], row_paths
             )
-            for i, logp in zip(rows, student):
-                q = teacher[owners[i]]
-                values[i] = -float((q.exp() * logp.clamp_min(-1e4)).sum(dtype=torch.float64))
+            where = torch.cat(
+                [torch.arange(offset[owners[i]], offset[owners[i]] + n) for i, n in zip(rows, row_sizes)]
+            )
+            terms = (teacher[where.to(teacher.device)] * student.clamp_min_(-1e4)).sum(
+                -1, dtype=torch.float64
+            )
+            index = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(row_sizes)).to(terms.device)
+            per_row = torch.zeros(len(rows), dtype=torch.float64, device=terms.device).index_add_(
+                0, index, terms
+            )
+            values[rows] = -per_row.cpu().numpy()
     return values
 
 
