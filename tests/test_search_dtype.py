@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.evaluate.compressor import MethodContext, build_method
@@ -149,3 +150,17 @@ def test_bfloat16_judge_is_close_on_the_embedded_model(smollm: Reconstructor) ->
     half = recovery_nlls(smollm.with_dtype("bfloat16"), prefixes, [ids] * 3, sep)
     np.testing.assert_allclose(half, full, rtol=0.01)
     assert smollm.model.dtype == torch.float32
+
+
+def test_fused_norms_benchmark_prints_both_rows(tiny_judge_dir, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``benchmarks/fused_norms.py``: one row per norm kind, the machine named, float32 hidden states unchanged."""
+    bench = load_benchmark("fused_norms")
+    argv = ["--judge", str(tiny_judge_dir), "--device", "cpu", "--dtype", "float32"]
+    assert bench.main([*argv, "--batch", "2", "--length", "8", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out.splitlines()[0]
+    rows = [
+        line.split(" | ") for line in out.splitlines() if line.startswith(("| own norms", "| fused norms"))
+    ]
+    assert [r[0] for r in rows] == ["| own norms", "| fused norms"]
+    assert float(rows[1][3].rstrip(" |")) < 1e-5
