@@ -132,7 +132,7 @@ def test_config_rejects_bad_rates_and_counts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("warmup", "calls"), [("one", [1, 3]), ("all", [3, 3]), ("none", [3]), (True, [1, 3])]
+    ("warmup", "calls"), [("one", [1, 3]), ("all", [3, 3]), ("none", [3]), (True, [1, 3]), ("auto", [1, 3])]
 )
 def test_warmup_compresses_before_the_timed_call(tiny_recon, warmup, calls) -> None:  # type: ignore[no-untyped-def]
     """The untimed call before each timed one: the first document, every document (a batched method's shapes are
@@ -150,6 +150,24 @@ def test_warmup_compresses_before_the_timed_call(tiny_recon, warmup, calls) -> N
     )
     with pytest.raises(ValueError, match="Unknown warmup"):
         Evaluator(tiny_recon, docs, warmup="twice")
+
+
+def test_auto_warmup_warms_every_document_on_a_gpu_only() -> None:
+    """``auto`` (the default of ``tokenmask evaluate`` and ``Evaluator``) is ``all`` on cuda and ``one`` elsewhere."""
+    from tokenmask.evaluate.compressor import resolve_warmup
+
+    assert resolve_warmup("auto", "cuda") == "all"
+    assert resolve_warmup("auto", "cpu") == resolve_warmup("auto", "mps") == "one"
+    assert [resolve_warmup(w, "cuda") for w in ("one", "all", "none", True, False)] == [
+        "one",
+        "all",
+        "none",
+        "one",
+        "none",
+    ]
+    assert EvaluateConfig().warmup == "auto"
+    with pytest.raises(ValueError, match="Unknown warmup 'twice'. Fix"):
+        resolve_warmup("twice", "cpu")
 
 
 def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Path) -> None:

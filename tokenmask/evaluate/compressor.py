@@ -357,9 +357,27 @@ def tokens_to_drop(length: int, rate: float) -> int:
     return min(length, int(np.floor(rate * length + 0.5)))
 
 
-WARMUPS: tuple[str, ...] = ("one", "all", "none")
-"""What :class:`~tokenmask.evaluate.evaluator.Evaluator` compresses, untimed, before each timed call: the first
-document, every document, nothing (here, in the light module, so ``tokenmask evaluate`` checks it without torch)."""
+WARMUPS: tuple[str, ...] = ("auto", "one", "all", "none")
+"""What :class:`~tokenmask.evaluate.evaluator.Evaluator` compresses, untimed, before each timed call: ``auto`` (every
+document on a GPU, the first elsewhere: :func:`resolve_warmup`), the first document, every document, nothing (here,
+in the light module, so ``tokenmask evaluate`` checks it without torch)."""
+
+
+def resolve_warmup(warmup: bool | str, device_type: str) -> str:
+    """``warmup`` as ``one``, ``all`` or ``none``: ``True`` / ``False`` are ``one`` / ``none``; ``auto`` is ``all`` on
+    ``cuda`` (a GPU method's first-shape costs, such as PyTorch's attention plans and a search's CUDA graphs, would
+    otherwise land in the timed call of whichever method runs first; a warm-up there costs seconds) and ``one``
+    elsewhere (on a CPU, warming every document doubles the judge searches' minutes).
+
+    :raises ValueError: for a value not in :data:`WARMUPS`, naming the fix.
+    """
+    if isinstance(warmup, bool):
+        return "one" if warmup else "none"
+    if warmup not in WARMUPS:
+        raise ValueError(f"Unknown warmup {warmup!r}. Fix: use one of {', '.join(WARMUPS)}.")
+    if warmup == "auto":
+        return "all" if device_type == "cuda" else "one"
+    return warmup
 
 
 def check_rate(rate: float) -> float:

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenmask.evaluate.compressor import (
-    WARMUPS,
     CompressedContext,
     Compressor,
     InModelCompressor,
     Method,
     check_rate,
+    resolve_warmup,
 )
 from tokenmask.evaluate.metrics import (
     EvalDocument,
@@ -74,9 +74,10 @@ class Evaluator:
     :param docs: documents from :func:`~tokenmask.evaluate.metrics.select_documents`.
     :param recon_metrics: also compute ``recon_bits_per_masked`` / ``recon_top1`` for masking methods
         (with the method's reconstructor, or the judge in delete mode when it has none).
-    :param warmup: the untimed call before each timed one (:data:`WARMUPS`): ``"one"`` (or ``True``) compresses the
+    :param warmup: the untimed call before each timed one (:data:`~tokenmask.evaluate.compressor.WARMUPS`): ``"one"`` (or ``True``) compresses the
         first document, ``"all"`` every document, so a batched method's timed call finds its kernels and shapes warm
-        too (twice the compression time), ``"none"`` (or ``False``) nothing.
+        too (twice the compression time), ``"none"`` (or ``False``) nothing; ``"auto"`` (the default) is ``"all"``
+        when the judge is on a GPU and ``"one"`` elsewhere (:func:`~tokenmask.evaluate.compressor.resolve_warmup`).
     :param recover_documents: compute recoverability on the first N documents only (``None``: all);
         rate, retention and the ``recon_*`` figures use every document.
     """
@@ -86,15 +87,12 @@ class Evaluator:
         judge: Reconstructor,
         docs: Sequence[EvalDocument],
         recon_metrics: bool = True,
-        warmup: bool | str = True,
+        warmup: bool | str = "auto",
         recover_documents: int | None = None,
     ) -> None:
         if not docs:
             raise ValueError("The evaluator needs at least one document.")
-        if isinstance(warmup, bool):
-            warmup = "one" if warmup else "none"
-        if warmup not in WARMUPS:
-            raise ValueError(f"Unknown warmup {warmup!r}. Fix: use one of {', '.join(WARMUPS)}.")
+        warmup = resolve_warmup(warmup, judge.device.type)
         if judge.mask_token_id is not None and not judge.exclude_mask_from_predictions:
             raise ValueError(
                 "The judge predicts its added mask token. Fix: load it with add_mask_token=False "

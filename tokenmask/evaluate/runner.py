@@ -99,10 +99,10 @@ class EvaluateConfig:
     batch_size: int | None = field(default=None, metadata={"help": "judge sequences per forward pass"})
     recon_metrics: bool = field(default=True, metadata={"help": "compute recon_bits_per_masked / recon_top1"})
     warmup: str = field(
-        default="one",
+        default="auto",
         metadata={
             "help": "untimed call before each timed one: one (the first document), all (every document: a batched "
-            "method's shapes are warm too; twice the compression time) or none"
+            "method's shapes are warm too; twice the compression time), none, or auto (all on a GPU, one elsewhere)"
         },
     )
     skip_unavailable: bool = field(
