@@ -222,6 +222,28 @@ def test_pad_batch_and_top1_primitives(tiny_recon: Reconstructor) -> None:
         assert hit.tolist() == (logits.argmax(-1).cpu() == torch.as_tensor(d)).tolist()
 
 
+def test_logits_at_reads_each_sequences_own_positions(tiny_recon: Reconstructor) -> None:
+    """``logits_at`` (the primitive behind scoring and the lookahead) equals the model's own logits at the
+    asked positions of each sequence, however the batch is padded; bad ids and empty batches are errors."""
+    docs = [[tiny_recon.bos_token_id, *d] for d in _ids(tiny_recon)]
+    positions = [[0, len(docs[0]) - 1, 2], list(range(len(docs[1]))), []]
+    with torch.no_grad():
+        batched = tiny_recon.logits_at(docs, positions)
+        assert batched.shape == (sum(len(p) for p in positions), tiny_recon.vocab_size)
+        assert batched.dtype == torch.float32
+        expected = []
+        for doc, pos in zip(docs, positions):
+            logits = tiny_recon.model(input_ids=torch.tensor([doc])).logits[0].float()
+            if tiny_recon.exclude_mask_from_predictions and tiny_recon.mask_token_id is not None:
+                logits[:, tiny_recon.mask_token_id] = float("-inf")  # the mask token is never predicted
+            expected.append(logits[list(pos)])
+    torch.testing.assert_close(batched, torch.cat(expected), atol=1e-4, rtol=1e-4)
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        tiny_recon.logits_at([[tiny_recon.vocab_size]], [[0]])
+    with pytest.raises(ValueError, match="at least one sequence"):
+        tiny_recon.logits_at([], [])
+
+
 def test_finetuner_rejects_bad_settings(tiny_recon: Reconstructor) -> None:
     with pytest.raises(ValueError, match="grad_accum_steps"):
         ReconstructorFinetuner(tiny_recon, grad_accum_steps=0)

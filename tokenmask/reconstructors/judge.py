@@ -292,12 +292,11 @@ def _path_log_probs(
     Row ``i`` reads ``heads[i] + paths[i][:-1]``; its ``len(paths[i])`` distributions (the ones predicting
     each path token) are stacked in row order, ``(sum of path lengths, vocab)``, with the row sizes.
     """
-    ids, attention = judge.pad_batch([head + path[:-1] for head, path in zip(heads, paths, strict=True)])
     sizes = [len(path) for path in paths]
-    rows = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    cols = torch.cat([torch.arange(len(h) - 1, len(h) - 1 + n) for h, n in zip(heads, sizes)])
-    hidden = judge.last_hidden_state(ids, attention)
-    logits = judge.head_logits(hidden[rows.to(ids.device), cols.to(ids.device)])
+    logits = judge.logits_at(
+        [head + path[:-1] for head, path in zip(heads, paths, strict=True)],
+        [range(len(head) - 1, len(head) - 1 + n) for head, n in zip(heads, sizes)],
+    )
     return torch.log_softmax(logits, -1), sizes
 
 

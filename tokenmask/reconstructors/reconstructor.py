@@ -436,6 +436,28 @@ class Reconstructor:
         return logits
 
     # ------------------------------------------------------------------ scoring
+    def logits_at(self, inputs: Sequence[TokenIds], positions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Float32 next-token logits (:meth:`head_logits`) at the given positions of each sequence, one forward pass.
+
+        The one place tokenmask reads full distributions at chosen positions: :meth:`gather_log_probs` keeps
+        each target's log-probability of them, the lookahead (``judge.soft_continuation_nlls``) whole rows.
+        Sequences are right-padded (:meth:`pad_batch`) and their ids checked; the caller picks the autograd
+        mode and the batch (every sequence here goes through the model at once).
+
+        :param inputs: token-id sequences the LM reads.
+        :param positions: for each sequence, the positions whose distributions are returned, each within it.
+        :return: ``(sum of len(positions[b]), vocab)`` on the model's device, sequence by sequence, in order.
+        """
+        if not inputs:
+            raise ValueError("logits_at needs at least one sequence.")
+        ids, attention = pad_batch(inputs, self.pad_token_id)
+        self.check_ids(ids)
+        sizes = torch.tensor([len(p) for p in positions], dtype=torch.long)
+        rows = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
+        hidden = self.last_hidden_state(ids.to(self.device), attention.to(self.device))
+        return self.head_logits(hidden[rows.to(self.device), cols.to(self.device)])
+
     def gather_log_probs(
         self,
         inputs: Sequence[TokenIds],
@@ -508,8 +530,7 @@ class Reconstructor:
         if min(lengths, default=0) < 1:
             raise ValueError("Every input sequence needs at least one token (start it with BOS).")
         sizes = [len(p) for p in positions]
-        rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, n in enumerate(sizes)])
-        if rows.numel() == 0:
+        if sum(sizes) == 0:
             empty = [torch.zeros(0) for _ in inputs]
             return empty, [torch.zeros(0, dtype=torch.bool) for _ in inputs] if top1 else None
         cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
@@ -518,13 +539,9 @@ class Reconstructor:
             raise ValueError("A scored position lies outside its input sequence.")
         if len(tgt_cpu) != len(cols):
             raise ValueError("Each sequence needs as many targets as scored positions.")
-        ids_cpu, attention_cpu = pad_batch(inputs, self.pad_token_id)
-        self.check_ids(ids_cpu)
         self.check_ids(tgt_cpu)
         tgt = tgt_cpu.to(self.device)
-        ids, attention = ids_cpu.to(self.device), attention_cpu.to(self.device)
-        hidden = self.last_hidden_state(ids, attention)
-        logits = self.head_logits(hidden[rows.to(self.device), cols.to(self.device)])
+        logits = self.logits_at(inputs, positions)
         logp = torch.log_softmax(logits, dim=-1).gather(1, tgt[:, None])[:, 0]
         hits = None
         if top1:
