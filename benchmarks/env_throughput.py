@@ -36,6 +36,7 @@ from tokenmask.envs import DocumentCorpus, TokenMaskVectorEnv
 from tokenmask.io import atomic_write_json
 from tokenmask.reconstructors import Reconstructor, pick_device, pick_dtype
 from tokenmask.testing import tiny_reconstructor
+from tokenmask.timing import synchronize
 
 
 def machine_name(device: torch.device) -> str:
@@ -72,11 +73,6 @@ def load_model(name: str, device: str, dtype: str, batch_size: int | None) -> Re
     return recon
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_bare_forward(recon: Reconstructor, batch: int, length: int, repeats: int) -> dict[str, float]:
     """Tokens/s of the LM body alone and of ``token_bits`` (body + head at every position)."""
     generator = torch.Generator().manual_seed(0)
@@ -84,22 +80,22 @@ def time_bare_forward(recon: Reconstructor, batch: int, length: int, repeats: in
     device = recon.device
     with torch.inference_mode():
         recon.model.base_model(input_ids=ids.to(device))  # warm-up
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             recon.model.base_model(input_ids=ids.to(device))
-        _sync(device)
+        synchronize(device)
         bare = batch * length * repeats / (time.perf_counter() - start)
     docs = ids.tolist()
     old_batch = recon.batch_size
     recon.batch_size = batch  # one forward pass for the whole batch, as above
     try:
         recon.token_bits(docs)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(repeats):
             recon.token_bits(docs)
-        _sync(device)
+        synchronize(device)
         bits = batch * length * repeats / (time.perf_counter() - start)
     finally:
         recon.batch_size = old_batch
@@ -130,12 +126,12 @@ def time_env(
     env.reset(seed=0)
     for k in range(warmup):
         env.step(actions[k])
-    _sync(recon.device)
+    synchronize(recon.device)
     resets = 0
     start = time.perf_counter()
     for k in range(warmup, warmup + steps):
         resets += int(env.step(actions[k])[2].sum())
-    _sync(recon.device)
+    synchronize(recon.device)
     elapsed = time.perf_counter() - start
     env.close()
     return {
@@ -163,7 +159,7 @@ def profile_env(
     with profile(activities=activities) as prof:
         for _ in range(steps):
             env.step(rng.random((num_envs, window)) < 0.5)
-        _sync(recon.device)
+        synchronize(recon.device)
     key = "self_cuda_time_total" if recon.device.type == "cuda" else "self_cpu_time_total"
     print(f"\nprofile of {steps} steps, num_envs {num_envs}:")
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
@@ -211,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus.clear_features()
     start = time.perf_counter()
     corpus.precompute_features(recon)
-    _sync(device)
+    synchronize(device)
     features_rate = corpus.num_tokens / (time.perf_counter() - start)
 
     bare = time_bare_forward(recon, args.bare_batch, args.bare_length, args.bare_repeats)

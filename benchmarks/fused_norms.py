@@ -14,23 +14,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
-from collections.abc import Callable
 
 import torch
 
-
-def _ms_per_pass(forward: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    """Milliseconds of one synchronised call of ``forward``, the mean of ``repeats`` after one warm call."""
-    forward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    began = time.perf_counter()
-    for _ in range(repeats):
-        forward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - began) * 1e3 / repeats
+from tokenmask.timing import seconds_per_call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = copies["own norms"].last_hidden_state(ids, attention).float()
         for name, twin in copies.items():
             forward = functools.partial(twin.last_hidden_state, ids, attention)
-            ms = _ms_per_pass(forward, device, args.repeats)
+            ms = seconds_per_call(device, forward, args.repeats) * 1e3
             diff = float((forward().float() - reference).abs().max())
             print(f"| {name} | {ms:.2f} | {args.batch * args.length / ms / 1e3:.3f} | {diff:.3g} |")
     return 0

@@ -70,6 +70,7 @@ from tokenmask.activation_compression.backbone import Backbone, backbone_for, ca
 from tokenmask.activation_compression.decoding import CachedDecoder, StaticKVCache
 from tokenmask.evaluate.reports import device_description
 from tokenmask.reconstructors import Reconstructor
+from tokenmask.timing import synchronize
 
 MIB = 1024.0 * 1024.0
 DEFAULT_METHODS = (
@@ -403,11 +404,6 @@ def _status_kib(key: str) -> float:
     return math.nan
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass
 class Measurement:
     """One row of the table (sizes in bytes, times in seconds)."""
@@ -467,16 +463,16 @@ def measure(
         parts = [method.prefill(recon, ids[i : i + rows], new_tokens) for i in range(0, b, rows)]
         state = join_prefilled(parts, new_tokens)
         del parts
-        _sync(device)
+        synchronize(device)
         row.prefill_seconds = time.perf_counter() - began
         row.kv_bytes = state.cache.filled_bytes()
         row.layer_entries = list(state.cache.lengths)
         row.counted_rate = state.counted_rate
         step_fn = decoder_for(recon, backbone, state, method, cuda_graph)
-        _sync(device)
+        synchronize(device)
         began = time.perf_counter()
         tokens, _ = greedy_decode(recon, backbone, state, new_tokens, method, step_fn=step_fn)
-        _sync(device)
+        synchronize(device)
         row.decode_seconds = time.perf_counter() - began
         row.peak_bytes = peak.peak_bytes()
         grown = [after - before for after, before in zip(state.cache.lengths, row.layer_entries)]

@@ -12,7 +12,6 @@ table per run (corpus ratios of sums)::
 from __future__ import annotations
 
 import argparse
-import time
 from collections import Counter
 
 
@@ -37,7 +36,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    import torch
 
     from tokenmask.data import iter_texts
     from tokenmask.evaluate.metrics import (
@@ -47,6 +45,7 @@ def main() -> None:
         select_documents,
     )
     from tokenmask.reconstructors import Reconstructor
+    from tokenmask.timing import timed_call
     from tokenmask.train.labels import STRUCTURED_CANDIDATES, LabelConfig, LabelSearch, summary, summary_table
 
     rates = [float(r) for r in args.rates.split(",")]
@@ -73,16 +72,15 @@ def main() -> None:
     held = [d.continuation[T:] for d in full]
     search = LabelSearch(judge, config)
     search.label_group(seen[:1], [0])  # warm-up (kernels, caches)
-    if judge.device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    labels = []
-    for start in range(0, len(seen), args.documents_per_batch):
-        group = list(range(start, min(len(seen), start + args.documents_per_batch)))
-        labels.extend(search.label_group([seen[i] for i in group], group))
-    if judge.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+
+    def label_all() -> list:
+        labels = []
+        for start in range(0, len(seen), args.documents_per_batch):
+            group = list(range(start, min(len(seen), start + args.documents_per_batch)))
+            labels.extend(search.label_group([seen[i] for i in group], group))
+        return labels
+
+    labels, seconds = timed_call(judge.device, label_all)
 
     print(
         f"judge {args.judge} ({args.dtype}) on {judge.device}: {len(seen)} documents x {len(rates)} rates, "

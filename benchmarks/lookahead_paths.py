@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from tokenmask.data import iter_texts
 from tokenmask.evaluate.metrics import select_documents
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.reconstructors.judge import judge_continuations
+from tokenmask.timing import timed_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_speed import load_judge, machine_name  # noqa: E402
@@ -55,13 +53,10 @@ class PathRow:
 def _timed(
     judge: Reconstructor, contexts: list[list[int]], tokens: int, static: bool
 ) -> tuple[list[list[int]], float]:
-    if judge.device.type == "cuda":
-        torch.cuda.synchronize(judge.device)
-    start = time.perf_counter()
-    paths = [p[0] for p in judge_continuations(judge, contexts, tokens, static_cache=static)]
-    if judge.device.type == "cuda":
-        torch.cuda.synchronize(judge.device)
-    return paths, (time.perf_counter() - start) * 1e3
+    outs, seconds = timed_call(
+        judge.device, judge_continuations, judge, contexts, tokens, static_cache=static
+    )
+    return [p[0] for p in outs], seconds * 1e3
 
 
 def compare(judge: Reconstructor, contexts: list[list[int]], tokens: int) -> PathRow:

@@ -15,11 +15,12 @@ first column is the same call timed before any phase is (what ``tokenmask evalua
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from tokenmask.timing import timed_call
 
 PHASES = ("paths", "estimates", "recovery", "lookahead")
 
@@ -30,13 +31,8 @@ def timed(
     """``fn`` that adds its synchronised wall time (seconds) to ``table[name]``."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        began = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        table[name] = table.get(name, 0.0) + time.perf_counter() - began
+        out, seconds = timed_call(device, fn, *args, **kwargs)
+        table[name] = table.get(name, 0.0) + seconds
         return out
 
     return wrapper
@@ -105,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _timed_call(method: Any, contexts: list[list[int]], rate: float, device: torch.device) -> float:
-    """Seconds of one synchronised ``keep_masks`` call on every context (through :func:`timed`)."""
-    spent: dict[str, float] = {}
-    timed(spent, "call", method.keep_masks, device)(contexts, rate)
-    return spent["call"]
+    """Seconds of one synchronised ``keep_masks`` call on every context."""
+    return timed_call(device, method.keep_masks, contexts, rate)[1]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tokenmask.timing import synchronize
+
 DEFAULT_CONFIG = "configs/prod/gpu_pareto.json"
 TINY_OVERRIDES: dict[str, Any] = {
     "reconstructor": "tiny-random",
@@ -65,11 +67,6 @@ class SpeedRow:
         return self.ppo_tokens_per_s / self.env_tokens_per_s
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs (``env.key`` for an env option); a value is read as JSON where it parses."""
     overrides: dict[str, Any] = {}
@@ -92,11 +89,11 @@ def time_env(venv: Any, window: int, steps: int, device: torch.device, seed: int
     shape = (venv.num_envs, *venv.action_space.shape)
     venv.reset()
     venv.step(rng.integers(0, 2, size=shape, dtype=np.int8))  # warm-up
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         venv.step(rng.integers(0, 2, size=shape, dtype=np.int8))
-    _sync(device)
+    synchronize(device)
     return venv.num_envs * window * steps / (time.perf_counter() - start)
 
 
@@ -118,14 +115,14 @@ def time_ppo(
             self.seconds, self._start = 0.0, 0.0
 
         def _on_rollout_start(self) -> None:
-            _sync(device)
+            synchronize(device)
             self._start = time.perf_counter()
 
         def _on_step(self) -> bool:
             return True
 
         def _on_rollout_end(self) -> None:
-            _sync(device)
+            synchronize(device)
             self.seconds += time.perf_counter() - self._start
 
     kwargs = {**algorithm_kwargs(config), "verbose": 0}
@@ -138,10 +135,10 @@ def time_ppo(
     model.learn(config.rollout_size, callback=callback)  # warm-up: one rollout + update
     timer.seconds = 0.0
     steps_before = model.num_timesteps
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     model.learn(rollouts * config.rollout_size, callback=callback, reset_num_timesteps=False)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     tokens = (model.num_timesteps - steps_before) * config.env.window
     return tokens / seconds, timer.seconds, seconds - timer.seconds

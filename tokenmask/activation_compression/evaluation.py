@@ -41,6 +41,7 @@ from tokenmask.activation_compression.plan import plan_rate
 from tokenmask.activation_compression.report import write_report
 from tokenmask.activation_compression.sequences import load_sequences
 from tokenmask.reconstructors import Reconstructor, pad_batch
+from tokenmask.timing import synchronize
 
 
 def _batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[Sequence[Sequence[int]]]:
@@ -163,12 +164,10 @@ def _median_ms(model: CompressedCausalLM, runs: dict[str, Any], repeats: int) ->
     samples: dict[str, list[float]] = {key: [] for name in runs for key in (name, f"{name}_cpu")}
     for _ in range(repeats):
         for name, fn in runs.items():
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
+            synchronize(model.device)
             start, cpu_start = time.perf_counter(), time.process_time()
             fn()
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
+            synchronize(model.device)
             samples[name].append((time.perf_counter() - start) * 1000.0)
             samples[f"{name}_cpu"].append((time.process_time() - cpu_start) * 1000.0)
     return {key: float(statistics.median(values)) for key, values in samples.items()}

@@ -18,7 +18,6 @@ first compression layer keep every position. Each score carries the positions ke
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tokenmask.activation_compression.model import META_FILE, CompressedCausalLM
 from tokenmask.config import read_config_file
 from tokenmask.evaluate.compressor import InModelResult, InModelScore, MethodContext, check_rate
 from tokenmask.reconstructors import Reconstructor, pad_batch
+from tokenmask.timing import timed_call
 
 TokenIds = Sequence[int]
 
@@ -80,11 +80,9 @@ class ActivationInModelCompressor:
         )
         prefix = torch.as_tensor([1 + len(c) for c in contexts])
         with torch.no_grad():
-            start = time.perf_counter()
-            model(ids, mask, compress_lengths=prefix - 1, mode="prefill", target_rate=rate)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
-            return time.perf_counter() - start
+            return timed_call(
+                model.device, model, ids, mask, compress_lengths=prefix - 1, mode="prefill", target_rate=rate
+            )[1]
 
     def score(
         self,

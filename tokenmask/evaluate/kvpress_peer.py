@@ -25,7 +25,6 @@ carries the per-layer counts (``layer_kept``, ``layer_total``).
 from __future__ import annotations
 
 import importlib.util
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from tokenmask.evaluate.compressor import (
     register_method,
 )
 from tokenmask.reconstructors import Reconstructor
+from tokenmask.timing import timed_call
 
 TokenIds = Sequence[int]
 
@@ -201,11 +201,8 @@ class KVPressCompressor:
                 for start in range(0, len(indices), judge.batch_size):
                     batch = indices[start : start + judge.batch_size]
                     ctx = [list(contexts[i]) for i in batch]
-                    began = time.perf_counter()
-                    state = self._prefill(judge, ctx, rate)
-                    if judge.device.type == "cuda":
-                        torch.cuda.synchronize(judge.device)
-                    seconds += time.perf_counter() - began
+                    state, spent = timed_call(judge.device, self._prefill, judge, ctx, rate)
+                    seconds += spent
                     cont = self._tail_nlls(judge, state, [list(continuations[i]) for i in batch])
                     recover = self._tail_nlls(judge, state, [[*sep, *c] for c in ctx], skip=len(sep))
                     for row, index in enumerate(batch):
