@@ -1,4 +1,4 @@
-"""Drop rules of refine's moves: which kept tokens a move drops (oldest run, least surprising run, least surprising tokens)."""
+"""Drop rules of refine's moves: which kept tokens a move drops (oldest run, least surprising run, least surprising tokens, the oldest text thinned)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def test_dropped_tokens_by_hand() -> None:
     # runs of 2 consecutive kept tokens: (2,3)=6, (3,4)=1.5, (4,7)=4.5, (7,8)=4.2, (8,9)=3.2, (9,10)=12
     np.testing.assert_array_equal(dropped_tokens(kept, 2, "span", bits), [3, 4])
     np.testing.assert_array_equal(dropped_tokens(kept, 2, "thin", bits), [4, 8])
+    # lean: the 2 least surprising of the oldest 4 kept tokens (2, 3, 4, 7: bits 5, 1, 0.5, 4)
+    np.testing.assert_array_equal(dropped_tokens(kept, 2, "lean", bits), [3, 4])
+    # fewer than 2m left after the protected tail: the least surprising of what is left
+    np.testing.assert_array_equal(dropped_tokens(kept, 3, "lean", bits, protect=3), [3, 4, 7])
     # the last 3 kept tokens are spared: the span (8,9) and the token 9/10 can no longer go
     np.testing.assert_array_equal(dropped_tokens(kept, 3, "span", bits, protect=3), [3, 4, 7])
     assert dropped_tokens(kept, 5, "oldest", protect=3) is None
@@ -50,7 +54,7 @@ def test_dropped_tokens_reject_bad_rules() -> None:
 def test_every_drop_rule_keeps_the_count_and_spares_the_tail(keep, moves, stride, protect, seed) -> None:  # type: ignore[no-untyped-def]
     keep = np.asarray(keep)
     bits = np.random.default_rng(seed).random(len(keep))
-    variants = move_variants(keep, moves, stride, ("oldest", "span", "thin"), bits, protect)
+    variants = move_variants(keep, moves, stride, ("oldest", "span", "thin", "lean"), bits, protect)
     tail = np.flatnonzero(keep)[max(0, keep.sum() - protect) :]
     keys = {v.tobytes() for v in variants}
     assert len(keys) == len(variants) and keep.tobytes() not in keys

@@ -7,7 +7,8 @@ instead, at every ``stride``-th offset where one fits (:func:`move_variants`). E
 as many tokens as the base mask, so the rate is unchanged. Other *drop rules* (``drops``,
 :func:`dropped_tokens`) choose the ``m`` dropped kept tokens by the judge's surprisal instead:
 ``span`` drops the least surprising run of ``m`` consecutive kept tokens (text the judge can
-restore, wherever it is), ``thin`` the ``m`` least surprising kept tokens. One batched judge pass scores
+restore, wherever it is), ``thin`` the ``m`` least surprising kept tokens, ``lean`` the least surprising half
+of the oldest ``2 m`` kept tokens (the oldest text thinned, its rare tokens kept). One batched judge pass scores
 ``R(p) = NLL(context | BOS + p + sep)`` (docs/evaluation.md) of every candidate; the lowest wins,
 which is the highest recoverability, and ties keep the base mask.
 
@@ -117,8 +118,9 @@ files): the smallest power of two whose choice loses at most 0.002 recoverabilit
 move, at every rate on train (8 loses up to 0.004; docs/results.md)."""
 
 
-DROPS: tuple[str, ...] = ("oldest", "span", "thin")
-"""Which kept tokens a move drops (:func:`dropped_tokens`): the oldest run, the least surprising run, the least surprising tokens."""
+DROPS: tuple[str, ...] = ("oldest", "span", "thin", "lean")
+"""Which kept tokens a move drops (:func:`dropped_tokens`): the oldest run, the least surprising run, the least
+surprising tokens, the least surprising half of the oldest ``2 m``."""
 
 
 def dropped_tokens(
@@ -133,13 +135,15 @@ def dropped_tokens(
 
     - ``oldest``: the first ``m`` (the oldest kept text, which helps the continuation least);
     - ``span``: the ``m`` consecutive kept tokens of lowest summed surprisal ``bits`` (earliest on ties);
-    - ``thin``: the ``m`` kept tokens of lowest surprisal, wherever they are (earliest on ties).
+    - ``thin``: the ``m`` kept tokens of lowest surprisal, wherever they are (earliest on ties);
+    - ``lean``: the ``m`` of lowest surprisal among the oldest ``2 m`` (all of them where fewer are left): the
+      oldest text thinned rather than cut, its rare tokens (names, identifiers) kept for the continuation.
 
     :param kept: positions of the kept tokens, increasing.
-    :param bits: per context token, its surprisal under the judge (``span`` and ``thin`` only).
+    :param bits: per context token, its surprisal under the judge (``span``, ``thin`` and ``lean`` only).
     :param frozen: per context token, ``True`` = never dropped (a second round's run kept by the first).
     :return: positions to drop, increasing; ``None`` where fewer than ``m`` tokens may be dropped.
-    :raises ValueError: an unknown ``drop``, or ``span``/``thin`` without ``bits``.
+    :raises ValueError: an unknown ``drop``, or a surprisal rule without ``bits``.
     """
     if drop not in DROPS:
         raise ValueError(f"unknown drop {drop!r}. Fix: one of {', '.join(DROPS)}.")
@@ -152,8 +156,10 @@ def dropped_tokens(
         return eligible[:m]
     if bits is None:
         raise ValueError(f"drop={drop!r} needs the context's per-token surprisal (bits).")
+    if drop == "lean":
+        eligible = eligible[: 2 * m]
     scores = np.asarray(bits, dtype=np.float64)[eligible]
-    if drop == "thin":
+    if drop in ("thin", "lean"):
         return np.sort(eligible[np.argsort(scores, kind="stable")[:m]])
     sums = np.convolve(scores, np.ones(m), mode="valid")
     start = int(np.argmin(sums))
@@ -179,7 +185,7 @@ def move_variants(
     :param moves: run lengths to move (tokens, each >= 1).
     :param stride: step between the offsets tried (>= 1).
     :param drops: drop rules (:data:`DROPS`), in order.
-    :param bits: per token, its surprisal (needed by ``span`` and ``thin``).
+    :param bits: per token, its surprisal (needed by every rule but ``oldest``).
     :param protect: the last kept tokens no move drops.
     :param frozen: per token, ``True`` = kept tokens no move drops (:func:`dropped_tokens`).
     :return: distinct masks, each keeping ``keep.sum()`` tokens.
@@ -259,7 +265,7 @@ class RecoverabilitySearch(MaskingCompressor):
     :param protect: the base mask's last kept tokens no candidate drops (0: none protected).
     :param lookahead: tokens of the judge's own continuation for the lookahead guard (0: off).
     :param lookahead_tolerance: nats per lookahead token a candidate may lose against the base mask.
-    :param drops: which kept tokens a move drops (:data:`DROPS`; ``span`` and ``thin`` cost one judge pass).
+    :param drops: which kept tokens a move drops (:data:`DROPS`; every rule but ``oldest`` costs one judge pass).
     :param rounds: search rounds; each later round starts from the previous choice, keeps the runs it
         moved and moves the next base tokens, within the same guards against the base mask.
     :param proposals: judge only this many best moves by :func:`move_estimates` per context and round
@@ -437,7 +443,7 @@ class RecoverabilitySearch(MaskingCompressor):
         return [variants[i] for i in chosen], gains[chosen]
 
     def _bits(self, contexts: Sequence[TokenIds]) -> list[np.ndarray] | list[None]:
-        """Each context's per-token surprisal where a drop rule needs it (``span``, ``thin``), else ``None``s."""
+        """Each context's per-token surprisal where a drop rule needs it (all but ``oldest``), else ``None``s."""
         if set(self.drops) - {"oldest"}:
             return list(self.scorer.token_bits([list(c) for c in contexts]))
         return [None] * len(contexts)
