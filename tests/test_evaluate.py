@@ -348,3 +348,41 @@ def test_pareto_plot_of_a_small_results_dict(tmp_path: Path) -> None:
         json.dumps({"setting": setting, "results": rows[3:], "reference": {"recover_empty": [1.0]}})
     )
     assert pareto_main([str(tmp_path / "r0.3"), str(tmp_path / "r0.5"), str(merged)]) != 0  # other documents
+
+
+def test_timing_repeats_time_several_calls_and_score_the_first(tiny_recon, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``timing_repeats=N``: N synchronised timed calls after the warm-up; the reported time is their median and
+    the first call's outputs are scored. ``auto`` is three on cuda and one elsewhere; bad values are errors."""
+    import itertools
+
+    import tokenmask.evaluate.evaluator as evaluator_module
+    from tokenmask.evaluate.compressor import resolve_timing_repeats
+
+    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 3
+    docs = select_documents(texts, tiny_recon, 24, 8)
+    method = build_method("truncation", MethodContext(judge=tiny_recon))
+    seen: list[int] = []
+    compress = method.compress
+    method.compress = lambda contexts, *a, **k: seen.append(len(contexts)) or compress(contexts, *a, **k)  # type: ignore[method-assign]
+    clock = itertools.cycle([0.5, 0.1, 0.3])  # seconds of the timed calls, in order
+
+    def fake_timed_call(device, fn):  # type: ignore[no-untyped-def]
+        return fn(), next(clock)
+
+    monkeypatch.setattr(evaluator_module, "timed_call", fake_timed_call)
+    evaluator = Evaluator(tiny_recon, docs, warmup="none", timing_repeats=3)
+    evaluation = evaluator.compress_and_score(method, 0.5)
+    assert seen == [3, 3, 3]
+    assert evaluation.scores.compress_ms_per_1k_tokens == pytest.approx(0.3 * 1e6 / evaluator.context_tokens)
+    once = Evaluator(tiny_recon, docs, warmup="none").compress_and_score(method, 0.5)  # auto on this CPU: one call
+    assert [o.text for o in evaluation.outputs] == [o.text for o in once.outputs]
+    assert evaluation.scores.recoverability == pytest.approx(once.scores.recoverability)
+    assert resolve_timing_repeats("auto", "cuda") == 3
+    assert resolve_timing_repeats("auto", "cpu") == resolve_timing_repeats(1, "cuda") == 1
+    assert EvaluateConfig().timing_repeats == "auto"
+    assert EvaluateConfig(timing_repeats=5).timing_repeats == 5
+    for bad in (0, "twice", True):
+        with pytest.raises(ValueError, match="timing_repeats must be 'auto' or an integer >= 1"):
+            resolve_timing_repeats(bad, "cpu")
+    with pytest.raises(ValueError, match="timing_repeats"):
+        EvaluateConfig(timing_repeats="twice")

@@ -380,6 +380,24 @@ def resolve_warmup(warmup: bool | str, device_type: str) -> str:
     return warmup
 
 
+GPU_TIMING_REPEATS = 3
+"""Timed calls per method and rate where the judge is on a GPU (``timing_repeats="auto"``): their median is reported."""
+
+
+def resolve_timing_repeats(repeats: int | str, device_type: str) -> int:
+    """How many timed calls :class:`~tokenmask.evaluate.evaluator.Evaluator` makes per method and rate (the median is
+    reported). ``auto`` is :data:`GPU_TIMING_REPEATS` on ``cuda`` (a call takes seconds there, and one call's time
+    moved by up to 40 % between identical runs) and 1 elsewhere (a judge search's call takes minutes on a CPU).
+
+    :raises ValueError: for anything but ``auto`` or an integer >= 1, naming the fix.
+    """
+    if repeats == "auto":
+        return GPU_TIMING_REPEATS if device_type == "cuda" else 1
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"timing_repeats must be 'auto' or an integer >= 1, got {repeats!r}. Fix: e.g. 3.")
+    return repeats
+
+
 def check_rate(rate: float) -> float:
     """Return ``rate`` if it lies in ``[0, 1)``, else raise a ``ValueError`` naming the fix."""
     if not (0.0 <= float(rate) < 1.0):

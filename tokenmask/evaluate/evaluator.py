@@ -19,9 +19,10 @@ callbacks log samples and replay the masks from them).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from tokenmask.evaluate.compressor import (
     InModelCompressor,
     Method,
     check_rate,
+    resolve_timing_repeats,
     resolve_warmup,
 )
 from tokenmask.evaluate.metrics import (
@@ -43,6 +45,9 @@ from tokenmask.evaluate.metrics import (
     separator_ids,
 )
 from tokenmask.reconstructors import Reconstructor
+from tokenmask.timing import timed_call
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +85,9 @@ class Evaluator:
         when the judge is on a GPU and ``"one"`` elsewhere (:func:`~tokenmask.evaluate.compressor.resolve_warmup`).
     :param recover_documents: compute recoverability on the first N documents only (``None``: all);
         rate, retention and the ``recon_*`` figures use every document.
+    :param timing_repeats: timed calls per method and rate, each with the device synchronised; the median is the
+        reported time and the first call's outputs are scored. ``"auto"`` (the default): three on a GPU, one
+        elsewhere (:func:`~tokenmask.evaluate.compressor.resolve_timing_repeats`).
     """
 
     def __init__(
@@ -89,10 +97,12 @@ class Evaluator:
         recon_metrics: bool = True,
         warmup: bool | str = "auto",
         recover_documents: int | None = None,
+        timing_repeats: int | str = "auto",
     ) -> None:
         if not docs:
             raise ValueError("The evaluator needs at least one document.")
         warmup = resolve_warmup(warmup, judge.device.type)
+        self.timing_repeats = resolve_timing_repeats(timing_repeats, judge.device.type)
         if judge.mask_token_id is not None and not judge.exclude_mask_from_predictions:
             raise ValueError(
                 "The judge predicts its added mask token. Fix: load it with add_mask_token=False "
@@ -108,6 +118,10 @@ class Evaluator:
     def _warm_documents(self) -> int:
         """How many of the first documents the untimed call before a timed one compresses (:attr:`warmup`)."""
         return {"one": 1, "all": len(self.docs), "none": 0}[self.warmup]
+
+    def _timed_calls(self, call: Callable[[], T]) -> list[tuple[T, float]]:
+        """:attr:`timing_repeats` calls of ``call``, each ``(result, wall seconds)`` on a synchronised clock."""
+        return [timed_call(self.judge.device, call) for _ in range(self.timing_repeats)]
 
     @property
     def context_tokens(self) -> int:
@@ -142,9 +156,8 @@ class Evaluator:
         texts = [d.text for d in self.docs]
         if warm := self._warm_documents():
             method.compress(contexts[:warm], rate, texts=texts[:warm], seed=seed)
-        start = time.perf_counter()
-        outputs = method.compress(contexts, rate, texts=texts, seed=seed)
-        elapsed = time.perf_counter() - start
+        calls = self._timed_calls(lambda: method.compress(contexts, rate, texts=texts, seed=seed))
+        outputs, elapsed = calls[0][0], statistics.median(seconds for _, seconds in calls)
         if len(outputs) != len(contexts):
             raise ValueError(f"{method.name} returned {len(outputs)} outputs for {len(contexts)} contexts.")
         scores = score_compressed_texts(
@@ -164,9 +177,10 @@ class Evaluator:
         continuations = [d.continuation for d in self.docs]
         if warm := self._warm_documents():
             method.score(self.judge, contexts[:warm], continuations[:warm], self.sep, rate, seed=seed)
-        start = time.perf_counter()
-        result = method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
-        elapsed = time.perf_counter() - start
+        calls = self._timed_calls(
+            lambda: method.score(self.judge, contexts, continuations, self.sep, rate, seed=seed)
+        )
+        result = calls[0][0]
         if len(result.scores) != len(contexts):
             raise ValueError(
                 f"{method.name} returned {len(result.scores)} scores for {len(contexts)} documents."
@@ -182,6 +196,9 @@ class Evaluator:
             [s.layer_kept for s in result.scores],
             [s.layer_total for s in result.scores],
         )
-        seconds = result.compress_seconds if result.compress_seconds is not None else elapsed
+        # an in-model method may time its own compressing pre-fill (the judge's scoring is not compression)
+        seconds = statistics.median(
+            r.compress_seconds if r.compress_seconds is not None else t for r, t in calls
+        )
         scores.compress_ms_per_1k_tokens = seconds * 1e6 / self.context_tokens
         return scores

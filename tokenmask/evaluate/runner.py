@@ -43,6 +43,7 @@ from tokenmask.evaluate.compressor import (
     check_rate,
     method_factory,
     parse_method_names,
+    resolve_timing_repeats,
     split_method_name,
 )
 from tokenmask.io import atomic_output_dir
@@ -105,6 +106,13 @@ class EvaluateConfig:
             "method's shapes are warm too; twice the compression time), none, or auto (all on a GPU, one elsewhere)"
         },
     )
+    timing_repeats: int | str = field(
+        default="auto",
+        metadata={
+            "help": "timed calls per method and rate, the median reported: an integer >= 1, or auto (3 on a GPU, "
+            "where one call's time moved by up to 40 % between identical runs; 1 elsewhere)"
+        },
+    )
     skip_unavailable: bool = field(
         default=True,
         metadata={
@@ -146,6 +154,10 @@ class EvaluateConfig:
             raise ConfigError(
                 f"Unknown warmup {self.warmup!r}.", fix=f"use one of {', '.join(WARMUPS)}.", key="warmup"
             )
+        try:
+            resolve_timing_repeats(self.timing_repeats, "cpu")
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="timing_repeats") from exc
 
 
 def _check_agent_argument(argument: str) -> None:
@@ -288,6 +300,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
         recon_metrics=config.recon_metrics,
         warmup=config.warmup,
         recover_documents=config.recoverability_documents,
+        timing_repeats=config.timing_repeats,
     )
     results: list[MethodResult] = []
     jobs = [(name, rate) for name in methods for rate in config.rates]
@@ -348,7 +361,8 @@ COLUMNS_EXPLAINED = (
     "context's help in predicting the next tokens the compressed text keeps (truncation, which keeps the most "
     "recent tokens, scores high here); *recon bits/masked* and *recon top-1* are the reconstructor's cost in bits "
     "of a removed token and how often its first guess is right (masking methods only); *ms per 1k tokens* is the "
-    "compressor's own wall time per 1,000 context tokens on the device named above."
+    "compressor's own wall time per 1,000 context tokens on the device named above (the median of the run's timed "
+    "calls: `timing_repeats`)."
 )
 """The paragraph ``tokenmask evaluate`` prints under its table (the metrics are defined in docs/evaluation.md)."""
 

@@ -165,7 +165,8 @@ def build_evaluation(
                 f"eval_methods: {name!r} is not a text compressor; the callback compares text compressors."
             )
         baselines[name] = method
-    return Evaluator(judge, docs), baselines
+    # one timed call: the callbacks compare quality, not speed (benchmarks/ and tokenmask evaluate time methods)
+    return Evaluator(judge, docs, timing_repeats=1), baselines
 
 
 # ---------------------------------------------------------------------------------------- the trainer
