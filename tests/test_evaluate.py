@@ -131,18 +131,24 @@ def test_config_rejects_bad_rates_and_counts() -> None:
         EvaluateConfig(warmup="twice")
 
 
+def _counted_truncation(recon):  # type: ignore[no-untyped-def]
+    """Three short documents and truncation whose ``compress`` records how many contexts each call got."""
+    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 3
+    docs = select_documents(texts, recon, 24, 8)
+    method = build_method("truncation", MethodContext(judge=recon))
+    seen: list[int] = []
+    compress = method.compress
+    method.compress = lambda contexts, *a, **k: seen.append(len(contexts)) or compress(contexts, *a, **k)  # type: ignore[method-assign]
+    return docs, method, seen
+
+
 @pytest.mark.parametrize(
     ("warmup", "calls"), [("one", [1, 3]), ("all", [3, 3]), ("none", [3]), (True, [1, 3]), ("auto", [1, 3])]
 )
 def test_warmup_compresses_before_the_timed_call(tiny_recon, warmup, calls) -> None:  # type: ignore[no-untyped-def]
     """The untimed call before each timed one: the first document, every document (a batched method's shapes are
     warm too), or nothing; the scores do not depend on it."""
-    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 3
-    docs = select_documents(texts, tiny_recon, 24, 8)
-    method = build_method("truncation", MethodContext(judge=tiny_recon))
-    seen: list[int] = []
-    compress = method.compress
-    method.compress = lambda contexts, *a, **k: seen.append(len(contexts)) or compress(contexts, *a, **k)  # type: ignore[method-assign]
+    docs, method, seen = _counted_truncation(tiny_recon)
     scores = Evaluator(tiny_recon, docs, warmup=warmup).evaluate(method, 0.5)
     assert seen == calls
     assert scores.recoverability == pytest.approx(
@@ -358,12 +364,7 @@ def test_timing_repeats_time_several_calls_and_score_the_first(tiny_recon, monke
     import tokenmask.evaluate.evaluator as evaluator_module
     from tokenmask.evaluate.compressor import resolve_timing_repeats
 
-    texts = ["Functions are first-class objects: they can be passed, returned and stored in lists. " * 3] * 3
-    docs = select_documents(texts, tiny_recon, 24, 8)
-    method = build_method("truncation", MethodContext(judge=tiny_recon))
-    seen: list[int] = []
-    compress = method.compress
-    method.compress = lambda contexts, *a, **k: seen.append(len(contexts)) or compress(contexts, *a, **k)  # type: ignore[method-assign]
+    docs, method, seen = _counted_truncation(tiny_recon)
     clock = itertools.cycle([0.5, 0.1, 0.3])  # seconds of the timed calls, in order
 
     def fake_timed_call(device, fn):  # type: ignore[no-untyped-def]
@@ -374,7 +375,9 @@ def test_timing_repeats_time_several_calls_and_score_the_first(tiny_recon, monke
     evaluation = evaluator.compress_and_score(method, 0.5)
     assert seen == [3, 3, 3]
     assert evaluation.scores.compress_ms_per_1k_tokens == pytest.approx(0.3 * 1e6 / evaluator.context_tokens)
-    once = Evaluator(tiny_recon, docs, warmup="none").compress_and_score(method, 0.5)  # auto on this CPU: one call
+    once = Evaluator(tiny_recon, docs, warmup="none").compress_and_score(
+        method, 0.5
+    )  # auto on this CPU: one call
     assert [o.text for o in evaluation.outputs] == [o.text for o in once.outputs]
     assert evaluation.scores.recoverability == pytest.approx(once.scores.recoverability)
     assert resolve_timing_repeats("auto", "cuda") == 3
