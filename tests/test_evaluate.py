@@ -375,6 +375,8 @@ def test_timing_repeats_time_several_calls_and_score_the_first(tiny_recon, monke
     evaluation = evaluator.compress_and_score(method, 0.5)
     assert seen == [3, 3, 3]
     assert evaluation.scores.compress_ms_per_1k_tokens == pytest.approx(0.3 * 1e6 / evaluator.context_tokens)
+    per_1k = [t * 1e6 / evaluator.context_tokens for t in (0.5, 0.1, 0.3)]
+    assert evaluation.scores.compress_ms_calls == pytest.approx(per_1k)
     once = Evaluator(tiny_recon, docs, warmup="none").compress_and_score(
         method, 0.5
     )  # auto on this CPU: one call

@@ -157,13 +157,13 @@ class Evaluator:
         if warm := self._warm_documents():
             method.compress(contexts[:warm], rate, texts=texts[:warm], seed=seed)
         calls = self._timed_calls(lambda: method.compress(contexts, rate, texts=texts, seed=seed))
-        outputs, elapsed = calls[0][0], statistics.median(seconds for _, seconds in calls)
+        outputs = calls[0][0]
         if len(outputs) != len(contexts):
             raise ValueError(f"{method.name} returned {len(outputs)} outputs for {len(contexts)} contexts.")
         scores = score_compressed_texts(
             self.judge, self.docs, [o.text for o in outputs], rate, self.reference, self.sep
         )
-        scores.compress_ms_per_1k_tokens = elapsed * 1e6 / self.context_tokens
+        self._set_times(scores, [seconds for _, seconds in calls])
         masks = [o.keep for o in outputs]
         if self.recon_metrics and all(m is not None for m in masks):
             recon = method.reconstructor or self.judge
@@ -197,8 +197,12 @@ class Evaluator:
             [s.layer_total for s in result.scores],
         )
         # an in-model method may time its own compressing pre-fill (the judge's scoring is not compression)
-        seconds = statistics.median(
-            r.compress_seconds if r.compress_seconds is not None else t for r, t in calls
+        self._set_times(
+            scores, [r.compress_seconds if r.compress_seconds is not None else t for r, t in calls]
         )
-        scores.compress_ms_per_1k_tokens = seconds * 1e6 / self.context_tokens
         return scores
+
+    def _set_times(self, scores: Scores, seconds: list[float]) -> None:
+        """Each timed call's ms per 1k context tokens into ``scores``, their median as the reported figure."""
+        scores.compress_ms_calls = [t * 1e6 / self.context_tokens for t in seconds]
+        scores.compress_ms_per_1k_tokens = statistics.median(scores.compress_ms_calls)

@@ -194,6 +194,8 @@ class Scores:
     recon_bits_per_masked: float = math.nan
     recon_top1: float = math.nan
     compress_ms_per_1k_tokens: float = math.nan
+    #: every timed call's ``compress_ms_per_1k_tokens`` (its median is the figure above; ``timing_repeats``)
+    compress_ms_calls: list[float] = field(default_factory=list)
     documents: int = 0
     recoverability_documents: int = 0
     context_tokens: int = 0
