@@ -110,7 +110,7 @@ class EvaluateConfig:
         default="auto",
         metadata={
             "help": "timed calls per method and rate, the median reported: an integer >= 1, or auto (3 on a GPU, "
-            "where one call's time moved by up to 40 % between identical runs; 1 elsewhere)"
+            "where one call's time moved by about 40 % between identical runs; 1 elsewhere)"
         },
     )
     skip_unavailable: bool = field(
