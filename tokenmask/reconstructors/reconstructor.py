@@ -447,14 +447,17 @@ class Reconstructor:
         :param inputs: token-id sequences the LM reads.
         :param positions: for each sequence, the positions whose distributions are returned, each within it.
         :return: ``(sum of len(positions[b]), vocab)`` on the model's device, sequence by sequence, in order.
+        :raises ValueError: no sequence, or a position outside the padded batch.
         """
         if not inputs:
             raise ValueError("logits_at needs at least one sequence.")
-        ids, attention = pad_batch(inputs, self.pad_token_id)
-        self.check_ids(ids)
         sizes = torch.tensor([len(p) for p in positions], dtype=torch.long)
         rows = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
         cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
+        if len(cols) and (int(cols.max()) >= max(len(x) for x in inputs) or int(cols.min()) < 0):
+            raise ValueError("A scored position lies outside its input sequence.")
+        ids, attention = pad_batch(inputs, self.pad_token_id)
+        self.check_ids(ids)
         hidden = self.last_hidden_state(ids.to(self.device), attention.to(self.device))
         return self.head_logits(hidden[rows.to(self.device), cols.to(self.device)])
 
@@ -533,11 +536,8 @@ class Reconstructor:
         if sum(sizes) == 0:
             empty = [torch.zeros(0) for _ in inputs]
             return empty, [torch.zeros(0, dtype=torch.bool) for _ in inputs] if top1 else None
-        cols = torch.cat([torch.as_tensor(list(p), dtype=torch.long) for p in positions])
         tgt_cpu = torch.cat([torch.as_tensor(list(t), dtype=torch.long) for t in targets])
-        if int(cols.max()) >= max(lengths) or int(cols.min()) < 0:
-            raise ValueError("A scored position lies outside its input sequence.")
-        if len(tgt_cpu) != len(cols):
+        if len(tgt_cpu) != sum(sizes):
             raise ValueError("Each sequence needs as many targets as scored positions.")
         self.check_ids(tgt_cpu)
         tgt = tgt_cpu.to(self.device)
