@@ -36,7 +36,6 @@ from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.errors import ConfigError, InputError
 from tokenmask.evaluate.baselines import BASELINE_ARGUMENT_CHECKS, BASELINE_METHODS
 from tokenmask.evaluate.compressor import (
-    WARMUPS,
     Method,
     MethodContext,
     build_method,
@@ -44,6 +43,7 @@ from tokenmask.evaluate.compressor import (
     method_factory,
     parse_method_names,
     resolve_timing_repeats,
+    resolve_warmup,
     split_method_name,
 )
 from tokenmask.io import atomic_output_dir
@@ -150,14 +150,12 @@ class EvaluateConfig:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype"
             )
-        if self.warmup not in WARMUPS:
-            raise ConfigError(
-                f"Unknown warmup {self.warmup!r}.", fix=f"use one of {', '.join(WARMUPS)}.", key="warmup"
-            )
-        try:
-            resolve_timing_repeats(self.timing_repeats, "cpu")
-        except ValueError as exc:
-            raise ConfigError(str(exc), key="timing_repeats") from exc
+        # the Evaluator's own resolvers check these values (the device only picks what "auto" means)
+        for key, resolve in (("warmup", resolve_warmup), ("timing_repeats", resolve_timing_repeats)):
+            try:
+                resolve(getattr(self, key), "cpu")
+            except ValueError as exc:
+                raise ConfigError(str(exc), key=key) from exc
 
 
 def _check_agent_argument(argument: str) -> None:
