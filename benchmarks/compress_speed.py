@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ from tokenmask.evaluate.reports import device_description
 from tokenmask.evaluate.runner import PEER  # the method every row is compared with
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.testing import tiny_reconstructor
+from tokenmask.timing import timed_call
 
 METHODS: tuple[str, ...] = ("agent", PEER, "self_information", "span_self_information", "truncation")
 """The rows of issue 14's speed table, in order (``agent`` stands for ``agent:AGENT``)."""
@@ -72,7 +72,8 @@ def machine_name(device: torch.device) -> str:
 def time_method(
     method: object, judge: Reconstructor, docs: Sequence[EvalDocument], rate: float, repeats: int
 ) -> float:
-    """Best wall time (seconds) of one compression of every document at ``rate``, after a warm-up call."""
+    """Best wall time (seconds, the device synchronised: :func:`~tokenmask.timing.timed_call`) of one compression of
+    every document at ``rate``, after a warm-up call."""
     contexts = [d.context for d in docs]
     texts = [d.text for d in docs]
     if isinstance(method, Compressor):
@@ -92,9 +93,7 @@ def time_method(
         raise TypeError(f"{type(method).__name__} is not a compressor")
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
-        reported = run()
-        elapsed = time.perf_counter() - start
+        reported, elapsed = timed_call(judge.device, run)
         if isinstance(reported, float):  # an in-model method times its compression itself
             elapsed = reported
         best = min(best, elapsed)

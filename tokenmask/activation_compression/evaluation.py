@@ -41,7 +41,7 @@ from tokenmask.activation_compression.plan import plan_rate
 from tokenmask.activation_compression.report import write_report
 from tokenmask.activation_compression.sequences import load_sequences
 from tokenmask.reconstructors import Reconstructor, pad_batch
-from tokenmask.timing import synchronize
+from tokenmask.timing import timed_call
 
 
 def _batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[Sequence[Sequence[int]]]:
@@ -164,11 +164,9 @@ def _median_ms(model: CompressedCausalLM, runs: dict[str, Any], repeats: int) ->
     samples: dict[str, list[float]] = {key: [] for name in runs for key in (name, f"{name}_cpu")}
     for _ in range(repeats):
         for name, fn in runs.items():
-            synchronize(model.device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fn()
-            synchronize(model.device)
-            samples[name].append((time.perf_counter() - start) * 1000.0)
+            cpu_start = time.process_time()
+            _, seconds = timed_call(model.device, fn)
+            samples[name].append(seconds * 1000.0)
             samples[f"{name}_cpu"].append((time.process_time() - cpu_start) * 1000.0)
     return {key: float(statistics.median(values)) for key, values in samples.items()}
 
