@@ -22,21 +22,17 @@ from tokenmask.evaluate.compressor import MethodContext, register_method
 
 if TYPE_CHECKING:  # torch-heavy: loaded on first use, so `tokenmask activation --help` stays quick
     from tokenmask.activation_compression.in_model import ActivationInModelCompressor
-    from tokenmask.activation_compression.model import (
-        CompressedCausalLM,
-        CompressionLayer,
-        CompressionOutput,
-        DecodeState,
-        RestoreGate,
-    )
+    from tokenmask.activation_compression.model import CompressedCausalLM
+    from tokenmask.activation_compression.modules import CompressionLayer, RestoreGate
+    from tokenmask.activation_compression.outputs import CompressionOutput, DecodeState
 
 _EXPORTS: dict[str, str] = {
     "ActivationInModelCompressor": "tokenmask.activation_compression.in_model",
     "CompressedCausalLM": "tokenmask.activation_compression.model",
-    "CompressionLayer": "tokenmask.activation_compression.model",
-    "CompressionOutput": "tokenmask.activation_compression.model",
-    "DecodeState": "tokenmask.activation_compression.model",
-    "RestoreGate": "tokenmask.activation_compression.model",
+    "CompressionLayer": "tokenmask.activation_compression.modules",
+    "CompressionOutput": "tokenmask.activation_compression.outputs",
+    "DecodeState": "tokenmask.activation_compression.outputs",
+    "RestoreGate": "tokenmask.activation_compression.modules",
 }
 
 __all__ = [
