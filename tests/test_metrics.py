@@ -20,7 +20,7 @@ from tokenmask.evaluate.metrics import (
     select_documents,
     separator_ids,
 )
-from tokenmask.reconstructors.judge import recovery_token_nlls
+from tokenmask.reconstructors.judge import continuation_token_nlls, recovery_token_nlls
 
 TEXTS = [
     "The interpreter reads a module, compiles it to bytecode and runs the code object. " * 4,
@@ -139,6 +139,9 @@ def test_recovery_nll_matches_a_plain_forward_pass(tiny_recon, docs) -> None:  #
     (cont,) = continuation_nlls(tiny_recon, [prefix], [docs[0].continuation])
     (log_probs,) = tiny_recon.sequence_log_probs([[tiny_recon.bos_token_id, *prefix, *docs[0].continuation]])
     assert cont == pytest.approx(-float(log_probs[len(prefix) :].double().sum()), rel=1e-5)
+    (cont_terms,) = continuation_token_nlls(tiny_recon, [prefix], [docs[0].continuation])  # token by token
+    np.testing.assert_allclose(cont_terms, -log_probs[len(prefix) :].double().numpy(), rtol=1e-4, atol=1e-5)
+    assert cont_terms.sum() == pytest.approx(cont, rel=1e-9)
 
 
 def test_evaluator_recoverability_equals_ratio_of_per_document_sums(tiny_recon, docs, evaluator) -> None:  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ metrics (:mod:`tokenmask.evaluate.metrics`) and by the env's judge bonus
 log-softmax), summed over tokens, with ``sep`` = the judge tokens of ``"\\n\\n"``:
 
 * ``R(p) = NLL(context | BOS + p + sep)`` (:func:`recovery_nlls`; per token: :func:`recovery_token_nlls`);
-* ``F(p) = NLL(continuation | BOS + p)`` (:func:`continuation_nlls`);
+* ``F(p) = NLL(continuation | BOS + p)`` (:func:`continuation_nlls`; per token: :func:`continuation_token_nlls`);
 * both kinds in one batched pass (:func:`recovery_and_continuation_nlls`);
 * per document ``(R(empty) - R(p)) / (R(empty) - R(context))`` (:func:`document_recoverability`),
   and the same ratio of ``F`` values for retention;
@@ -102,6 +102,16 @@ def continuation_nlls(
     :param continuations: per document, the continuation ids.
     """
     return _summed_nlls(judge, _continuation_heads(judge, prefixes), continuations)
+
+
+def continuation_token_nlls(
+    judge: Reconstructor, prefixes: Sequence[TokenIds], continuations: Sequence[TokenIds]
+) -> list[np.ndarray]:
+    """The terms of :func:`continuation_nlls`: per document, each continuation token's NLL after ``BOS + p``
+    and the continuation tokens before it (nats, float64; they sum to ``F(p)``). What a metric on part of
+    the continuation reads (e.g. the tokens after the first ``k``)."""
+    heads = _continuation_heads(judge, prefixes)
+    return [-lp.double().numpy() for lp in _scored_log_probs(judge, heads, continuations)]
 
 
 def recovery_and_continuation_nlls(

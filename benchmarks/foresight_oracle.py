@@ -1,0 +1,373 @@
+"""Foresight oracle: would knowing the real continuation's first ``k`` tokens protect the tokens after them?
+
+The judge search (``refine_lookahead:p``) guards retention with the judge's *own* 64-token continuation of the
+context (its lookahead ``S``). At rate 0.7 on the pydocs test split that guard lets through moves that cost the
+real continuation, and "a stronger LM to write the lookahead" is the idea stop 36 left open. No LM can foresee
+more than the real continuation itself, so this script bounds what any lookahead could do: a guard that reads
+the *real* continuation's first ``k`` tokens, with retention scored on the tokens after them.
+
+- ``judge`` (a GPU makes it minutes): per document and asked rate, the search's judged candidates (base mask
+  first: truncation's), each with the search's own ``R`` and ``S`` (what its rule reads), the real ``R`` (the
+  evaluation's float32 judge) and every continuation token's real NLL; per document the references
+  (``R(empty)``, ``R(context)``, and per token ``F(empty)``, ``F(context)``). One ``.npz`` per split, written
+  atomically.
+- ``analyse`` (CPU, seconds): per rate and per ``k`` of ``--foresee``, the change over the base (recoverability,
+  and retention on continuation tokens ``k .. T-1`` only: ratios of sums, as docs/evaluation.md) of the search's
+  rule, of no guard (the lowest ``R``), and of the oracle guards (a move is allowed when its real ``F`` on the first
+  ``k`` tokens is within ``k * tol`` nats of the base's; alone or together with the rule's own guard), with the
+  bar's verdict (+0.02 / -0.01). Then where the rule's retention change comes from (the documents that lose most)
+  and, over each document's candidates, the correlation of a move's ``F`` change on the continuation's first and
+  second halves.
+
+Choices use the search's own ``R`` (as its rule does) and are scored with the real ``R`` and ``F``; nothing is fitted.
+
+Example (docs/results.md, stop 37; one H100, 160 s for the three splits)::
+
+    python benchmarks/foresight_oracle.py judge --split validation --device cuda --out runs/s37/oracle_validation.npz
+    python benchmarks/foresight_oracle.py judge --split train --max_documents 240 --device cuda --out runs/s37/oracle_train.npz
+    python benchmarks/foresight_oracle.py analyse runs/s37/oracle_train.npz runs/s37/oracle_validation.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenmask.evaluate.metrics import EvalDocument
+    from tokenmask.evaluate.refine import RecoverabilitySearch
+    from tokenmask.reconstructors import Reconstructor
+
+GAIN, SLACK = 0.02, 0.01
+"""The bar of docs/evaluation.md over truncation: recoverability at least ``+GAIN``, retention at least ``-SLACK``."""
+
+_PER_ROW = ("R", "F", "SR", "SS", "valid", "rate", "doc")
+_PER_DOC = ("r_empty", "r_full", "f_empty", "f_full")
+
+Guard = Callable[[int, int], np.ndarray]
+"""``(row, candidates) -> allowed`` over one row's candidates (base first)."""
+
+
+def judge_split(
+    search: RecoverabilitySearch,
+    judge: Reconstructor,
+    documents: Sequence[EvalDocument],
+    rates: Sequence[float],
+    chunk: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The arrays of one split (see the module docstring): rows are (rate, document) pairs, candidates padded.
+
+    :param search: a ``refine_lookahead:p`` search (lookahead and proposals on).
+    :param judge: the evaluation's judge (real ``R`` and per-token ``F`` of every candidate).
+    :param documents: context and continuation of each document.
+    :param rates: asked rates.
+    :param chunk: documents per batched search call.
+    :param progress: called with a line after each chunk.
+    """
+    from tokenmask.evaluate.compressor import check_rate
+    from tokenmask.reconstructors.judge import continuation_token_nlls, recovery_nlls, separator_ids
+
+    if not documents:
+        raise ValueError(
+            "judge_split got no documents. Fix: a corpus split with documents of at least C + T tokens."
+        )
+    for rate in rates:
+        check_rate(rate)
+    sep = separator_ids(judge)
+    contexts = [list(d.context) for d in documents]
+    continuations = [list(d.continuation) for d in documents]
+    empty: list[list[int]] = [[] for _ in documents]
+    arrays: dict[str, Any] = {
+        "r_empty": recovery_nlls(judge, empty, contexts, sep),
+        "r_full": recovery_nlls(judge, contexts, contexts, sep),
+        "f_empty": np.stack(continuation_token_nlls(judge, empty, continuations)),
+        "f_full": np.stack(continuation_token_nlls(judge, contexts, continuations)),
+    }
+    rows: list[dict[str, Any]] = []
+    for rate in rates:
+        for start in range(0, len(documents), chunk):
+            batch = range(start, min(start + chunk, len(documents)))
+            judged = search.judged_moves([contexts[d] for d in batch], rate)
+            owners = [d for d, moves in zip(batch, judged) for _ in moves.masks]
+            prefixes = [
+                np.asarray(contexts[d])[m].tolist() for d, moves in zip(batch, judged) for m in moves.masks
+            ]
+            r = recovery_nlls(judge, prefixes, [contexts[d] for d in owners], sep)
+            f = np.stack(continuation_token_nlls(judge, prefixes, [continuations[d] for d in owners]))
+            first = 0
+            for d, moves in zip(batch, judged):
+                k = len(moves.masks)
+                rows.append(
+                    {
+                        "rate": rate,
+                        "doc": d,
+                        "R": r[first : first + k],
+                        "F": f[first : first + k],
+                        "SR": moves.r,
+                        "SS": moves.s,
+                    }
+                )
+                first += k
+            if progress is not None:
+                progress(f"rate {rate}: {batch[-1] + 1}/{len(documents)} documents")
+    width = max(len(row["R"]) for row in rows)
+    tokens = arrays["f_full"].shape[1]
+    arrays["R"], arrays["SR"], arrays["SS"] = (np.full((len(rows), width), np.inf) for _ in range(3))
+    arrays["F"] = np.full((len(rows), width, tokens), np.nan)
+    arrays["valid"] = np.zeros((len(rows), width), dtype=bool)
+    for i, row in enumerate(rows):
+        k = len(row["R"])
+        for key in ("R", "F", "SR", "SS"):
+            arrays[key][i, :k] = row[key]
+        arrays["valid"][i, :k] = True
+    arrays["rate"] = np.array([row["rate"] for row in rows])
+    arrays["doc"] = np.array([row["doc"] for row in rows])
+    return arrays
+
+
+def save(path: str | Path, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> None:
+    """One ``.npz`` with the arrays and the settings (JSON), written atomically."""
+    from tokenmask.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays, settings=np.array(json.dumps(settings)))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass
+class Foresight:
+    """Splits' arrays joined: per row (a document at a rate) its candidates; per document the references."""
+
+    R: np.ndarray
+    F: np.ndarray
+    SR: np.ndarray
+    SS: np.ndarray
+    valid: np.ndarray
+    rate: np.ndarray
+    doc: np.ndarray
+    r_empty: np.ndarray
+    r_full: np.ndarray
+    f_empty: np.ndarray
+    f_full: np.ndarray
+    lookahead: int = 64
+    tolerance: float = 0.02
+
+    @classmethod
+    def load(cls, paths: Sequence[str | Path]) -> Foresight:
+        """Join files written by ``judge`` (documents renumbered so each file's stay distinct)."""
+        if not paths:
+            raise ValueError("Foresight.load got no files. Fix: name the .npz files that `judge` wrote.")
+        files = [dict(np.load(p, allow_pickle=False)) for p in paths]
+        width = max(f["R"].shape[1] for f in files)
+        fill = {"R": np.inf, "SR": np.inf, "SS": np.inf, "F": np.nan, "valid": False}
+        joined: dict[str, Any] = {}
+        for key in _PER_ROW + _PER_DOC:
+            parts = []
+            for f in files:
+                value = f[key]
+                if key in fill:
+                    pad = [(0, 0), (0, width - value.shape[1])] + [(0, 0)] * (value.ndim - 2)
+                    value = np.pad(value, pad, constant_values=fill[key])
+                parts.append(value)
+            joined[key] = np.concatenate(parts)
+        offsets = np.cumsum([0] + [len(f["r_empty"]) for f in files[:-1]])
+        joined["doc"] = np.concatenate([f["doc"] + o for f, o in zip(files, offsets)])
+        return cls(**joined)
+
+    def rows(self, rate: float) -> np.ndarray:
+        """The rows at one asked rate."""
+        return np.flatnonzero(np.isclose(self.rate, rate))
+
+    def choose(self, row: int, guard: Guard) -> int:
+        """The lowest search ``R`` among the allowed candidates, if it beats the base's; else the base (0)."""
+        n = int(self.valid[row].sum())
+        allowed = np.asarray(guard(row, n), dtype=bool).copy()
+        allowed[0] = True
+        masked = np.where(allowed, self.SR[row, :n], np.inf)
+        best = int(np.argmin(masked))
+        return best if masked[best] < self.SR[row, 0] else 0
+
+    def rule(self, row: int, n: int) -> np.ndarray:
+        """The search's own guard: lookahead ``S`` within ``lookahead * tolerance`` nats of the base's."""
+        return self.SS[row, :n] <= self.SS[row, 0] + self.lookahead * self.tolerance
+
+    def oracle(self, k: int, tol: float, with_rule: bool = False) -> Guard:
+        """The guard that reads the real continuation's first ``k`` tokens (within ``k * tol`` nats of the base)."""
+
+        def guard(row: int, n: int) -> np.ndarray:
+            f = self.F[row, :n, :k].sum(axis=1)
+            allowed = f <= f[0] + k * tol
+            return allowed & self.rule(row, n) if with_rule else allowed
+
+        return guard
+
+    def changes(self, rate: float, guard: Guard, first: int = 0) -> tuple[float, float, float]:
+        """(recoverability change, retention change on continuation tokens ``first ..``, share of moved rows)."""
+        rows = self.rows(rate)
+        docs = self.doc[rows]
+        choice = np.array([self.choose(i, guard) for i in rows])
+        d_rec = (self.R[rows, 0] - self.R[rows, choice]).sum() / (
+            self.r_empty[docs] - self.r_full[docs]
+        ).sum()
+        gain = self.F[rows, 0, first:].sum(axis=1) - self.F[rows, choice, first:].sum(axis=1)
+        d_ret = gain.sum() / (self.f_empty[docs, first:] - self.f_full[docs, first:]).sum()
+        return float(d_rec), float(d_ret), float((choice > 0).mean())
+
+
+def guards(data: Foresight, k: int, tolerances: Sequence[float]) -> list[tuple[str, Guard]]:
+    """The compared guards at foresight ``k``: the rule, none, and the oracle (alone and with the rule) per tolerance."""
+    out: list[tuple[str, Guard]] = [
+        ("rule (judge's lookahead)", data.rule),
+        ("no guard", lambda i, n: np.ones(n, bool)),
+    ]
+    if k:
+        for tol in tolerances:
+            out.append((f"oracle, first {k} real tokens, tol {tol:g}", data.oracle(k, tol)))
+            out.append((f"rule + oracle, first {k}, tol {tol:g}", data.oracle(k, tol, with_rule=True)))
+    return out
+
+
+def oracle_table(
+    data: Foresight, rates: Sequence[float], foresee: Sequence[int], tolerances: Sequence[float]
+) -> list[list[str]]:
+    """Rows (rate, scored tokens, guard, d rec, d ret, moved, meets) for every rate, ``k`` and guard."""
+    tokens = data.F.shape[2]
+    out = []
+    for rate in rates:
+        for k in foresee:
+            for name, guard in guards(data, k, tolerances):
+                d_rec, d_ret, moved = data.changes(rate, guard, first=k)
+                meets = "meets" if d_rec >= GAIN and d_ret >= -SLACK else "-"
+                out.append(
+                    [
+                        f"{rate:g}",
+                        f"{k}..{tokens - 1}",
+                        name,
+                        f"{d_rec:+.3f}",
+                        f"{d_ret:+.3f}",
+                        f"{moved:.2f}",
+                        meets,
+                    ]
+                )
+    return out
+
+
+def concentration(data: Foresight, rate: float, top: int = 3) -> tuple[float, list[tuple[int, float]]]:
+    """The rule's retention change at ``rate`` and the ``top`` documents contributing most to it (their terms sum to it)."""
+    rows = data.rows(rate)
+    docs = data.doc[rows]
+    choice = np.array([data.choose(i, data.rule) for i in rows])
+    terms = (data.F[rows, 0].sum(axis=1) - data.F[rows, choice].sum(axis=1)) / (
+        data.f_empty[docs] - data.f_full[docs]
+    ).sum()
+    order = np.argsort(terms)[:top]
+    return float(terms.sum()), [(int(docs[i]), float(terms[i])) for i in order]
+
+
+def half_correlation(data: Foresight, rate: float) -> tuple[float, int]:
+    """Median over rows (with 4+ candidates) of the correlation, across candidates, of ``F`` on the first and second
+    halves of the continuation; and the number of rows it is taken over."""
+    half = data.F.shape[2] // 2
+    values = []
+    for i in data.rows(rate):
+        n = int(data.valid[i].sum())
+        early, late = data.F[i, :n, :half].sum(axis=1), data.F[i, :n, half:].sum(axis=1)
+        if n >= 4 and early.std() > 0 and late.std() > 0:
+            values.append(float(np.corrcoef(early, late)[0, 1]))
+    return (float(np.median(values)) if values else float("nan")), len(values)
+
+
+def _judge(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from tokenmask.data import iter_texts
+    from tokenmask.evaluate.compressor import MethodContext, build_method
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.refine import RecoverabilitySearch
+    from tokenmask.evaluate.reports import device_description
+    from tokenmask.reconstructors import Reconstructor
+
+    began = time.perf_counter()
+    judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
+    texts = list(iter_texts(args.corpus, split=args.split))
+    documents = select_documents(texts, judge, 256, 64, args.max_documents)
+    search = build_method(args.method, MethodContext(judge=judge, device=args.device))
+    if not isinstance(search, RecoverabilitySearch) or not search.lookahead or not search.proposals:
+        raise SystemExit(f"--method must be a refine_lookahead:p search, got {args.method!r}.")
+    rates = [float(r) for r in args.rates.split(",")]
+    with tqdm(
+        total=len(rates) * -(-len(documents) // args.chunk), desc=f"judging {args.split}", unit="chunk"
+    ) as bar:
+        arrays = judge_split(search, judge, documents, rates, args.chunk, progress=lambda line: bar.update(1))
+    settings = {
+        "corpus": args.corpus,
+        "split": args.split,
+        "documents": len(documents),
+        "method": args.method,
+        "lookahead": search.lookahead,
+        "tolerance": search.lookahead_tolerance,
+        "machine": device_description(judge.device),
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    save(args.out, arrays, settings)
+    print(
+        f"{len(documents)} documents x {len(rates)} rates on {settings['machine']} in {settings['seconds']} s: {args.out}"
+    )
+
+
+def _analyse(args: argparse.Namespace) -> None:
+    data = Foresight.load(args.files)
+    rates = sorted({float(r) for r in data.rate})
+    foresee = [int(k) for k in args.foresee.split(",")]
+    tolerances = [float(t) for t in args.tolerances.split(",")]
+    print(f"{len(set(data.doc.tolist()))} documents from {', '.join(args.files)}")
+    print("| rate | retention on tokens | guard | d recoverability | d retention | moved | bar |")
+    print("| --- | --- | --- | ---: | ---: | ---: | --- |")
+    for row in oracle_table(data, rates, foresee, tolerances):
+        print("| " + " | ".join(row) + " |")
+    for rate in rates:
+        total, worst = concentration(data, rate)
+        corr, n = half_correlation(data, rate)
+        listed = ", ".join(f"document {d}: {t:+.4f}" for d, t in worst)
+        print(
+            f"rate {rate:g}: the rule's retention change {total:+.4f}; most of it from {listed}; "
+            f"correlation of F on the continuation's halves over a document's candidates, median {corr:+.3f} ({n} rows)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    judge = commands.add_parser("judge", help="judge a split's candidates with per-token continuation NLLs")
+    judge.add_argument("--corpus", default="data_out/pydocs", help="prepared corpus folder or .jsonl")
+    judge.add_argument("--split", default="validation")
+    judge.add_argument("--max_documents", type=int, default=None, help="the first N long-enough documents")
+    judge.add_argument("--rates", default="0.3,0.5,0.7")
+    judge.add_argument(
+        "--method", default="refine_lookahead:p:bf16:truncation", help="a refine_lookahead:p search"
+    )
+    judge.add_argument("--judge", default="default")
+    judge.add_argument("--device", default="cuda")
+    judge.add_argument("--chunk", type=int, default=16, help="documents per batched search call")
+    judge.add_argument("--out", required=True, help=".npz to write")
+    analyse = commands.add_parser("analyse", help="the oracle table of one or more judged files")
+    analyse.add_argument("files", nargs="+")
+    analyse.add_argument(
+        "--foresee", default="0,8,16,32", help="k: real continuation tokens the oracle reads"
+    )
+    analyse.add_argument("--tolerances", default="0.02,0", help="oracle tolerances, nats per foreseen token")
+    args = parser.parse_args(argv)
+    (_judge if args.command == "judge" else _analyse)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""benchmarks/foresight_oracle.py: its file holds the move table's gains token by token, its rule is the search's, and
+its oracle guards do what they say (tiny random judge, no times)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from conftest import load_benchmark
+
+from tokenmask.envs.moves import MoveTable, build_move_table
+from tokenmask.evaluate.compressor import MethodContext, build_method
+from tokenmask.evaluate.metrics import EvalDocument
+
+RATES = [0.5, 0.7]
+
+
+@pytest.fixture(scope="module")
+def oracle() -> ModuleType:
+    return load_benchmark("foresight_oracle")
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[EvalDocument]:
+    rng = np.random.default_rng(1)
+    return [
+        EvalDocument(rng.integers(100, 5000, 96).tolist(), rng.integers(100, 5000, 16).tolist(), "")
+        for _ in range(4)
+    ]
+
+
+@pytest.fixture(scope="module")
+def search(tiny_recon):  # type: ignore[no-untyped-def]
+    return build_method("refine_lookahead:p4:truncation", MethodContext(judge=tiny_recon))
+
+
+@pytest.fixture(scope="module")
+def files(oracle, tiny_recon, search, documents, tmp_path_factory) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Two files (the first two and the last two documents), as two splits would be."""
+    folder = tmp_path_factory.mktemp("foresight")
+    out = []
+    for name, part in (("a", documents[:2]), ("b", documents[2:])):
+        arrays = oracle.judge_split(search, tiny_recon, part, RATES, chunk=1)
+        oracle.save(folder / f"{name}.npz", arrays, {"split": name})
+        out.append(folder / f"{name}.npz")
+    return out
+
+
+@pytest.fixture(scope="module")
+def table(tiny_recon, search, documents) -> MoveTable:  # type: ignore[no-untyped-def]
+    return build_move_table(search, tiny_recon, documents, RATES, chunk=2)
+
+
+def test_file_holds_the_move_tables_gains_token_by_token(oracle, files, table) -> None:  # type: ignore[no-untyped-def]
+    """Per row and candidate, the real R and the summed per-token F give the move table's gains; the rule's choice is
+    the table's (the search's own), and its changes are the table's corpus changes."""
+    data = oracle.Foresight.load(files)
+    assert len(set(data.doc.tolist())) == 4 and data.F.shape[2] == 16
+    for rate in RATES:
+        mine, theirs = data.rows(rate), np.flatnonzero(np.isclose(table.rate, rate))
+        order = np.argsort(data.doc[mine], kind="stable")
+        mine = mine[order]
+        assert data.doc[mine].tolist() == table.document[theirs].tolist()
+        for i, j in zip(mine, theirs):
+            n = int(data.valid[i].sum())
+            assert n == int(table.valid[j].sum())
+            np.testing.assert_allclose(
+                data.R[i, 0] - data.R[i, :n], table.gain_r[j, :n], rtol=1e-4, atol=1e-3
+            )
+            f = data.F[i, :n].sum(axis=1)
+            np.testing.assert_allclose(f[0] - f, table.gain_f[j, :n], rtol=1e-4, atol=1e-3)
+            assert not np.isnan(data.F[i, :n]).any() and np.isnan(data.F[i, n:]).all()
+        choice = np.array([data.choose(i, data.rule) for i in mine])
+        assert choice.tolist() == table.rule_choices()[theirs].tolist()
+        full = np.zeros(len(table), dtype=int)
+        full[theirs] = choice
+        d_rec, d_ret, moved = data.changes(rate, data.rule)
+        want_rec, want_ret = table.changes(full, theirs)
+        assert d_rec == pytest.approx(want_rec, abs=1e-5) and d_ret == pytest.approx(want_ret, abs=1e-5)
+        assert moved == pytest.approx((choice > 0).mean())
+
+
+def test_oracle_guards(oracle, files) -> None:  # type: ignore[no-untyped-def]
+    """An oracle of unbounded tolerance is no guard; at tolerance 0 a chosen move never costs the foreseen tokens,
+    so foreseeing the whole continuation never loses retention on it; with the rule it allows a subset of both."""
+    data = oracle.Foresight.load(files)
+    free = dict(oracle.guards(data, 0, []))["no guard"]
+    tokens = data.F.shape[2]
+    for i in range(len(data.rate)):
+        n = int(data.valid[i].sum())
+        assert data.choose(i, data.oracle(4, np.inf)) == data.choose(i, free)
+        both = data.oracle(4, 0.0, with_rule=True)(i, n)
+        assert not (both & ~data.oracle(4, 0.0)(i, n)).any() and not (both & ~data.rule(i, n)).any()
+        chosen = data.choose(i, data.oracle(4, 0.0))
+        assert data.F[i, chosen, :4].sum() <= data.F[i, 0, :4].sum() + 1e-9
+    for rate in RATES:
+        assert data.changes(rate, data.oracle(tokens, 0.0), first=0)[1] >= -1e-9
+        full_sight = data.changes(rate, data.oracle(tokens, 0.0), first=0)
+        assert full_sight[2] <= data.changes(rate, free)[2]  # a guard never moves more rows than none
+
+
+def test_tables_and_summaries(oracle, files, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The table has a row per rate, k and guard with the bar's verdict; the concentration terms are the rule's total;
+    the analyse command prints them."""
+    data = oracle.Foresight.load(files)
+    rows = oracle.oracle_table(data, RATES, [0, 4], [0.02])
+    assert len(rows) == len(RATES) * (2 + 2 + 2)
+    assert {r[-1] for r in rows} <= {"meets", "-"} and rows[0][1] == "0..15" and rows[2][1] == "4..15"
+    for rate in RATES:
+        rows_at = data.rows(rate)
+        total, worst = oracle.concentration(data, rate, top=len(rows_at))
+        assert total == pytest.approx(data.changes(rate, data.rule)[1], abs=1e-9)
+        assert sum(t for _, t in worst) == pytest.approx(total, abs=1e-9)
+        corr, n = oracle.half_correlation(data, rate)
+        assert n == 0 or -1.0 <= corr <= 1.0
+    oracle.main(["analyse", *map(str, files), "--foresee", "0,4", "--tolerances", "0"])
+    out = capsys.readouterr().out
+    assert "4 documents" in out and "| 0.7 | 4..15 | oracle, first 4 real tokens, tol 0 |" in out
+    with pytest.raises(ValueError, match="got no files"):
+        oracle.Foresight.load([])
