@@ -73,6 +73,7 @@ def judge_split(
     :param chunk: documents per batched search call.
     :param progress: called with a line after each chunk.
     """
+    from tokenmask.envs.moves import judged_chunks
     from tokenmask.evaluate.compressor import check_rate
     from tokenmask.reconstructors.judge import continuation_token_nlls, recovery_nlls, separator_ids
 
@@ -93,32 +94,25 @@ def judge_split(
         "f_full": np.stack(continuation_token_nlls(judge, contexts, continuations)),
     }
     rows: list[dict[str, Any]] = []
-    for rate in rates:
-        for start in range(0, len(documents), chunk):
-            batch = range(start, min(start + chunk, len(documents)))
-            judged = search.judged_moves([contexts[d] for d in batch], rate)
-            owners = [d for d, moves in zip(batch, judged) for _ in moves.masks]
-            prefixes = [
-                np.asarray(contexts[d])[m].tolist() for d, moves in zip(batch, judged) for m in moves.masks
-            ]
-            r = recovery_nlls(judge, prefixes, [contexts[d] for d in owners], sep)
-            f = np.stack(continuation_token_nlls(judge, prefixes, [continuations[d] for d in owners]))
-            first = 0
-            for d, moves in zip(batch, judged):
-                k = len(moves.masks)
-                rows.append(
-                    {
-                        "rate": rate,
-                        "doc": d,
-                        "R": r[first : first + k],
-                        "F": f[first : first + k],
-                        "SR": moves.r,
-                        "SS": moves.s,
-                    }
-                )
-                first += k
-            if progress is not None:
-                progress(f"rate {rate}: {batch[-1] + 1}/{len(documents)} documents")
+    for rate, batch, judged, owners, prefixes in judged_chunks(search, contexts, rates, chunk):
+        r = recovery_nlls(judge, prefixes, [contexts[d] for d in owners], sep)
+        f = np.stack(continuation_token_nlls(judge, prefixes, [continuations[d] for d in owners]))
+        first = 0
+        for d, moves in zip(batch, judged):
+            k = len(moves.masks)
+            rows.append(
+                {
+                    "rate": rate,
+                    "doc": d,
+                    "R": r[first : first + k],
+                    "F": f[first : first + k],
+                    "SR": moves.r,
+                    "SS": moves.s,
+                }
+            )
+            first += k
+        if progress is not None:
+            progress(f"rate {rate}: {batch[-1] + 1}/{len(documents)} documents")
     width = max(len(row["R"]) for row in rows)
     tokens = arrays["f_full"].shape[1]
     arrays["R"], arrays["SR"], arrays["SS"] = (np.full((len(rows), width), np.inf) for _ in range(3))

@@ -34,10 +34,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -250,6 +250,37 @@ class MoveTable:
 _ARRAYS = ("observations", "valid", "gain_r", "gain_f", "d_r", "d_f", "rate", "document", "r", "s")
 
 
+class JudgedChunk(NamedTuple):
+    """One chunk of :func:`judged_chunks`: the documents, their judged moves and every candidate's kept ids."""
+
+    rate: float
+    documents: range
+    """Indices of the chunk's documents."""
+    judged: list[JudgedMoves]
+    """Per document, the search's judged candidates (base mask first)."""
+    owners: list[int]
+    """Per candidate (documents in order, each document's candidates in order), its document."""
+    prefixes: list[list[int]]
+    """Per candidate, the kept context ids (what the judge reads as ``p``)."""
+
+
+def judged_chunks(
+    search: RecoverabilitySearch, contexts: Sequence[Sequence[int]], rates: Sequence[float], chunk: int = 16
+) -> Iterator[JudgedChunk]:
+    """The search's judged moves of ``contexts`` at each rate, ``chunk`` documents per batched search call, with
+    every candidate's kept ids flattened for one batched judge pass (what :func:`build_move_table` and
+    ``benchmarks/foresight_oracle.py`` score)."""
+    for rate in rates:
+        for start in range(0, len(contexts), chunk):
+            batch = range(start, min(start + chunk, len(contexts)))
+            judged = search.judged_moves([contexts[d] for d in batch], rate)
+            owners = [d for d, moves in zip(batch, judged) for _ in moves.masks]
+            prefixes = [
+                np.asarray(contexts[d])[m].tolist() for d, moves in zip(batch, judged) for m in moves.masks
+            ]
+            yield JudgedChunk(float(rate), batch, judged, owners, prefixes)
+
+
 def build_move_table(
     search: RecoverabilitySearch,
     judge: Reconstructor,
@@ -283,48 +314,41 @@ def build_move_table(
     rows = search.proposals + 1
     lookahead, tolerance = search.lookahead, search.lookahead_tolerance
     parts: dict[str, list[Any]] = {k: [] for k in _ARRAYS}
-    for rate in rates:
-        for start in range(0, n, chunk):
-            batch = range(start, min(start + chunk, n))
-            judged = search.judged_moves([contexts[d] for d in batch], rate)
-            owners = [d for d, moves in zip(batch, judged) for _ in moves.masks]
-            prefixes = [
-                np.asarray(contexts[d])[m].tolist() for d, moves in zip(batch, judged) for m in moves.masks
-            ]
-            r, f = recovery_and_continuation_nlls(
-                judge,
-                prefixes,
-                [contexts[d] for d in owners],
-                prefixes,
-                [continuations[d] for d in owners],
-                sep,
-            )
-            features = [move_features(moves, rate, lookahead, tolerance) for moves in judged]
-            observations, valid = observation_rows(features, rows)
-            first = 0
-            for i, (d, moves) in enumerate(zip(batch, judged)):
-                k = len(moves.masks)
-                pad = np.zeros(rows)
-                gain_r, gain_f, own_r, own_s = pad.copy(), pad.copy(), pad.copy(), np.full(rows, np.inf)
-                gain_r[:k] = r[first] - r[first : first + k]
-                gain_f[:k] = f[first] - f[first : first + k]
-                own_r[:k], own_s[:k] = moves.r, moves.s
-                first += k
-                for key, value in (
-                    ("observations", observations[i]),
-                    ("valid", valid[i]),
-                    ("gain_r", gain_r),
-                    ("gain_f", gain_f),
-                    ("d_r", d_r[d]),
-                    ("d_f", d_f[d]),
-                    ("rate", float(rate)),
-                    ("document", d),
-                    ("r", own_r),
-                    ("s", own_s),
-                ):
-                    parts[key].append(value)
-            if progress is not None:
-                progress(len(batch))
+    for rate, batch, judged, owners, prefixes in judged_chunks(search, contexts, rates, chunk):
+        r, f = recovery_and_continuation_nlls(
+            judge,
+            prefixes,
+            [contexts[d] for d in owners],
+            prefixes,
+            [continuations[d] for d in owners],
+            sep,
+        )
+        features = [move_features(moves, rate, lookahead, tolerance) for moves in judged]
+        observations, valid = observation_rows(features, rows)
+        first = 0
+        for i, (d, moves) in enumerate(zip(batch, judged)):
+            k = len(moves.masks)
+            pad = np.zeros(rows)
+            gain_r, gain_f, own_r, own_s = pad.copy(), pad.copy(), pad.copy(), np.full(rows, np.inf)
+            gain_r[:k] = r[first] - r[first : first + k]
+            gain_f[:k] = f[first] - f[first : first + k]
+            own_r[:k], own_s[:k] = moves.r, moves.s
+            first += k
+            for key, value in (
+                ("observations", observations[i]),
+                ("valid", valid[i]),
+                ("gain_r", gain_r),
+                ("gain_f", gain_f),
+                ("d_r", d_r[d]),
+                ("d_f", d_f[d]),
+                ("rate", float(rate)),
+                ("document", d),
+                ("r", own_r),
+                ("s", own_s),
+            ):
+                parts[key].append(value)
+        if progress is not None:
+            progress(len(batch))
     settings = {
         "method": search.name,
         "proposals": search.proposals,
