@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,19 @@ def test_rate_zero_returns_the_text_and_words_never_fuse(tiny_recon) -> None:  #
     result = tokenmask.compress(text, rate=0.5, method="random", judge=tiny_recon)
     assert "apolicy" not in result.text and "popularalgorithm" not in result.text
     assert abs(result.rate - 0.5) <= 0.01
+
+
+def test_a_judge_search_on_a_cpu_warns_that_it_is_a_gpu_method(tiny_recon) -> None:  # type: ignore[no-untyped-def]
+    """refine* and move_agent run dozens of judge passes per context: on a CPU, one warning naming the fix; the
+    one-pass methods do not warn."""
+    with pytest.warns(UserWarning, match="a GPU method.*Fix: run it on a GPU \\(device='cuda'"):
+        result = tokenmask.compress(
+            TEXTS[0], rate=0.5, method="refine_lookahead:p4:truncation", judge=tiny_recon
+        )
+    assert 0 < result.kept_tokens < result.tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokenmask.compress(TEXTS[0], rate=0.5, method="span_self_information", judge=tiny_recon)
 
 
 def test_a_compressor_object_is_used_as_it_is(tiny_recon) -> None:  # type: ignore[no-untyped-def]

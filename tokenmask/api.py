@@ -25,6 +25,7 @@ Only the light standard library loads with this module; models load when :func:`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,24 +205,10 @@ def _build_compressor(
     device: str,
     seed: int,
 ) -> Compressor:
-    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, method_factory
+    from tokenmask.evaluate.compressor import Compressor
 
     if method is not None:
-        method_factory(method)  # an unknown name fails here, before any model loads
-        from tokenmask.reconstructors import Reconstructor
-
-        lm = (
-            judge
-            if isinstance(judge, Reconstructor)
-            else Reconstructor.load(judge, device=device, add_mask_token=False)
-        )
-        built = build_method(method, MethodContext(judge=lm, seed=seed, device=device))
-        if not isinstance(built, Compressor):
-            raise ValueError(
-                f"Method {method!r} compresses inside the model and returns no text. "
-                "Fix: use a text method such as span_self_information or truncation."
-            )
-        return built
+        return build_text_method(method, judge, device, seed)
     if isinstance(agent, Compressor):
         return agent
     if agent is None:
@@ -236,6 +223,47 @@ def _build_compressor(
     from tokenmask.train.agent import AgentCompressor
 
     return AgentCompressor.load(str(run_dir), device=device)
+
+
+def build_text_method(
+    method: str, judge: str | Reconstructor = "default", device: str = "auto", seed: int = 0
+) -> Compressor:
+    """A registered method that returns text, built with ``judge`` (what ``compress(method=...)`` and ``tokenmask
+    compress --method`` use). A judge search on a CPU warns once that it is a GPU method.
+
+    :raises ValueError: for an unknown method (before any model loads), or one that compresses inside the model.
+    """
+    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, method_factory
+    from tokenmask.reconstructors import Reconstructor
+
+    method_factory(method)  # an unknown name fails here, before any model loads
+    lm = (
+        judge
+        if isinstance(judge, Reconstructor)
+        else Reconstructor.load(judge, device=device, add_mask_token=False)
+    )
+    built = build_method(method, MethodContext(judge=lm, seed=seed, device=device))
+    if not isinstance(built, Compressor):
+        raise ValueError(
+            f"Method {method!r} compresses inside the model and returns no text. "
+            "Fix: use a text method such as span_self_information or truncation."
+        )
+    _warn_if_search_on_cpu(built, lm, method)
+    return built
+
+
+def _warn_if_search_on_cpu(built: Compressor, lm: Reconstructor, method: str) -> None:
+    """A judge search (``refine*``, ``move_agent``) on a CPU: one warning that it is a GPU method."""
+    from tokenmask.evaluate.refine import RecoverabilitySearch
+
+    if isinstance(built, RecoverabilitySearch) and lm.device.type == "cpu":
+        warnings.warn(
+            f"{method} runs the judge search (dozens of judge passes per context), a GPU method: on a CPU it takes "
+            "19x (move agent) to 300x (full search) LLMLingua's time (README, speed table). Fix: run it on a GPU "
+            "(device='cuda'; tokenmask compress --device cuda), or use the shipped agent (no LM pass) on a CPU.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _agent_dir(agent: str | os.PathLike[str]) -> Path:

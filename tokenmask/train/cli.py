@@ -183,21 +183,10 @@ def load_compressor(
     :raises AgentNotFoundError: no shipped agent (for ``default``) or no such run folder.
     :raises ValueError: an unknown method, or one that compresses inside the model (no text).
     """
-    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, method_factory
+    from tokenmask.api import AgentNotFoundError, build_text_method
 
     if method is not None:
-        method_factory(method)  # an unknown name fails here, before any model loads
-        from tokenmask.reconstructors import Reconstructor
-
-        lm = Reconstructor.load(judge, device=device, add_mask_token=False)
-        built = build_method(method, MethodContext(judge=lm, device=device))
-        if not isinstance(built, Compressor):
-            raise ValueError(
-                f"Method {method!r} compresses inside the model and returns no text. "
-                "Fix: use a text method such as span_self_information or truncation."
-            )
-        return built
-    from tokenmask.api import AgentNotFoundError
+        return build_text_method(method, judge, device)
     from tokenmask.train import agent_dir
 
     path = agent_dir(agent or "default")
