@@ -17,7 +17,8 @@ the *real* continuation's first ``k`` tokens, with retention scored on the token
   ``k`` tokens is within ``k * tol`` nats of the base's; alone or together with the rule's own guard), with the
   bar's verdict (+0.02 / -0.01). Then where the rule's retention change comes from (the documents that lose most)
   and, over each document's candidates, the correlation of a move's ``F`` change on the continuation's first and
-  second halves.
+  second halves. With ``--plot_sets``, a plot of the retention change against ``k`` instead (one row of panels
+  per set of files).
 
 Choices use the search's own ``R`` (as its rule does) and are scored with the real ``R`` and ``F``; nothing is fitted.
 
@@ -26,6 +27,8 @@ Example (docs/results.md, stop 37; one H100, 160 s for the three splits)::
     python benchmarks/foresight_oracle.py judge --split validation --device cuda --out runs/s37/oracle_validation.npz
     python benchmarks/foresight_oracle.py judge --split train --max_documents 240 --device cuda --out runs/s37/oracle_train.npz
     python benchmarks/foresight_oracle.py analyse runs/s37/oracle_train.npz runs/s37/oracle_validation.npz
+    python benchmarks/foresight_oracle.py analyse --plot_sets "train + validation=runs/s37/oracle_train.npz,\
+runs/s37/oracle_validation.npz;test=runs/s37/oracle_test.npz" --tolerances 0.02 --plot docs/foresight_oracle.png
 """
 
 from __future__ import annotations
@@ -280,6 +283,62 @@ def half_correlation(data: Foresight, rate: float) -> tuple[float, int]:
     return (float(np.median(values)) if values else float("nan")), len(values)
 
 
+def plot_oracle(
+    panels: Sequence[tuple[str, Foresight]],
+    rates: Sequence[float],
+    foresee: Sequence[int],
+    tolerance: float,
+    path: str | Path,
+) -> None:
+    """Retention change on the tokens after the first ``k`` vs ``k``, per rate (columns) and file set (rows): the
+    rule, no guard, the oracle and rule + oracle (tolerance ``tolerance``), truncation at 0 and the bar dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tokenmask.evaluate.reports import figure_png
+    from tokenmask.io import atomic_write_bytes
+
+    fig, axes = plt.subplots(
+        len(panels), len(rates), figsize=(3.4 * len(rates), 2.8 * len(panels)), squeeze=False
+    )
+    styles = {
+        "rule": ("C0", "-"),
+        "no guard": ("C3", ":"),
+        "oracle": ("C2", "--"),
+        "rule + oracle": ("C1", "-."),
+    }
+    try:
+        for row, (label, data) in enumerate(panels):
+            for col, rate in enumerate(rates):
+                ax = axes[row][col]
+                lines: dict[str, list[float]] = {name: [] for name in styles}
+                for k in foresee:
+                    lines["rule"].append(data.changes(rate, data.rule, first=k)[1])
+                    lines["no guard"].append(data.changes(rate, lambda i, n: np.ones(n, bool), first=k)[1])
+                    lines["oracle"].append(
+                        data.changes(rate, data.oracle(k, tolerance), first=k)[1] if k else np.nan
+                    )
+                    both = data.oracle(k, tolerance, with_rule=True)
+                    lines["rule + oracle"].append(data.changes(rate, both, first=k)[1] if k else np.nan)
+                for name, values in lines.items():
+                    color, style = styles[name]
+                    ax.plot(foresee, values, color=color, ls=style, marker="o", ms=3, label=name)
+                ax.axhline(0.0, color="k", lw=0.8, label="truncation")
+                ax.axhline(-SLACK, color="grey", ls=":", lw=0.8, label=f"bar (-{SLACK})")
+                ax.set_title(f"{label}, rate {rate:g}", fontsize=9)
+                ax.set_xlabel("k: real continuation tokens the guard reads", fontsize=8)
+                if col == 0:
+                    ax.set_ylabel("retention change on tokens k..T-1", fontsize=8)
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle("Foresight oracle: retention after the foreseen tokens, over truncation", fontsize=10)
+        fig.tight_layout()
+        atomic_write_bytes(path, figure_png(fig))
+    finally:
+        plt.close(fig)
+
+
 def _judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -319,6 +378,14 @@ def _judge(args: argparse.Namespace) -> None:
 
 
 def _analyse(args: argparse.Namespace) -> None:
+    if args.plot_sets:
+        sets = [part.split("=", 1) for part in args.plot_sets.split(";")]
+        panels = [(label, Foresight.load(files.split(","))) for label, files in sets]
+        rates = sorted({float(r) for r in panels[0][1].rate})
+        foresee = [int(k) for k in args.foresee.split(",")]
+        plot_oracle(panels, rates, foresee, float(args.tolerances.split(",")[0]), args.plot)
+        print(f"plot: {args.plot}")
+        return
     data = Foresight.load(args.files)
     rates = sorted({float(r) for r in data.rate})
     foresee = [int(k) for k in args.foresee.split(",")]
@@ -354,11 +421,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     judge.add_argument("--chunk", type=int, default=16, help="documents per batched search call")
     judge.add_argument("--out", required=True, help=".npz to write")
     analyse = commands.add_parser("analyse", help="the oracle table of one or more judged files")
-    analyse.add_argument("files", nargs="+")
+    analyse.add_argument("files", nargs="*", help="files written by judge (for the table)")
     analyse.add_argument(
         "--foresee", default="0,8,16,32", help="k: real continuation tokens the oracle reads"
     )
     analyse.add_argument("--tolerances", default="0.02,0", help="oracle tolerances, nats per foreseen token")
+    analyse.add_argument(
+        "--plot_sets",
+        default="",
+        help="instead of the table: a plot, one row per 'LABEL=FILE,FILE' set (';' between sets); the first tolerance",
+    )
+    analyse.add_argument("--plot", default="foresight_oracle.png", help="the plot's PNG (with --plot_sets)")
     args = parser.parse_args(argv)
     (_judge if args.command == "judge" else _analyse)(args)
 

@@ -120,3 +120,13 @@ def test_tables_and_summaries(oracle, files, capsys) -> None:  # type: ignore[no
     assert "4 documents" in out and "| 0.7 | 4..15 | oracle, first 4 real tokens, tol 0 |" in out
     with pytest.raises(ValueError, match="got no files"):
         oracle.Foresight.load([])
+
+
+def test_plot(oracle, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--plot_sets writes one PNG with a row of panels per file set."""
+    png = tmp_path / "oracle.png"
+    sets = f"first={files[0]};both={files[0]},{files[1]}"
+    oracle.main(
+        ["analyse", "--plot_sets", sets, "--foresee", "0,4,8", "--tolerances", "0.02", "--plot", str(png)]
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
