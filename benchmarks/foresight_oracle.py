@@ -386,6 +386,10 @@ def _analyse(args: argparse.Namespace) -> None:
         plot_oracle(panels, rates, foresee, float(args.tolerances.split(",")[0]), args.plot)
         print(f"plot: {args.plot}")
         return
+    if not args.files:
+        raise SystemExit(
+            "analyse: no files. Fix: name the .npz files that `judge` wrote, or pass --plot_sets."
+        )
     data = Foresight.load(args.files)
     rates = sorted({float(r) for r in data.rate})
     foresee = [int(k) for k in args.foresee.split(",")]
