@@ -358,7 +358,10 @@ def _judge(args: argparse.Namespace) -> None:
         raise SystemExit(f"--method must be a refine_lookahead:p search, got {args.method!r}.")
     rates = [float(r) for r in args.rates.split(",")]
     with tqdm(
-        total=len(rates) * -(-len(documents) // args.chunk), desc=f"judging {args.split}", unit="chunk"
+        total=len(rates) * -(-len(documents) // args.chunk),
+        desc=f"judging {args.corpus}"
+        + (f" ({args.split})" if (Path(args.corpus) / "dataset").is_dir() else ""),
+        unit="chunk",
     ) as bar:
         arrays = judge_split(search, judge, documents, rates, args.chunk, progress=lambda line: bar.update(1))
     settings = {
