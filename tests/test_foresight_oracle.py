@@ -13,6 +13,7 @@ from conftest import load_benchmark
 from tokenmask.envs.moves import MoveTable, build_move_table
 from tokenmask.evaluate.compressor import MethodContext, build_method
 from tokenmask.evaluate.metrics import EvalDocument
+from tokenmask.testing import random_documents
 
 RATES = [0.5, 0.7]
 
@@ -24,11 +25,7 @@ def oracle() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def documents() -> list[EvalDocument]:
-    rng = np.random.default_rng(1)
-    return [
-        EvalDocument(rng.integers(100, 5000, 96).tolist(), rng.integers(100, 5000, 16).tolist(), "")
-        for _ in range(4)
-    ]
+    return random_documents(4, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from tokenmask.evaluate.compressor import MethodContext, build_method
 from tokenmask.evaluate.metrics import EvalDocument, ReferenceNLLs, score_compressed_ids
 from tokenmask.evaluate.move_agent import load_move_policy, split_move_agent_argument
 from tokenmask.policies import MovePolicy
+from tokenmask.testing import random_documents
 from tokenmask.train.moves import clone, greedy, rewards
 
 RATE = 0.5
@@ -33,11 +34,7 @@ RATE = 0.5
 
 @pytest.fixture(scope="module")
 def documents() -> list[EvalDocument]:
-    rng = np.random.default_rng(0)
-    return [
-        EvalDocument(rng.integers(100, 5000, 96).tolist(), rng.integers(100, 5000, 16).tolist(), "")
-        for _ in range(3)
-    ]
+    return random_documents(3, seed=0)
 
 
 @pytest.fixture(scope="module")
