@@ -44,19 +44,29 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tokenmask.envs.moves import guarded_choice, lookahead_allowed
+from tokenmask.evaluate.refine import LOOKAHEAD_TOKENS, LOOKAHEAD_TOLERANCE
+from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN as GAIN
+from tokenmask.evaluate.reports import RETENTION_MARGIN as SLACK
+
 if TYPE_CHECKING:
     from tokenmask.evaluate.metrics import EvalDocument
     from tokenmask.evaluate.refine import RecoverabilitySearch
     from tokenmask.reconstructors import Reconstructor
-
-GAIN, SLACK = 0.02, 0.01
-"""The bar of docs/evaluation.md over truncation: recoverability at least ``+GAIN``, retention at least ``-SLACK``."""
 
 _PER_ROW = ("R", "F", "SR", "SS", "valid", "rate", "doc")
 _PER_DOC = ("r_empty", "r_full", "f_empty", "f_full")
 
 Guard = Callable[[int, int], np.ndarray]
 """``(row, candidates) -> allowed`` over one row's candidates (base first)."""
+
+
+def _rule_settings(file: dict[str, np.ndarray]) -> tuple[int, float]:
+    """(lookahead, tolerance) from a file's settings; the search's defaults where a file has none."""
+    settings = json.loads(str(file["settings"])) if "settings" in file else {}
+    return int(settings.get("lookahead", LOOKAHEAD_TOKENS)), float(
+        settings.get("tolerance", LOOKAHEAD_TOLERANCE)
+    )
 
 
 def judge_split(
@@ -155,8 +165,9 @@ class Foresight:
     r_full: np.ndarray
     f_empty: np.ndarray
     f_full: np.ndarray
-    lookahead: int = 64
-    tolerance: float = 0.02
+    lookahead: int = LOOKAHEAD_TOKENS
+    """The rule's lookahead and tolerance: the files' settings (``judge`` writes them), else the search's defaults."""
+    tolerance: float = LOOKAHEAD_TOLERANCE
 
     @classmethod
     def load(cls, paths: Sequence[str | Path]) -> Foresight:
@@ -178,7 +189,13 @@ class Foresight:
             joined[key] = np.concatenate(parts)
         offsets = np.cumsum([0] + [len(f["r_empty"]) for f in files[:-1]])
         joined["doc"] = np.concatenate([f["doc"] + o for f, o in zip(files, offsets)])
-        return cls(**joined)
+        rules = {_rule_settings(f) for f in files}
+        if len(rules) > 1:
+            raise ValueError(
+                f"The files were judged with different lookahead rules {sorted(rules)}. Fix: join files of one search."
+            )
+        lookahead, tolerance = rules.pop()
+        return cls(**joined, lookahead=lookahead, tolerance=tolerance)
 
     def rows(self, rate: float) -> np.ndarray:
         """The rows at one asked rate."""
@@ -187,15 +204,15 @@ class Foresight:
     def choose(self, row: int, guard: Guard) -> int:
         """The lowest search ``R`` among the allowed candidates, if it beats the base's; else the base (0)."""
         n = int(self.valid[row].sum())
-        allowed = np.asarray(guard(row, n), dtype=bool).copy()
-        allowed[0] = True
-        masked = np.where(allowed, self.SR[row, :n], np.inf)
-        best = int(np.argmin(masked))
-        return best if masked[best] < self.SR[row, 0] else 0
+        return guarded_choice(self.SR[row, :n], guard(row, n))
 
     def rule(self, row: int, n: int) -> np.ndarray:
         """The search's own guard: lookahead ``S`` within ``lookahead * tolerance`` nats of the base's."""
-        return self.SS[row, :n] <= self.SS[row, 0] + self.lookahead * self.tolerance
+        return lookahead_allowed(self.SS[row, :n], self.lookahead, self.tolerance)
+
+    def no_guard(self, row: int, n: int) -> np.ndarray:
+        """Every candidate allowed (the lowest ``R`` wins)."""
+        return np.ones(n, dtype=bool)
 
     def oracle(self, k: int, tol: float, with_rule: bool = False) -> Guard:
         """The guard that reads the real continuation's first ``k`` tokens (within ``k * tol`` nats of the base)."""
@@ -224,7 +241,7 @@ def guards(data: Foresight, k: int, tolerances: Sequence[float]) -> list[tuple[s
     """The compared guards at foresight ``k``: the rule, none, and the oracle (alone and with the rule) per tolerance."""
     out: list[tuple[str, Guard]] = [
         ("rule (judge's lookahead)", data.rule),
-        ("no guard", lambda i, n: np.ones(n, bool)),
+        ("no guard", data.no_guard),
     ]
     if k:
         for tol in tolerances:
@@ -316,7 +333,7 @@ def plot_oracle(
                 lines: dict[str, list[float]] = {name: [] for name in styles}
                 for k in foresee:
                     lines["rule"].append(data.changes(rate, data.rule, first=k)[1])
-                    lines["no guard"].append(data.changes(rate, lambda i, n: np.ones(n, bool), first=k)[1])
+                    lines["no guard"].append(data.changes(rate, data.no_guard, first=k)[1])
                     lines["oracle"].append(
                         data.changes(rate, data.oracle(k, tolerance), first=k)[1] if k else np.nan
                     )

@@ -119,6 +119,20 @@ def test_tables_and_summaries(oracle, files, capsys) -> None:  # type: ignore[no
         oracle.Foresight.load([])
 
 
+def test_the_rule_comes_from_the_files_settings(oracle, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The rule's lookahead and tolerance are the files' (the search's defaults where a file has none); files of
+    different rules are not joined."""
+    data = oracle.Foresight.load(files)
+    assert (data.lookahead, data.tolerance) == (64, 0.02)
+    arrays = dict(np.load(files[0]))
+    arrays.pop("settings")
+    other = tmp_path / "other.npz"
+    oracle.save(other, arrays, {"lookahead": 32, "tolerance": 0.01})
+    assert (oracle.Foresight.load([other]).lookahead, oracle.Foresight.load([other]).tolerance) == (32, 0.01)
+    with pytest.raises(ValueError, match="different lookahead rules"):
+        oracle.Foresight.load([files[0], other])
+
+
 def test_plot(oracle, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """--plot_sets writes one PNG with a row of panels per file set."""
     png = tmp_path / "oracle.png"

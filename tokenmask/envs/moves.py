@@ -93,14 +93,28 @@ policy was cloned on the first and chosen on the second; the test split's table 
 _LONGEST_MOVE = 48.0
 
 
-def rule_choice(r: np.ndarray, s: np.ndarray, lookahead: int, tolerance: float) -> int:
-    """The search's rule over one context's candidates (base first): the lowest ``R`` whose ``S`` is within
-    ``lookahead * tolerance`` nats of the base's; the base when none beats it (first on ties)."""
-    allowed = s <= s[0] + lookahead * tolerance
+def lookahead_allowed(s: np.ndarray, lookahead: int, tolerance: float) -> np.ndarray:
+    """The candidates (base first) the search's lookahead guard lets through: ``S`` within ``lookahead * tolerance``
+    nats of the base's (the base always)."""
+    allowed = np.asarray(s) <= s[0] + lookahead * tolerance
+    allowed[0] = True
+    return allowed
+
+
+def guarded_choice(r: np.ndarray, allowed: np.ndarray) -> int:
+    """The lowest ``R`` among the ``allowed`` candidates (base first), if it beats the base's; else the base (first
+    on ties). The search's rule with its guard (:func:`rule_choice`), or with any other guard."""
+    allowed = np.array(allowed, dtype=bool)
     allowed[0] = True
     masked = np.where(allowed, r, np.inf)
     best = int(np.argmin(masked))
     return best if masked[best] < r[0] else 0
+
+
+def rule_choice(r: np.ndarray, s: np.ndarray, lookahead: int, tolerance: float) -> int:
+    """The search's rule over one context's candidates (base first): the lowest ``R`` whose ``S`` is within
+    ``lookahead * tolerance`` nats of the base's; the base when none beats it (first on ties)."""
+    return guarded_choice(r, lookahead_allowed(s, lookahead, tolerance))
 
 
 def move_features(moves: JudgedMoves, rate: float, lookahead: int, tolerance: float) -> np.ndarray:
@@ -108,10 +122,9 @@ def move_features(moves: JudgedMoves, rate: float, lookahead: int, tolerance: fl
     masks = np.stack(moves.masks)
     context = masks.shape[1]
     r, s = np.asarray(moves.r, dtype=np.float64), np.asarray(moves.s, dtype=np.float64)
-    allowed = s <= s[0] + lookahead * tolerance
-    allowed[0] = True
+    allowed = lookahead_allowed(s, lookahead, tolerance)
     rule = np.zeros(len(r))
-    rule[rule_choice(r, s, lookahead, tolerance)] = 1.0
+    rule[guarded_choice(r, allowed)] = 1.0
     added = masks & ~masks[0]
     start = np.array([np.flatnonzero(a)[0] / context if a.any() else 0.0 for a in added])
     base = np.zeros(len(r))
