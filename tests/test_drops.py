@@ -14,8 +14,8 @@ from tokenmask.evaluate.refine import (
     RecoverabilitySearch,
     dropped_tokens,
     move_variants,
-    split_drops_argument,
 )
+from tokenmask.evaluate.refine_methods import split_drops_argument
 from tokenmask.evaluate.runner import check_methods
 from tokenmask.reconstructors.judge import recovery_nlls, separator_ids
 
@@ -96,7 +96,7 @@ def test_refine_lookahead_drops_argument(tiny_recon) -> None:  # type: ignore[no
 
 
 def test_refine_lookahead_rounds_argument(tiny_recon) -> None:  # type: ignore[no-untyped-def]
-    from tokenmask.evaluate.refine import split_lookahead_argument
+    from tokenmask.evaluate.refine_methods import split_lookahead_argument
 
     assert split_lookahead_argument("truncation") == (LOOKAHEAD_DROPS, 1, 0, None, "truncation", 64)
     assert split_lookahead_argument("r2:truncation") == (LOOKAHEAD_DROPS, 2, 0, None, "truncation", 64)

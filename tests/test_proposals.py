@@ -13,8 +13,8 @@ from tokenmask.evaluate.refine import (
     RecoverabilitySearch,
     move_estimates,
     move_variants,
-    split_lookahead_argument,
 )
+from tokenmask.evaluate.refine_methods import split_lookahead_argument
 from tokenmask.evaluate.runner import check_methods
 from tokenmask.reconstructors.judge import recovery_nlls, recovery_token_nlls, separator_ids
 

@@ -9,7 +9,8 @@ from conftest import load_benchmark
 
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.evaluate.compressor import MethodContext, build_method
-from tokenmask.evaluate.refine import LOOKAHEAD_PROPOSALS, RecoverabilitySearch, split_lookahead_argument
+from tokenmask.evaluate.refine import LOOKAHEAD_PROPOSALS, RecoverabilitySearch
+from tokenmask.evaluate.refine_methods import split_lookahead_argument
 from tokenmask.evaluate.runner import check_methods
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.reconstructors.judge import recovery_nlls, separator_ids

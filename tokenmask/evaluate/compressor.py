@@ -535,7 +535,7 @@ PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 #: Modules holding the built-in methods (imported on first use of the registry).
-BUILTIN_MODULES: tuple[str, ...] = ("tokenmask.evaluate.baselines", "tokenmask.evaluate.refine")
+BUILTIN_MODULES: tuple[str, ...] = ("tokenmask.evaluate.baselines", "tokenmask.evaluate.refine_methods")
 
 
 def register_method(prefix: str, factory: MethodFactory, overwrite: bool = False) -> None:

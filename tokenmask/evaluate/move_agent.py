@@ -35,10 +35,9 @@ from tokenmask.evaluate.refine import (
     LOOKAHEAD_PROTECT,
     LOOKAHEAD_TOKENS,
     LOOKAHEAD_TOLERANCE,
-    SEARCH_DTYPES,
     RecoverabilitySearch,
-    check_refine_argument,
 )
+from tokenmask.evaluate.refine_methods import SEARCH_DTYPES, check_refine_argument
 
 if TYPE_CHECKING:
     from tokenmask.evaluate.compressor import Method

@@ -174,7 +174,7 @@ def _check_kvpress_argument(argument: str) -> None:
 
 def _check_refine_argument(argument: str) -> None:
     # refine:BASE: the base method is checked as it would be on its own
-    from tokenmask.evaluate.refine import check_refine_argument
+    from tokenmask.evaluate.refine_methods import check_refine_argument
 
     check_refine_argument(argument)
     check_methods([argument])
@@ -182,7 +182,7 @@ def _check_refine_argument(argument: str) -> None:
 
 def _check_refine_guard_argument(argument: str) -> None:
     # refine_guard:[K@TOL:]BASE: the guard parses, the base is checked as refine's
-    from tokenmask.evaluate.refine import check_guard_argument, split_guard_argument
+    from tokenmask.evaluate.refine_methods import check_guard_argument, split_guard_argument
 
     check_guard_argument(argument)
     check_methods([split_guard_argument(argument)[2]])
@@ -190,7 +190,7 @@ def _check_refine_guard_argument(argument: str) -> None:
 
 def _check_refine_lookahead_argument(argument: str) -> None:
     # refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE: the drop rules, rounds, proposals and lookahead parse, the base is checked as refine's
-    from tokenmask.evaluate.refine import check_drops_argument, split_lookahead_argument
+    from tokenmask.evaluate.refine_methods import check_drops_argument, split_lookahead_argument
 
     check_drops_argument(argument)
     check_methods([split_lookahead_argument(argument).base])
