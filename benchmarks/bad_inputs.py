@@ -819,6 +819,74 @@ def cli_cases() -> list[Case]:
             check=user_data_kept,
         ),
         Case("label/data-missing", ["label", "--data_path", "missing.jsonl", "--output_dir", "o"]),
+        # ---- the move agent: tokenmask moves, and the search methods' names
+        Case("moves/unknown-step", ["moves", "frob"]),
+        Case("moves/table-unknown-flag", ["moves", "table", "--bogus"]),
+        Case("moves/table-rate-1", ["moves", "table", "--rates", "1.0"]),
+        Case("moves/table-method-not-a-search", ["moves", "table", "--method", "truncation"]),
+        Case("moves/table-lookahead-0", ["moves", "table", "--method", "refine_lookahead:p:l0:truncation"]),
+        Case("moves/table-corpus-missing", ["moves", "table", "--corpus", "missing.jsonl"]),
+        Case("moves/table-chunk-0", ["moves", "table", "--chunk", "0"]),
+        Case(
+            "moves/table-out-user-folder",
+            ["moves", "table", "--out", "userdir", "--overwrite", "true"],
+            setup=user_dir,
+            check=user_data_kept,
+        ),
+        Case("moves/train-table-missing", ["moves", "train", "--table", "missing.npz"]),
+        Case(
+            "moves/train-table-not-npz",
+            ["moves", "train", "--table", "notes.txt"],
+            setup=write("notes.txt", "my notes"),
+        ),
+        Case("moves/train-algo-unknown", ["moves", "train", "--algo", "dqn"]),
+        Case("moves/train-steps-negative", ["moves", "train", "--steps", "-1"]),
+        Case(
+            "moves/train-out-user-folder",
+            ["moves", "train", "--out", "userdir", "--overwrite", "true"],
+            setup=user_dir,
+            check=user_data_kept,
+        ),
+        Case("moves/report-table-missing", ["moves", "report", "--tables", "missing.npz"]),
+        Case("moves/report-agent-not-name-equals", ["moves", "report", "--agents", "a.zip"]),
+        Case(
+            "moves/report-agent-not-zip",
+            ["moves", "report", "--agents", "x=notes.txt"],
+            setup=write("notes.txt", "my notes"),
+        ),
+        Case(
+            "evaluate/move-agent-policy-missing",
+            ["evaluate", "--methods", "move_agent:missing.zip:truncation", *EVAL_SMALL, "--output_dir", "o"],
+        ),
+        Case(
+            "evaluate/move-agent-policy-not-zip",
+            ["evaluate", "--methods", "move_agent:notes.txt:truncation", *EVAL_SMALL, "--output_dir", "o"],
+            setup=write("notes.txt", "my notes"),
+        ),
+        Case(
+            "evaluate/move-agent-fp16",
+            ["evaluate", "--methods", "move_agent:default:fp16:truncation", *EVAL_SMALL, "--output_dir", "o"],
+        ),
+        Case(
+            "evaluate/refine-no-base",
+            ["evaluate", "--methods", "refine_lookahead:", *EVAL_SMALL, "--output_dir", "o"],
+        ),
+        Case(
+            "evaluate/refine-of-a-search",
+            [
+                "evaluate",
+                "--methods",
+                "refine_lookahead:move_agent:default:truncation",
+                *EVAL_SMALL,
+                "--output_dir",
+                "o",
+            ],
+        ),
+        Case(
+            "compress/move-agent-policy-missing",
+            ["compress", "--method", "move_agent:missing.zip:truncation"],
+            stdin=TEXT.encode(),
+        ),
     ]
     for case in cases:
         case.argv = [a.replace(W, "{W}") for a in case.argv]
@@ -1000,6 +1068,20 @@ def _env(ctx: dict[str, Any], **options: Any) -> Any:
     from tokenmask.envs import TokenMaskEnv
 
     return TokenMaskEnv(reconstructor=ctx["tiny"], documents=[TEXT] * 4, **options)
+
+
+def _moves_env(ctx: dict[str, Any], **options: Any) -> Any:
+    import gymnasium as gym
+
+    import tokenmask  # noqa: F401  (registers TokenMaskMoves-v0)
+
+    return gym.make("TokenMaskMoves-v0", **options)
+
+
+def _moves_step(ctx: dict[str, Any], action: int) -> Any:
+    env = _moves_env(ctx)
+    env.reset(seed=0)
+    return env.step(action)
 
 
 def _compress(ctx: dict[str, Any], texts: Any, rate: Any = 0.5, **kwargs: Any) -> Any:
@@ -1216,6 +1298,22 @@ def api_cases() -> list[ApiCase]:
             lambda c: __import__("tokenmask.evaluate", fromlist=["x"]).register_method(
                 "bad name!", lambda a, ctx: None
             ),
+        ),
+        ApiCase(
+            "api/compress-move-agent-policy-missing",
+            lambda c: _compress(c, TEXT, method="move_agent:/no.zip:truncation"),
+        ),
+        ApiCase(
+            "api/compress-refine-of-a-search", lambda c: _compress(c, TEXT, method="refine:refine:truncation")
+        ),
+        ApiCase("api/moves-env-table-missing", lambda c: _moves_env(c, table="/nonexistent.npz")),
+        ApiCase("api/moves-env-unknown-rate", lambda c: _moves_env(c, rates=[0.9])),
+        ApiCase("api/moves-env-weights-negative", lambda c: _moves_env(c, retention_weight=-1.0)),
+        ApiCase(
+            "api/moves-env-action-out-of-range",
+            lambda c: _moves_step(c, 99),
+            expect="either",
+            check=lambda v: None if v[1] <= 0 else f"reward {v[1]} for a padding action",
         ),
         ApiCase(
             "api/build-method-agent-empty",

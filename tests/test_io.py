@@ -304,3 +304,15 @@ def test_writing_into_a_user_folder_with_overwrite_does_not_adopt_it(tmp_path: P
     assert not (user / MARKER_FILE).exists()  # still the user's: a later replace needs --overwrite again
     with pytest.raises(OutputExistsError, match="did not write"):
         check_output_dir(user)
+
+
+def test_check_output_file_refuses_a_folder_and_an_existing_file(tmp_path: Path) -> None:
+    from tokenmask.io import check_output_file
+
+    assert check_output_file(tmp_path / "new.npz", overwrite=False) == tmp_path / "new.npz"
+    (tmp_path / "old.npz").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="exists. Fix: pass --overwrite true"):
+        check_output_file(tmp_path / "old.npz", overwrite=False)
+    assert check_output_file(tmp_path / "old.npz", overwrite=True) == tmp_path / "old.npz"
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        check_output_file(tmp_path, overwrite=True)

@@ -25,6 +25,7 @@ from tokenmask.envs.moves import (
 from tokenmask.evaluate.compressor import MethodContext, build_method
 from tokenmask.evaluate.metrics import EvalDocument, ReferenceNLLs, score_compressed_ids
 from tokenmask.evaluate.move_agent import load_move_policy, split_move_agent_argument
+from tokenmask.evaluate.runner import check_methods
 from tokenmask.policies import MovePolicy
 from tokenmask.testing import random_documents
 from tokenmask.train.moves import clone, greedy, rewards
@@ -98,8 +99,10 @@ def test_table_round_trip_and_bad_file(table, tmp_path: Path) -> None:  # type: 
     both = MoveTable.concatenate([table, back])
     assert len(both) == 2 * len(table)
     assert set(both.document[len(table) :]).isdisjoint(both.document[: len(table)])
+    with pytest.raises(ValueError, match="no such table. Fix: build it with tokenmask moves table"):
+        MoveTable.load(tmp_path / "none.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a table")
-    with pytest.raises(ValueError, match="not a move table"):
+    with pytest.raises(ValueError, match="not a move table \\(not an .npz archive\\)"):
         MoveTable.load(tmp_path / "bad.npz")
 
 
@@ -199,8 +202,10 @@ def test_move_agent_method(tiny_recon, documents, tmp_path: Path, table) -> None
     with pytest.raises(ValueError, match="no policy file"):
         build_method(f"move_agent:{tmp_path / 'none.zip'}:truncation", MethodContext(judge=tiny_recon))
     (tmp_path / "bad.zip").write_bytes(b"junk")
-    with pytest.raises(Exception, match="damaged"):
+    with pytest.raises(ValueError, match="not a zip archive"):
         build_method(f"move_agent:{tmp_path / 'bad.zip'}:truncation", MethodContext(judge=tiny_recon))
+    with pytest.raises(ValueError, match="not a zip archive"):  # refused before any model loads, too
+        check_methods([f"move_agent:{tmp_path / 'bad.zip'}:truncation"])
 
 
 def test_shipped_move_policy(tiny_recon, documents) -> None:  # type: ignore[no-untyped-def]
@@ -368,6 +373,21 @@ def test_moves_configs_refuse_bad_values() -> None:
         MoveTrainConfig(algo="sac")
     with pytest.raises(ConfigError, match="NAME=POLICY"):
         MoveReportConfig(agents=["a.zip"])
+
+
+def test_moves_steps_refuse_a_folder_as_out_before_any_work(tmp_path: Path) -> None:
+    """``--out`` naming a folder is refused before the judge loads (table) or the table is read (train), even with
+    ``--overwrite true``: the save at the end would refuse it after minutes of work."""
+    from tokenmask.errors import OutputExistsError
+    from tokenmask.train.moves import MoveTableConfig, MoveTrainConfig, build_table, train_agent
+
+    folder = tmp_path / "a_folder"
+    (folder / "notes").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        build_table(MoveTableConfig(judge="/no/such/judge", out=str(folder), overwrite=True), progress=False)
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        train_agent(MoveTrainConfig(table="/no/such/table.npz", out=str(folder), overwrite=True), progress=False)
+    assert (folder / "notes").is_dir()
 
 
 def test_the_packaged_tables_serve_the_env_and_reproduce_the_shipped_policy(tmp_path: Path) -> None:

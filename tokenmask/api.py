@@ -231,12 +231,14 @@ def build_text_method(
     """A registered method that returns text, built with ``judge`` (what ``compress(method=...)`` and ``tokenmask
     compress --method`` use). A judge search on a CPU warns once that it is a GPU method.
 
-    :raises ValueError: for an unknown method (before any model loads), or one that compresses inside the model.
+    :raises ValueError: for an unknown method or a bad argument (before any model loads), or one that compresses inside
+        the model.
     """
-    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, method_factory
+    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method
+    from tokenmask.evaluate.runner import check_methods
     from tokenmask.reconstructors import Reconstructor
 
-    method_factory(method)  # an unknown name fails here, before any model loads
+    check_methods([method])  # an unknown name or a bad argument fails here, before any model loads
     lm = (
         judge
         if isinstance(judge, Reconstructor)

@@ -134,6 +134,31 @@ def clean_leftovers(target: str | os.PathLike[str]) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------- files
+def _not_a_folder(path: str | os.PathLike[str]) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExistsError(
+            f"{target} is a folder; tokenmask writes a file there. Fix: remove the folder or choose another file name.",
+            path=target,
+        )
+    return target
+
+
+def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Before long work that ends by writing one file to ``path``: refuse what the write would refuse.
+
+    :param overwrite: whether an existing file may be replaced.
+    :return: ``path`` as a :class:`~pathlib.Path`.
+    :raises OutputExistsError: if ``path`` is a folder, or an existing file and ``overwrite`` is false.
+    """
+    target = _not_a_folder(path)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{target} exists.", fix="pass --overwrite true, or another --out.", path=target
+        )
+    return target
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -141,12 +166,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     :return: the destination path.
     :raises OutputExistsError: if ``path`` is a folder.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise OutputExistsError(
-            f"{target} is a folder; tokenmask writes a file there. Fix: remove the folder or choose another file name.",
-            path=target,
-        )
+    target = _not_a_folder(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(target)
     fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(target, _TEMP), dir=target.parent)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,9 +240,22 @@ class MoveTable:
     def load(cls, path: str | os.PathLike[str]) -> MoveTable:
         """Read a table written by :meth:`save`, or a packaged one by name (:data:`PACKAGED_TABLES`).
 
-        :raises ValueError: if the file is not such a table (names the missing part and the fix).
+        :raises ValueError: if there is no such file, or it is not such a table (names the missing part and the fix).
         """
+        from tokenmask.errors import InputError
+
+        if not Path(PACKAGED_TABLES.get(str(path), path)).is_file():
+            raise InputError(
+                f"{path}: no such table.",
+                fix=f"build it with tokenmask moves table, or use a packaged table ({', '.join(PACKAGED_TABLES)}).",
+                path=path,
+            )
         path = PACKAGED_TABLES.get(str(path), path)
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path} is not a move table (not an .npz archive). Fix: build one with tokenmask moves table "
+                "(tokenmask.envs.moves.build_move_table, saved with MoveTable.save)."
+            )
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in _ARRAYS}

@@ -16,6 +16,7 @@ with the same passes. ::
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ from tokenmask.evaluate.refine import (
     LOOKAHEAD_TOLERANCE,
     RecoverabilitySearch,
 )
-from tokenmask.evaluate.refine_methods import SEARCH_DTYPES, check_refine_argument
+from tokenmask.evaluate.refine_methods import OTHER_DTYPES, SEARCH_DTYPES, check_refine_argument
 
 if TYPE_CHECKING:
     from tokenmask.evaluate.compressor import Method
@@ -50,6 +51,35 @@ DEFAULT_MOVE_POLICY = MOVE_AGENT_DIR / "policy.zip"
 validation (``tokenmask/agents/moves/agent.json`` says how it was made and what it measured)."""
 
 
+_POLICY_FIX = "train one on TokenMaskMoves-v0 (tokenmask moves train) and pass its .zip, or use default."
+
+
+def check_move_policy_file(path: str | os.PathLike[str]) -> Path:
+    """The policy file ``path`` names (``default``: :data:`DEFAULT_MOVE_POLICY`), if it is a zip archive.
+
+    :raises ValueError: if there is no such file, or it is not a zip archive (an SB3 policy is one).
+    """
+    file = DEFAULT_MOVE_POLICY if str(path) == "default" else Path(path)
+    if not file.is_file():
+        raise ValueError(f"move_agent: no policy file at {file}. Fix: {_POLICY_FIX}")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(
+            f"move_agent: {file} is not a zip archive (an SB3 policy file is one). Fix: {_POLICY_FIX}"
+        )
+    return file
+
+
+def check_move_agent_argument(argument: str) -> None:
+    """``move_agent:POLICY[:bf16]:BASE`` before any model loads: the parts parse, the policy file is a zip archive
+    and the base is a method ``refine_lookahead`` could refine.
+
+    :raises ValueError: naming the fix.
+    """
+    path, _, base = split_move_agent_argument(argument)
+    check_move_policy_file(path)
+    check_refine_argument(base, "move_agent")
+
+
 def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
     """The :class:`MovePolicy` of an SB3 ``.zip`` (on the CPU: it is a few thousand parameters); ``default`` is
     :data:`DEFAULT_MOVE_POLICY`.
@@ -60,20 +90,18 @@ def load_move_policy(path: str | os.PathLike[str]) -> MovePolicy:
     from tokenmask.policies.move_policy import MovePolicy
     from tokenmask.train.loading import load_agent
 
-    fix = "train one on TokenMaskMoves-v0 (tokenmask moves train) and pass its .zip, or use default."
-    if str(path) == "default":
-        path = DEFAULT_MOVE_POLICY
-    if not Path(path).is_file():
-        raise ValueError(f"move_agent: no policy file at {path}. Fix: {fix}")
+    path = check_move_policy_file(path)
     # only the policy is read: PPO's loader reads an A2C file's policy as well
-    policy = load_agent(path, "ppo", device="cpu", fix=fix).policy
+    policy = load_agent(path, "ppo", device="cpu", fix=_POLICY_FIX).policy
     if not isinstance(policy, MovePolicy):
-        raise ValueError(f"move_agent: {path} holds a {type(policy).__name__}, not a MovePolicy. Fix: {fix}")
+        raise ValueError(
+            f"move_agent: {path} holds a {type(policy).__name__}, not a MovePolicy. Fix: {_POLICY_FIX}"
+        )
     width = policy.observation_space.shape[-1]  # type: ignore[index]
     if width != len(MOVE_FEATURES) + 1:
         raise ValueError(
             f"move_agent: {path} reads {width - 1} features per candidate, this version gives {len(MOVE_FEATURES)}. "
-            f"Fix: {fix}"
+            f"Fix: {_POLICY_FIX}"
         )
     policy.set_training_mode(False)
     return policy
@@ -132,6 +160,11 @@ def split_move_agent_argument(argument: str) -> tuple[str, str | None, str]:
     path, _, rest = argument.partition(":")
     head, _, base = rest.partition(":")
     dtype = SEARCH_DTYPES.get(head) if base else None
+    if dtype is None and base and head in OTHER_DTYPES:
+        raise ValueError(
+            f"move_agent:{argument}: the search's passes run in the judge's dtype or in {', '.join(SEARCH_DTYPES)}, "
+            f"not {head}. Fix: e.g. move_agent:{path}:bf16:{base}, or load the judge in that dtype (--dtype)."
+        )
     if dtype is None:
         base = rest
     if not path or not base:
@@ -144,7 +177,7 @@ def split_move_agent_argument(argument: str) -> tuple[str, str | None, str]:
 
 def _move_agent(argument: str, context: MethodContext) -> MoveAgentSearch:
     path, dtype, base = split_move_agent_argument(argument)
-    check_refine_argument(base)
+    check_refine_argument(base, "move_agent")
     return MoveAgentSearch(
         build_method(base, context),
         context.judge,

@@ -27,14 +27,22 @@ from tokenmask.evaluate.refine import (
 )
 
 
-def check_refine_argument(argument: str) -> None:
-    """``refine:BASE`` needs a base method name; it is checked as that method's own name would be."""
+def check_refine_argument(argument: str, method: str = "refine") -> None:
+    """``refine:BASE`` needs a base method name that is not itself a search.
+
+    :param argument: the base method's name.
+    :param method: the prefix it follows, named in the error (``refine``, ``refine_lookahead``, ``move_agent``).
+    :raises ValueError: for no base, or a base that is a search.
+    """
     if not argument:
-        raise ValueError("refine needs a base method. Fix: e.g. refine:truncation or refine:agent:default.")
+        raise ValueError(f"{method} needs a base method. Fix: e.g. {method}:truncation.")
     from tokenmask.evaluate.compressor import split_method_name
 
-    if split_method_name(argument)[0] in ("refine", "refine_guard", "refine_lookahead"):
-        raise ValueError(f"refine:{argument} refines a refined method. Fix: name the base method once.")
+    if split_method_name(argument)[0] in ("refine", "refine_guard", "refine_lookahead", "move_agent"):
+        raise ValueError(
+            f"{method}:{argument} searches over a method that is already a search. Fix: name the base method once, "
+            f"e.g. {method}:truncation."
+        )
 
 
 def split_guard_argument(argument: str) -> tuple[int, float, str]:
@@ -100,8 +108,8 @@ SEARCH_DTYPES: dict[str, str] = {"bf16": "bfloat16"}
 """``refine_lookahead``'s dtype heads: the weights dtype of the search's own judge passes (the judge's by default)."""
 
 
-_OTHER_DTYPES = frozenset({"fp16", "float16", "half", "fp32", "float32", "bfloat16", "fp8"})
-"""Dtype spellings ``refine_lookahead`` refuses with a fix (rather than as an unknown base method)."""
+OTHER_DTYPES = frozenset({"fp16", "float16", "half", "fp32", "float32", "bfloat16", "fp8"})
+"""Dtype spellings ``refine_lookahead`` and ``move_agent`` refuse with a fix (rather than as an unknown base method)."""
 
 
 class LookaheadArgument(NamedTuple):
@@ -137,7 +145,7 @@ def split_lookahead_argument(argument: str) -> LookaheadArgument:
     head, _, base = rest.partition(":")
     if base and head in SEARCH_DTYPES:
         return LookaheadArgument(drops, rounds, proposals, SEARCH_DTYPES[head], base, lookahead)
-    if base and head in _OTHER_DTYPES:
+    if base and head in OTHER_DTYPES:
         raise ValueError(
             f"refine_lookahead:{argument}: the search's passes run in the judge's dtype or in {', '.join(SEARCH_DTYPES)}, "
             f"not {head}. Fix: e.g. refine_lookahead:p:bf16:truncation, or load the judge in that dtype (--dtype)."
@@ -147,12 +155,12 @@ def split_lookahead_argument(argument: str) -> LookaheadArgument:
 
 def check_drops_argument(argument: str) -> None:
     """``refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE``: the drop rules, rounds and proposals parse and the base is checked as ``refine``'s."""
-    check_refine_argument(split_lookahead_argument(argument).base)
+    check_refine_argument(split_lookahead_argument(argument).base, "refine_lookahead")
 
 
 def check_guard_argument(argument: str) -> None:
     """``refine_guard:[K@TOL:]BASE``: the guard parses and the base is checked as ``refine``'s."""
-    check_refine_argument(split_guard_argument(argument)[2])
+    check_refine_argument(split_guard_argument(argument)[2], "refine_guard")
 
 
 def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
@@ -164,7 +172,7 @@ def _refine(argument: str, context: MethodContext) -> RecoverabilitySearch:
 def _refine_guard(argument: str, context: MethodContext) -> RecoverabilitySearch:
     """``refine_guard:[K@TOL:]BASE``: ``refine`` over :data:`GUARD_MOVES` with the retention guard (default :data:`GUARD_TOKENS` @ :data:`GUARD_TOLERANCE`)."""
     k, tol, base = split_guard_argument(argument)
-    check_refine_argument(base)
+    check_refine_argument(base, "refine_guard")
     return RecoverabilitySearch(
         build_method(base, context),
         context.judge,
@@ -179,7 +187,7 @@ def _refine_lookahead(argument: str, context: MethodContext) -> RecoverabilitySe
     """``refine_lookahead:[DROPS:][rN:][pK:][lN:][bf16:]BASE``: ``refine`` over :data:`GUARD_MOVES` and the drop rules
     (default :data:`LOOKAHEAD_DROPS`) with the lookahead guard and a protected tail (:func:`split_lookahead_argument`)."""
     drops, rounds, proposals, dtype, base, lookahead = split_lookahead_argument(argument)
-    check_refine_argument(base)
+    check_refine_argument(base, "refine_lookahead")
     return RecoverabilitySearch(
         build_method(base, context),
         context.judge,

@@ -196,6 +196,14 @@ def _check_refine_lookahead_argument(argument: str) -> None:
     check_methods([split_lookahead_argument(argument).base])
 
 
+def _check_move_agent_argument(argument: str) -> None:
+    # move_agent:POLICY[:bf16]:BASE: the policy file is a zip archive, the base is checked as refine's
+    from tokenmask.evaluate.move_agent import check_move_agent_argument, split_move_agent_argument
+
+    check_move_agent_argument(argument)
+    check_methods([split_move_agent_argument(argument)[2]])
+
+
 def _check_path_argument(prefix: str, what: str) -> Callable[[str], None]:
     def check(argument: str) -> None:
         if argument and argument != "sample" and not Path(argument).exists():
@@ -217,6 +225,7 @@ ARGUMENT_CHECKS: dict[str, Callable[[str], None]] = {
     "refine": _check_refine_argument,
     "refine_guard": _check_refine_guard_argument,
     "refine_lookahead": _check_refine_lookahead_argument,
+    "move_agent": _check_move_agent_argument,
 }
 
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenmask.config import add_config_arguments, config_from_args
-from tokenmask.errors import ConfigError, InputError, OutputExistsError
+from tokenmask.errors import ConfigError, InputError
 from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN as GAIN
 from tokenmask.evaluate.reports import RETENTION_MARGIN as SLACK
 from tokenmask.io import atomic_write_model
@@ -207,12 +207,10 @@ def build_table(config: MoveTableConfig, progress: bool = True) -> MoveTable | N
     from tokenmask.evaluate.metrics import select_documents
     from tokenmask.evaluate.refine import RecoverabilitySearch
     from tokenmask.evaluate.reports import device_description
-    from tokenmask.io import atomic_write_json
+    from tokenmask.io import atomic_write_json, check_output_file
     from tokenmask.reconstructors import Reconstructor
 
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise OutputExistsError(f"{out} exists.", fix="pass --overwrite true, or another --out.", path=out)
+    out = check_output_file(config.out, config.overwrite)
     method_factory(config.method)  # an unknown method fails before the judge loads
     parts = Path(f"{out}.parts")
     settings = {
@@ -324,17 +322,9 @@ def _load_part(path: Path) -> MoveTable:
 
 def load_tables(paths: Sequence[str]) -> MoveTable:
     """The tables of several files, as one (:meth:`~tokenmask.envs.moves.MoveTable.concatenate`)."""
-    from tokenmask.envs.moves import PACKAGED_TABLES, MoveTable
+    from tokenmask.envs.moves import MoveTable
 
-    files = [p for p in paths if str(p).strip()]
-    for p in files:
-        if p not in PACKAGED_TABLES and not Path(p).is_file():
-            raise InputError(
-                f"{p}: no such table.",
-                fix=f"build it with tokenmask moves table, or use a packaged table ({', '.join(PACKAGED_TABLES)}).",
-                path=p,
-            )
-    return MoveTable.concatenate([MoveTable.load(p) for p in files])
+    return MoveTable.concatenate([MoveTable.load(p) for p in paths if str(p).strip()])
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -478,12 +468,10 @@ def train_agent(config: MoveTrainConfig, progress: bool = True) -> dict[str, Any
     from stable_baselines3.common.env_util import make_vec_env
 
     from tokenmask.envs.moves import TokenMaskMovesEnv
-    from tokenmask.io import atomic_write_json
+    from tokenmask.io import atomic_write_json, check_output_file
     from tokenmask.policies import MovePolicy
 
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise OutputExistsError(f"{out} exists.", fix="pass --overwrite true, or another --out.", path=out)
+    out = check_output_file(config.out, config.overwrite)
     moves = load_tables(config.table)
     held_out = load_tables(config.eval_table) if config.eval_table else None
     torch.manual_seed(config.seed)
