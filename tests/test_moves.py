@@ -386,7 +386,9 @@ def test_moves_steps_refuse_a_folder_as_out_before_any_work(tmp_path: Path) -> N
     with pytest.raises(OutputExistsError, match="is a folder"):
         build_table(MoveTableConfig(judge="/no/such/judge", out=str(folder), overwrite=True), progress=False)
     with pytest.raises(OutputExistsError, match="is a folder"):
-        train_agent(MoveTrainConfig(table="/no/such/table.npz", out=str(folder), overwrite=True), progress=False)
+        train_agent(
+            MoveTrainConfig(table="/no/such/table.npz", out=str(folder), overwrite=True), progress=False
+        )
     assert (folder / "notes").is_dir()
 
 
