@@ -72,6 +72,16 @@ def test_other_arguments_are_checked_before_loading_anything(tmp_path, monkeypat
             AgentNotFoundError,
             "neither 'default' nor a folder",
         ),
+        (
+            lambda: tokenmask.compress("t", method="activation", judge=never),
+            ValueError,
+            "compresses inside the model and returns no text",
+        ),
+        (
+            lambda: tokenmask.compress("t", method="move_agent:/no/policy.zip:truncation", judge=never),
+            ValueError,
+            "no policy file",
+        ),
         (lambda: tokenmask.compress("t", agent=None), ValueError, "No agent and no method"),
         (lambda: tokenmask.compress("t", agent=3), TypeError, "agent is a int"),  # type: ignore[call-overload]
     ]:

@@ -30,6 +30,7 @@ from tokenmask.cli import main
 from tokenmask.config import build_config, load_config
 from tokenmask.envs.episodes import RECORD_KEY
 from tokenmask.errors import ConfigError, CorruptFileError, OutputExistsError
+from tokenmask.evaluate.runner import check_methods
 from tokenmask.io import atomic_write_json
 from tokenmask.reconstructors import Reconstructor
 from tokenmask.train.agent import AgentCompressor
@@ -354,6 +355,10 @@ def test_a_fine_tuned_run_without_its_reconstructor_is_refused(run_copy):
         Trainer(config, resume=True)
     with pytest.raises(RunFolderError, match=r"has no fine-tuned reconstructor .*joint_period=1.*Fix:"):
         AgentCompressor.load(str(run_copy), device="cpu")
+    with pytest.raises(
+        RunFolderError, match=r"has no fine-tuned reconstructor"
+    ):  # before any model loads, too
+        check_methods([f"agent:{run_copy}"])
     assert isinstance(RunFolderError("x"), CorruptFileError)
     assert snapshot(run_copy) == before
 

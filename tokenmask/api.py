@@ -234,22 +234,25 @@ def build_text_method(
     :raises ValueError: for an unknown method or a bad argument (before any model loads), or one that compresses inside
         the model.
     """
-    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method
+    from tokenmask.evaluate.compressor import Compressor, MethodContext, build_method, compresses_in_model
     from tokenmask.evaluate.runner import check_methods
     from tokenmask.reconstructors import Reconstructor
 
     check_methods([method])  # an unknown name or a bad argument fails here, before any model loads
+    textless = ValueError(
+        f"Method {method!r} compresses inside the model and returns no text. "
+        "Fix: use a text method such as span_self_information or truncation."
+    )
+    if compresses_in_model(method):
+        raise textless
     lm = (
         judge
         if isinstance(judge, Reconstructor)
         else Reconstructor.load(judge, device=device, add_mask_token=False)
     )
     built = build_method(method, MethodContext(judge=lm, seed=seed, device=device))
-    if not isinstance(built, Compressor):
-        raise ValueError(
-            f"Method {method!r} compresses inside the model and returns no text. "
-            "Fix: use a text method such as span_self_information or truncation."
-        )
+    if not isinstance(built, Compressor):  # an in-model method registered without in_model=True
+        raise textless
     _warn_if_search_on_cpu(built, lm, method)
     return built
 

@@ -62,4 +62,4 @@ def _activation_method(argument: str, context: MethodContext) -> ActivationInMod
     return build_activation_method(argument, context)
 
 
-register_method("activation", _activation_method)
+register_method("activation", _activation_method, in_model=True)

@@ -19,6 +19,7 @@ from tokenmask.evaluate.compressor import (
     MaskingCompressor,
     MethodContext,
     build_method,
+    compresses_in_model,
     register_method,
     registered_methods,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "MaskingCompressor",
     "MethodContext",
     "build_method",
+    "compresses_in_model",
     "register_method",
     "registered_methods",
 ]

@@ -524,6 +524,8 @@ class MethodContext:
 MethodFactory = Callable[[str, MethodContext], Method]
 
 _REGISTRY: dict[str, MethodFactory] = {}
+_IN_MODEL: set[str] = set()
+"""Prefixes whose factories build in-model compressors (``register_method(..., in_model=True)``)."""
 
 #: Modules imported the first time a method with this prefix is requested; each calls
 #: :func:`register_method` when imported. A missing module is skipped.
@@ -538,12 +540,16 @@ PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
 BUILTIN_MODULES: tuple[str, ...] = ("tokenmask.evaluate.baselines", "tokenmask.evaluate.refine_methods")
 
 
-def register_method(prefix: str, factory: MethodFactory, overwrite: bool = False) -> None:
+def register_method(
+    prefix: str, factory: MethodFactory, overwrite: bool = False, in_model: bool = False
+) -> None:
     """Make ``prefix`` (and ``prefix:argument``) a method name of ``tokenmask evaluate``.
 
     :param prefix: the name before the colon; letters, digits, ``_`` and ``-`` only.
     :param factory: ``factory(argument, context) -> Compressor | InModelCompressor``.
     :param overwrite: replace an existing registration instead of raising.
+    :param in_model: the factory builds an :class:`InModelCompressor` (no text), so that callers that need text
+        (``tokenmask.compress``, ``tokenmask compress``) refuse the name before any model loads.
     :raises ValueError: if the prefix is malformed or taken (and ``overwrite`` is false).
     """
     if not prefix or not all(ch.isalnum() or ch in "_-" for ch in prefix):
@@ -553,6 +559,19 @@ def register_method(prefix: str, factory: MethodFactory, overwrite: bool = False
             f"Method prefix {prefix!r} is already registered. Fix: pick another prefix or pass overwrite=True."
         )
     _REGISTRY[prefix] = factory
+    if in_model:
+        _IN_MODEL.add(prefix)
+    else:
+        _IN_MODEL.discard(prefix)
+
+
+def compresses_in_model(name: str) -> bool:
+    """Whether the method ``name`` was registered as an in-model compressor (``register_method(..., in_model=True)``).
+
+    :raises ValueError: for an unknown prefix, naming the known ones.
+    """
+    method_factory(name)
+    return split_method_name(name)[0] in _IN_MODEL
 
 
 def _load_builtins() -> None:

@@ -227,4 +227,4 @@ def build_kvpress_method(argument: str, context: MethodContext) -> KVPressCompre
     return KVPressCompressor(argument)
 
 
-register_method("kvpress", build_kvpress_method, overwrite=True)
+register_method("kvpress", build_kvpress_method, overwrite=True, in_model=True)

@@ -66,14 +66,15 @@ def check_agent_argument(argument: str) -> None:
         )
     # these import torch: only once a folder is there to read
     from tokenmask.train.export import check_policy_folder, is_policy_folder
-    from tokenmask.train.run_folder import RunFolder
 
     if is_policy_folder(path):  # an exported agent (tokenmask export): policy.pt, no agent.zip
         check_policy_folder(path)
         return
-    run = RunFolder(path)
-    run.read_config()
+    from tokenmask.train.loading import check_run_reconstructor, load_run_config
+
+    config, run = load_run_config(path)
     run.require_agent()
+    check_run_reconstructor(config, run)
 
 
 def _agent_method(argument: str, context: MethodContext) -> AgentCompressor:

@@ -95,14 +95,23 @@ def load_run_reconstructor(
                 dtype=config.reconstructor_dtype,
                 batch_size=config.reconstructor_batch_size,
             )
-    if config.joint_training and run.has_agent():
+    check_run_reconstructor(config, run)
+    return load_reconstructor(config, device=device, trainable=trainable)
+
+
+def check_run_reconstructor(config: TrainConfig, run: RunFolder) -> None:
+    """Before any model loads: a run that fine-tuned its reconstructor (``joint_period > 0``) and saved an agent
+    holds that reconstructor.
+
+    :raises RunFolderError: if it does not (the agent would silently be paired with the base model).
+    """
+    if config.joint_training and run.has_agent() and not run.has_reconstructor():
         raise RunFolderError(
             f"{run.path} has no fine-tuned reconstructor ({run.reconstructor_dir} is missing) though the run fine-tuned "
             f"it (joint_period={config.joint_period}): its agent would be paired with the base model. "
             f"Fix: restore {run.reconstructor_dir.name}/ from a copy, or {run.damage_fix()}",
             path=run.reconstructor_dir,
         )
-    return load_reconstructor(config, device=device, trainable=trainable)
 
 
 def load_agent(
