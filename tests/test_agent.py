@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import save_tiny_run
 
-from tokenmask import api
+from tokenmask import api, shipped_agent
 from tokenmask.cli import main
 from tokenmask.config import load_config
 from tokenmask.envs.env_config import ENV_OPTION_KEYS
@@ -167,13 +167,13 @@ def test_agent_default_is_the_shipped_agent(run_dir, tiny_recon, monkeypatch, tm
     from tokenmask.errors import InputError
     from tokenmask.evaluate.runner import check_methods
 
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
     with pytest.raises(api.AgentNotFoundError, match="no agent ships") as info:
         check_methods(["agent:default"])
     assert "Fix:" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(InputError, match="needs a run folder.*agent:default"):
         check_methods(["agent"])
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", run_dir)
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", run_dir)
     check_methods(["agent:default"])
     method = build_method("agent:default", MethodContext(judge=tiny_recon, device="cpu"))
     assert isinstance(method, AgentCompressor) and method.name == "agent:default"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tokenmask
-from tokenmask import api
+from tokenmask import api, shipped_agent
 from tokenmask.api import AgentNotFoundError, CompressionResult
 from tokenmask.evaluate.baselines import Truncation
 
@@ -88,8 +88,8 @@ def test_other_arguments_are_checked_before_loading_anything(tmp_path, monkeypat
         with pytest.raises(kind, match=match) as info:
             call()
         one_line_with_fix(info.value)
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
-    with pytest.raises(AgentNotFoundError, match="No agent ships") as info:
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
+    with pytest.raises(AgentNotFoundError, match="no agent ships") as info:
         tokenmask.compress("t")
     one_line_with_fix(info.value)
 
@@ -178,7 +178,7 @@ def test_the_embedded_judge_by_default_compresses_offline() -> None:
 
 def test_the_shipped_agent_is_the_default(run_dir, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """With an agent in DEFAULT_AGENT_DIR, ``tokenmask.compress(text)`` needs no other argument."""
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", run_dir)
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", run_dir)
     result = tokenmask.compress(TEXTS[0], rate=0.5, device="cpu")
     assert result == tokenmask.compress(TEXTS[0], rate=0.5, agent=run_dir, device="cpu")
     assert 0 < result.kept_tokens < result.tokens and abs(result.rate - 0.5) <= 0.02

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tokenmask import api
+from tokenmask import shipped_agent
 from tokenmask.cli import main
 from tokenmask.evaluate.baselines import Truncation
 from tokenmask.train.cli import show_removed
@@ -110,7 +110,7 @@ def test_show_marks_exactly_the_dropped_tokens(tiny_recon) -> None:  # type: ign
 
 
 def test_no_shipped_agent_is_one_clear_line(monkeypatch, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", tmp_path / "agents" / "default")
     status, out, err = run(monkeypatch, capsys, "some text", "--rate", "0.5")
     assert status == 2 and out == ""
     assert (

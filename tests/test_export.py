@@ -13,7 +13,7 @@ import torch
 from stable_baselines3 import PPO
 
 import tokenmask
-from tokenmask import api
+from tokenmask import shipped_agent
 from tokenmask.cli import main
 from tokenmask.config import load_config
 from tokenmask.errors import InputError
@@ -224,7 +224,7 @@ def test_a_damaged_policy_file_is_a_clear_error(lm_run, tmp_path, monkeypatch) -
     policy.unlink()
     with pytest.raises(RunFolderError, match="policy.pt is missing"):
         check_agent_argument(str(folder))
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", folder)
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", folder)
     assert main(["compress", "--rate", "0.5"]) == 2
 
 
@@ -234,7 +234,7 @@ def test_the_export_folder_is_the_shipped_default(position_run, tmp_path, monkey
     from tokenmask.evaluate.runner import check_methods
 
     folder = export_agent(position_run, tmp_path / "agents" / "default", float16=True)
-    monkeypatch.setattr(api, "DEFAULT_AGENT_DIR", folder)
+    monkeypatch.setattr(shipped_agent, "DEFAULT_AGENT_DIR", folder)
     result = tokenmask.compress(TEXTS[0], rate=0.5, device="cpu")
     assert result == tokenmask.compress(TEXTS[0], rate=0.5, agent=folder, device="cpu")
     assert abs(result.rate - 0.5) <= 0.02

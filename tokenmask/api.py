@@ -35,18 +35,13 @@ if TYPE_CHECKING:
     from tokenmask.evaluate.compressor import Compressor
     from tokenmask.reconstructors import Reconstructor
 
-DEFAULT_AGENT_DIR = Path(__file__).resolve().parent / "agents" / "default"
-"""Where the package's shipped agent lives: a folder of ``tokenmask export`` (``policy.pt``, ``config.json``,
-``agent.json``), put there by ``tokenmask export RUN_DIR --output_dir tokenmask/agents/default``."""
-
-
-def shipped_agent_available() -> bool:
-    """Whether this install carries an agent in :data:`DEFAULT_AGENT_DIR` (its ``config.json`` is there)."""
-    return (DEFAULT_AGENT_DIR / "config.json").is_file()
-
-
-class AgentNotFoundError(ValueError):
-    """Raised when ``agent`` names no shipped agent and no run folder."""
+from tokenmask.shipped_agent import (  # noqa: F401  (public here: tokenmask.api.DEFAULT_AGENT_DIR, ...)
+    DEFAULT_AGENT,
+    DEFAULT_AGENT_DIR,
+    AgentNotFoundError,
+    shipped_agent_available,
+    shipped_agent_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -272,14 +267,12 @@ def _warn_if_search_on_cpu(built: Compressor, lm: Reconstructor, method: str) ->
 
 
 def _agent_dir(agent: str | os.PathLike[str]) -> Path:
-    if str(agent) == "default":
-        if not shipped_agent_available():
-            raise AgentNotFoundError(
-                f"No agent ships with this install of tokenmask yet (looked in {DEFAULT_AGENT_DIR}). "
-                "Fix: pass method='span_self_information' (or another of tokenmask.evaluate.registered_methods()), "
-                "or agent=RUN_DIR from `tokenmask train`."
-            )
-        return DEFAULT_AGENT_DIR
+    if str(agent) == DEFAULT_AGENT:
+        return shipped_agent_dir(
+            f"agent={DEFAULT_AGENT!r}",
+            "pass method='span_self_information' (or another of tokenmask.evaluate.registered_methods()), "
+            "or agent=RUN_DIR from `tokenmask train`.",
+        )
     path = Path(agent)
     if not path.is_dir():
         raise AgentNotFoundError(

@@ -4,7 +4,7 @@ and the trained agent as a compressor (``agent:RUN_DIR`` in ``tokenmask evaluate
 
 Importing this package registers the ``agent`` method with :mod:`tokenmask.evaluate`; the heavy
 modules load when the method is built. ``agent:default`` names the agent shipped in the package
-(:data:`tokenmask.api.DEFAULT_AGENT_DIR`). :func:`check_agent_argument` is the method's argument
+(:data:`tokenmask.shipped_agent.DEFAULT_AGENT_DIR`). :func:`check_agent_argument` is the method's argument
 check, which ``tokenmask evaluate`` runs before any model loads (importing this package is light).
 """
 
@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokenmask.evaluate.compressor import MethodContext, register_method
+from tokenmask.shipped_agent import DEFAULT_AGENT, shipped_agent_dir
 
 if TYPE_CHECKING:
     from tokenmask.train.agent import AgentCompressor
-
-DEFAULT_AGENT = "default"
-"""The ``agent:`` argument naming the agent shipped in the package."""
 
 
 def agent_dir(argument: str) -> Path:
@@ -28,7 +26,6 @@ def agent_dir(argument: str) -> Path:
     :raises AgentNotFoundError: for ``default`` when no agent ships with this install.
     :raises InputError: for an empty argument.
     """
-    from tokenmask.api import DEFAULT_AGENT_DIR, AgentNotFoundError, shipped_agent_available
     from tokenmask.errors import InputError
 
     if not argument:
@@ -38,13 +35,11 @@ def agent_dir(argument: str) -> Path:
             key="methods",
         )
     if argument == DEFAULT_AGENT:
-        if not shipped_agent_available():
-            raise AgentNotFoundError(
-                f"agent:{DEFAULT_AGENT}: no agent ships with this install of tokenmask yet "
-                f"(looked in {DEFAULT_AGENT_DIR}). Fix: name a run folder as agent:RUN_DIR (`tokenmask train`), "
-                "or use another method such as span_self_information."
-            )
-        return DEFAULT_AGENT_DIR
+        return shipped_agent_dir(
+            f"agent:{DEFAULT_AGENT}",
+            "name a run folder as agent:RUN_DIR (`tokenmask train`), or use another method such as "
+            "span_self_information.",
+        )
     return Path(argument)
 
 
