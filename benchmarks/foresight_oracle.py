@@ -19,6 +19,8 @@ the *real* continuation's first ``k`` tokens, with retention scored on the token
   and, over each document's candidates, the correlation of a move's ``F`` change on the continuation's first and
   second halves. With ``--plot_sets``, a plot of the retention change against ``k`` instead (one row of panels
   per set of files).
+- ``rarity`` (CPU, seconds): where each set's rule change (recoverability, retention) sits among bootstrap draws of
+  as many documents from a reference set (train + validation): is a set's figure a draw of the reference's kind?
 
 Choices use the search's own ``R`` (as its rule does) and are scored with the real ``R`` and ``F``; nothing is fitted.
 
@@ -275,16 +277,60 @@ def oracle_table(
     return out
 
 
-def concentration(data: Foresight, rate: float, top: int = 3) -> tuple[float, list[tuple[int, float]]]:
-    """The rule's retention change at ``rate`` and the ``top`` documents contributing most to it (their terms sum to it)."""
+def rule_terms(data: Foresight, rate: float) -> dict[str, np.ndarray]:
+    """Per row at ``rate`` (in file order), the rule's choice's gains over the base and the references they are
+    divided by: ``rec`` / ``rec_ref`` (``R``, nats) and ``ret`` / ``ret_ref`` (``F`` over the whole continuation);
+    corpus changes are ``rec.sum() / rec_ref.sum()`` and ``ret.sum() / ret_ref.sum()``; ``doc`` the documents."""
     rows = data.rows(rate)
     docs = data.doc[rows]
     choice = np.array([data.choose(i, data.rule) for i in rows])
-    terms = (data.F[rows, 0].sum(axis=1) - data.F[rows, choice].sum(axis=1)) / (
-        data.f_empty[docs] - data.f_full[docs]
-    ).sum()
+    return {
+        "doc": docs,
+        "rec": data.R[rows, 0] - data.R[rows, choice],
+        "rec_ref": data.r_empty[docs] - data.r_full[docs],
+        "ret": data.F[rows, 0].sum(axis=1) - data.F[rows, choice].sum(axis=1),
+        "ret_ref": (data.f_empty[docs] - data.f_full[docs]).sum(axis=1),
+    }
+
+
+def concentration(data: Foresight, rate: float, top: int = 3) -> tuple[float, list[tuple[int, float]]]:
+    """The rule's retention change at ``rate`` and the ``top`` documents contributing most to it (their terms sum to it)."""
+    t = rule_terms(data, rate)
+    terms = t["ret"] / t["ret_ref"].sum()
     order = np.argsort(terms)[:top]
-    return float(terms.sum()), [(int(docs[i]), float(terms[i])) for i in order]
+    return float(terms.sum()), [(int(t["doc"][i]), float(terms[i])) for i in order]
+
+
+def rarity(
+    reference: Foresight,
+    data: Foresight,
+    rate: float,
+    first: int | None = None,
+    draws: int = 20000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Where the rule's changes on ``data`` (its first ``first`` documents, or all) sit among bootstrap draws of as
+    many documents from ``reference`` (drawn with replacement; rows of one source text are not independent, so the
+    spread is a lower bound).
+
+    :return: ``n``, ``d_rec`` and ``d_ret`` of ``data``; the draws' mean ``d_ret``, the share of draws with
+        ``d_ret`` at most ``data``'s (``p_low``), and the share meeting the bar (``p_meets``).
+    """
+    ref, own = rule_terms(reference, rate), rule_terms(data, rate)
+    n = len(own["doc"]) if first is None else min(first, len(own["doc"]))
+    d_rec = own["rec"][:n].sum() / own["rec_ref"][:n].sum()
+    d_ret = own["ret"][:n].sum() / own["ret_ref"][:n].sum()
+    pick = np.random.default_rng(seed).integers(len(ref["doc"]), size=(draws, n))
+    rec = ref["rec"][pick].sum(axis=1) / ref["rec_ref"][pick].sum(axis=1)
+    ret = ref["ret"][pick].sum(axis=1) / ref["ret_ref"][pick].sum(axis=1)
+    return {
+        "n": float(n),
+        "d_rec": float(d_rec),
+        "d_ret": float(d_ret),
+        "draw_d_ret": float(ret.mean()),
+        "p_low": float(np.mean(ret <= d_ret)),
+        "p_meets": float(np.mean((rec >= GAIN) & (ret >= -SLACK))),
+    }
 
 
 def half_correlation(data: Foresight, rate: float) -> tuple[float, int]:
@@ -429,6 +475,27 @@ def _analyse(args: argparse.Namespace) -> None:
         )
 
 
+def _rarity(args: argparse.Namespace) -> None:
+    reference = Foresight.load(args.reference.split(","))
+    print(
+        f"The rule's change over truncation on each set, against {args.draws:,} bootstrap draws of as many documents "
+        f"from {args.reference} ({len(set(reference.doc.tolist()))} documents)"
+    )
+    print(
+        "| set | rate | documents | d recoverability | d retention | draws: mean d retention | P(draw <= it) | P(draw meets) |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for part in args.sets.split(";"):
+        label, files = part.split("=", 1)
+        data = Foresight.load(files.split(","))
+        for rate in sorted({float(r) for r in data.rate}):
+            r = rarity(reference, data, rate, args.first, args.draws, args.seed)
+            print(
+                f"| {label} | {rate:g} | {int(r['n'])} | {r['d_rec']:+.3f} | {r['d_ret']:+.3f} | {r['draw_d_ret']:+.3f} "
+                f"| {r['p_low']:.4f} | {r['p_meets']:.2f} |"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -456,8 +523,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="instead of the table: a plot, one row per 'LABEL=FILE,FILE' set (';' between sets); the first tolerance",
     )
     analyse.add_argument("--plot", default="foresight_oracle.png", help="the plot's PNG (with --plot_sets)")
+    rare = commands.add_parser(
+        "rarity", help="where each set's rule changes sit among draws of a reference set"
+    )
+    rare.add_argument("--reference", required=True, help="comma-separated files of the reference set")
+    rare.add_argument("--sets", required=True, help="'LABEL=FILE,FILE' sets, ';' between them")
+    rare.add_argument("--first", type=int, default=None, help="only each set's first N documents")
+    rare.add_argument("--draws", type=int, default=20000)
+    rare.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    (_judge if args.command == "judge" else _analyse)(args)
+    {"judge": _judge, "analyse": _analyse, "rarity": _rarity}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,32 @@ def test_plot(oracle, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
         ["analyse", "--plot_sets", sets, "--foresee", "0,4,8", "--tolerances", "0.02", "--plot", str(png)]
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rarity_places_a_set_among_draws_of_the_reference(oracle, files, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The rule's terms give its corpus changes; a set drawn against itself sits inside its own draws; the rarity
+    command prints a row per set and rate."""
+    data = oracle.Foresight.load(files)
+    for rate in RATES:
+        terms = oracle.rule_terms(data, rate)
+        d_rec, d_ret, _ = data.changes(rate, data.rule)
+        assert terms["rec"].sum() / terms["rec_ref"].sum() == pytest.approx(d_rec, abs=1e-9)
+        assert terms["ret"].sum() / terms["ret_ref"].sum() == pytest.approx(d_ret, abs=1e-9)
+        r = oracle.rarity(data, data, rate, draws=2000, seed=3)
+        assert r["n"] == 4 and r["d_ret"] == pytest.approx(d_ret, abs=1e-9)
+        assert 0.0 < r["p_low"] <= 1.0 and 0.0 <= r["p_meets"] <= 1.0
+        assert oracle.rarity(data, data, rate, first=2, draws=10)["n"] == 2
+        assert oracle.rarity(data, data, rate, draws=500, seed=1) == oracle.rarity(
+            data, data, rate, draws=500, seed=1
+        )
+    oracle.main(
+        [
+            "rarity",
+            "--reference",
+            ",".join(map(str, files)),
+            "--sets",
+            f"own={files[0]};both={files[0]},{files[1]}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert out.count("| own |") == len(RATES) and out.count("| both |") == len(RATES)
