@@ -226,17 +226,29 @@ class Foresight:
 
         return guard
 
-    def changes(self, rate: float, guard: Guard, first: int = 0) -> tuple[float, float, float]:
-        """(recoverability change, retention change on continuation tokens ``first ..``, share of moved rows)."""
+    def terms(self, rate: float, guard: Guard, first: int = 0) -> dict[str, np.ndarray]:
+        """Per row at ``rate`` (in file order), the guarded choice and its gains over the base with the references they
+        are divided by: ``rec`` / ``rec_ref`` (``R``, nats) and ``ret`` / ``ret_ref`` (``F`` on continuation tokens
+        ``first ..``); corpus changes are ``rec.sum() / rec_ref.sum()`` and ``ret.sum() / ret_ref.sum()``; ``doc`` the
+        documents, ``choice`` the chosen candidates."""
         rows = self.rows(rate)
         docs = self.doc[rows]
         choice = np.array([self.choose(i, guard) for i in rows])
-        d_rec = (self.R[rows, 0] - self.R[rows, choice]).sum() / (
-            self.r_empty[docs] - self.r_full[docs]
-        ).sum()
-        gain = self.F[rows, 0, first:].sum(axis=1) - self.F[rows, choice, first:].sum(axis=1)
-        d_ret = gain.sum() / (self.f_empty[docs, first:] - self.f_full[docs, first:]).sum()
-        return float(d_rec), float(d_ret), float((choice > 0).mean())
+        return {
+            "doc": docs,
+            "choice": choice,
+            "rec": self.R[rows, 0] - self.R[rows, choice],
+            "rec_ref": self.r_empty[docs] - self.r_full[docs],
+            "ret": self.F[rows, 0, first:].sum(axis=1) - self.F[rows, choice, first:].sum(axis=1),
+            "ret_ref": (self.f_empty[docs, first:] - self.f_full[docs, first:]).sum(axis=1),
+        }
+
+    def changes(self, rate: float, guard: Guard, first: int = 0) -> tuple[float, float, float]:
+        """(recoverability change, retention change on continuation tokens ``first ..``, share of moved rows)."""
+        t = self.terms(rate, guard, first)
+        d_rec = t["rec"].sum() / t["rec_ref"].sum()
+        d_ret = t["ret"].sum() / t["ret_ref"].sum()
+        return float(d_rec), float(d_ret), float((t["choice"] > 0).mean())
 
 
 def guards(data: Foresight, k: int, tolerances: Sequence[float]) -> list[tuple[str, Guard]]:
@@ -278,19 +290,8 @@ def oracle_table(
 
 
 def rule_terms(data: Foresight, rate: float) -> dict[str, np.ndarray]:
-    """Per row at ``rate`` (in file order), the rule's choice's gains over the base and the references they are
-    divided by: ``rec`` / ``rec_ref`` (``R``, nats) and ``ret`` / ``ret_ref`` (``F`` over the whole continuation);
-    corpus changes are ``rec.sum() / rec_ref.sum()`` and ``ret.sum() / ret_ref.sum()``; ``doc`` the documents."""
-    rows = data.rows(rate)
-    docs = data.doc[rows]
-    choice = np.array([data.choose(i, data.rule) for i in rows])
-    return {
-        "doc": docs,
-        "rec": data.R[rows, 0] - data.R[rows, choice],
-        "rec_ref": data.r_empty[docs] - data.r_full[docs],
-        "ret": data.F[rows, 0].sum(axis=1) - data.F[rows, choice].sum(axis=1),
-        "ret_ref": (data.f_empty[docs] - data.f_full[docs]).sum(axis=1),
-    }
+    """:meth:`Foresight.terms` of the search's own rule over the whole continuation."""
+    return data.terms(rate, data.rule)
 
 
 def concentration(data: Foresight, rate: float, top: int = 3) -> tuple[float, list[tuple[int, float]]]:

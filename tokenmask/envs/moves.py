@@ -244,13 +244,13 @@ class MoveTable:
         """
         from tokenmask.errors import InputError
 
-        if not Path(PACKAGED_TABLES.get(str(path), path)).is_file():
+        named, path = path, PACKAGED_TABLES.get(str(path), path)
+        if not Path(path).is_file():
             raise InputError(
-                f"{path}: no such table.",
+                f"{named}: no such table.",
                 fix=f"build it with tokenmask moves table, or use a packaged table ({', '.join(PACKAGED_TABLES)}).",
-                path=path,
+                path=named,
             )
-        path = PACKAGED_TABLES.get(str(path), path)
         if not zipfile.is_zipfile(path):
             raise ValueError(
                 f"{path} is not a move table (not an .npz archive). Fix: build one with tokenmask moves table "
