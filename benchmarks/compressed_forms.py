@@ -1,0 +1,188 @@
+"""Compressed forms other than deletion: does a judge-written summary carry more per token than a verbatim run?
+
+Every move of the judge search (``refine_lookahead``) keeps an earlier *verbatim* run of the context in place
+of the oldest kept tokens of truncation's tail. Stop 37 left one idea open for the 0.7 cell: a compressed form
+other than deletion. This script puts two such forms beside the verbatim run, each spending the same ``s``
+tokens at the front of the compressed ids (the tail keeps its last ``k - s`` tokens; ``k`` = truncation's kept
+count at the asked rate; ids used directly, as the search does):
+
+- ``run``: the context's first ``s`` tokens, verbatim (the simplest move; what the search improves on).
+- ``summary``: the judge's own greedy answer to "Summarize the topic of this text in a few words" about the
+  dropped head (the context before the tail), cut to ``s`` tokens: a paraphrase, not a deletion.
+- ``keywords``: the head's ``s`` most surprising tokens (``-log p`` after the tokens before them, no prefix), in
+  order: the most informative scattered tokens.
+
+It prints, per asked rate and form, the change over truncation (recoverability / retention: ratios of sums, as
+docs/evaluation.md) and the share of documents where the form's ``R`` is below the verbatim run's. With
+``--oracle FILE.npz`` (``foresight_oracle.py judge`` of the same corpus, split and documents), also the share of
+documents where the form's real ``R`` is below *every* candidate of the search's (so that a recoverability
+search would take it), and the no-guard search's change with and without the form among its candidates.
+
+Example (docs/results.md, stop 39; the 2-core CPU, about 25 minutes)::
+
+    python benchmarks/compressed_forms.py --split validation --rates 0.5,0.7 --oracle runs/s37/oracle_validation.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenmask.reconstructors import Reconstructor
+
+FORMS = ("run", "summary", "keywords")
+PROMPT = "Summarize the topic of this text in a few words:\n\n"
+
+
+def kept_count(rate: float, context_tokens: int) -> int:
+    """Truncation's kept tokens at an asked rate (what the search's base keeps)."""
+    return context_tokens - round(rate * context_tokens)
+
+
+def keyword_ids(head: Sequence[int], surprisal: np.ndarray, count: int) -> list[int]:
+    """The ``count`` most surprising tokens of ``head``, in their order (ties: the earlier first)."""
+    if count > len(head):
+        raise ValueError(f"{count} keywords asked of a head of {len(head)} tokens. Fix: a smaller --lengths.")
+    order = np.argsort(-np.asarray(surprisal[: len(head)]), kind="stable")[:count]
+    return [int(head[i]) for i in sorted(order)]
+
+
+def with_tail(front: Sequence[int], context: Sequence[int], kept: int) -> list[int]:
+    """``front`` then the context's last ``kept - len(front)`` tokens: ``kept`` ids in all."""
+    if len(front) > kept:
+        raise ValueError(f"a front of {len(front)} ids does not fit in {kept} kept tokens.")
+    return list(front) + list(context[len(context) - (kept - len(front)) :])
+
+
+def judge_summary(judge: Reconstructor, head: Sequence[int], count: int) -> list[int]:
+    """The judge's greedy few-word summary of ``head`` (chat template), re-encoded and cut to ``count`` ids."""
+    import torch
+
+    messages = [{"role": "user", "content": PROMPT + judge.decode(head)}]
+    prompt = judge.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(prompt, torch.Tensor):
+        prompt = prompt["input_ids"]
+    prompt = prompt.to(judge.device)
+    with torch.no_grad():
+        out = judge.model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=count + 4, do_sample=False
+        )
+    text = judge.tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+    return judge.encode(text)[:count]
+
+
+def corpus_change(
+    r_empty: np.ndarray,
+    r_full: np.ndarray,
+    r_base: np.ndarray,
+    r_form: np.ndarray,
+    f_empty: np.ndarray,
+    f_full: np.ndarray,
+    f_base: np.ndarray,
+    f_form: np.ndarray,
+) -> tuple[float, float]:
+    """(d recoverability, d retention) of a form over the base: ratios of sums over documents."""
+    rec = np.sum(r_base - r_form) / np.sum(r_empty - r_full)
+    ret = np.sum(f_base - f_form) / np.sum(f_empty - f_full)
+    return float(rec), float(ret)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from tqdm import tqdm
+
+    from tokenmask.data import iter_texts
+    from tokenmask.evaluate.compressor import check_rate
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.reports import device_description
+    from tokenmask.reconstructors import Reconstructor
+    from tokenmask.reconstructors.judge import (
+        continuation_nlls,
+        recovery_nlls,
+        recovery_token_nlls,
+        separator_ids,
+    )
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="data_out/pydocs", help="prepared corpus folder or .jsonl")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--max_documents", type=int, default=None, help="the first N long-enough documents")
+    parser.add_argument("--rates", default="0.5,0.7")
+    parser.add_argument("--lengths", default="8,16,24", help="s: ids each form spends at the front")
+    parser.add_argument("--judge", default="default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--oracle", default="", help="foresight_oracle.py judge's .npz of the same documents")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    for rate in rates:
+        check_rate(rate)
+    lengths = [int(s) for s in args.lengths.split(",")]
+    began = time.perf_counter()
+    judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
+    documents = select_documents(
+        list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
+    )
+    sep = separator_ids(judge)
+    contexts = [list(d.context) for d in documents]
+    continuations = [list(d.continuation) for d in documents]
+    empty: list[list[int]] = [[] for _ in documents]
+    surprisal = recovery_token_nlls(judge, empty, contexts, sep)
+    refs = (
+        recovery_nlls(judge, empty, contexts, sep),
+        recovery_nlls(judge, contexts, contexts, sep),
+        continuation_nlls(judge, empty, continuations),
+        continuation_nlls(judge, contexts, continuations),
+    )
+    oracle = np.load(args.oracle) if args.oracle else None
+    print(f"{len(documents)} documents of {args.corpus} ({args.split}) on {device_description(judge.device)}")
+    header = "| rate | form | s | d recoverability | d retention | R below the run's |"
+    if oracle is not None:
+        header += " R below every candidate's | no-guard search: d rec without / with it |"
+    print(header)
+    print("|" + " --- |" * (header.count("|") - 1))
+    for rate in rates:
+        kept = kept_count(rate, len(contexts[0]))
+        heads = [c[: len(c) - kept] for c in contexts]
+        summaries = [
+            judge_summary(judge, h, max(lengths)) for h in tqdm(heads, desc=f"summaries at {rate:g}")
+        ]
+        base = [with_tail([], c, kept) for c in contexts]
+        r_base, f_base = (
+            recovery_nlls(judge, base, contexts, sep),
+            continuation_nlls(judge, base, continuations),
+        )
+        best = None
+        if oracle is not None:
+            rows = np.flatnonzero(np.isclose(oracle["rate"], rate) & (oracle["doc"] < len(documents)))
+            rows = rows[np.argsort(oracle["doc"][rows])]
+            if len(rows) != len(documents) or not np.allclose(oracle["R"][rows, 0], r_base, atol=0.05):
+                raise SystemExit(f"--oracle {args.oracle} does not hold these documents at rate {rate}.")
+            best = np.where(oracle["valid"][rows], oracle["R"][rows], np.inf).min(axis=1)
+        for s in lengths:
+            fronts = {
+                "run": [c[:s] for c in contexts],
+                "summary": [summary[:s] for summary in summaries],
+                "keywords": [keyword_ids(h, sp, s) for h, sp in zip(heads, surprisal)],
+            }
+            run_r = None
+            for form in FORMS:
+                prefixes = [with_tail(front, c, kept) for front, c in zip(fronts[form], contexts)]
+                r = recovery_nlls(judge, prefixes, contexts, sep)
+                f = continuation_nlls(judge, prefixes, continuations)
+                run_r = r if form == "run" else run_r
+                rec, ret = corpus_change(refs[0], refs[1], r_base, r, refs[2], refs[3], f_base, f)
+                line = f"| {rate:g} | {form} | {s} | {rec:+.3f} | {ret:+.3f} | {np.mean(r < run_r):.2f} |"
+                if best is not None:
+                    without = np.sum(r_base - best) / np.sum(refs[0] - refs[1])
+                    with_it = np.sum(r_base - np.minimum(best, r)) / np.sum(refs[0] - refs[1])
+                    line += f" {np.mean(r < best):.2f} | {without:+.3f} / {with_it:+.3f} |"
+                print(line, flush=True)
+    print(f"({time.perf_counter() - began:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
