@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -121,11 +122,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     for rate in rates:
         check_rate(rate)
     lengths = [int(s) for s in args.lengths.split(",")]
+    for rate in rates:
+        kept = kept_count(rate, 256)
+        if max(lengths) >= min(kept, 256 - kept):
+            raise SystemExit(
+                f"--lengths {args.lengths}: at rate {rate:g} the tail keeps {kept} tokens and the head has {256 - kept}. "
+                f"Fix: lengths below {min(kept, 256 - kept)}."
+            )
     began = time.perf_counter()
     judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
     documents = select_documents(
         list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
     )
+    if not documents:
+        raise SystemExit(
+            f"No document of {args.corpus} ({args.split}) has 256 + 64 judge tokens. Fix: another corpus."
+        )
     sep = separator_ids(judge)
     contexts = [list(d.context) for d in documents]
     continuations = [list(d.continuation) for d in documents]
@@ -138,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         continuation_nlls(judge, contexts, continuations),
     )
     oracle = np.load(args.oracle) if args.oracle else None
-    print(f"{len(documents)} documents of {args.corpus} ({args.split}) on {device_description(judge.device)}")
+    split = f" ({args.split})" if (Path(args.corpus) / "dataset").is_dir() else ""
+    print(f"{len(documents)} documents of {args.corpus}{split} on {device_description(judge.device)}")
     header = "| rate | form | s | d recoverability | d retention | R below the run's |"
     if oracle is not None:
         header += " R below every candidate's | no-guard search: d rec without / with it |"
