@@ -18,7 +18,7 @@ docs/evaluation.md) and the share of documents where the form's ``R`` is below t
 documents where the form's real ``R`` is below *every* candidate of the search's (so that a recoverability
 search would take it), and the no-guard search's change with and without the form among its candidates.
 
-Example (docs/results.md, stop 39; the 2-core CPU, about 25 minutes)::
+Example (docs/results.md, stop 39; about 20 minutes on the 2-core CPU)::
 
     python benchmarks/compressed_forms.py --split validation --rates 0.5,0.7 --oracle runs/s37/oracle_validation.npz
 """
