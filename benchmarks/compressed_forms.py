@@ -20,7 +20,8 @@ search would take it), and the no-guard search's change with and without the for
 
 Example (docs/results.md, stop 39; about 20 minutes on the 2-core CPU)::
 
-    python benchmarks/compressed_forms.py --split validation --rates 0.5,0.7 --oracle runs/s37/oracle_validation.npz
+    python benchmarks/compressed_forms.py --split validation --rates 0.5,0.7 --oracle runs/s37/oracle_validation.npz \
+        --plot docs/compressed_forms.png
 """
 
 from __future__ import annotations
@@ -93,6 +94,39 @@ def corpus_change(
     return float(rec), float(ret)
 
 
+def plot_forms(results: Sequence[dict[str, float | str]], title: str, path: str | Path) -> None:
+    """One panel per asked rate: each form's change over truncation (recoverability solid, retention dashed)
+    against the ids it spends, with truncation at 0; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tokenmask.evaluate.reports import figure_png
+    from tokenmask.io import atomic_write_bytes
+
+    rates = sorted({float(r["rate"]) for r in results})
+    fig, axes = plt.subplots(1, len(rates), figsize=(4.5 * len(rates) + 2.0, 3.6), squeeze=False, sharey=True)
+    try:
+        for ax, rate in zip(axes[0], rates):
+            for i, form in enumerate(FORMS):
+                rows = sorted(
+                    (r for r in results if r["rate"] == rate and r["form"] == form), key=lambda r: r["s"]
+                )
+                lengths = [r["s"] for r in rows]
+                ax.plot(lengths, [r["d_rec"] for r in rows], f"C{i}-o", label=f"{form}: recoverability")
+                ax.plot(lengths, [r["d_ret"] for r in rows], f"C{i}--x", label=f"{form}: retention")
+            ax.axhline(0.0, color="0.4", lw=0.8, label="truncation")
+            ax.set_title(f"asked rate {rate:g}")
+            ax.set_xlabel("ids spent at the front (s)")
+        axes[0][0].set_ylabel("change over truncation")
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        fig.suptitle(title, fontsize=9)
+        atomic_write_bytes(path, figure_png(fig))
+    finally:
+        plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from tqdm import tqdm
 
@@ -117,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--judge", default="default")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--oracle", default="", help="foresight_oracle.py judge's .npz of the same documents")
+    parser.add_argument("--plot", default="", help="a PNG of the changes per rate (optional)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     for rate in rates:
@@ -157,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         header += " R below every candidate's | no-guard search: d rec without / with it |"
     print(header)
     print("|" + " --- |" * (header.count("|") - 1))
+    results: list[dict[str, float | str]] = []
     for rate in rates:
         kept = kept_count(rate, len(contexts[0]))
         heads = [c[: len(c) - kept] for c in contexts]
@@ -188,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f = continuation_nlls(judge, prefixes, continuations)
                 run_r = r if form == "run" else run_r
                 rec, ret = corpus_change(refs[0], refs[1], r_base, r, refs[2], refs[3], f_base, f)
+                results.append({"rate": rate, "form": form, "s": s, "d_rec": rec, "d_ret": ret})
                 line = f"| {rate:g} | {form} | {s} | {rec:+.3f} | {ret:+.3f} | {np.mean(r < run_r):.2f} |"
                 if best is not None:
                     without = np.sum(r_base - best) / np.sum(refs[0] - refs[1])
@@ -195,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     line += f" {np.mean(r < best):.2f} | {without:+.3f} / {with_it:+.3f} |"
                 print(line, flush=True)
     print(f"({time.perf_counter() - began:.0f} s)")
+    if args.plot:
+        plot_forms(results, f"{len(documents)} documents of {Path(args.corpus).name}{split}", args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

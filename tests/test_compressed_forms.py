@@ -59,3 +59,16 @@ def test_corpus_change_is_a_ratio_of_sums(forms) -> None:  # type: ignore[no-unt
     base, form = np.array([6.0, 16.0]), np.array([5.0, 16.0])
     rec, ret = forms.corpus_change(r_empty, r_full, base, form, f_empty, f_full, base, base)
     assert rec == pytest.approx(1.0 / 20.0) and ret == 0.0
+
+
+def test_plot_is_a_png(forms, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    results = [
+        {"rate": rate, "form": form, "s": s, "d_rec": -0.01 * s, "d_ret": 0.001 * s}
+        for rate in (0.5, 0.7)
+        for form in forms.FORMS
+        for s in (8, 16)
+    ]
+    path = tmp_path / "forms.png"
+    forms.plot_forms(results, "a title", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically: no temporary file left
