@@ -16,7 +16,8 @@ It prints, per asked rate and form, the change over truncation (recoverability /
 docs/evaluation.md) and the share of documents where the form's ``R`` is below the verbatim run's. With
 ``--oracle FILE.npz`` (``foresight_oracle.py judge`` of the same corpus, split and documents), also the share of
 documents where the form's real ``R`` is below *every* candidate of the search's (so that a recoverability
-search would take it), and the no-guard search's change with and without the form among its candidates.
+search would take it), and the no-guard search's change with and without the form among its candidates. With
+``--plot PNG``, a plot of the changes against ``s``, one panel per rate.
 
 Example (docs/results.md, stop 39; about 20 minutes on the 2-core CPU)::
 
