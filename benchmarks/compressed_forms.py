@@ -79,20 +79,12 @@ def judge_summary(judge: Reconstructor, head: Sequence[int], count: int) -> list
     return judge.encode(text)[:count]
 
 
-def corpus_change(
-    r_empty: np.ndarray,
-    r_full: np.ndarray,
-    r_base: np.ndarray,
-    r_form: np.ndarray,
-    f_empty: np.ndarray,
-    f_full: np.ndarray,
-    f_base: np.ndarray,
-    f_form: np.ndarray,
-) -> tuple[float, float]:
-    """(d recoverability, d retention) of a form over the base: ratios of sums over documents."""
-    rec = np.sum(r_base - r_form) / np.sum(r_empty - r_full)
-    ret = np.sum(f_base - f_form) / np.sum(f_empty - f_full)
-    return float(rec), float(ret)
+def change_over(base: np.ndarray, form: np.ndarray, empty: np.ndarray, full: np.ndarray) -> float:
+    """A form's change over the base in :func:`~tokenmask.evaluate.metrics.information_ratio` (recoverability from
+    ``R`` values, retention from ``F`` values): ratios of sums over documents."""
+    from tokenmask.evaluate.metrics import information_ratio
+
+    return information_ratio(empty, form, full) - information_ratio(empty, base, full)
 
 
 def plot_forms(results: Sequence[dict[str, float | str]], title: str, path: str | Path) -> None:
@@ -170,21 +162,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     documents = select_documents(
         list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
     )
-    if not documents:
-        raise SystemExit(
-            f"No document of {args.corpus} ({args.split}) has 256 + 64 judge tokens. Fix: another corpus."
-        )
     sep = separator_ids(judge)
     contexts = [list(d.context) for d in documents]
     continuations = [list(d.continuation) for d in documents]
     empty: list[list[int]] = [[] for _ in documents]
     surprisal = recovery_token_nlls(judge, empty, contexts, sep)
-    refs = (
+    r_empty, r_full = (
         recovery_nlls(judge, empty, contexts, sep),
         recovery_nlls(judge, contexts, contexts, sep),
-        continuation_nlls(judge, empty, continuations),
-        continuation_nlls(judge, contexts, continuations),
     )
+    f_empty = continuation_nlls(judge, empty, continuations)
+    f_full = continuation_nlls(judge, contexts, continuations)
     oracle = np.load(args.oracle) if args.oracle else None
     split = f" ({args.split})" if (Path(args.corpus) / "dataset").is_dir() else ""
     print(f"{len(documents)} documents of {args.corpus}{split} on {device_description(judge.device)}")
@@ -224,12 +212,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 r = recovery_nlls(judge, prefixes, contexts, sep)
                 f = continuation_nlls(judge, prefixes, continuations)
                 run_r = r if form == "run" else run_r
-                rec, ret = corpus_change(refs[0], refs[1], r_base, r, refs[2], refs[3], f_base, f)
+                rec, ret = change_over(r_base, r, r_empty, r_full), change_over(f_base, f, f_empty, f_full)
                 results.append({"rate": rate, "form": form, "s": s, "d_rec": rec, "d_ret": ret})
                 line = f"| {rate:g} | {form} | {s} | {rec:+.3f} | {ret:+.3f} | {np.mean(r < run_r):.2f} |"
                 if best is not None:
-                    without = np.sum(r_base - best) / np.sum(refs[0] - refs[1])
-                    with_it = np.sum(r_base - np.minimum(best, r)) / np.sum(refs[0] - refs[1])
+                    without = change_over(r_base, best, r_empty, r_full)
+                    with_it = change_over(r_base, np.minimum(best, r), r_empty, r_full)
                     line += f" {np.mean(r < best):.2f} | {without:+.3f} / {with_it:+.3f} |"
                 print(line, flush=True)
     print(f"({time.perf_counter() - began:.0f} s)")

@@ -53,11 +53,12 @@ def test_summary_is_at_most_the_asked_length(forms, tiny_recon) -> None:  # type
     assert ids == forms.judge_summary(tiny_recon, head, 6)  # greedy: the same ids again
 
 
-def test_corpus_change_is_a_ratio_of_sums(forms) -> None:  # type: ignore[no-untyped-def]
+def test_change_over_is_a_ratio_of_sums(forms) -> None:  # type: ignore[no-untyped-def]
     r_empty, r_full = np.array([10.0, 20.0]), np.array([0.0, 10.0])
     f_empty, f_full = np.array([5.0, 5.0]), np.array([1.0, 1.0])
     base, form = np.array([6.0, 16.0]), np.array([5.0, 16.0])
-    rec, ret = forms.corpus_change(r_empty, r_full, base, form, f_empty, f_full, base, base)
+    rec = forms.change_over(base, form, r_empty, r_full)
+    ret = forms.change_over(base, base, f_empty, f_full)
     assert rec == pytest.approx(1.0 / 20.0) and ret == 0.0
 
 
