@@ -123,7 +123,7 @@ def plot_forms(results: Sequence[dict[str, float | str]], title: str, path: str 
 def main(argv: Sequence[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from tokenmask.data import iter_texts
+    from tokenmask.data import is_prepared_corpus, iter_texts
     from tokenmask.evaluate.compressor import check_rate
     from tokenmask.evaluate.metrics import select_documents
     from tokenmask.evaluate.reports import device_description
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     f_empty = continuation_nlls(judge, empty, continuations)
     f_full = continuation_nlls(judge, contexts, continuations)
     oracle = np.load(args.oracle) if args.oracle else None
-    split = f" ({args.split})" if (Path(args.corpus) / "dataset").is_dir() else ""
+    split = f" ({args.split})" if is_prepared_corpus(args.corpus) else ""
     print(f"{len(documents)} documents of {args.corpus}{split} on {device_description(judge.device)}")
     header = "| rate | form | s | d recoverability | d retention | R below the run's |"
     if oracle is not None:

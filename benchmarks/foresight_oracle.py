@@ -406,7 +406,7 @@ def plot_oracle(
 def _judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from tokenmask.data import iter_texts
+    from tokenmask.data import is_prepared_corpus, iter_texts
     from tokenmask.evaluate.compressor import MethodContext, build_method
     from tokenmask.evaluate.metrics import select_documents
     from tokenmask.evaluate.refine import RecoverabilitySearch
@@ -423,8 +423,7 @@ def _judge(args: argparse.Namespace) -> None:
     rates = [float(r) for r in args.rates.split(",")]
     with tqdm(
         total=len(rates) * -(-len(documents) // args.chunk),
-        desc=f"judging {args.corpus}"
-        + (f" ({args.split})" if (Path(args.corpus) / "dataset").is_dir() else ""),
+        desc=f"judging {args.corpus}" + (f" ({args.split})" if is_prepared_corpus(args.corpus) else ""),
         unit="chunk",
     ) as bar:
         arrays = judge_split(search, judge, documents, rates, args.chunk, progress=lambda line: bar.update(1))

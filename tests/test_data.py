@@ -12,6 +12,7 @@ from tokenmask.data import (
     DataError,
     PrepareDataConfig,
     chunk_ids,
+    is_prepared_corpus,
     iter_texts,
     load_prepared_split,
     load_texts,
@@ -281,3 +282,15 @@ def test_chunk_ids_moves_a_cut_back_to_a_boundary() -> None:
         [4, 5, 6, 7],
         [8, 9],
     ]  # no boundary: hard cut
+
+
+def test_is_prepared_corpus_tells_a_prepare_data_folder_from_text(tmp_path: Path) -> None:
+    corpus = _jsonl(tmp_path / "many.jsonl", _long_texts(20))
+    out = tmp_path / "o"
+    prepare_data(PrepareDataConfig(data_path=str(corpus), output_dir=str(out), min_length=16, max_length=64),
+                 progress=False)  # fmt: skip
+    assert is_prepared_corpus(out) and is_prepared_corpus(str(out))
+    assert not is_prepared_corpus(corpus)  # a .jsonl file
+    assert not is_prepared_corpus(tmp_path / "missing")
+    (tmp_path / "texts").mkdir()
+    assert not is_prepared_corpus(tmp_path / "texts")  # a folder of text files

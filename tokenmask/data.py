@@ -399,6 +399,11 @@ def _check_splits_filled(
         )
 
 
+def is_prepared_corpus(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`prepare_data` (it holds ``dataset/``), not a text file or folder."""
+    return (Path(path) / "dataset").is_dir()
+
+
 def prepared_splits(path: str | Path) -> list[str]:
     """The splits a prepared corpus holds (those with a fraction of 0 were omitted).
 
@@ -447,7 +452,7 @@ def load_prepared_split(path: str | Path, split: str = "train") -> Any:
 
 def iter_texts(source: str | Path, split: str = "test", text_column: str = "text") -> Iterable[str]:
     """Texts of a corpus given as a prepared folder (its ``split``) or a ``.txt``/``.jsonl`` file or folder."""
-    if (Path(source) / "dataset").is_dir():
+    if is_prepared_corpus(source):
         return list(load_prepared_split(source, split)["text"])
     return [r["text"] for r in load_texts(source, text_column)]
 

@@ -6,9 +6,7 @@ Batches of these sequences are padded with :func:`tokenmask.reconstructors.pad_b
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tokenmask.data import DataError, chunk_ids, load_prepared_split, load_texts
+from tokenmask.data import DataError, chunk_ids, is_prepared_corpus, load_prepared_split, load_texts
 from tokenmask.reconstructors import Reconstructor
 
 MIN_SEQUENCE_TOKENS = 16
@@ -35,7 +33,7 @@ def load_sequences(
     :param text_column: JSONL key of the text.
     :raises DataError: when no sequence of at least 16 tokens can be made.
     """
-    if (Path(data_path) / "dataset").is_dir():
+    if is_prepared_corpus(data_path):
         documents = [list(ids) for ids in load_prepared_split(data_path, split)["input_ids"]]
     else:
         texts = [r["text"] for r in load_texts(data_path, text_column)]

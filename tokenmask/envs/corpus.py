@@ -27,6 +27,7 @@ from tokenmask.data import (
     DataError,
     character_boundaries,
     chunk_ids,
+    is_prepared_corpus,
     load_prepared_split,
     load_texts,
 )
@@ -225,7 +226,7 @@ def _read_source(
         source = SAMPLE_CORPUS
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if (path / "dataset").is_dir():
+        if is_prepared_corpus(path):
             dataset = load_prepared_split(path, split)
             return _from_dataset(dataset, reconstructor, text_column, f"{path}:{split}")
         records = load_texts(source, text_column)

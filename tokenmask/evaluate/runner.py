@@ -244,12 +244,12 @@ def check_methods(names: Sequence[str]) -> None:
 
 def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
     """(evaluation texts, frequency-baseline texts) of the configured corpus."""
-    from tokenmask.data import iter_texts
+    from tokenmask.data import is_prepared_corpus, iter_texts
 
     texts = list(iter_texts(config.corpus, split=config.split, text_column=config.text_column))
     if config.frequency_corpus is not None:
         train = list(iter_texts(config.frequency_corpus, split="train", text_column=config.text_column))
-    elif (Path(config.corpus) / "dataset").is_dir():
+    elif is_prepared_corpus(config.corpus):
         train = list(iter_texts(config.corpus, split="train"))
     else:
         train = texts
@@ -267,6 +267,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     # the heavy modules (torch, transformers) load only once the cheap checks passed
     from tqdm.auto import tqdm
 
+    from tokenmask.data import is_prepared_corpus
     from tokenmask.evaluate.evaluator import Evaluator
     from tokenmask.evaluate.metrics import select_documents
     from tokenmask.evaluate.reports import EvaluationReport, MethodResult, device_description
@@ -320,7 +321,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
     setting = {
         "judge": config.judge,
         "corpus": config.corpus,
-        "split": config.split if (Path(config.corpus) / "dataset").is_dir() else None,
+        "split": config.split if is_prepared_corpus(config.corpus) else None,
         "documents": len(docs),
         "recoverability_documents": evaluator.reference.recover_documents,
         "context_tokens": config.context_tokens,
