@@ -551,6 +551,7 @@ def cli_cases() -> list[Case]:
         Case("evaluate/rate-empty", ["evaluate", "--rates", ""]),
         Case("evaluate/rate-nan", ["evaluate", "--rates", "nan"]),
         Case("evaluate/rates-bad-json", ["evaluate", "--rates", "[0.5,"]),
+        Case("evaluate/bootstrap-unit-unknown", ["evaluate", "--bootstrap_unit", "page"]),
         Case("evaluate/method-unknown", ["evaluate", "--methods", "bogus"]),
         Case("evaluate/methods-empty", ["evaluate", "--methods", ""]),
         Case(

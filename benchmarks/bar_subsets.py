@@ -43,7 +43,7 @@ def subset_rows(
     :raises ValueError: when recoverability was not scored on every document (subsets need both metrics
         on the same documents) or truncation is missing.
     """
-    rows, reference = load_results_with_reference(path)
+    rows, reference, _ = load_results_with_reference(path)
     n = len(reference["continue_empty"])
     if len(reference["recover_empty"]) != n:
         raise ValueError(

@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tokenmask.evaluate.bar import bar_from_file, bar_rows, bar_table, draw_counts, paired_changes
+from tokenmask.evaluate.bar import (
+    bar_from_file,
+    bar_rows,
+    bar_table,
+    check_unit,
+    draw_counts,
+    paired_changes,
+    source_groups,
+)
 from tokenmask.evaluate.metrics import information_ratio
 
 
@@ -102,6 +110,62 @@ def test_a_clear_win_meets_the_bar_in_nearly_every_draw_and_truncation_itself_is
     assert not off.meets and off.p_meets == 0.0  # rate error above 0.01: never meets
     table = bar_table(list(rows.values()), draws=500)
     assert table.count("\n| ") == 5 and "| win | 0.50 | +0.0" in table and "| yes |" in table
+
+
+def test_source_draws_take_a_sources_documents_together() -> None:
+    """A cluster bootstrap: a drawn source brings all its documents; with every source distinct, the document draws."""
+    groups = ["a", "b", "a", "c", "b", "a"]
+    counts = draw_counts(6, 400, seed=7, groups=groups)
+    assert counts.shape == (400, 6)
+    assert (counts[:, 0] == counts[:, 2]).all() and (counts[:, 0] == counts[:, 5]).all()
+    assert (counts[:, 1] == counts[:, 4]).all()
+    # three sources drawn per draw: their documents add up to 3 + 2 + 1 on average (sizes 3, 2, 1)
+    assert counts[:, [0, 1, 3]].sum(axis=1).tolist() == [3] * 400
+    assert counts.sum(axis=1).mean() == pytest.approx(6, abs=0.3)
+    distinct = [f"s{i}" for i in range(6)]
+    assert (draw_counts(6, 50, seed=3, groups=distinct) == draw_counts(6, 50, seed=3)).all()
+    with pytest.raises(ValueError, match="one label per document"):
+        draw_counts(6, 10, groups=["a"])
+
+
+def test_documents_of_one_source_widen_the_interval_when_drawn_together() -> None:
+    """Each document twice (two windows of one text): drawn as independent documents the interval is narrower than
+    the data supports; drawn by source it is the interval of the distinct documents."""
+    rng = np.random.default_rng(11)
+    n = 15
+    ref = _reference(n, rng)
+    base_r, m_r = rng.uniform(600, 700, n), rng.uniform(560, 720, n)
+    base_f, m_f = rng.uniform(200, 250, n), rng.uniform(190, 260, n)
+    twice = {k: v + v for k, v in ref.items()}
+    results = [
+        _row("truncation", np.tile(base_r, 2), np.tile(base_f, 2)),
+        _row("m", np.tile(m_r, 2), np.tile(m_f, 2)),
+    ]
+    groups = [f"text{i}" for i in range(n)] * 2
+    (by_document,) = bar_rows(results, twice, draws=3000, seed=1)
+    (by_source,) = bar_rows(results, twice, draws=3000, seed=1, groups=groups)
+    (distinct,) = bar_rows([_row("truncation", base_r, base_f), _row("m", m_r, m_f)], ref, draws=3000, seed=1)
+    width = lambda b: b.ret_interval[1] - b.ret_interval[0]  # noqa: E731
+    assert by_source.d_ret == pytest.approx(by_document.d_ret) == pytest.approx(distinct.d_ret)
+    assert width(by_source) > 1.25 * width(by_document)
+    assert width(by_source) == pytest.approx(width(distinct), rel=0.15)
+    table = bar_table([by_source], draws=3000, groups=groups)
+    assert "the 15 sources of the 30 documents" in table
+    assert "draws of the documents:" in bar_table([by_document], draws=3000)
+
+
+def test_source_groups_follow_the_evaluations_unit() -> None:
+    setting = {"sources": ["a.rst", "b.rst@64", "b.rst", "mail@host"], "config": {"bootstrap_unit": "source"}}
+    assert source_groups(setting) == ["a.rst", "b.rst", "b.rst", "mail@host"]
+    assert source_groups({"sources": ["a", "b"]}) == [
+        "a",
+        "b",
+    ]  # a file without the key: the default, sources
+    assert source_groups({**setting, "config": {"bootstrap_unit": "document"}}) is None
+    assert source_groups({}) is None and source_groups(None) is None
+    assert check_unit("document") == "document"
+    with pytest.raises(ValueError, match="Unknown bootstrap unit 'page'. Fix: use one of source, document"):
+        check_unit("page")
 
 
 def test_the_draws_are_seeded() -> None:

@@ -13,6 +13,7 @@ from tokenmask.data import (
     PrepareDataConfig,
     chunk_ids,
     is_prepared_corpus,
+    iter_records,
     iter_texts,
     load_prepared_split,
     load_texts,
@@ -294,3 +295,26 @@ def test_is_prepared_corpus_tells_a_prepare_data_folder_from_text(tmp_path: Path
     assert not is_prepared_corpus(tmp_path / "missing")
     (tmp_path / "texts").mkdir()
     assert not is_prepared_corpus(tmp_path / "texts")  # a folder of text files
+
+
+def test_iter_records_gives_each_text_its_source(tmp_path: Path) -> None:
+    """The evaluation's documents carry their corpus's source (the bar draws a source's documents together)."""
+    import shutil
+
+    corpus = _jsonl(tmp_path / "many.jsonl", _long_texts(20))
+    records = iter_records(corpus)
+    assert [r["text"] for r in records] == list(iter_texts(corpus))
+    assert [r["source"] for r in records] == [f"s{i}" for i in range(20)]
+    out = tmp_path / "o"
+    prepare_data(PrepareDataConfig(data_path=str(corpus), output_dir=str(out), min_length=16, max_length=64),
+                 progress=False)  # fmt: skip
+    split = load_prepared_split(out, "test")
+    prepared = iter_records(out, split="test")
+    assert [r["text"] for r in prepared] == list(iter_texts(out, split="test")) == list(split["text"])
+    assert [r["source"] for r in prepared] == list(split["source"])
+    # a split written without the column: its rows are named by split and index
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    shutil.rmtree(bare / "dataset" / "test")
+    split.remove_columns("source").save_to_disk(str(bare / "dataset" / "test"))
+    assert [r["source"] for r in iter_records(bare, split="test")] == [f"test:{i}" for i in range(len(split))]

@@ -225,7 +225,15 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
         assert b.d_rec == pytest.approx(row["recoverability"] - base["recoverability"])
         assert b.d_ret == pytest.approx(row["retention"] - base["retention"])
     assert "| random | 0.50 |" in table.split("Against truncation")[1]
-    assert json.loads((out / RESULTS_FILE).read_text())["setting"]["context_tokens"] == 32
+    setting = json.loads((out / RESULTS_FILE).read_text())["setting"]
+    assert setting["context_tokens"] == 32
+    # the documents' own sources (the corpus's "source" field), which the bar's draws take whole
+    from tokenmask.data import iter_records
+
+    named = {r["source"] for r in iter_records("sample")}
+    assert len(setting["sources"]) == 3 and set(setting["sources"]) <= named
+    assert setting["config"]["bootstrap_unit"] == "source"
+    assert "sources of the 3 documents" in table
 
 
 @pytest.mark.parametrize(
@@ -234,6 +242,7 @@ def test_evaluate_command_writes_every_report(tiny_judge_dir: Path, tmp_path: Pa
         (["--methods", "truncation,nonsense"], "Unknown method 'nonsense'"),
         (["--rates", "0.5,1.2"], "outside [0, 1)"),
         (["--context_tokens", "5000"], "No document of the corpus has C+T"),
+        (["--bootstrap_unit", "page"], "Unknown bootstrap unit 'page'. Fix: use one of source, document"),
     ],
 )
 def test_evaluate_command_bad_input_is_one_clear_line(

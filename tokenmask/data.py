@@ -457,6 +457,26 @@ def iter_texts(source: str | Path, split: str = "test", text_column: str = "text
     return [r["text"] for r in load_texts(source, text_column)]
 
 
+def iter_records(source: str | Path, split: str = "test", text_column: str = "text") -> list[dict[str, str]]:
+    """:func:`iter_texts` with each text's source: ``{"text": ..., "source": ...}`` in corpus order.
+
+    The source is the corpus's own (a ``.jsonl`` line's ``source`` field, a ``.txt`` file's path, a prepared
+    split's ``source`` column); where a corpus names none, ``FILE:LINE`` or, in a prepared split written without
+    the column, ``SPLIT:INDEX``. Texts of one source are not independent: the bar's bootstrap draws them together
+    (:mod:`tokenmask.evaluate.bar`).
+    """
+    if is_prepared_corpus(source):
+        data = load_prepared_split(source, split)
+        texts = list(data["text"])
+        names = (
+            list(data["source"])
+            if "source" in data.column_names
+            else [f"{split}:{i}" for i in range(len(texts))]
+        )
+        return [{"text": t, "source": str(n)} for t, n in zip(texts, names)]
+    return load_texts(source, text_column)
+
+
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``tokenmask prepare-data``."""
     parser = subparsers.add_parser(

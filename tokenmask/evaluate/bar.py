@@ -15,6 +15,11 @@ the draw's share of its first documents), and recomputing that ratio gives the b
 distribution of the change. :func:`bar_rows` reports its central interval and the share
 of draws in which the method meets the bar (``P(meets)``), beside the change on all documents.
 
+Documents cut from one source (one page of a manual) are not independent, so by default
+``tokenmask evaluate`` draws *sources* (:data:`UNITS`: a cluster bootstrap): a draw takes as many
+sources as the evaluation has, with replacement, and every document of a drawn source. Where every
+document has its own source the draws are the document draws, draw for draw.
+
 The per-document NLLs come from the evaluation itself (:attr:`Scores.recover_nlls
 <tokenmask.evaluate.metrics.Scores.recover_nlls>`, :attr:`Scores.continue_nlls
 <tokenmask.evaluate.metrics.Scores.continue_nlls>` and the report's reference NLLs), so a
@@ -39,6 +44,9 @@ DRAWS = 2000
 
 LEVEL = 0.9
 """Central share of the bootstrap distribution reported as the interval."""
+
+UNITS = ("source", "document")
+"""What a bootstrap draw resamples: whole sources (documents of one source together; the default) or documents."""
 
 RATE_ERROR = 0.01
 """The largest ``|achieved - asked|`` rate that meets the bar (docs/evaluation.md)."""
@@ -108,18 +116,65 @@ def paired_changes(
     return change, per_draw
 
 
-def draw_counts(documents: int, draws: int, seed: int = 0) -> np.ndarray:
+def draw_counts(documents: int, draws: int, seed: int = 0, groups: Sequence[str] | None = None) -> np.ndarray:
     """``draws`` bootstrap draws of ``documents`` documents with replacement, as counts per document.
 
     One draw set serves both metrics: recoverability, computed on the first documents only, reads the
     first columns (the same documents, as drawn), so a draw's two changes come from one resample.
+
+    :param groups: optional, one label per document (its source): then a draw takes as many groups as
+        there are, with replacement, and counts each document as often as its group was taken (a
+        cluster bootstrap). Groups are numbered in order of first appearance, so with every label distinct
+        the draws are the document draws of the same seed.
+    :raises ValueError: for negative ``documents``, ``draws < 1`` or ``groups`` of another length.
     """
     if documents < 0 or draws < 1:
         raise ValueError(f"draw_counts needs documents >= 0 and draws >= 1, got {documents} and {draws}.")
-    picks = np.random.default_rng(seed).integers(0, max(documents, 1), size=(draws, documents))
-    counts = np.zeros((draws, documents), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(draws), documents), picks.ravel()), 1)
-    return counts
+    if groups is None:
+        ids, units = np.arange(documents), documents
+    else:
+        if len(groups) != documents:
+            raise ValueError(
+                f"draw_counts got {len(groups)} group labels for {documents} documents. Fix: one label per document."
+            )
+        number: dict[str, int] = {}
+        ids = np.array([number.setdefault(str(g), len(number)) for g in groups], dtype=np.int64)
+        units = len(number)
+    picks = np.random.default_rng(seed).integers(0, max(units, 1), size=(draws, units))
+    counts = np.zeros((draws, units), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(draws), units), picks.ravel()), 1)
+    return counts[:, ids]
+
+
+def source_groups(setting: Mapping[str, Any] | None) -> list[str] | None:
+    """The bootstrap groups of an evaluation: its documents' sources when its ``bootstrap_unit`` is ``source``
+    (the default), else ``None`` (document draws; also for a setting that lists no sources).
+
+    A window cut at a later offset of a text (source ``NAME@OFFSET``) belongs to its text's group.
+
+    :param setting: the ``setting`` of an :class:`~tokenmask.evaluate.reports.EvaluationReport` or ``results.json``.
+    """
+    if not setting or not setting.get("sources"):
+        return None
+    unit = (setting.get("config") or {}).get("bootstrap_unit", "source")
+    if unit != "source":
+        return None
+    return [_text_of(str(s)) for s in setting["sources"]]
+
+
+def _text_of(source: str) -> str:
+    name, at, offset = source.rpartition("@")
+    return name if at and offset.isdigit() else source
+
+
+def check_unit(unit: str) -> str:
+    """``unit`` if it is one of :data:`UNITS`.
+
+    :raises ValueError: naming the known units.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"Unknown bootstrap unit {unit!r}. Fix: use one of {', '.join(UNITS)}.")
+    return unit
 
 
 def subset_counts(documents: int, size: int, draws: int, seed: int = 0) -> np.ndarray:
@@ -176,6 +231,7 @@ def bar_rows(
     draws: int = DRAWS,
     level: float = LEVEL,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> list[BarRow]:
     """Every method against ``base`` (default truncation) at each asked rate both were run at.
 
@@ -188,7 +244,9 @@ def bar_rows(
     :param draws: bootstrap draws of the documents.
     :param level: central share of the draws the interval covers, in ``(0, 1)``.
     :param seed: seed of the draws (one draw set for every method and rate: the rows are comparable).
-    :raises ValueError: for ``draws < 1``, a level outside ``(0, 1)`` or missing reference keys.
+    :param groups: optional, each document's source (:func:`source_groups`): draws take whole sources.
+    :raises ValueError: for ``draws < 1``, a level outside ``(0, 1)``, missing reference keys or ``groups``
+        of another length than the documents.
     """
     from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN, RETENTION_MARGIN, TRUNCATION
 
@@ -203,7 +261,7 @@ def bar_rows(
     rows = [_row_values(r) for r in results]
     bases = {asked: (r, f) for name, asked, _, r, f in rows if name == base and r and f}
     n_rec, n_ret = len(reference["recover_empty"]), len(reference["continue_empty"])
-    counts = draw_counts(max(n_rec, n_ret), draws, seed)  # one resample per draw for both metrics
+    counts = draw_counts(max(n_rec, n_ret), draws, seed, groups)  # one resample per draw for both metrics
     tail = (1 - level) / 2 * 100
     out = []
     for name, asked, rate_error, r, f in rows:
@@ -243,22 +301,29 @@ def _interval(values: np.ndarray, tail: float) -> tuple[float, float]:
 
 
 def report_bar_rows(report: EvaluationReport, **kwargs: Any) -> list[BarRow]:
-    """:func:`bar_rows` of an :class:`~tokenmask.evaluate.reports.EvaluationReport` (empty without truncation or reference)."""
+    """:func:`bar_rows` of an :class:`~tokenmask.evaluate.reports.EvaluationReport` (empty without truncation or
+    reference), drawing the report's sources (:func:`source_groups`) unless ``groups`` is given."""
     if not report.reference:
         return []
+    kwargs.setdefault("groups", source_groups(report.setting))
     return bar_rows(report.results, report.reference, **kwargs)
 
 
 def bar_from_file(path: str | Path, **kwargs: Any) -> list[BarRow]:
-    """:func:`bar_rows` of a ``results.json`` written by ``tokenmask evaluate`` (or the folder holding it).
+    """:func:`bar_rows` of a ``results.json`` written by ``tokenmask evaluate`` (or the folder holding it), drawing
+    its sources as the evaluation did (:func:`source_groups`) unless ``groups`` is given.
 
     :raises ValueError: when the file holds no reference NLLs (written before they were kept).
     """
-    return bar_rows(*load_results_with_reference(path), **kwargs)
+    rows, reference, setting = load_results_with_reference(path)
+    kwargs.setdefault("groups", source_groups(setting))
+    return bar_rows(rows, reference, **kwargs)
 
 
-def load_results_with_reference(path: str | Path) -> tuple[list[Any], dict[str, list[float]]]:
-    """The result rows and the per-document reference NLLs of a ``results.json`` (or the folder holding it).
+def load_results_with_reference(
+    path: str | Path,
+) -> tuple[list[Any], dict[str, list[float]], dict[str, Any]]:
+    """The result rows, the per-document reference NLLs and the setting of a ``results.json`` (or its folder).
 
     :raises ValueError: when the file holds no reference NLLs (written before they were kept).
     """
@@ -271,7 +336,7 @@ def load_results_with_reference(path: str | Path) -> tuple[list[Any], dict[str, 
             f"{path} holds no per-document reference NLLs (written by an older tokenmask). "
             "Fix: run tokenmask evaluate again."
         )
-    return list(data["results"]), reference
+    return list(data["results"]), reference, dict(data.get("setting") or {})
 
 
 def method_nlls(
@@ -281,17 +346,25 @@ def method_nlls(
     return {(name, asked): (r, f) for name, asked, _, r, f in map(_row_values, results) if r and f}
 
 
-def bar_table(rows: Sequence[BarRow], level: float = LEVEL, draws: int = DRAWS) -> str:
-    """The rows as a Markdown section (empty string for no rows)."""
+def bar_table(
+    rows: Sequence[BarRow], level: float = LEVEL, draws: int = DRAWS, groups: Sequence[str] | None = None
+) -> str:
+    """The rows as a Markdown section (empty string for no rows); ``groups`` as given to :func:`bar_rows`, to name
+    what the draws took."""
     from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN, RETENTION_MARGIN, TRUNCATION
 
     if not rows:
         return ""
     pct = f"{level * 100:g} %"
+    drawn = (
+        "the documents"
+        if groups is None
+        else f"the {len(set(groups))} sources of the {len(groups)} documents (a source's documents together)"
+    )
     lines = [
         f"Against {TRUNCATION} (the bar of docs/evaluation.md: recoverability at least +{RECOVERABILITY_MARGIN}, "
         f"retention at least -{RETENTION_MARGIN}, rate error at most {RATE_ERROR}). Changes on all documents, "
-        f"with the {pct} interval and P(meets) over {draws} paired bootstrap draws of the documents:",
+        f"with the {pct} interval and P(meets) over {draws} paired bootstrap draws of {drawn}:",
         "",
         f"| method | asked rate | d recoverability [{pct}] | d retention [{pct}] | meets | P(meets) |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -158,9 +158,9 @@ def markdown_table(report: EvaluationReport) -> str:
             )
     for method, reason in report.skipped.items():
         lines.append(f"\nSkipped {method}: {reason}")
-    from tokenmask.evaluate.bar import bar_table, report_bar_rows
+    from tokenmask.evaluate.bar import bar_table, report_bar_rows, source_groups
 
-    against = bar_table(report_bar_rows(report))
+    against = bar_table(report_bar_rows(report), groups=source_groups(report.setting))
     return "\n".join(lines) + "\n" + (f"\n{against}" if against else "")
 
 
@@ -288,11 +288,11 @@ def plot_pareto(
             methods.append(str(row.get("method")))
     palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     colors = {m: palette(i % palette.N) for i, m in enumerate(methods)}
-    from tokenmask.evaluate.bar import bar_rows
+    from tokenmask.evaluate.bar import bar_rows, source_groups
 
     spread = {
         (b.method, round(b.requested_rate, 6)): b
-        for b in (bar_rows(rows, reference) if reference else [])
+        for b in (bar_rows(rows, reference, groups=source_groups(setting)) if reference else [])
         if all(math.isfinite(v) for v in (*b.rec_interval, *b.ret_interval))
     }
     rates = sorted(by_rate)

@@ -16,7 +16,8 @@ plug-in's own check, :func:`tokenmask.train.check_agent_argument`), the corpus;
 then the judge loads. Heavy modules load only then, so argument errors answer at once.
 
 At the end the command prints the table once, each method's change over truncation with paired
-bootstrap intervals and the bar's verdict (:mod:`tokenmask.evaluate.bar`; also in ``results.md``), what
+bootstrap intervals and the bar's verdict (:mod:`tokenmask.evaluate.bar`, drawing whole sources by default:
+``--bootstrap_unit``; also in ``results.md``), what
 the columns mean (:data:`COLUMNS_EXPLAINED`), which methods are on the Pareto front
 (:func:`pareto_verdict`) and which are worth shipping by docs/evaluation.md (:func:`shipping_verdict`). ``results.json`` keeps every method's per-document NLLs and the reference
 NLLs, so :func:`tokenmask.evaluate.bar.bar_from_file` recomputes the intervals from it.
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenmask.config import add_config_arguments, config_from_args
 from tokenmask.errors import ConfigError, InputError
+from tokenmask.evaluate.bar import check_unit
 from tokenmask.evaluate.baselines import BASELINE_ARGUMENT_CHECKS, BASELINE_METHODS
 from tokenmask.evaluate.compressor import (
     Method,
@@ -113,6 +115,13 @@ class EvaluateConfig:
             "where one call's time moved by about 40 % between identical runs; 1 elsewhere)"
         },
     )
+    bootstrap_unit: str = field(
+        default="source",
+        metadata={
+            "help": "what the bar's bootstrap draws: source (a source's documents together, as documents cut from one "
+            "page are not independent) or document"
+        },
+    )
     skip_unavailable: bool = field(
         default=True,
         metadata={
@@ -150,6 +159,10 @@ class EvaluateConfig:
             raise ConfigError(
                 f"Unknown dtype {self.dtype!r}.", fix=f"use one of {', '.join(DTYPES)}.", key="dtype"
             )
+        try:
+            check_unit(self.bootstrap_unit)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="bootstrap_unit") from exc
         # the Evaluator's own resolvers check these values (the device only picks what "auto" means)
         for key, resolve in (("warmup", resolve_warmup), ("timing_repeats", resolve_timing_repeats)):
             try:
@@ -242,18 +255,19 @@ def check_methods(names: Sequence[str]) -> None:
         method_factory(name)
 
 
-def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str]]:
-    """(evaluation texts, frequency-baseline texts) of the configured corpus."""
-    from tokenmask.data import is_prepared_corpus, iter_texts
+def _corpus_texts(config: EvaluateConfig) -> tuple[list[str], list[str], list[str]]:
+    """(evaluation texts, their sources, frequency-baseline texts) of the configured corpus."""
+    from tokenmask.data import is_prepared_corpus, iter_records, iter_texts
 
-    texts = list(iter_texts(config.corpus, split=config.split, text_column=config.text_column))
+    records = iter_records(config.corpus, split=config.split, text_column=config.text_column)
+    texts, sources = [r["text"] for r in records], [r["source"] for r in records]
     if config.frequency_corpus is not None:
         train = list(iter_texts(config.frequency_corpus, split="train", text_column=config.text_column))
     elif is_prepared_corpus(config.corpus):
         train = list(iter_texts(config.corpus, split="train"))
     else:
         train = texts
-    return texts, train
+    return texts, sources, train
 
 
 def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationReport:
@@ -263,7 +277,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
         rate, corpus without a long-enough document.
     """
     check_methods(config.methods)
-    texts, train_texts = _corpus_texts(config)
+    texts, sources, train_texts = _corpus_texts(config)
     # the heavy modules (torch, transformers) load only once the cheap checks passed
     from tqdm.auto import tqdm
 
@@ -283,7 +297,7 @@ def run_evaluation(config: EvaluateConfig, progress: bool = True) -> EvaluationR
         batch_size=config.batch_size,
     )
     docs = select_documents(
-        texts, judge, config.context_tokens, config.continuation_tokens, config.num_documents
+        texts, judge, config.context_tokens, config.continuation_tokens, config.num_documents, sources=sources
     )
     context = MethodContext(judge=judge, seed=config.seed, device=config.device, train_texts=train_texts)
     methods: dict[str, Method] = {}
