@@ -21,6 +21,8 @@ the *real* continuation's first ``k`` tokens, with retention scored on the token
   per set of files).
 - ``rarity`` (CPU, seconds): where each set's rule change (recoverability, retention) sits among bootstrap draws of
   as many documents from a reference set (train + validation): is a set's figure a draw of the reference's kind?
+  With ``--by_source``, draws of as many sources as the set's documents come from, each with all its documents
+  (the files' ``sources``, which ``judge`` writes since stop 40).
 
 Choices use the search's own ``R`` (as its rule does) and are scored with the real ``R`` and ``F``; nothing is fitted.
 
@@ -140,6 +142,7 @@ def judge_split(
         arrays["valid"][i, :k] = True
     arrays["rate"] = np.array([row["rate"] for row in rows])
     arrays["doc"] = np.array([row["doc"] for row in rows])
+    arrays["sources"] = np.array([d.source for d in documents], dtype=str)
     return arrays
 
 
@@ -170,6 +173,8 @@ class Foresight:
     lookahead: int = LOOKAHEAD_TOKENS
     """The rule's lookahead and tolerance: the files' settings (``judge`` writes them), else the search's defaults."""
     tolerance: float = LOOKAHEAD_TOLERANCE
+    sources: np.ndarray | None = None
+    """Per document, its corpus source (``judge`` writes them since stop 40); ``None`` where a joined file has none."""
 
     @classmethod
     def load(cls, paths: Sequence[str | Path]) -> Foresight:
@@ -197,7 +202,12 @@ class Foresight:
                 f"The files were judged with different lookahead rules {sorted(rules)}. Fix: join files of one search."
             )
         lookahead, tolerance = rules.pop()
-        return cls(**joined, lookahead=lookahead, tolerance=tolerance)
+        sources = (
+            np.concatenate([f["sources"].astype(str) for f in files])
+            if all("sources" in f for f in files)
+            else None
+        )
+        return cls(**joined, lookahead=lookahead, tolerance=tolerance, sources=sources)
 
     def rows(self, rate: float) -> np.ndarray:
         """The rows at one asked rate."""
@@ -309,22 +319,45 @@ def rarity(
     first: int | None = None,
     draws: int = 20000,
     seed: int = 0,
+    by_source: bool = False,
 ) -> dict[str, float]:
-    """Where the rule's changes on ``data`` (its first ``first`` documents, or all) sit among bootstrap draws of as
-    many documents from ``reference`` (drawn with replacement; rows of one source text are not independent, so the
-    spread is a lower bound).
+    """Where the rule's changes on ``data`` (its first ``first`` documents, or all) sit among bootstrap draws from
+    ``reference``: of as many documents (with replacement), or with ``by_source`` of as many *sources* as those
+    documents come from, each with all its reference documents (documents of one page are not independent; the
+    document draws understate the spread where sources repeat).
 
     :return: ``n``, ``d_rec`` and ``d_ret`` of ``data``; the draws' mean ``d_ret``, the share of draws with
-        ``d_ret`` at most ``data``'s (``p_low``), and the share meeting the bar (``p_meets``).
+        ``d_ret`` at most ``data``'s (``p_low``), and the share meeting the bar (``p_meets``); with ``by_source``,
+        also ``sources`` (of ``data``'s documents, as many drawn).
+    :raises ValueError: ``by_source`` with a file that holds no sources.
     """
     ref, own = rule_terms(reference, rate), rule_terms(data, rate)
     n = len(own["doc"]) if first is None else min(first, len(own["doc"]))
     d_rec = own["rec"][:n].sum() / own["rec_ref"][:n].sum()
     d_ret = own["ret"][:n].sum() / own["ret_ref"][:n].sum()
-    pick = np.random.default_rng(seed).integers(len(ref["doc"]), size=(draws, n))
-    rec = ref["rec"][pick].sum(axis=1) / ref["rec_ref"][pick].sum(axis=1)
-    ret = ref["ret"][pick].sum(axis=1) / ref["ret_ref"][pick].sum(axis=1)
+    rng = np.random.default_rng(seed)
+    extra: dict[str, float] = {}
+    if by_source:
+        if reference.sources is None or data.sources is None:
+            raise ValueError(
+                "rarity --by_source needs every file's document sources (files judged before stop 40 hold none). "
+                "Fix: run `judge` on those splits again."
+            )
+        number: dict[str, int] = {}
+        ids = np.array([number.setdefault(str(s), len(number)) for s in reference.sources[ref["doc"]]])
+        k = len(set(data.sources[own["doc"][:n]].tolist()))
+        taken = np.zeros((draws, len(number)))
+        np.add.at(taken, (np.repeat(np.arange(draws), k), rng.integers(len(number), size=draws * k)), 1)
+        weights = taken[:, ids]
+        rec = (weights @ ref["rec"]) / (weights @ ref["rec_ref"])
+        ret = (weights @ ref["ret"]) / (weights @ ref["ret_ref"])
+        extra["sources"] = float(k)
+    else:
+        pick = rng.integers(len(ref["doc"]), size=(draws, n))
+        rec = ref["rec"][pick].sum(axis=1) / ref["rec_ref"][pick].sum(axis=1)
+        ret = ref["ret"][pick].sum(axis=1) / ref["ret_ref"][pick].sum(axis=1)
     return {
+        **extra,
         "n": float(n),
         "d_rec": float(d_rec),
         "d_ret": float(d_ret),
@@ -406,7 +439,7 @@ def plot_oracle(
 def _judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from tokenmask.data import is_prepared_corpus, iter_texts
+    from tokenmask.data import is_prepared_corpus, iter_records
     from tokenmask.evaluate.compressor import MethodContext, build_method
     from tokenmask.evaluate.metrics import select_documents
     from tokenmask.evaluate.refine import RecoverabilitySearch
@@ -415,8 +448,15 @@ def _judge(args: argparse.Namespace) -> None:
 
     began = time.perf_counter()
     judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
-    texts = list(iter_texts(args.corpus, split=args.split))
-    documents = select_documents(texts, judge, 256, 64, args.max_documents)
+    records = iter_records(args.corpus, split=args.split)
+    documents = select_documents(
+        [r["text"] for r in records],
+        judge,
+        256,
+        64,
+        args.max_documents,
+        sources=[r["source"] for r in records],
+    )
     search = build_method(args.method, MethodContext(judge=judge, device=args.device))
     if not isinstance(search, RecoverabilitySearch) or not search.lookahead or not search.proposals:
         raise SystemExit(f"--method must be a refine_lookahead:p search, got {args.method!r}.")
@@ -477,9 +517,11 @@ def _analyse(args: argparse.Namespace) -> None:
 
 def _rarity(args: argparse.Namespace) -> None:
     reference = Foresight.load(args.reference.split(","))
+    unit = "sources (each with all its documents)" if args.by_source else "documents"
+    sources = "" if reference.sources is None else f" from {len(set(reference.sources.tolist()))} sources"
     print(
-        f"The rule's change over truncation on each set, against {args.draws:,} bootstrap draws of as many documents "
-        f"from {args.reference} ({len(set(reference.doc.tolist()))} documents)"
+        f"The rule's change over truncation on each set, against {args.draws:,} bootstrap draws of as many {unit} "
+        f"from {args.reference} ({len(set(reference.doc.tolist()))} documents{sources})"
     )
     print(
         "| set | rate | documents | d recoverability | d retention | draws: mean d retention | P(draw <= it) | P(draw meets) |"
@@ -489,9 +531,10 @@ def _rarity(args: argparse.Namespace) -> None:
         label, files = part.split("=", 1)
         data = Foresight.load(files.split(","))
         for rate in sorted({float(r) for r in data.rate}):
-            r = rarity(reference, data, rate, args.first, args.draws, args.seed)
+            r = rarity(reference, data, rate, args.first, args.draws, args.seed, args.by_source)
+            count = f"{int(r['n'])}" + (f" ({int(r['sources'])} sources)" if "sources" in r else "")
             print(
-                f"| {label} | {rate:g} | {int(r['n'])} | {r['d_rec']:+.3f} | {r['d_ret']:+.3f} | {r['draw_d_ret']:+.3f} "
+                f"| {label} | {rate:g} | {count} | {r['d_rec']:+.3f} | {r['d_ret']:+.3f} | {r['draw_d_ret']:+.3f} "
                 f"| {r['p_low']:.4f} | {r['p_meets']:.2f} |"
             )
 
@@ -531,6 +574,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     rare.add_argument("--first", type=int, default=None, help="only each set's first N documents")
     rare.add_argument("--draws", type=int, default=20000)
     rare.add_argument("--seed", type=int, default=0)
+    rare.add_argument(
+        "--by_source",
+        action="store_true",
+        help="draw as many sources as each set's documents come from, each with all its documents (files need sources)",
+    )
     args = parser.parse_args(argv)
     {"judge": _judge, "analyse": _analyse, "rarity": _rarity}[args.command](args)
 

@@ -170,3 +170,32 @@ def test_rarity_places_a_set_among_draws_of_the_reference(oracle, files, capsys)
     )
     out = capsys.readouterr().out
     assert out.count("| own |") == len(RATES) and out.count("| both |") == len(RATES)
+
+
+def test_rarity_by_source_draws_whole_sources(oracle, files, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``judge`` keeps each document's source; ``--by_source`` draws as many sources as a set's documents come from,
+    each with all its documents, and a file without sources is refused with the fix."""
+    import dataclasses
+
+    data = oracle.Foresight.load(files)
+    assert data.sources is not None and len(data.sources) == len(data.r_empty) == 4
+    shared = dataclasses.replace(
+        data, sources=np.array(["p", "p", "q", "q"])
+    )  # two pages of two documents each
+    for rate in RATES:
+        r = oracle.rarity(shared, shared, rate, draws=3000, seed=2, by_source=True)
+        plain = oracle.rarity(shared, shared, rate, draws=3000, seed=2)
+        assert r["sources"] == 2 and r["n"] == 4 and r["d_ret"] == plain["d_ret"]
+        assert 0.0 < r["p_low"] <= 1.0
+        assert oracle.rarity(shared, shared, rate, first=2, draws=10, by_source=True)["sources"] == 1
+    oracle.main(
+        ["rarity", "--reference", ",".join(map(str, files)), "--sets", f"own={files[0]}", "--by_source"]
+    )
+    out = capsys.readouterr().out
+    assert "draws of as many sources (each with all its documents)" in out
+    assert out.count("| own | ") == len(RATES) and "| 2 (" in out and " sources) |" in out
+    old = tmp_path / "old.npz"
+    arrays = {k: v for k, v in np.load(files[0]).items() if k not in ("sources", "settings")}
+    oracle.save(old, arrays, {"split": "a"})
+    with pytest.raises(ValueError, match="judge"):
+        oracle.rarity(oracle.Foresight.load([old]), data, RATES[0], draws=10, by_source=True)
