@@ -21,8 +21,9 @@ the *real* continuation's first ``k`` tokens, with retention scored on the token
   per set of files).
 - ``rarity`` (CPU, seconds): where each set's rule change (recoverability, retention) sits among bootstrap draws of
   as many documents from a reference set (train + validation): is a set's figure a draw of the reference's kind?
-  With ``--by_source``, draws of as many sources as the set's documents come from, each with all its documents
-  (the files' ``sources``, which ``judge`` writes since stop 40).
+  With ``--by_source``, draws of whole sources (each with all its documents) until a draw holds as many documents
+  (the files' ``sources``, which ``judge`` writes since stop 40; ``add-sources`` adds them to older files, checking
+  that it selects the file's documents).
 
 Choices use the search's own ``R`` (as its rule does) and are scored with the real ``R`` and ``F``; nothing is fitted.
 
@@ -174,7 +175,8 @@ class Foresight:
     """The rule's lookahead and tolerance: the files' settings (``judge`` writes them), else the search's defaults."""
     tolerance: float = LOOKAHEAD_TOLERANCE
     sources: np.ndarray | None = None
-    """Per document, its corpus source (``judge`` writes them since stop 40); ``None`` where a joined file has none."""
+    """Per document, its corpus source (``judge`` writes them since stop 40, ``add-sources`` adds them to older
+    files); ``None`` where a joined file has none."""
 
     @classmethod
     def load(cls, paths: Sequence[str | Path]) -> Foresight:
@@ -322,13 +324,14 @@ def rarity(
     by_source: bool = False,
 ) -> dict[str, float]:
     """Where the rule's changes on ``data`` (its first ``first`` documents, or all) sit among bootstrap draws from
-    ``reference``: of as many documents (with replacement), or with ``by_source`` of as many *sources* as those
-    documents come from, each with all its reference documents (documents of one page are not independent; the
-    document draws understate the spread where sources repeat).
+    ``reference``: of as many documents (with replacement), or with ``by_source`` of whole *sources* (each with all
+    its reference documents, drawn with replacement) until the draw holds as many documents (documents of one page
+    are not independent; the document draws understate the spread where sources repeat).
 
     :return: ``n``, ``d_rec`` and ``d_ret`` of ``data``; the draws' mean ``d_ret``, the share of draws with
         ``d_ret`` at most ``data``'s (``p_low``), and the share meeting the bar (``p_meets``); with ``by_source``,
-        also ``sources`` (of ``data``'s documents, as many drawn).
+        also ``sources`` (how many ``data``'s documents come from) and ``draw_documents`` (the draws' mean size:
+        ``n`` or a little more, as the last source drawn comes whole).
     :raises ValueError: ``by_source`` with a file that holds no sources.
     """
     ref, own = rule_terms(reference, rate), rule_terms(data, rate)
@@ -341,17 +344,21 @@ def rarity(
         if reference.sources is None or data.sources is None:
             raise ValueError(
                 "rarity --by_source needs every file's document sources (files judged before stop 40 hold none). "
-                "Fix: run `judge` on those splits again."
+                "Fix: python benchmarks/foresight_oracle.py add-sources FILE ... (or judge those splits again)."
             )
         number: dict[str, int] = {}
         ids = np.array([number.setdefault(str(s), len(number)) for s in reference.sources[ref["doc"]]])
-        k = len(set(data.sources[own["doc"][:n]].tolist()))
+        sizes = np.bincount(ids)
+        picks = rng.integers(len(number), size=(draws, n))  # n picks always reach n documents
+        before = np.cumsum(sizes[picks], axis=1) - sizes[picks]
         taken = np.zeros((draws, len(number)))
-        np.add.at(taken, (np.repeat(np.arange(draws), k), rng.integers(len(number), size=draws * k)), 1)
+        rows = np.repeat(np.arange(draws), n).reshape(draws, n)
+        np.add.at(taken, (rows[before < n], picks[before < n]), 1)  # whole sources until n documents
         weights = taken[:, ids]
         rec = (weights @ ref["rec"]) / (weights @ ref["rec_ref"])
         ret = (weights @ ref["ret"]) / (weights @ ref["ret_ref"])
-        extra["sources"] = float(k)
+        extra["sources"] = float(len(set(data.sources[own["doc"][:n]].tolist())))
+        extra["draw_documents"] = float(np.mean(weights.sum(axis=1)))
     else:
         pick = rng.integers(len(ref["doc"]), size=(draws, n))
         rec = ref["rec"][pick].sum(axis=1) / ref["rec_ref"][pick].sum(axis=1)
@@ -483,6 +490,55 @@ def _judge(args: argparse.Namespace) -> None:
     )
 
 
+def add_sources(path: str | Path, corpus: str | None, judge: Reconstructor, check: int = 2) -> list[str]:
+    """Write into a file judged before ``judge`` kept sources the sources of its documents, atomically.
+
+    The documents are selected again as ``judge`` selected them (the first long-enough texts of the file's split and
+    corpus, as many as the file holds); the first and last ``check`` of them are scored again (their full-context
+    continuation NLLs) and must match the file's, so a file is never given another selection's sources.
+
+    :param corpus: the corpus the file was judged on (default: the one its settings name).
+    :raises ValueError: when the settings name no split or corpus, or the re-selected documents do not match.
+    """
+    from tokenmask.data import iter_records
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.reconstructors.judge import continuation_token_nlls
+
+    arrays = dict(np.load(path, allow_pickle=False))
+    settings = json.loads(str(arrays.pop("settings", "{}")))
+    corpus = corpus or settings.get("corpus")
+    if not corpus or "split" not in settings:
+        raise ValueError(f"{path}: its settings name no corpus or split ({settings}). Fix: pass --corpus.")
+    count = len(arrays["r_empty"])
+    records = iter_records(corpus, split=settings["split"])
+    documents = select_documents(
+        [r["text"] for r in records], judge, 256, 64, count, sources=[r["source"] for r in records]
+    )
+    picked = sorted({*range(min(check, count)), *range(max(count - check, 0), count)})
+    again = continuation_token_nlls(
+        judge, [list(documents[i].context) for i in picked], [list(documents[i].continuation) for i in picked]
+    )
+    if len(documents) != count or not all(
+        np.allclose(a, arrays["f_full"][i], atol=0.05) for a, i in zip(again, picked)
+    ):
+        raise ValueError(
+            f"{path}: the documents selected again from {corpus} ({settings['split']}) are not the file's. "
+            "Fix: pass the --corpus it was judged on, or judge the split again."
+        )
+    arrays["sources"] = np.array([d.source for d in documents], dtype=str)
+    save(path, arrays, settings)
+    return [d.source for d in documents]
+
+
+def _add_sources(args: argparse.Namespace) -> None:
+    from tokenmask.reconstructors import Reconstructor
+
+    judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
+    for path in args.files:
+        sources = add_sources(path, args.corpus, judge)
+        print(f"{path}: {len(sources)} documents from {len(set(sources))} sources")
+
+
 def _analyse(args: argparse.Namespace) -> None:
     if args.plot_sets:
         sets = [part.split("=", 1) for part in args.plot_sets.split(";")]
@@ -517,7 +573,7 @@ def _analyse(args: argparse.Namespace) -> None:
 
 def _rarity(args: argparse.Namespace) -> None:
     reference = Foresight.load(args.reference.split(","))
-    unit = "sources (each with all its documents)" if args.by_source else "documents"
+    unit = "documents, in whole sources" if args.by_source else "documents"
     sources = "" if reference.sources is None else f" from {len(set(reference.sources.tolist()))} sources"
     print(
         f"The rule's change over truncation on each set, against {args.draws:,} bootstrap draws of as many {unit} "
@@ -532,7 +588,9 @@ def _rarity(args: argparse.Namespace) -> None:
         data = Foresight.load(files.split(","))
         for rate in sorted({float(r) for r in data.rate}):
             r = rarity(reference, data, rate, args.first, args.draws, args.seed, args.by_source)
-            count = f"{int(r['n'])}" + (f" ({int(r['sources'])} sources)" if "sources" in r else "")
+            count = f"{int(r['n'])}" + (
+                f" ({int(r['sources'])} sources; draws {r['draw_documents']:.1f})" if "sources" in r else ""
+            )
             print(
                 f"| {label} | {rate:g} | {count} | {r['d_rec']:+.3f} | {r['d_ret']:+.3f} | {r['draw_d_ret']:+.3f} "
                 f"| {r['p_low']:.4f} | {r['p_meets']:.2f} |"
@@ -577,10 +635,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     rare.add_argument(
         "--by_source",
         action="store_true",
-        help="draw as many sources as each set's documents come from, each with all its documents (files need sources)",
+        help="draw whole sources (all their documents) until a draw holds as many documents (files need sources)",
     )
+    add = commands.add_parser(
+        "add-sources",
+        help="give files judged before stop 40 their documents' sources (checked, written atomically)",
+    )
+    add.add_argument("files", nargs="+", help="files written by judge")
+    add.add_argument(
+        "--corpus", default=None, help="the corpus they were judged on (default: their settings')"
+    )
+    add.add_argument("--judge", default="default")
+    add.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    {"judge": _judge, "analyse": _analyse, "rarity": _rarity}[args.command](args)
+    {"judge": _judge, "analyse": _analyse, "rarity": _rarity, "add-sources": _add_sources}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -186,16 +186,68 @@ def test_rarity_by_source_draws_whole_sources(oracle, files, tmp_path, capsys) -
         r = oracle.rarity(shared, shared, rate, draws=3000, seed=2, by_source=True)
         plain = oracle.rarity(shared, shared, rate, draws=3000, seed=2)
         assert r["sources"] == 2 and r["n"] == 4 and r["d_ret"] == plain["d_ret"]
+        assert r["draw_documents"] == 4.0  # two sources of two documents each reach 4 exactly
         assert 0.0 < r["p_low"] <= 1.0
-        assert oracle.rarity(shared, shared, rate, first=2, draws=10, by_source=True)["sources"] == 1
+        one = oracle.rarity(shared, shared, rate, first=3, draws=10, by_source=True)
+        assert (
+            one["sources"] == 2 and one["draw_documents"] == 4.0
+        )  # 3 documents: the second source comes whole
     oracle.main(
         ["rarity", "--reference", ",".join(map(str, files)), "--sets", f"own={files[0]}", "--by_source"]
     )
     out = capsys.readouterr().out
-    assert "draws of as many sources (each with all its documents)" in out
+    assert "draws of as many documents, in whole sources" in out
     assert out.count("| own | ") == len(RATES) and "| 2 (" in out and " sources) |" in out
     old = tmp_path / "old.npz"
     arrays = {k: v for k, v in np.load(files[0]).items() if k not in ("sources", "settings")}
     oracle.save(old, arrays, {"split": "a"})
     with pytest.raises(ValueError, match="judge"):
         oracle.rarity(oracle.Foresight.load([old]), data, RATES[0], draws=10, by_source=True)
+
+
+def test_add_sources_gives_an_older_file_its_documents_sources(oracle, tiny_recon, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file judged before ``judge`` kept sources gets them, after the re-selected documents are checked against the
+    file's own NLLs; another corpus is refused and leaves the file as it was."""
+    import json
+
+    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.reconstructors.judge import continuation_token_nlls
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+
+    def corpus(name: str, seed: int) -> Path:
+        local = np.random.default_rng(seed)
+        rows = [
+            {"text": " ".join(local.choice(words, 420)), "source": f"page{i // 2}.html"} for i in range(5)
+        ] + [{"text": "too short", "source": "stub.html"}]
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return path
+
+    mine = corpus("mine.jsonl", 1)
+    docs = select_documents(
+        [json.loads(x)["text"] for x in mine.read_text().splitlines()], tiny_recon, 256, 64, 4
+    )
+    f_full = np.stack(
+        continuation_token_nlls(
+            tiny_recon, [list(d.context) for d in docs], [list(d.continuation) for d in docs]
+        )
+    )
+    old = tmp_path / "old.npz"
+    oracle.save(old, {"r_empty": rng.uniform(size=4), "f_full": f_full}, {"split": "test", "n": 4})
+    with pytest.raises(ValueError, match="no corpus"):
+        oracle.add_sources(old, None, tiny_recon)
+    with pytest.raises(ValueError, match="not the file's"):
+        oracle.add_sources(old, str(corpus("other.jsonl", 2)), tiny_recon)
+    assert "sources" not in np.load(old).files
+    assert oracle.add_sources(old, str(mine), tiny_recon) == [
+        "page0.html",
+        "page0.html",
+        "page1.html",
+        "page1.html",
+    ]
+    kept = np.load(old)
+    assert kept["sources"].tolist() == ["page0.html", "page0.html", "page1.html", "page1.html"]
+    assert json.loads(str(kept["settings"])) == {"split": "test", "n": 4}
+    assert np.array_equal(kept["f_full"], f_full)
