@@ -535,7 +535,10 @@ def _add_sources(args: argparse.Namespace) -> None:
 
     judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
     for path in args.files:
-        sources = add_sources(path, args.corpus, judge)
+        try:
+            sources = add_sources(path, args.corpus, judge)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
         print(f"{path}: {len(sources)} documents from {len(set(sources))} sources")
 
 
@@ -587,9 +590,14 @@ def _rarity(args: argparse.Namespace) -> None:
         label, files = part.split("=", 1)
         data = Foresight.load(files.split(","))
         for rate in sorted({float(r) for r in data.rate}):
-            r = rarity(reference, data, rate, args.first, args.draws, args.seed, args.by_source)
+            try:
+                r = rarity(reference, data, rate, args.first, args.draws, args.seed, args.by_source)
+            except ValueError as exc:  # a file without sources: one line with the fix, no traceback
+                raise SystemExit(str(exc)) from exc
             count = f"{int(r['n'])}" + (
-                f" ({int(r['sources'])} sources; draws {r['draw_documents']:.1f})" if "sources" in r else ""
+                f" ({int(r['sources'])} source{'s' * (r['sources'] != 1)}; draws {r['draw_documents']:.1f})"
+                if "sources" in r
+                else ""
             )
             print(
                 f"| {label} | {rate:g} | {count} | {r['d_rec']:+.3f} | {r['d_ret']:+.3f} | {r['draw_d_ret']:+.3f} "

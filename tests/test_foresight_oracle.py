@@ -197,12 +197,14 @@ def test_rarity_by_source_draws_whole_sources(oracle, files, tmp_path, capsys) -
     )
     out = capsys.readouterr().out
     assert "draws of as many documents, in whole sources" in out
-    assert out.count("| own | ") == len(RATES) and "| 2 (" in out and " sources) |" in out
+    assert out.count("| own | ") == len(RATES) and "| 2 (1 source; draws " in out
     old = tmp_path / "old.npz"
     arrays = {k: v for k, v in np.load(files[0]).items() if k not in ("sources", "settings")}
     oracle.save(old, arrays, {"split": "a"})
     with pytest.raises(ValueError, match="judge"):
         oracle.rarity(oracle.Foresight.load([old]), data, RATES[0], draws=10, by_source=True)
+    with pytest.raises(SystemExit, match="add-sources"):
+        oracle.main(["rarity", "--reference", str(old), "--sets", f"own={files[0]}", "--by_source"])
 
 
 def test_add_sources_gives_an_older_file_its_documents_sources(oracle, tiny_recon, tmp_path) -> None:  # type: ignore[no-untyped-def]
