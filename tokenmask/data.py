@@ -452,9 +452,7 @@ def load_prepared_split(path: str | Path, split: str = "train") -> Any:
 
 def iter_texts(source: str | Path, split: str = "test", text_column: str = "text") -> Iterable[str]:
     """Texts of a corpus given as a prepared folder (its ``split``) or a ``.txt``/``.jsonl`` file or folder."""
-    if is_prepared_corpus(source):
-        return list(load_prepared_split(source, split)["text"])
-    return [r["text"] for r in load_texts(source, text_column)]
+    return [r["text"] for r in iter_records(source, split, text_column)]
 
 
 def iter_records(source: str | Path, split: str = "test", text_column: str = "text") -> list[dict[str, str]]:
