@@ -123,9 +123,9 @@ def plot_forms(results: Sequence[dict[str, float | str]], title: str, path: str 
 def main(argv: Sequence[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from tokenmask.data import is_prepared_corpus, iter_texts
+    from tokenmask.data import is_prepared_corpus
     from tokenmask.evaluate.compressor import check_rate
-    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.metrics import select_corpus_documents
     from tokenmask.evaluate.reports import device_description
     from tokenmask.reconstructors import Reconstructor
     from tokenmask.reconstructors.judge import (
@@ -159,9 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     began = time.perf_counter()
     judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
-    documents = select_documents(
-        list(iter_texts(args.corpus, split=args.split)), judge, 256, 64, args.max_documents
-    )
+    documents = select_corpus_documents(args.corpus, args.split, judge, 256, 64, args.max_documents)
     sep = separator_ids(judge)
     contexts = [list(d.context) for d in documents]
     continuations = [list(d.continuation) for d in documents]

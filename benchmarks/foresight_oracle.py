@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tokenmask.envs.moves import guarded_choice, lookahead_allowed
+from tokenmask.evaluate.bar import group_ids
 from tokenmask.evaluate.refine import LOOKAHEAD_TOKENS, LOOKAHEAD_TOLERANCE
 from tokenmask.evaluate.reports import RECOVERABILITY_MARGIN as GAIN
 from tokenmask.evaluate.reports import RETENTION_MARGIN as SLACK
@@ -346,12 +347,11 @@ def rarity(
                 "rarity --by_source needs every file's document sources (files judged before stop 40 hold none). "
                 "Fix: python benchmarks/foresight_oracle.py add-sources FILE ... (or judge those splits again)."
             )
-        number: dict[str, int] = {}
-        ids = np.array([number.setdefault(str(s), len(number)) for s in reference.sources[ref["doc"]]])
+        ids = group_ids(reference.sources[ref["doc"]].tolist())
         sizes = np.bincount(ids)
-        picks = rng.integers(len(number), size=(draws, n))  # n picks always reach n documents
+        picks = rng.integers(len(sizes), size=(draws, n))  # n picks always reach n documents
         before = np.cumsum(sizes[picks], axis=1) - sizes[picks]
-        taken = np.zeros((draws, len(number)))
+        taken = np.zeros((draws, len(sizes)))
         rows = np.repeat(np.arange(draws), n).reshape(draws, n)
         np.add.at(taken, (rows[before < n], picks[before < n]), 1)  # whole sources until n documents
         weights = taken[:, ids]
@@ -446,24 +446,16 @@ def plot_oracle(
 def _judge(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from tokenmask.data import is_prepared_corpus, iter_records
+    from tokenmask.data import is_prepared_corpus
     from tokenmask.evaluate.compressor import MethodContext, build_method
-    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.metrics import select_corpus_documents
     from tokenmask.evaluate.refine import RecoverabilitySearch
     from tokenmask.evaluate.reports import device_description
     from tokenmask.reconstructors import Reconstructor
 
     began = time.perf_counter()
     judge = Reconstructor.load(args.judge, device=args.device, dtype="float32", add_mask_token=False)
-    records = iter_records(args.corpus, split=args.split)
-    documents = select_documents(
-        [r["text"] for r in records],
-        judge,
-        256,
-        64,
-        args.max_documents,
-        sources=[r["source"] for r in records],
-    )
+    documents = select_corpus_documents(args.corpus, args.split, judge, 256, 64, args.max_documents)
     search = build_method(args.method, MethodContext(judge=judge, device=args.device))
     if not isinstance(search, RecoverabilitySearch) or not search.lookahead or not search.proposals:
         raise SystemExit(f"--method must be a refine_lookahead:p search, got {args.method!r}.")
@@ -500,8 +492,7 @@ def add_sources(path: str | Path, corpus: str | None, judge: Reconstructor, chec
     :param corpus: the corpus the file was judged on (default: the one its settings name).
     :raises ValueError: when the settings name no split or corpus, or the re-selected documents do not match.
     """
-    from tokenmask.data import iter_records
-    from tokenmask.evaluate.metrics import select_documents
+    from tokenmask.evaluate.metrics import select_corpus_documents
     from tokenmask.reconstructors.judge import continuation_token_nlls
 
     arrays = dict(np.load(path, allow_pickle=False))
@@ -510,10 +501,7 @@ def add_sources(path: str | Path, corpus: str | None, judge: Reconstructor, chec
     if not corpus or "split" not in settings:
         raise ValueError(f"{path}: its settings name no corpus or split ({settings}). Fix: pass --corpus.")
     count = len(arrays["r_empty"])
-    records = iter_records(corpus, split=settings["split"])
-    documents = select_documents(
-        [r["text"] for r in records], judge, 256, 64, count, sources=[r["source"] for r in records]
-    )
+    documents = select_corpus_documents(corpus, settings["split"], judge, 256, 64, count)
     picked = sorted({*range(min(check, count)), *range(max(count - check, 0), count)})
     again = continuation_token_nlls(
         judge, [list(documents[i].context) for i in picked], [list(documents[i].continuation) for i in picked]

@@ -137,13 +137,18 @@ def draw_counts(documents: int, draws: int, seed: int = 0, groups: Sequence[str]
             raise ValueError(
                 f"draw_counts got {len(groups)} group labels for {documents} documents. Fix: one label per document."
             )
-        number: dict[str, int] = {}
-        ids = np.array([number.setdefault(str(g), len(number)) for g in groups], dtype=np.int64)
-        units = len(number)
+        ids = group_ids(groups)
+        units = int(ids.max()) + 1 if documents else 0
     picks = np.random.default_rng(seed).integers(0, max(units, 1), size=(draws, units))
     counts = np.zeros((draws, units), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(draws), units), picks.ravel()), 1)
     return counts[:, ids]
+
+
+def group_ids(groups: Sequence[str]) -> np.ndarray:
+    """Each label's group number, groups numbered in order of first appearance (``["b", "a", "b"]`` -> ``[0, 1, 0]``)."""
+    number: dict[str, int] = {}
+    return np.array([number.setdefault(str(g), len(number)) for g in groups], dtype=np.int64)
 
 
 def source_groups(setting: Mapping[str, Any] | None) -> list[str] | None:

@@ -104,6 +104,30 @@ def select_documents(
     return docs
 
 
+def select_corpus_documents(
+    corpus: str,
+    split: str,
+    judge: Reconstructor,
+    context_tokens: int = 256,
+    continuation_tokens: int = 64,
+    max_documents: int | None = 30,
+    text_column: str = "text",
+) -> list[EvalDocument]:
+    """:func:`select_documents` of a corpus's ``split`` (:func:`tokenmask.data.iter_records`), each document named by
+    its text's source (what the bar's bootstrap draws together)."""
+    from tokenmask.data import iter_records
+
+    records = iter_records(corpus, split=split, text_column=text_column)
+    return select_documents(
+        [r["text"] for r in records],
+        judge,
+        context_tokens,
+        continuation_tokens,
+        max_documents,
+        sources=[r["source"] for r in records],
+    )
+
+
 def information_ratio(empty: Values, compressed: Values, full: Values) -> float:
     """``Σ(empty - compressed) / Σ(empty - full)``: recoverability (R values) or retention (F values).
 
